@@ -1,0 +1,1 @@
+"""Thin translators between platforms and the engine: parse, hand over, render."""

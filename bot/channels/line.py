@@ -1,0 +1,44 @@
+"""Wiring of the LINE channel: parser, API client, durable queue, dispatcher threads."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from linebot.v3 import WebhookParser
+
+from bot.channels.line_api import LineApi
+from bot.channels.line_queue import Dispatcher, LineQueue
+from bot.crypto import Sealer
+from bot.engine import Engine
+from bot.service import Conversations
+
+
+@dataclass
+class LineChannel:
+    parser: WebhookParser
+    api: LineApi
+    queue: LineQueue
+    dispatcher: Dispatcher
+    engine: Engine
+    conversations: Conversations
+    sealer: Sealer
+    clock: Callable[[], datetime]
+
+    def stop(self) -> None:
+        self.dispatcher.stop()
+        self.api.close()
+
+
+def build_line(services, threads: int = 4, reclaim_idle_ms: int = 30_000) -> LineChannel:
+    settings = services.settings
+    sealer = Sealer(settings.bot_secret_key, "line-address")
+    api = LineApi(settings.line_api_base_url, settings.line_channel_access_token or "")
+    queue = LineQueue(services.redis, services.store)
+    clock = services.conversations.clock
+    dispatcher = Dispatcher(queue, services.engine, api, sealer, clock, threads=threads,
+                            reclaim_idle_ms=reclaim_idle_ms)
+    return LineChannel(parser=WebhookParser(settings.line_channel_secret or ""), api=api,
+                       queue=queue, dispatcher=dispatcher, engine=services.engine,
+                       conversations=services.conversations, sealer=sealer, clock=clock)

@@ -1,0 +1,164 @@
+"""Channel-neutral replies → LINE messages, within LINE's limits.
+
+Limits (Messaging API reference): 5 messages per reply/push, 13 quick-reply items, action labels
+of 20 characters, postback data of 300 characters, text of 5000 characters, a carousel of 12
+bubbles, altText of 400 characters. The SDK's own models check them in the tests.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from linebot.v3.messaging import (
+    FlexBox,
+    FlexBubble,
+    FlexButton,
+    FlexCarousel,
+    FlexMessage,
+    FlexText,
+    Message,
+    PostbackAction,
+    QuickReply,
+    QuickReplyItem,
+    TextMessage,
+    URIAction,
+)
+
+from bot.replies import Card, Cards, Question, Reply, Text
+
+MAX_MESSAGES = 5
+MAX_QUICK = 13
+MAX_LABEL = 20
+MAX_TEXT = 5000
+MAX_BUBBLES = 12
+MAX_ALT = 400
+MAX_DATA = 300
+URGENT_COLOR = "#B3261E"
+ACCENT_COLOR = "#1B6E5A"
+
+
+def postback_data(state: str, value: str) -> str:
+    """What a quick reply sends back: the state it belongs to, so stale taps can be told."""
+    return json.dumps({"s": state, "v": value}, separators=(",", ":"))[:MAX_DATA]
+
+
+def parse_postback(data: str) -> tuple[str | None, str] | None:
+    """Postback data → (state, value), or None when it is not ours (forged or garbled)."""
+    try:
+        obj = json.loads(data)
+    except (ValueError, TypeError):
+        return None
+    if not isinstance(obj, dict):
+        return None
+    state, value = obj.get("s"), obj.get("v")
+    if not isinstance(value, str) or not value or len(value) > 100:
+        return None
+    if state is not None and (not isinstance(state, str) or len(state) > 100):
+        return None
+    return state, value
+
+
+def _label(text: str) -> str:
+    return text if len(text) <= MAX_LABEL else text[: MAX_LABEL - 1] + "…"
+
+
+def _clip(text: str, limit: int = MAX_TEXT) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _bubble(card: Card, urgent: bool, call_label: str, site_label: str) -> FlexBubble:
+    body: list = [FlexText(text=card.name, weight="bold", size="md", wrap=True,
+                           color=URGENT_COLOR if urgent else None),
+                  FlexText(text=card.summary, size="sm", wrap=True, color="#555555")]
+    if card.hours:
+        body.append(FlexText(text=card.hours, size="xs", wrap=True, color="#666666"))
+    if card.status:
+        body.append(FlexText(text=card.status, size="sm", weight="bold",
+                             color="#888888" if card.open_now is False else ACCENT_COLOR))
+    buttons: list = []
+    if card.tel and card.phone:
+        buttons.append(FlexButton(style="primary", height="sm",
+                                  color=URGENT_COLOR if urgent else ACCENT_COLOR,
+                                  action=URIAction(label=_label(f"{call_label} {card.phone}"),
+                                                   uri=card.tel)))
+    if card.url:
+        buttons.append(FlexButton(style="link", height="sm",
+                                  action=URIAction(label=_label(site_label), uri=card.url)))
+    footer = FlexBox(layout="vertical", spacing="sm", contents=buttons) if buttons else None
+    return FlexBubble(size="kilo", body=FlexBox(layout="vertical", spacing="sm", contents=body),
+                      footer=footer)
+
+
+def _alt(cards: Cards) -> str:
+    parts = [cards.title] + [f"{c.name} {c.phone or ''}".strip() for c in cards.cards]
+    return _clip(" / ".join(parts), MAX_ALT)
+
+
+def _question_text(q: Question) -> str:
+    numbered = "\n".join(f"{i}. {c.label}" for i, c in enumerate(q.choices, 1))
+    return f"{q.text}\n\n{numbered}"
+
+
+def _merge_once(blocks: list[tuple[str, Any]]) -> bool:
+    for i in range(len(blocks) - 1):
+        (k1, v1), (k2, v2) = blocks[i], blocks[i + 1]
+        if k1 == k2 == "cards" and sum(len(c.cards) for c in [*v1, *v2]) <= MAX_BUBBLES:
+            blocks[i : i + 2] = [("cards", [*v1, *v2])]
+            return True
+        if k1 == "text" and k2 == "text":
+            blocks[i : i + 2] = [("text", f"{v1}\n\n{v2}")]
+            return True
+        if k1 == "text" and k2 == "question":
+            blocks[i : i + 2] = [("question", v2.model_copy(update={"text": f"{v1}\n\n{v2.text}"}))]
+            return True
+    return False
+
+
+def _fit(blocks: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    """Merge neighbours until at most 5 messages remain; never drop the closing question."""
+    while len(blocks) > MAX_MESSAGES and _merge_once(blocks):
+        pass
+    if len(blocks) > MAX_MESSAGES:
+        blocks = blocks[: MAX_MESSAGES - 1] + blocks[-1:]
+    return blocks
+
+
+def render(replies: list[Reply], call_label: str, site_label: str) -> list[Message]:
+    """Render replies in order; texts merge and carousels join so that at most 5 remain."""
+    blocks: list[tuple[str, Any]] = []
+    for r in replies:
+        if isinstance(r, Text):
+            if blocks and blocks[-1][0] == "text":
+                blocks[-1] = ("text", f"{blocks[-1][1]}\n\n{r.text}")
+            else:
+                blocks.append(("text", r.text))
+        elif isinstance(r, Cards) and r.cards:
+            blocks.append(("cards", [r]))
+        elif isinstance(r, Question):
+            blocks.append(("question", r))
+    blocks = _fit(blocks)
+    messages: list[Message] = []
+    quick: QuickReply | None = None
+    for kind, value in blocks[:MAX_MESSAGES]:
+        if kind == "text":
+            messages.append(TextMessage(text=_clip(value)))
+        elif kind == "question":
+            q: Question = value
+            quick = QuickReply(items=[
+                QuickReplyItem(action=PostbackAction(
+                    label=_label(c.label), data=postback_data(q.state, c.value),
+                    display_text=_clip(c.label, 300)))
+                for c in q.choices[:MAX_QUICK]])
+            messages.append(TextMessage(text=_clip(_question_text(q))))
+        else:
+            groups: list[Cards] = value
+            bubbles = [_bubble(c, g.urgent, call_label, site_label)
+                       for g in groups for c in g.cards][:MAX_BUBBLES]
+            alt = " / ".join(_alt(g) for g in groups)
+            messages.append(FlexMessage(alt_text=_clip(alt, MAX_ALT),
+                                        contents=FlexCarousel(contents=bubbles)))
+    if quick is not None and messages:
+        # LINE shows quick replies only on the last message of a reply.
+        messages[-1].quick_reply = quick
+    return messages

@@ -1,0 +1,87 @@
+"""POST /callback: LINE's webhook. Verify, make durable, answer 200 — nothing else here.
+
+The answer itself is sent by the dispatcher, so a slow or hanging LINE API never holds the
+webhook past LINE's 2-second budget. When Redis is down nothing can be made durable; then the
+event is answered from a short-lived thread in degraded mode (crisis lines, hotlines, list).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from flask import Blueprint, Response, current_app, request
+from linebot.v3 import WebhookParser
+from linebot.v3.exceptions import InvalidSignatureError
+from pydantic import ValidationError
+
+from bot import logs
+from bot.channels.line_events import Job, translate, user_id_of
+from bot.channels.line_render import render
+from bot.service import REDIS_DOWN
+
+log = logs.get("line")
+bp = Blueprint("line", __name__)
+
+
+def _line() -> Any:
+    return current_app.extensions["tsunagu_line"]
+
+
+def _bad(reason: str) -> Response:
+    logs.event(log, "webhook_rejected", logging.WARNING, reason=reason)
+    return Response(reason, status=400, mimetype="text/plain")
+
+
+@bp.post("/callback")
+def callback() -> Response:
+    line = _line()
+    signature = request.headers.get("X-Line-Signature")
+    if not signature:
+        return _bad("missing signature")
+    body = request.get_data(as_text=True)
+    try:
+        events = line.parser.parse(body, signature)
+    except InvalidSignatureError:
+        return _bad("invalid signature")
+    except (ValueError, KeyError, TypeError, AttributeError, ValidationError):
+        return _bad("malformed body")
+    jobs = []
+    for event in events:
+        translated, user_id = translate(event), user_id_of(event)
+        if translated is None or user_id is None:
+            continue
+        kind, value, state = translated
+        pid = line.conversations.pseudonym("line", user_id)
+        jobs.append((pid, Job(event_id=event.webhook_event_id, kind=kind, value=value,
+                              state=state, reply_token=getattr(event, "reply_token", None),
+                              timestamp_ms=event.timestamp, sealed_user=line.sealer.seal(user_id))))
+    if jobs:
+        try:
+            accepted = line.queue.accept(jobs)
+            logs.event(log, "webhook_accepted", events=len(jobs),
+                       duplicates=accepted.count(False))
+        except REDIS_DOWN:
+            threading.Thread(target=answer_degraded, args=(line, jobs), daemon=True).start()
+    return Response("OK", status=200, mimetype="text/plain")
+
+
+def answer_degraded(line: Any, jobs: list[tuple[str, Job]]) -> None:
+    engine = line.engine
+    for pid, job in jobs:
+        if job.kind == "unfollow":
+            continue
+        user_id = line.sealer.open(job.sealed_user)
+        step = engine.degraded_step(job.incoming(), line.clock())
+        messages = render(step.replies, engine.pack.msg("web.call", "ja"),
+                          engine.pack.msg("web.open_site", "ja"))
+        try:
+            how = line.api.deliver(user_id, job.event_id, job.reply_token, 0.0, messages)
+            logs.event(log, "answered", pid=pid[:16], via=how, events=step.events)
+        except Exception as exc:
+            logs.event(log, "degraded_delivery_failed", logging.ERROR, pid=pid[:16],
+                       error=type(exc).__name__)
+
+
+__all__ = ["WebhookParser", "answer_degraded", "bp"]

@@ -1,0 +1,119 @@
+"""The command line: chat in a terminal, validate content, draw the flow, evaluate safety."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import TextIO
+
+from bot.replies import Cards, Question, Reply, Text
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def render_text(replies: list[Reply], out: TextIO) -> Question | None:
+    """Print replies for a terminal; return the question so numbers can pick its choices."""
+    question = None
+    for r in replies:
+        if isinstance(r, Text):
+            print(("!! " if r.urgent else "") + r.text, file=out)
+        elif isinstance(r, Cards):
+            print(f"== {r.title} ==", file=out)
+            for c in r.cards:
+                parts = [c.name, c.phone or "", c.status or "", c.hours or ""]
+                print("  * " + " | ".join(p for p in parts if p), file=out)
+                print(f"    {c.summary}", file=out)
+        elif isinstance(r, Question):
+            question = r
+            print(r.text, file=out)
+            for i, choice in enumerate(r.choices, 1):
+                print(f"  {i}. {choice.label}", file=out)
+    return question
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from bot.engine import Incoming
+    from bot.pack import load_pack
+    from bot.service import utcnow
+    from bot.wiring import build_engine
+
+    engine = build_engine(load_pack(args.pack))
+    session = None
+    step = engine.step(None, Incoming(kind="event", value="first_contact"), utcnow())
+    session, question = step.session, render_text(step.replies, sys.stdout)
+    for line in sys.stdin:
+        line = line.strip()
+        if not line:
+            continue
+        if question and line.isdigit() and 1 <= int(line) <= len(question.choices):
+            choice = question.choices[int(line) - 1]
+            incoming = Incoming(kind="tap", value=choice.value, state=question.state)
+        else:
+            incoming = Incoming(kind="text", value=line)
+        step = engine.step(session, incoming, utcnow())
+        session = step.session
+        print("", file=sys.stdout)
+        question = render_text(step.replies, sys.stdout) or question
+        sys.stdout.flush()
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from bot.validate import validate
+
+    errors = validate(args.pack)
+    for err in errors:
+        print(err)
+    if errors:
+        print(f"{len(errors)} problem(s) in content pack {args.pack!r}", file=sys.stderr)
+        return 1
+    print(f"content pack {args.pack!r} and flows: OK")
+    return 0
+
+
+def cmd_graph(args: argparse.Namespace) -> int:
+    from bot.flows import load_flows
+    from bot.graph import mermaid
+    from bot.pack import load_pack
+
+    pack = load_pack(args.pack)
+    text = "".join(mermaid(f, pack, args.lang) for f in load_flows().values())
+    if args.out:
+        Path(args.out).write_text(text, encoding="utf-8")
+        print(f"wrote {args.out}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_eval_safety(args: argparse.Namespace) -> int:
+    from bot.pack.loader import resolve_pack_dir
+    from bot.safety import CrisisDetector, evaluate
+
+    detector = CrisisDetector.from_file(resolve_pack_dir(args.pack) / "crisis.yaml")
+    report = evaluate(detector, Path(args.eval_set))
+    print(report.format())
+    return 0 if report.recall == 1.0 and report.false_positive_rate <= 0.05 else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bot", description="tsunagu (つなぐ)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("chat", help="talk to the bot in this terminal; numbers pick choices")
+    p.add_argument("--pack", default="kyoto")
+    p.set_defaults(func=cmd_chat)
+    p = sub.add_parser("validate", help="check a content pack and the flows; non-zero on error")
+    p.add_argument("pack", nargs="?", default="kyoto")
+    p.set_defaults(func=cmd_validate)
+    p = sub.add_parser("graph", help="write the flows as a Mermaid diagram")
+    p.add_argument("--pack", default="kyoto")
+    p.add_argument("--lang", default="ja", choices=["ja", "en"])
+    p.add_argument("--out", help="file to write (default: standard output)")
+    p.set_defaults(func=cmd_graph)
+    p = sub.add_parser("eval-safety", help="crisis detection recall and false positives")
+    p.add_argument("--pack", default="kyoto")
+    p.add_argument("--eval-set", default=str(REPO / "tests" / "data" / "safety_eval.yaml"))
+    p.set_defaults(func=cmd_eval_safety)
+    args = parser.parse_args(argv)
+    return int(args.func(args))

@@ -1,0 +1,123 @@
+"""Settings from the environment. A missing or malformed one stops start-up with one line
+naming the variable, because a bot that half-starts answers people wrongly."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from urllib.parse import urlparse
+
+DEFAULT_LINE_API = "https://api.line.me"
+DEFAULT_SLACK_API = "https://slack.com/api/"
+
+
+class SettingsError(Exception):
+    """One line: which variable, and what is wrong with it."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    redis_url: str | None = None
+    bot_secret_key: str = ""
+    secret_is_ephemeral: bool = False
+    municipality: str = "kyoto"
+    session_ttl: int = 24 * 3600
+    key_prefix: str = "tsunagu"
+    line_channel_secret: str | None = None
+    line_channel_access_token: str | None = None
+    line_api_base_url: str = DEFAULT_LINE_API
+    slack_bot_token: str | None = None
+    slack_signing_secret: str | None = None
+    slack_staff_channel: str | None = None
+    slack_api_base_url: str = DEFAULT_SLACK_API
+    handoff_webhook_url: str | None = None
+    handoff_webhook_secret: str | None = None
+    log_level: str = "INFO"
+    line_dispatch_threads: int = 4
+    line_reclaim_idle_ms: int = 30_000
+    lock_ms: int = 30_000
+
+    @property
+    def embedded_redis(self) -> bool:
+        return not self.redis_url
+
+    @property
+    def line_enabled(self) -> bool:
+        return bool(self.line_channel_secret and self.line_channel_access_token)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+
+        def get(name: str) -> str | None:
+            value = env.get(name, "").strip()
+            return value or None
+
+        def url(name: str, default: str | None = None) -> str | None:
+            value = get(name) or default
+            if value is None:
+                return None
+            parsed = urlparse(value)
+            if parsed.scheme not in ("http", "https", "redis", "rediss", "unix") or not (
+                parsed.netloc or parsed.path
+            ):
+                raise SettingsError(f"{name}: not a URL: {value[:40]!r}")
+            return value
+
+        def integer(name: str, default: int, low: int, high: int) -> int:
+            raw = get(name)
+            if raw is None:
+                return default
+            try:
+                value = int(raw)
+            except ValueError:
+                raise SettingsError(f"{name}: not a whole number: {raw[:20]!r}") from None
+            if not low <= value <= high:
+                raise SettingsError(f"{name}: must be between {low} and {high}, got {value}")
+            return value
+
+        redis_url = url("REDIS_URL")
+        if redis_url and urlparse(redis_url).scheme not in ("redis", "rediss", "unix"):
+            raise SettingsError("REDIS_URL: must start with redis://, rediss:// or unix://")
+        secret = get("BOT_SECRET_KEY")
+        ephemeral = False
+        if secret is None:
+            if redis_url:
+                raise SettingsError("BOT_SECRET_KEY: required when REDIS_URL is set "
+                                    "(at least 32 characters; e.g. `openssl rand -hex 32`)")
+            secret, ephemeral = secrets.token_hex(32), True
+        elif len(secret) < 32:
+            raise SettingsError("BOT_SECRET_KEY: must be at least 32 characters")
+        municipality = get("MUNICIPALITY") or "kyoto"
+        if not municipality.replace("_", "").replace("-", "").isalnum():
+            raise SettingsError(f"MUNICIPALITY: not a content pack name: {municipality[:40]!r}")
+        line_secret, line_token = get("LINE_CHANNEL_SECRET"), get("LINE_CHANNEL_ACCESS_TOKEN")
+        if bool(line_secret) != bool(line_token):
+            missing = "LINE_CHANNEL_ACCESS_TOKEN" if line_secret else "LINE_CHANNEL_SECRET"
+            raise SettingsError(f"{missing}: required when the other LINE setting is set")
+        log_level = (get("LOG_LEVEL") or "INFO").upper()
+        if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise SettingsError(f"LOG_LEVEL: must be DEBUG, INFO, WARNING or ERROR: {log_level!r}")
+        return cls(
+            redis_url=redis_url,
+            bot_secret_key=secret,
+            secret_is_ephemeral=ephemeral,
+            municipality=municipality,
+            session_ttl=integer("SESSION_TTL_SECONDS", 24 * 3600, 60, 30 * 24 * 3600),
+            key_prefix=get("REDIS_KEY_PREFIX") or "tsunagu",
+            line_channel_secret=line_secret,
+            line_channel_access_token=line_token,
+            line_api_base_url=url("LINE_API_BASE_URL", DEFAULT_LINE_API) or DEFAULT_LINE_API,
+            slack_bot_token=get("SLACK_BOT_TOKEN"),
+            slack_signing_secret=get("SLACK_SIGNING_SECRET"),
+            slack_staff_channel=get("SLACK_STAFF_CHANNEL"),
+            slack_api_base_url=url("SLACK_API_BASE_URL", DEFAULT_SLACK_API) or DEFAULT_SLACK_API,
+            handoff_webhook_url=url("HANDOFF_WEBHOOK_URL"),
+            handoff_webhook_secret=get("HANDOFF_WEBHOOK_SECRET"),
+            log_level=log_level,
+            line_dispatch_threads=integer("LINE_DISPATCH_THREADS", 4, 1, 64),
+            line_reclaim_idle_ms=integer("LINE_RECLAIM_IDLE_MS", 30_000, 100, 3_600_000),
+            lock_ms=integer("PERSON_LOCK_MS", 30_000, 500, 600_000),
+        )

@@ -1,0 +1,481 @@
+"""The dialogue engine: one pure step, `(session, incoming, now) -> (session, replies)`.
+
+Each flow is compiled once, at start-up, into a `transitions` Machine whose edges carry the
+flow's conditions; per message we attach a tiny model holding only the state, trigger, and
+detach (the transitions FAQ's "one machine, many models"). No I/O happens here: storage,
+clocks and platforms are the callers' business, which keeps every path testable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal, Protocol
+
+from transitions import EventData, Machine
+
+from bot.cards import card
+from bot.flows.schema import ChoiceSpec, FlowSpec, StateSpec
+from bot.pack.loader import Pack
+from bot.pack.matching import Answers, match, rank
+from bot.pack.models import LANGS, Lang
+from bot.replies import Cards, Choice, Question, Reply, Text
+from bot.session import Session
+from bot.textnorm import normalize
+
+CMD_PREFIX = "cmd:"
+PAGE_PREFIX = "page:"
+MAX_CHOICES = 13  # LINE's quick-reply limit; the web follows the same rule
+MAX_CARDS = 10
+DECLINED = {"skip", "outside", "info"}
+SYNONYM_GROUP = {"categories": "cat", "wards": "ward"}
+
+
+class Detector(Protocol):
+    def detect(self, text: str) -> Any: ...
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """A tap (a choice value), free text, or a platform event (first_contact, sticker, media)."""
+
+    kind: Literal["tap", "text", "event"]
+    value: str = ""
+    state: str | None = None
+
+
+@dataclass
+class Step:
+    """The outcome of one message. `session` None means: delete what is stored."""
+
+    session: Session | None
+    replies: list[Reply]
+    events: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Option:
+    """A choice as offered in one state: its tap value, its label and what it leads to."""
+
+    value: str
+    label: str
+    spec: ChoiceSpec | None = None
+    command: str | None = None
+    page: int | None = None
+
+
+class Conversation:
+    """The transitions model: it carries only the state (STYLE.md, transitions)."""
+
+    state: str
+
+
+def _value_is(value: str) -> Callable[[EventData], bool]:
+    return lambda event: event.kwargs["value"] == value
+
+
+def _value_in(values: frozenset[str]) -> Callable[[EventData], bool]:
+    return lambda event: event.kwargs["value"] in values
+
+
+def _below(limit: int) -> Callable[[EventData], bool]:
+    return lambda event: len(event.kwargs["session"].concerns) - 1 < limit
+
+
+class Engine:
+    """Compiled flows plus the content pack and crisis detector they speak from."""
+
+    def __init__(self, flow: FlowSpec, pack: Pack, detector: Detector):
+        self.flow = flow
+        self.pack = pack
+        self.detector = detector
+        self.items = {
+            "categories": [(c.id, c.label) for c in pack.categories.values()],
+            "wards": [(w.id, w.name) for w in pack.wards.wards],
+        }
+        self.labels = {kind: dict(items) for kind, items in self.items.items()}
+        self.machine = self._compile()
+        self.command_words = self._command_words()
+
+    # -- compile (once) ------------------------------------------------------------------
+    def _compile(self) -> Machine:
+        spec = self.flow
+        machine = Machine(model=None, states=list(spec.states), initial=spec.start,
+                          auto_transitions=False, send_event=True)
+        for name, state in spec.states.items():
+            for choice in [*state.choices, *state.extra]:
+                if choice.next:
+                    machine.add_transition("answer", name, choice.next,
+                                           conditions=[_value_is(choice.value)])
+            if state.choices_from and state.next:
+                for value, dest in state.next_by_value.items():
+                    machine.add_transition("answer", name, dest, conditions=[_value_is(value)])
+                values = frozenset(v for v, _ in self.items[state.choices_from])
+                if state.repeat and state.then:
+                    machine.add_transition("answer", name, state.next,
+                                           conditions=[_value_in(values), _below(state.repeat)])
+                    machine.add_transition("answer", name, state.then,
+                                           conditions=[_value_in(values)])
+                else:
+                    machine.add_transition("answer", name, state.next,
+                                           conditions=[_value_in(values)])
+        machine.add_transition("restart", "*", spec.start)
+        machine.add_transition("open_directory", "*", "directory")
+        for name in spec.states:
+            machine.add_transition("resume", "directory", name, conditions=[_value_is(name)])
+        return machine
+
+    def _command_words(self) -> dict[str, str]:
+        words: dict[str, str] = {}
+        for command in self.flow.commands:
+            for lang in LANGS:
+                for word in self.pack.msg(command.words, lang):
+                    words[normalize(str(word))] = command.id
+        return words
+
+    def _move(self, session: Session, trigger: str, **kwargs: Any) -> bool:
+        model = Conversation()
+        self.machine.add_model(model, initial=session.state)
+        try:
+            moved = model.trigger(trigger, session=session, **kwargs)
+            if moved:
+                session.enter(model.state)
+            return bool(moved)
+        finally:
+            self.machine.remove_model(model)
+
+    # -- helpers -------------------------------------------------------------------------
+    def t(self, key: str, session: Session) -> str:
+        return self.pack.msg(key, session.lang)
+
+    def new_session(self, lang: Lang = "ja") -> Session:
+        return Session(flow=self.flow.id, state=self.flow.start, lang=lang,
+                       history=[self.flow.start])
+
+    def options(self, session: Session, state_name: str | None = None) -> list[Option]:
+        """The choices offered in a state, in display order, paged to LINE's 13."""
+        name = state_name or session.state
+        state = self.flow.states[name]
+        opts: list[Option] = []
+        if state.choices_from:
+            items = self.items[state.choices_from]
+            if state.exclude_answered:
+                items = [(v, lab) for v, lab in items if v not in session.concerns]
+            page = session.page if name == session.state else 0
+            size = state.page_size or len(items)
+            start = page * size
+            opts += [Option(v, lab.get(session.lang)) for v, lab in items[start:start + size]]
+            if page > 0:
+                opts.append(Option(f"{PAGE_PREFIX}{page - 1}", self.t("common.prev", session),
+                                   page=page - 1))
+            if start + size < len(items):
+                opts.append(Option(f"{PAGE_PREFIX}{page + 1}", self.t("common.next", session),
+                                   page=page + 1))
+        for choice in [*state.choices, *state.extra]:
+            if choice.command == "resume" and not session.resume:
+                continue
+            value = f"{CMD_PREFIX}{choice.command}" if choice.command else choice.value
+            opts.append(Option(value, self.t(choice.label, session), spec=choice,
+                               command=choice.command))
+        return opts
+
+    def ask(self, session: Session, extra: list[Option] | None = None) -> Question:
+        opts = self.options(session)
+        for opt in extra or []:
+            if len(opts) < MAX_CHOICES and all(o.value != opt.value for o in opts):
+                opts.append(opt)
+        state = self.flow.states[session.state]
+        return Question(text=self.t(state.prompt, session), state=session.state,
+                        choices=[Choice(label=o.label, value=o.value) for o in opts])
+
+    def command_option(self, command: str, session: Session) -> Option:
+        spec = next(c for c in self.flow.commands if c.id == command)
+        return Option(f"{CMD_PREFIX}{command}", self.t(spec.label, session), command=command)
+
+    def answers(self, session: Session) -> Answers:
+        def get(key: str) -> str | None:
+            value = session.answers.get(key)
+            return None if value in DECLINED else value
+        return Answers(whose=get("whose"), age=get("age"), concerns=tuple(session.concerns),
+                       flags=frozenset(session.flags), ward=get("ward"), contact=get("contact"))
+
+    def cards(self, title: str, windows: list, session: Session, now: datetime,
+              urgent: bool = False) -> Cards:
+        return Cards(title=self.t(title, session), urgent=urgent,
+                     cards=[card(self.pack, w, session.lang, now) for w in windows[:MAX_CARDS]])
+
+    # -- the step ------------------------------------------------------------------------
+    def step(self, session: Session | None, incoming: Incoming, now: datetime) -> Step:
+        is_new = session is None
+        session = self.new_session() if session is None else session.model_copy(deep=True)
+        out = Step(session=session, replies=[])
+        text = incoming.value if incoming.kind == "text" else ""
+        crisis = self.detector.detect(text) if text else None
+        if crisis is not None:
+            self._crisis(out, crisis.kind, now)
+        if incoming.kind == "event":
+            return self._event(out, incoming, now, is_new)
+        command = self._command_of(incoming)
+        if command:
+            return self._command(out, command, now)
+        if is_new and crisis is None:
+            out.replies.append(self.ask(session))
+            return out
+        if incoming.kind == "tap":
+            if incoming.value.startswith(PAGE_PREFIX) and incoming.state in (None, session.state):
+                return self._page(out, incoming.value)
+            if incoming.state is not None and incoming.state != session.state:
+                out.events.append("stale")
+                return self._reask(out, "common.stale", crisis is not None)
+            option = next((o for o in self.options(session) if o.value == incoming.value), None)
+        else:
+            option = None if crisis is not None else self._understand(session, text)
+        if option is None:
+            return self._reask(out, "common.not_understood", crisis is not None)
+        if option.page is not None:
+            return self._page(out, option.value)
+        if option.command:
+            return self._command(out, option.command, now)
+        return self._choose(out, option, now)
+
+    def _command_of(self, incoming: Incoming) -> str | None:
+        if incoming.kind == "tap" and incoming.value.startswith(CMD_PREFIX):
+            command = incoming.value[len(CMD_PREFIX):]
+            known = {c.id for c in self.flow.commands} | {"lang_switch", "resume"}
+            return command if command in known else None
+        if incoming.kind == "text":
+            return self.command_words.get(normalize(incoming.value))
+        return None
+
+    def _understand(self, session: Session, text: str) -> Option | None:
+        """Free text → a choice, only when it clearly means one; else None (ask again)."""
+        opts = self.options(session)
+        norm = normalize(text)
+        if norm.isdigit() and 1 <= int(norm) <= len(opts):
+            return opts[int(norm) - 1]
+        contains: set[int] = set()
+        for i, opt in enumerate(opts):
+            for word in self._words_for(session, opt):
+                if not word:
+                    continue
+                if norm == word:
+                    return opt
+                if len(word) >= 2 and word in norm:
+                    contains.add(i)
+        return opts[contains.pop()] if len(contains) == 1 else None
+
+    def _words_for(self, session: Session, opt: Option) -> list[str]:
+        """The label in every language plus the pack's synonyms (`syn.<label key>`)."""
+        state = self.flow.states[session.state]
+        words = [opt.label]
+        if opt.spec is not None:
+            words += [self.pack.msg(opt.spec.label, lang) for lang in LANGS]
+            syn_key = f"syn.{opt.spec.label}"
+        elif state.choices_from and opt.page is None:
+            label = self.labels[state.choices_from][opt.value]
+            words += [label.get(lang) for lang in LANGS]
+            syn_key = f"syn.{SYNONYM_GROUP[state.choices_from]}.{opt.value}"
+        else:
+            return [normalize(w) for w in words]
+        if self.pack.has_msg(syn_key):
+            words += [str(w) for lang in LANGS for w in self.pack.msg(syn_key, lang)]
+        return [normalize(w) for w in words]
+
+    def _reask(self, out: Step, key: str, after_crisis: bool) -> Step:
+        session = out.session
+        assert session is not None
+        extra = [self.command_option("human", session)] if after_crisis else []
+        if not after_crisis:
+            out.replies.append(Text(text=self.t(key, session)))
+        out.replies.append(self.ask(session, extra))
+        return out
+
+    def _page(self, out: Step, value: str) -> Step:
+        session = out.session
+        assert session is not None
+        state = self.flow.states[session.state]
+        try:
+            page = int(value[len(PAGE_PREFIX):])
+        except ValueError:
+            page = -1
+        size = state.page_size or 0
+        items = self.items.get(state.choices_from or "", [])
+        if not size or not 0 <= page * size < len(items):
+            return self._reask(out, "common.not_understood", False)
+        session.page = page
+        out.replies.append(self.ask(session))
+        return out
+
+    def _choose(self, out: Step, option: Option, now: datetime) -> Step:
+        session = out.session
+        assert session is not None
+        state = self.flow.states[session.state]
+        value = option.value
+        if state.kind == "directory":
+            return self._directory_category(out, value, now)
+        if state.answer == "concerns":
+            if value not in session.concerns:
+                session.concerns = [*session.concerns, value]
+        elif state.answer:
+            session.answers[state.answer] = value
+        if option.spec is not None:
+            session.add_flags(option.spec.flags)
+        crisis = (option.spec.crisis if option.spec else None) or state.crisis_by_value.get(value)
+        if crisis and session.crisis != crisis:
+            self._crisis(out, crisis, now)
+        if not self._move(session, "answer", value=value):
+            return self._reask(out, "common.not_understood", False)
+        return self._entered(out, now)
+
+    def _entered(self, out: Step, now: datetime) -> Step:
+        session = out.session
+        assert session is not None
+        state: StateSpec = self.flow.states[session.state]
+        if state.kind == "question":
+            session.asked += 1
+        if state.kind == "results":
+            out.replies += self._results(session, now)
+            out.events.append("results")
+        extra = [self.command_option("human", session)] if session.crisis else []
+        out.replies.append(self.ask(session, extra if state.kind == "question" else None))
+        return out
+
+    def _results(self, session: Session, now: datetime) -> list[Reply]:
+        found = match(self.pack, self.answers(session))
+        replies: list[Reply] = [Text(text=self.t("results.intro", session))]
+        urgent = [m.window for m in found.hotlines if m.urgent]
+        if urgent:
+            replies.append(self.cards("results.urgent", urgent, session, now, urgent=True))
+        windows = [m.window for m in found.windows]
+        if found.centre is not None:
+            windows.append(found.centre)
+        if windows:
+            replies.append(self.cards("results.windows", windows, session, now))
+        hotlines = [m.window for m in found.hotlines if not m.urgent]
+        if hotlines:
+            replies.append(self.cards("results.hotlines", hotlines, session, now))
+        if not windows and not hotlines and not urgent:
+            fallback = rank(self.pack, Answers(concerns=("loneliness",)), "hotline", 4)
+            replies.append(self.cards("results.hotlines", [m.window for m in fallback],
+                                      session, now))
+        return replies
+
+    def _crisis(self, out: Step, kind: str, now: datetime) -> None:
+        """Safety rule 1: the crisis lines first, in this same reply, no tap needed."""
+        session = out.session
+        assert session is not None
+        session.crisis = kind
+        lines = self.pack.crisis_lines(kind)
+        out.replies.append(Text(text=self.t(f"crisis.lead.{kind}", session), urgent=True))
+        out.replies.append(self.cards("crisis.title", lines, session, now, urgent=True))
+        out.replies.append(Text(text=self.t("crisis.after", session), urgent=True))
+        out.events.append(f"crisis:{kind}")
+
+    def _event(self, out: Step, incoming: Incoming, now: datetime, is_new: bool) -> Step:
+        session = out.session
+        assert session is not None
+        if incoming.value == "first_contact":
+            fresh = self.new_session(session.lang)
+            out.session = fresh
+            out.replies.append(self.ask(fresh))
+            return out
+        if incoming.value in ("sticker", "media"):
+            out.replies.append(Text(text=self.t(f"event.{incoming.value}", session)))
+            out.replies.append(self.ask(session))
+            return out
+        out.replies.append(self.ask(session))
+        return out
+
+    def _command(self, out: Step, command: str, now: datetime) -> Step:
+        session = out.session
+        assert session is not None
+        out.events.append(f"command:{command}")
+        if command == "restart":
+            fresh = self.new_session(session.lang)
+            out.session = fresh
+            out.replies.append(self.ask(fresh))
+        elif command == "stop":
+            fresh = self.new_session(session.lang)
+            out.session = fresh
+            out.replies.append(Text(text=self.t("stop.body", fresh)))
+            out.replies.append(Question(
+                text=self.t("stop.next", fresh), state=fresh.state,
+                choices=[Choice(label=o.label, value=o.value) for o in (
+                    self.command_option("restart", fresh),
+                    self.command_option("directory", fresh))]))
+        elif command == "forget":
+            fresh = self.new_session(session.lang)
+            out.session = None
+            out.replies.append(Text(text=self.t("forget.done", fresh)))
+            out.replies.append(self.ask(fresh))
+        elif command in ("help", "privacy"):
+            out.replies.append(Text(text=self.t(f"{command}.body", session)))
+            out.replies.append(self.ask(session))
+        elif command in ("lang_en", "lang_ja", "lang_switch"):
+            if command == "lang_switch":
+                session.lang = "en" if session.lang == "ja" else "ja"
+            else:
+                session.lang = "en" if command == "lang_en" else "ja"
+            out.replies.append(self.ask(session))
+        elif command == "directory":
+            if session.state != "directory":
+                session.resume = session.state
+                self._move(session, "open_directory")
+            out.replies.append(self.ask(session))
+        elif command == "resume":
+            target = session.resume or self.flow.start
+            if session.state == "directory":
+                self._move(session, "resume", value=target)
+            session.resume = None
+            out.replies.append(self.ask(session))
+        elif command == "human":
+            out.replies += self._human(session, now)
+            out.replies.append(self.ask(session))
+        return out
+
+    def _human(self, session: Session, now: datetime) -> list[Reply]:
+        """Until staff handoff is wired, say how to reach a person by phone (never a dead end)."""
+        found = match(self.pack, self.answers(session), max_windows=3, max_hotlines=2)
+        windows = ([found.centre] if found.centre else []) + [m.window for m in found.windows]
+        if not windows:
+            windows = [m.window for m in rank(self.pack, Answers(concerns=("loneliness",)),
+                                              "hotline", 3)]
+        return [Text(text=self.t("human.phone", session)),
+                self.cards("human.title", windows, session, now)]
+
+    def _directory_category(self, out: Step, category: str, now: datetime) -> Step:
+        session = out.session
+        assert session is not None
+        windows = sorted((w for w in self.pack.windows.values()
+                          if category in w.categories and not w.only_when and not w.ward),
+                         key=lambda w: (w.kind != "hotline", -w.rank, w.id))
+        out.replies.append(self.cards("directory.title", windows, session, now))
+        out.replies.append(self.ask(session))
+        return out
+
+    # -- degraded mode (Redis unreachable) -------------------------------------------------
+    def degraded_step(self, incoming: Incoming, now: datetime) -> Step:
+        """Answer without any stored state: crisis lines, 24-hour lines and the directory.
+
+        The directory still works because a tap carries the state it belongs to.
+        """
+        session = self.new_session()
+        if incoming.kind == "tap" and incoming.state == "directory":
+            session.enter("directory")
+            step = self.step(session, incoming, now)
+        else:
+            step = Step(session=session, replies=[])
+            text = incoming.value if incoming.kind == "text" else ""
+            crisis = self.detector.detect(text) if text else None
+            if crisis is not None:
+                self._crisis(step, crisis.kind, now)
+            always = sorted((w for w in self.pack.hotlines if w.hours and w.hours.always
+                             and not w.only_when), key=lambda w: (-w.rank, w.id))
+            session.enter("directory")
+            step.replies.append(Text(text=self.t("degraded.notice", session)))
+            step.replies.append(self.cards("crisis.title", always, session, now))
+            step.replies.append(self.ask(session))
+        step.events.append("degraded")
+        step.session = None
+        return step

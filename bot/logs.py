@@ -1,0 +1,60 @@
+"""Structured JSON log lines. Callers pass fields, never free text a person typed, and
+pseudonyms, never platform ids (safety rule 3)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from typing import Any
+
+_FIELDS = "tsunagu_fields"
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "event": record.getMessage(),
+        }
+        line.update(getattr(record, _FIELDS, {}))
+        if record.exc_info and record.exc_info[0] is not None:
+            line["error"] = record.exc_info[0].__name__
+        return json.dumps(line, ensure_ascii=False)
+
+
+def setup(level: str = "INFO") -> None:
+    root = logging.getLogger("tsunagu")
+    if not any(isinstance(h.formatter, JsonFormatter) for h in root.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(JsonFormatter())
+        root.addHandler(handler)
+    root.setLevel(level)
+    root.propagate = True
+
+
+def get(name: str) -> logging.Logger:
+    return logging.getLogger(f"tsunagu.{name}")
+
+
+def event(logger: logging.Logger, name: str, level: int = logging.INFO, **fields: Any) -> None:
+    """Log one event with structured fields (pseudonyms, states, counts; no typed text)."""
+    logger.log(level, name, extra={_FIELDS: fields})
+
+
+class Throttle:
+    """Let a message through at most once per `interval` seconds (outage logs)."""
+
+    def __init__(self, interval: float = 60.0):
+        self.interval = interval
+        self._last = float("-inf")
+
+    def ready(self) -> bool:
+        now = time.monotonic()
+        if now - self._last >= self.interval:
+            self._last = now
+            return True
+        return False

@@ -1,0 +1,201 @@
+"""Load a content pack from bot/content/<name>/, collecting every error with its file and field.
+
+A maintainer editing YAML wants the whole list of what is wrong at once, not the first failure.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import TypeAdapter, ValidationError
+
+from bot.pack.models import LANGS, Category, Lang, PackInfo, WardsFile, Window
+
+CONTENT_ROOT = Path(__file__).resolve().parents[1] / "content"
+
+
+class PackError(Exception):
+    """Raised with every problem found in a pack; str() lists them one per line."""
+
+    def __init__(self, errors: list[str]):
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
+@dataclass(frozen=True)
+class Pack:
+    """A validated content pack: what the bot says and where it points people."""
+
+    root: Path
+    info: PackInfo
+    categories: dict[str, Category]
+    wards: WardsFile
+    windows: dict[str, Window]
+    messages: dict[Lang, dict[str, Any]] = field(repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.info.id
+
+    def msg(self, key: str, lang: Lang) -> Any:
+        """A message by dotted key; missing keys were rejected at load, so this cannot fail."""
+        return self.messages[lang][key]
+
+    def has_msg(self, key: str) -> bool:
+        return all(key in self.messages[lang] for lang in LANGS)
+
+    def ward(self, ward_id: str):
+        return next((w for w in self.wards.wards if w.id == ward_id), None)
+
+    @property
+    def hotlines(self) -> list[Window]:
+        return [w for w in self.windows.values() if w.kind == "hotline"]
+
+    def crisis_lines(self, kind: str) -> list[Window]:
+        lines = [w for w in self.windows.values() if kind in w.crisis]
+        return sorted(lines, key=lambda w: (-w.rank, w.id))
+
+
+def resolve_pack_dir(name_or_path: str | Path) -> Path:
+    path = Path(name_or_path)
+    if path.is_dir():
+        return path.resolve()
+    return CONTENT_ROOT / str(name_or_path)
+
+
+def _read_yaml(path: Path, errors: list[str]) -> Any:
+    try:
+        with path.open(encoding="utf-8") as fh:
+            return yaml.safe_load(fh)
+    except FileNotFoundError:
+        errors.append(f"{path.name}: file is missing")
+    except yaml.YAMLError as exc:
+        errors.append(f"{path.name}: not valid YAML: {exc}")
+    return None
+
+
+def _validate(path: Path, data: Any, model: Any, errors: list[str], item_key: str = "id") -> Any:
+    """Validate data against a model; errors name the file, the item (by id) and the field."""
+    adapter = model if isinstance(model, TypeAdapter) else TypeAdapter(model)
+    try:
+        return adapter.validate_python(data)
+    except ValidationError as exc:
+        for err in exc.errors():
+            loc = list(err["loc"])
+            where = ".".join(str(p) for p in loc)
+            if loc and isinstance(loc[0], int) and isinstance(data, list):
+                item = data[loc[0]] if loc[0] < len(data) else None
+                if isinstance(item, dict) and item.get(item_key):
+                    where = f"{item[item_key]}." + ".".join(str(p) for p in loc[1:])
+            errors.append(f"{path.name}: {where}: {err['msg']}")
+    return None
+
+
+def _validate_items(path: Path, data: Any, model: Any, errors: list[str]) -> list[Any]:
+    """Validate a YAML list item by item, so one bad window does not hide the good ones."""
+    if not isinstance(data, list):
+        if data is not None:
+            errors.append(f"{path.name}: must be a list")
+        return []
+    good = []
+    for index, item in enumerate(data):
+        before = len(errors)
+        value = _validate(path, item, model, errors)
+        label = item.get("id") if isinstance(item, dict) and item.get("id") else str(index)
+        errors[before:] = [e.replace(f"{path.name}: ", f"{path.name}: {label}.", 1)
+                           for e in errors[before:]]
+        if value is not None:
+            good.append(value)
+    return good
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested message YAML → dotted keys. Lists (of synonyms) are leaves."""
+    out: dict[str, Any] = {}
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            out.update(flatten(value, f"{prefix}{key}."))
+    else:
+        out[prefix[:-1]] = tree
+    return out
+
+
+def _load_messages(root: Path, errors: list[str]) -> dict[Lang, dict[str, Any]]:
+    messages: dict[Lang, dict[str, Any]] = {}
+    for lang in LANGS:
+        data = _read_yaml(root / f"messages.{lang}.yaml", errors)
+        messages[lang] = flatten(data) if isinstance(data, dict) else {}
+    keys = {lang: set(m) for lang, m in messages.items()}
+    for lang in LANGS:
+        for other in LANGS:
+            for key in sorted(keys[other] - keys[lang]):
+                errors.append(f"messages.{lang}.yaml: {key}: missing (present in {other})")
+    for lang, table in messages.items():
+        for key, value in table.items():
+            if value is None or value == "" or value == []:
+                errors.append(f"messages.{lang}.yaml: {key}: empty")
+    return messages
+
+
+def _cross_check(
+    categories: dict[str, Category], wards: WardsFile | None, windows: dict[str, Window],
+    errors: list[str],
+) -> None:
+    used: set[str] = set()
+    for w in windows.values():
+        fname = "hotlines.yaml" if w.kind == "hotline" else "windows.yaml"
+        for cat in w.categories:
+            if cat not in categories:
+                errors.append(f"{fname}: {w.id}.categories: unknown category {cat!r}")
+            used.add(cat)
+        if not w.categories and not w.crisis and not w.only_when:
+            errors.append(f"{fname}: {w.id}.categories: window is in no category")
+        if (w.phone or w.hours) and not w.source:
+            errors.append(f"{fname}: {w.id}.source: a phone or hours needs a source")
+        if w.ward and wards and w.ward not in {x.id for x in wards.wards}:
+            errors.append(f"{fname}: {w.id}.ward: unknown ward {w.ward!r}")
+    for cat in categories:
+        if cat not in used:
+            errors.append(f"categories.yaml: {cat}: no window serves this category")
+    if wards:
+        ward_ids = {x.id for x in wards.wards}
+        for group in wards.groups:
+            for wid in group.wards:
+                if wid not in ward_ids:
+                    errors.append(f"wards.yaml: groups.{group.id}: unknown ward {wid!r}")
+        for ward in wards.wards:
+            if ward.centre and ward.centre not in windows:
+                errors.append(f"wards.yaml: {ward.id}.centre: unknown window {ward.centre!r}")
+
+
+def load_pack(name_or_path: str | Path) -> Pack:
+    """Load and validate a pack; raise PackError listing every problem."""
+    root = resolve_pack_dir(name_or_path)
+    if not root.is_dir():
+        raise PackError([f"{root}: no such content pack"])
+    errors: list[str] = []
+    info = _validate(root / "pack.yaml", _read_yaml(root / "pack.yaml", errors), PackInfo, errors)
+    cats_raw = _read_yaml(root / "categories.yaml", errors)
+    cats = _validate_items(root / "categories.yaml", cats_raw, Category, errors)
+    categories = {c.id: c for c in cats}
+    wards = _validate(root / "wards.yaml", _read_yaml(root / "wards.yaml", errors), WardsFile,
+                      errors)
+    windows: dict[str, Window] = {}
+    for fname in ("windows.yaml", "hotlines.yaml"):
+        raw = _read_yaml(root / fname, errors)
+        for w in _validate_items(root / fname, raw, Window, errors):
+            if w.id in windows:
+                errors.append(f"{fname}: {w.id}: duplicate window id")
+            windows[w.id] = w
+    messages = _load_messages(root, errors)
+    _cross_check(categories, wards, windows, errors)
+    if errors or info is None or wards is None:
+        raise PackError(errors or [f"{root}: pack could not be loaded"])
+    return Pack(root=root, info=info, categories=categories, wards=wards, windows=windows,
+                messages=messages)
+
+
+__all__ = ["CONTENT_ROOT", "Pack", "PackError", "flatten", "load_pack"]

@@ -1,0 +1,40 @@
+"""The per-person conversation state, small enough to be one Redis string (≤ 2 KB)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from bot.pack.models import Lang
+
+HISTORY_LIMIT = 20
+
+
+class Session(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    flow: str = "handbook"
+    state: str
+    lang: Lang = "ja"
+    answers: dict[str, str] = Field(default_factory=dict)
+    concerns: list[str] = Field(default_factory=list)
+    flags: list[str] = Field(default_factory=list)
+    asked: int = 0
+    page: int = 0
+    resume: str | None = None
+    crisis: str | None = None
+    history: list[str] = Field(default_factory=list)
+
+    def dumps(self) -> str:
+        return self.model_dump_json(exclude_defaults=True)
+
+    @classmethod
+    def loads(cls, raw: str | bytes) -> Session:
+        return cls.model_validate_json(raw)
+
+    def enter(self, state: str) -> None:
+        self.state = state
+        self.page = 0
+        self.history = [*self.history, state][-HISTORY_LIMIT:]
+
+    def add_flags(self, flags: list[str]) -> None:
+        self.flags = sorted(set(self.flags) | set(flags))

@@ -1,0 +1,63 @@
+"""`python -m bot validate [PACK]`: every problem in a pack and the flows that use it, at once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bot.flows.schema import FLOWS_DIR, FlowError, FlowSpec, load_flow
+from bot.pack.loader import PackError, load_pack, resolve_pack_dir
+from bot.pack.models import LANGS
+
+MAX_LABEL = 20  # LINE quick-reply label limit
+
+
+def _label_errors(pack, flow: FlowSpec) -> list[str]:
+    errors = []
+    labels = {c.label for s in flow.states.values() for c in [*s.choices, *s.extra]}
+    labels |= {c.label for c in flow.commands} | {"common.prev", "common.next"}
+    for key in sorted(labels):
+        if not pack.has_msg(key):
+            continue
+        for lang in LANGS:
+            if len(pack.msg(key, lang)) > MAX_LABEL:
+                errors.append(f"messages.{lang}.yaml: {key}: label longer than {MAX_LABEL}")
+    for kind, items in (("categories.yaml", pack.categories.values()),
+                        ("wards.yaml", pack.wards.wards)):
+        for item in items:
+            text = item.label if hasattr(item, "label") else item.name
+            for lang in LANGS:
+                if len(text.get(lang)) > MAX_LABEL:
+                    errors.append(f"{kind}: {item.id}: {lang} label longer than {MAX_LABEL}")
+    return errors
+
+
+def validate(pack_name: str = "kyoto", flows_dir: Path = FLOWS_DIR) -> list[str]:
+    errors: list[str] = []
+    pack = None
+    try:
+        pack = load_pack(pack_name)
+    except PackError as exc:
+        errors += exc.errors
+    flows = []
+    for path in sorted(flows_dir.glob("*.yaml")):
+        try:
+            flows.append(load_flow(path))
+        except FlowError as exc:
+            errors += str(exc).splitlines()
+    crisis = resolve_pack_dir(pack_name) / "crisis.yaml"
+    try:
+        from bot.safety import CrisisDetector
+
+        CrisisDetector.from_file(crisis)
+    except Exception as exc:  # report every kind of crisis-file failure, do not stop
+        errors.append(f"crisis.yaml: {exc}")
+    if pack is not None:
+        for flow in flows:
+            for key in sorted(flow.message_keys()):
+                if not pack.has_msg(key):
+                    errors.append(f"flows/{flow.id}.yaml: message key {key!r} is not in "
+                                  f"messages.ja.yaml and messages.en.yaml")
+            errors += _label_errors(pack, flow)
+            if pack.crisis_lines("self_harm") == []:
+                errors.append("hotlines.yaml: no hotline has crisis: [self_harm]")
+    return errors

@@ -1,0 +1,57 @@
+"""Build the running parts from settings, once per process: Redis, pack, flows, engine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import redis
+
+from bot import logs
+from bot.config import Settings
+from bot.engine import Engine
+from bot.flows import load_flows
+from bot.pack import Pack, load_pack
+from bot.safety import CrisisDetector
+from bot.service import Conversations
+from bot.store import SessionStore
+
+log = logs.get("wiring")
+FLOW = "handbook"
+
+
+@dataclass
+class Services:
+    settings: Settings
+    redis: redis.Redis
+    pack: Pack
+    engine: Engine
+    store: SessionStore
+    conversations: Conversations
+
+
+def redis_client(settings: Settings) -> redis.Redis:
+    if settings.redis_url:
+        return redis.Redis.from_url(settings.redis_url, socket_timeout=2.0,
+                                    socket_connect_timeout=2.0, health_check_interval=30)
+    import fakeredis  # only the embedded default needs it
+
+    logs.event(log, "embedded_redis", note="REDIS_URL is unset: using an in-process Redis "
+               "(fakeredis); sessions live only as long as this process")
+    return fakeredis.FakeRedis(server=fakeredis.FakeServer())
+
+
+def build_engine(pack: Pack) -> Engine:
+    flows = load_flows()
+    detector = CrisisDetector.from_file(pack.root / "crisis.yaml")
+    return Engine(flows[FLOW], pack, detector)
+
+
+def build(settings: Settings, client: redis.Redis | None = None) -> Services:
+    pack = load_pack(settings.municipality)
+    engine = build_engine(pack)
+    client = client if client is not None else redis_client(settings)
+    store = SessionStore(client, ttl_seconds=settings.session_ttl, prefix=settings.key_prefix,
+                         lock_ms=settings.lock_ms)
+    conversations = Conversations(engine, store, settings.bot_secret_key)
+    return Services(settings=settings, redis=client, pack=pack, engine=engine, store=store,
+                    conversations=conversations)

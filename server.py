@@ -1,0 +1,83 @@
+"""The Flask application factory: `create_app(settings)`, and `app` for gunicorn.
+
+Importing this module builds nothing; gunicorn's `server:app` asks for `app`, and only then is
+the application made (PEP 562 module __getattr__).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from flask import Flask, jsonify
+
+from bot import logs
+from bot.config import Settings, SettingsError
+from bot.pack import PackError
+from bot.web.chat import bp as webchat
+from bot.wiring import Services, build
+
+MAX_BODY = 1024 * 1024
+
+
+def create_app(settings: Settings | None = None, services: Services | None = None,
+               start_workers: bool = True) -> Flask:
+    settings = settings or Settings.from_env()
+    logs.setup(settings.log_level)
+    services = services or build(settings)
+    app = Flask(__name__, static_folder=None)
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
+    app.extensions["tsunagu"] = services
+    if settings.secret_is_ephemeral:
+        logs.event(logs.get("server"), "ephemeral_secret",
+                   note="BOT_SECRET_KEY is unset: using a random key for this process")
+    app.register_blueprint(webchat)
+    if settings.line_enabled:
+        from bot.channels.line import build_line
+        from bot.channels.line_webhook import bp as line_bp
+
+        line = build_line(services, threads=settings.line_dispatch_threads,
+                          reclaim_idle_ms=settings.line_reclaim_idle_ms)
+        app.extensions["tsunagu_line"] = line
+        app.register_blueprint(line_bp)
+        if start_workers:
+            line.dispatcher.start()
+    else:
+        logs.event(logs.get("server"), "line_disabled",
+                   note="LINE_CHANNEL_SECRET/LINE_CHANNEL_ACCESS_TOKEN unset: web chat only")
+
+    @app.get("/healthz")
+    def healthz() -> Any:
+        return jsonify({"status": "ok"})
+
+    @app.get("/readyz")
+    def readyz() -> Any:
+        checks = {"content": bool(services.pack.windows)}
+        try:
+            checks["redis"] = bool(services.redis.ping())
+        except Exception:  # any failure to reach Redis means not ready
+            checks["redis"] = False
+        ok = all(checks.values())
+        return jsonify({"status": "ok" if ok else "unavailable", "checks": checks}), (
+            200 if ok else 503)
+
+    return app
+
+
+def _app_or_exit() -> Flask:
+    try:
+        return create_app()
+    except SettingsError as exc:
+        print(f"tsunagu: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except PackError as exc:
+        print(f"tsunagu: content pack error:\n{exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def __getattr__(name: str) -> Any:
+    if name == "app":
+        app = _app_or_exit()
+        globals()["app"] = app
+        return app
+    raise AttributeError(name)

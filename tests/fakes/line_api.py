@@ -1,0 +1,115 @@
+"""A fake LINE Messaging API: a real HTTP server on loopback that records what it receives.
+
+Behaviours the tests switch on: hang (sleep before answering), a queue of error statuses,
+reply tokens that are single-use and can be marked expired, and X-Line-Retry-Key de-duplication
+(409 for a key already accepted), as the real API does.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+@dataclass
+class Received:
+    path: str
+    body: dict
+    headers: dict
+    status: int
+    at: float
+
+
+@dataclass
+class FakeLine:
+    hang_s: float = 0.0
+    errors: list[int] = field(default_factory=list)
+    expired_tokens: set[str] = field(default_factory=set)
+    used_tokens: set[str] = field(default_factory=set)
+    retry_keys: set[str] = field(default_factory=set)
+    received: list[Received] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    cond: threading.Condition = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.cond = threading.Condition(self.lock)
+
+    def delivered(self) -> list[Received]:
+        """Messages LINE accepted (reply or push with 200)."""
+        with self.lock:
+            return [r for r in self.received if r.status == 200 and (
+                r.path.endswith("/reply") or r.path.endswith("/push"))]
+
+    def texts(self) -> list[str]:
+        out = []
+        for r in self.delivered():
+            for m in r.body["messages"]:
+                if m["type"] == "text":
+                    out.append(m["text"])
+        return out
+
+    def wait_for(self, count: int, timeout: float = 10.0) -> list[Received]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            got = self.delivered()
+            if len(got) >= count:
+                return got
+            time.sleep(0.02)
+        return self.delivered()
+
+    def answer(self, path: str, body: dict, headers: dict) -> tuple[int, dict]:
+        with self.lock:
+            if self.errors:
+                return self.errors.pop(0), {"message": "fake error"}
+            if path.endswith("/reply"):
+                token = body.get("replyToken")
+                if token in self.expired_tokens or token in self.used_tokens:
+                    return 400, {"message": "Invalid reply token"}
+                self.used_tokens.add(token)
+                return 200, {"sentMessages": []}
+            if path.endswith("/push"):
+                key = headers.get("x-line-retry-key")
+                if key and key in self.retry_keys:
+                    return 409, {"message": "The retry key is already accepted"}
+                if key:
+                    self.retry_keys.add(key)
+                return 200, {"sentMessages": []}
+            if path.endswith("/chat/loading/start"):
+                return 202, {}
+            return 404, {"message": "not found"}
+
+
+def serve(fake: FakeLine) -> tuple[ThreadingHTTPServer, str]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            raw = self.rfile.read(length)
+            try:
+                body: Any = json.loads(raw or b"{}")
+            except ValueError:
+                body = {}
+            headers = {k.lower(): v for k, v in self.headers.items()}
+            if fake.hang_s:
+                time.sleep(fake.hang_s)
+            status, payload = fake.answer(self.path, body, headers)
+            with fake.lock:
+                fake.received.append(Received(self.path, body, headers, status, time.time()))
+            data = json.dumps(payload).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    host, port = server.server_address[:2]
+    return server, f"http://{host}:{port}"

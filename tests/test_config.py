@@ -1,0 +1,58 @@
+"""Settings: wrong or missing values stop start-up with one line naming the variable."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bot.config import Settings, SettingsError
+
+REPO = Path(__file__).resolve().parents[1]
+KEY = "k" * 32
+
+
+def test_defaults_start_without_any_setting():
+    s = Settings.from_env({})
+    assert s.embedded_redis and s.secret_is_ephemeral and s.municipality == "kyoto"
+    assert not s.line_enabled
+
+
+@pytest.mark.parametrize(("env", "variable"), [
+    ({"REDIS_URL": "redis://localhost"}, "BOT_SECRET_KEY"),
+    ({"BOT_SECRET_KEY": "short"}, "BOT_SECRET_KEY"),
+    ({"REDIS_URL": "http://x", "BOT_SECRET_KEY": KEY}, "REDIS_URL"),
+    ({"REDIS_URL": "nonsense", "BOT_SECRET_KEY": KEY}, "REDIS_URL"),
+    ({"SESSION_TTL_SECONDS": "soon"}, "SESSION_TTL_SECONDS"),
+    ({"SESSION_TTL_SECONDS": "5"}, "SESSION_TTL_SECONDS"),
+    ({"LINE_CHANNEL_SECRET": "abc"}, "LINE_CHANNEL_ACCESS_TOKEN"),
+    ({"LINE_API_BASE_URL": "ftp://x"}, "LINE_API_BASE_URL"),
+    ({"MUNICIPALITY": "../etc"}, "MUNICIPALITY"),
+    ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL"),
+])
+def test_bad_settings_name_the_variable(env, variable):
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env(env)
+    message = str(info.value)
+    assert message.startswith(variable + ":")
+    assert "\n" not in message
+
+
+def test_server_exits_with_one_line(tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "REDIS_URL": "redis://127.0.0.1:1", "BOT_SECRET_KEY": "x"}
+    proc = subprocess.run([sys.executable, "-c", "import server; server.app"], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert lines == ["tsunagu: configuration error: BOT_SECRET_KEY: must be at least "
+                     "32 characters"]
+
+
+def test_unknown_pack_stops_start_up():
+    env = {"PATH": "/usr/bin:/bin", "MUNICIPALITY": "atlantis"}
+    proc = subprocess.run([sys.executable, "-c", "import server; server.app"], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "atlantis" in proc.stderr and "no such content pack" in proc.stderr

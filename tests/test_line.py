@@ -1,0 +1,314 @@
+"""The LINE channel against a fake Messaging API on loopback and a real Redis."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from linebot.v3.messaging import FlexMessage, TextMessage
+
+from bot.channels.line_render import parse_postback, render
+from bot.config import Settings
+from bot.replies import Cards, Question, Text
+from tests import line_helpers as lh
+from tests.conftest import SECRET
+from tests.fakes.line_api import FakeLine, serve
+
+USER = "U" + "1" * 32
+
+
+@pytest.fixture
+def fake_line():
+    fake = FakeLine()
+    server, url = serve(fake)
+    yield fake, url
+    server.shutdown()
+
+
+@pytest.fixture
+def line_app(redis_url, key_prefix, redis_client, fake_line):
+    from bot.wiring import build
+    from server import create_app
+
+    fake, url = fake_line
+    settings = Settings(redis_url=redis_url, bot_secret_key=SECRET, key_prefix=key_prefix,
+                        line_channel_secret=lh.LINE_SECRET, line_channel_access_token="tok",
+                        line_api_base_url=url, line_dispatch_threads=4,
+                        line_reclaim_idle_ms=500, lock_ms=5000)
+    services = build(settings, client=redis_client)
+    app = create_app(settings, services=services)
+    line = app.extensions["tsunagu_line"]
+    # Tests that need no retries keep the backoff short.
+    line.api.backoff = (0.05, 0.1, 0.2)
+    yield app, fake
+    line.stop()
+
+
+def post(client, *events, secret=lh.LINE_SECRET, signature=None):
+    body = lh.body(*events)
+    sig = signature if signature is not None else lh.sign(body, secret)
+    headers = {"X-Line-Signature": sig} if sig else {}
+    return client.post("/callback", data=body.encode(), headers=headers,
+                       content_type="application/json")
+
+
+def last_quick_values(received) -> list[str]:
+    msg = received.body["messages"][-1]
+    return [json.loads(i["action"]["data"])["v"] for i in msg["quickReply"]["items"]]
+
+
+def test_full_questionnaire_over_line(line_app):
+    app, fake = line_app
+    client = app.test_client()
+    assert post(client, lh.event("follow", user=USER)).status_code == 200
+    got = fake.wait_for(1)
+    assert last_quick_values(got[0])[0] == "start"
+    steps = [("welcome", "start"), ("whose", "family"), ("age", "40_64"),
+             ("concern", "hikikomori"), ("hiki_duration", "long"), ("hiki_contact", "open"),
+             ("more", "none"), ("ward", "skip"), ("contact", "phone")]
+    for n, (state, value) in enumerate(steps, start=2):
+        assert post(client, lh.tap(state, value, user=USER)).status_code == 200
+        got = fake.wait_for(n)
+        assert len(got) == n, f"no answer to {state}:{value}"
+    final = got[-1].body["messages"]
+    assert len(final) <= 5
+    assert any(m["type"] == "flex" for m in final)
+    flex = next(m for m in final if m["type"] == "flex")
+    uris = [b["action"]["uri"] for bub in flex["contents"]["contents"]
+            for b in (bub.get("footer") or {}).get("contents", [])]
+    assert any(u.startswith("tel:") for u in uris)
+    assert last_quick_values(got[-1]) == ["cmd:human", "cmd:restart", "cmd:directory"]
+
+
+def test_question_numbers_let_pc_users_type(line_app):
+    app, fake = line_app
+    client = app.test_client()
+    post(client, lh.event("follow", user=USER))
+    fake.wait_for(1)
+    post(client, lh.text("1", user=USER))
+    got = fake.wait_for(2)
+    text = got[-1].body["messages"][-1]["text"]
+    assert "1. 自分のこと" in text and "4. 支援者として" in text
+
+
+@pytest.mark.parametrize("signature", [None, "", "bm90IGEgc2lnbmF0dXJl", "WRONG"])
+def test_forged_or_missing_signature_is_refused(line_app, redis_client, key_prefix, signature):
+    app, fake = line_app
+    client = app.test_client()
+    body = lh.body(lh.text("死にたい", user=USER))
+    headers = {"X-Line-Signature": signature} if signature is not None else {}
+    resp = client.post("/callback", data=body.encode(), headers=headers,
+                       content_type="application/json")
+    assert resp.status_code == 400
+    time.sleep(0.3)
+    assert fake.received == []
+    assert [k for k in redis_client.scan_iter(match=f"{key_prefix}:*")
+            if not k.endswith(b":line:work")] == []
+
+
+def test_wrong_secret_is_refused(line_app):
+    app, _fake = line_app
+    resp = post(app.test_client(), lh.text("hi", user=USER), secret="another-secret")
+    assert resp.status_code == 400
+
+
+def test_malformed_signed_body_is_400(line_app):
+    app, _ = line_app
+    client = app.test_client()
+    for raw in ("{not json", '{"events": "nope"}', "[]"):
+        resp = client.post("/callback", data=raw.encode(),
+                           headers={"X-Line-Signature": lh.sign(raw)},
+                           content_type="application/json")
+        assert resp.status_code == 400, raw
+
+
+def test_body_over_one_megabyte_is_413(line_app):
+    app, _ = line_app
+    raw = "x" * (1024 * 1024 + 10)
+    resp = app.test_client().post("/callback", data=raw.encode(),
+                                  headers={"X-Line-Signature": lh.sign(raw)},
+                                  content_type="application/json")
+    assert resp.status_code == 413
+
+
+def test_redelivered_event_is_answered_once(line_app):
+    app, fake = line_app
+    client = app.test_client()
+    ev = lh.text("こんにちは", user=USER)
+    post(client, ev)
+    again = dict(ev, deliveryContext={"isRedelivery": True})
+    post(client, again)
+    post(client, again)
+    time.sleep(0.5)
+    assert len(fake.wait_for(1)) == 1
+    time.sleep(0.5)
+    assert len(fake.delivered()) == 1
+
+
+def test_hanging_line_api_does_not_hold_the_webhook(line_app):
+    app, fake = line_app
+    fake.hang_s = 3.0
+    client = app.test_client()
+    started = time.monotonic()
+    resp = post(client, lh.text("こんにちは", user=USER))
+    assert resp.status_code == 200
+    assert time.monotonic() - started < 2.0
+    fake.hang_s = 0.0
+    assert fake.wait_for(1, timeout=20), "the answer arrives after the hang"
+
+
+def test_expired_reply_token_falls_back_to_push(line_app):
+    app, fake = line_app
+    ev = lh.text("こんにちは", user=USER, reply_token="expired-token")
+    fake.expired_tokens.add("expired-token")
+    post(app.test_client(), ev)
+    got = fake.wait_for(1)
+    assert got[0].path.endswith("/push")
+    assert got[0].body["to"] == USER
+    assert got[0].headers.get("x-line-retry-key")
+
+
+def test_old_event_is_pushed_not_replied(line_app):
+    app, fake = line_app
+    ev = lh.text("こんにちは", user=USER, ts_ms=int((time.time() - 120) * 1000))
+    post(app.test_client(), ev)
+    got = fake.wait_for(1)
+    assert got[0].path.endswith("/push")
+    paths = [r.path for r in fake.received]
+    assert not any(p.endswith("/reply") for p in paths)
+    assert any(p.endswith("/chat/loading/start") for p in paths)
+
+
+def test_line_api_errors_then_recovery(line_app):
+    app, fake = line_app
+    fake.errors = [500, 429, 500]
+    post(app.test_client(), lh.text("こんにちは", user=USER))
+    got = fake.wait_for(1, timeout=20)
+    assert len(got) == 1
+    assert len(fake.delivered()) == 1
+    statuses = [r.status for r in fake.received]
+    assert statuses[:3] == [500, 429, 500]
+
+
+def test_line_down_for_long_keeps_the_event_and_retries(line_app):
+    app, fake = line_app
+    fake.errors = [503] * 8
+    post(app.test_client(), lh.text("こんにちは", user=USER))
+    got = fake.wait_for(1, timeout=30)
+    assert len(got) == 1, "delivered after LINE came back"
+
+
+def test_stickers_and_images_repeat_the_question(line_app, pack):
+    app, fake = line_app
+    client = app.test_client()
+    post(client, lh.event("follow", user=USER))
+    fake.wait_for(1)
+    post(client, lh.sticker(user=USER))
+    post(client, lh.image(user=USER))
+    got = fake.wait_for(3)
+    assert pack.msg("event.sticker", "ja") in got[1].body["messages"][0]["text"]
+    assert pack.msg("event.media", "ja") in got[2].body["messages"][0]["text"]
+    assert last_quick_values(got[2])[0] == "start"
+
+
+def test_forged_postback_is_unknown_input(line_app, pack):
+    app, fake = line_app
+    client = app.test_client()
+    post(client, lh.event("follow", user=USER))
+    fake.wait_for(1)
+    post(client, lh.postback("not-our-data", user=USER))
+    post(client, lh.tap("results", "cmd:human", user=USER))  # a value from another state
+    post(client, lh.tap("welcome", "x" * 90, user=USER))
+    got = fake.wait_for(4)
+    assert len(got) == 4
+    assert all(last_quick_values(r)[0] == "start" for r in got[1:])
+
+
+def test_unfollow_deletes_the_session(line_app, redis_client, key_prefix):
+    app, fake = line_app
+    client = app.test_client()
+    post(client, lh.event("follow", user=USER))
+    fake.wait_for(1)
+    assert list(redis_client.scan_iter(match=f"{key_prefix}:*:session"))
+    post(client, lh.event("unfollow", user=USER))
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and list(
+            redis_client.scan_iter(match=f"{key_prefix}:*:session")):
+        time.sleep(0.05)
+    assert list(redis_client.scan_iter(match=f"{key_prefix}:*:session")) == []
+    assert len(fake.delivered()) == 1
+
+
+def test_unknown_and_group_events_are_ignored(line_app):
+    app, fake = line_app
+    client = app.test_client()
+    for ev in (lh.event("join", user=USER), lh.event("leave", user=USER),
+               lh.event("unsend", user=USER, unsend={"messageId": "1"}),
+               lh.event("somethingNew", user=USER)):
+        assert post(client, ev).status_code == 200
+    group = lh.text("hi", user=USER)
+    group["source"] = {"type": "group", "groupId": "G1", "userId": USER}
+    assert post(client, group).status_code == 200
+    time.sleep(0.5)
+    assert fake.delivered() == []
+
+
+def test_events_of_one_person_are_answered_in_order(line_app):
+    app, fake = line_app
+    client = app.test_client()
+    now = int(time.time() * 1000)
+    post(client, lh.event("follow", user=USER, ts_ms=now))
+    fake.wait_for(1)
+    # Three taps in one body, and the same person's later event arriving first in another.
+    post(client, lh.tap("age", "18_39", user=USER, ts_ms=now + 3))
+    post(client, lh.tap("welcome", "start", user=USER, ts_ms=now + 1),
+         lh.tap("whose", "self", user=USER, ts_ms=now + 2))
+    got = fake.wait_for(4, timeout=10)
+    assert len(got) == 4
+    firsts = [last_quick_values(r)[0] for r in got[1:]]
+    assert firsts[-1] == "suicide", firsts  # the concern question comes last
+
+
+def test_no_raw_user_id_in_redis_keys_or_logs(line_app, redis_client, key_prefix, caplog):
+    app, fake = line_app
+    caplog.set_level("DEBUG", logger="tsunagu")
+    post(app.test_client(), lh.text("お金がない 死にたい", user=USER))
+    fake.wait_for(1)
+    keys = [k.decode() for k in redis_client.scan_iter(match=f"{key_prefix}:*")]
+    assert keys and not any(USER in k for k in keys)
+    text = "\n".join(r.getMessage() + str(r.__dict__) for r in caplog.records)
+    assert USER not in text
+    assert "死にたい" not in text and "お金" not in text
+
+
+def test_render_stays_within_line_limits(engine, walker):
+    """Every message the renderer builds passes the SDK's own model validation."""
+    walker.start()
+    walker.text("死にたい")
+    for value in ("start", "self", "18_39", "dv_abuse", "yes", "suicide", "none", "skip",
+                  "phone"):
+        walker.tap(value)
+    messages = render(walker.replies, "電話", "ホームページ")
+    assert 1 <= len(messages) <= 5
+    for m in messages:
+        assert isinstance(m, (TextMessage, FlexMessage))
+        type(m).from_dict(m.to_dict())  # re-validated by the SDK
+        if isinstance(m, FlexMessage):
+            assert len(m.contents.contents) <= 12
+            assert len(m.alt_text) <= 400
+        if m.quick_reply:
+            assert len(m.quick_reply.items) <= 13
+            for item in m.quick_reply.items:
+                assert len(item.action.label) <= 20
+                assert len(item.action.data) <= 300
+                assert parse_postback(item.action.data) is not None
+
+
+def test_render_never_drops_the_question():
+    q = Question(text="q", state="s", choices=[])
+    card = Cards(title="t", cards=[])
+    replies = [Text(text="a"), card, Text(text="b")] * 3 + [q]
+    messages = render(replies, "call", "site")
+    assert len(messages) <= 5
+    assert messages[-1].text.startswith("a") or "q" in messages[-1].text

@@ -1,0 +1,90 @@
+"""The web chat over Flask's test client, against a real Redis."""
+
+from __future__ import annotations
+
+from bot.replies import offers_a_way_on
+
+
+def _values(data):
+    q = [r for r in data["replies"] if r["type"] == "question"][-1]
+    return q, [c["value"] for c in q["choices"]]
+
+
+def test_page_is_served_with_pack_texts(client, pack):
+    resp = client.get("/")
+    assert resp.status_code == 200
+    html = resp.get_data(as_text=True)
+    assert pack.msg("web.title", "ja") in html
+    assert 'name="viewport"' in html and 'aria-live="polite"' in html
+    assert client.get("/static/chat.js").status_code == 200
+
+
+def test_health_and_readiness(client):
+    assert client.get("/healthz").json == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.json["checks"] == {"content": True, "redis": True}
+
+
+def test_chat_round_trip_to_results(client):
+    resp = client.post("/api/chat", json={"type": "start"})
+    assert resp.status_code == 200
+    cookie = resp.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "tsunagu_visitor=" in cookie
+    q, values = _values(resp.json)
+    assert q["state"] == "welcome"
+    for value in ("start", "self", "18_39", "loneliness", "none", "skip", "info"):
+        q, values = _values(resp.json)
+        assert value in values, (q["state"], values)
+        resp = client.post("/api/chat", json={"type": "tap", "value": value,
+                                              "state": q["state"]})
+        assert resp.status_code == 200
+    q, _ = _values(resp.json)
+    assert q["state"] == "results"
+    cards = [c for r in resp.json["replies"] if r["type"] == "cards" for c in r["cards"]]
+    assert cards and all(c["name"] for c in cards)
+    assert any(c["tel"] for c in cards)
+
+
+def test_typing_works_like_tapping(client):
+    client.post("/api/chat", json={"type": "start"})
+    resp = client.post("/api/chat", json={"type": "text", "text": "1"})
+    q, _ = _values(resp.json)
+    assert q["state"] == "whose"
+
+
+def test_malformed_requests_get_400_and_nothing_is_stored(client, redis_client, key_prefix):
+    bad = [
+        ("not json", "text/plain"),
+        ("[1,2]", "application/json"),
+        ('{"type": "text"}', "application/json"),
+        ('{"type": "text", "text": ""}', "application/json"),
+        ('{"type": "text", "text": "' + "あ" * 2001 + '"}', "application/json"),
+        ('{"type": "tap"}', "application/json"),
+        ('{"type": "nope"}', "application/json"),
+    ]
+    for body, ctype in bad:
+        resp = client.post("/api/chat", data=body, content_type=ctype)
+        assert resp.status_code == 400, body[:40]
+        assert "error" in resp.json
+    assert list(redis_client.scan_iter(match=f"{key_prefix}:*")) == []
+
+
+def test_every_web_reply_offers_a_way_on(client):
+    from pydantic import TypeAdapter
+
+    from bot.replies import Reply
+
+    adapter = TypeAdapter(list[Reply])
+    for body in ({"type": "start"}, {"type": "text", "text": "???"},
+                 {"type": "tap", "value": "bogus", "state": "welcome"}):
+        resp = client.post("/api/chat", json=body)
+        assert offers_a_way_on(adapter.validate_python(resp.json["replies"]))
+
+
+def test_two_visitors_have_separate_sessions(app):
+    a, b = app.test_client(), app.test_client()
+    a.post("/api/chat", json={"type": "start"})
+    a.post("/api/chat", json={"type": "tap", "value": "start", "state": "welcome"})
+    resp = b.post("/api/chat", json={"type": "text", "text": "1"})
+    q, _ = _values(resp.json)
+    assert q["state"] == "welcome"  # b is new: the stranger gets the welcome
