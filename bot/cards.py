@@ -12,6 +12,11 @@ from bot.replies import Card
 WEEKDAYS_MON_FRI = ["mon", "tue", "wed", "thu", "fri"]
 
 
+def _clock(hhmm: str) -> str:
+    hour, minute = hhmm.split(":")
+    return f"{int(hour)}:{minute}"
+
+
 def _days_text(pack: Pack, days: list[str], lang: Lang) -> str:
     if sorted(days, key=WEEKDAYS.index) == list(WEEKDAYS):
         return pack.msg("hours.everyday", lang)
@@ -27,8 +32,8 @@ def hours_text(pack: Pack, hours: Hours, lang: Lang) -> str:
         text = pack.msg("hours.always", lang)
     else:
         parts = [pack.msg("hours.period", lang).format(
-                    days=_days_text(pack, p.days, lang), start=p.start.lstrip("0") or "0",
-                    end=p.end) for p in hours.weekly]
+                    days=_days_text(pack, p.days, lang), start=_clock(p.start),
+                    end=_clock(p.end)) for p in hours.weekly]
         text = pack.msg("hours.period_separator", lang).join(parts)
         if hours.holidays == "closed" and hours.closed_dates:
             text += pack.msg("hours.closed_holidays_and_new_year", lang)

@@ -28,6 +28,7 @@ CMD_PREFIX = "cmd:"
 PAGE_PREFIX = "page:"
 MAX_CHOICES = 13  # LINE's quick-reply limit; the web follows the same rule
 MAX_CARDS = 10
+RATE_LIMIT = 20  # messages a minute per person before the gentle flood note
 DECLINED = {"skip", "outside", "info"}
 SYNONYM_GROUP = {"categories": "cat", "wards": "ward"}
 
@@ -86,8 +87,10 @@ def _below(limit: int) -> Callable[[EventData], bool]:
 class Engine:
     """Compiled flows plus the content pack and crisis detector they speak from."""
 
-    def __init__(self, flow: FlowSpec, pack: Pack, detector: Detector):
+    def __init__(self, flow: FlowSpec, pack: Pack, detector: Detector,
+                 rate_limit: int = RATE_LIMIT):
         self.flow = flow
+        self.rate_limit = rate_limit
         self.pack = pack
         self.detector = detector
         self.items = {
@@ -153,8 +156,12 @@ class Engine:
         return Session(flow=self.flow.id, state=self.flow.start, lang=lang,
                        history=[self.flow.start])
 
-    def options(self, session: Session, state_name: str | None = None) -> list[Option]:
-        """The choices offered in a state, in display order, paged to LINE's 13."""
+    def options(self, session: Session, state_name: str | None = None,
+                reserve: int = 0) -> list[Option]:
+        """The choices offered in a state, in display order, paged to LINE's 13.
+
+        `reserve` keeps room for choices added on top (the offer of a person after a crisis).
+        """
         name = state_name or session.state
         state = self.flow.states[name]
         opts: list[Option] = []
@@ -162,8 +169,9 @@ class Engine:
             items = self.items[state.choices_from]
             if state.exclude_answered:
                 items = [(v, lab) for v, lab in items if v not in session.concerns]
-            page = session.page if name == session.state else 0
-            size = state.page_size or len(items)
+            size = self._page_size(state, len(items), reserve)
+            last_page = max(0, (len(items) - 1) // size) if size else 0
+            page = min(session.page, last_page) if name == session.state else 0
             start = page * size
             opts += [Option(v, lab.get(session.lang)) for v, lab in items[start:start + size]]
             if page > 0:
@@ -180,11 +188,20 @@ class Engine:
                                command=choice.command))
         return opts
 
-    def ask(self, session: Session, extra: list[Option] | None = None) -> Question:
-        opts = self.options(session)
-        for opt in extra or []:
-            if len(opts) < MAX_CHOICES and all(o.value != opt.value for o in opts):
-                opts.append(opt)
+    @staticmethod
+    def _page_size(state: StateSpec, n_items: int, reserve: int = 0) -> int:
+        """All items when they fit in 13 with the fixed choices; else pages with ◀ ▶."""
+        fixed = len(state.choices) + len(state.extra) + reserve
+        return n_items if n_items + fixed <= MAX_CHOICES else MAX_CHOICES - fixed - 2
+
+    def ask(self, session: Session) -> Question:
+        """The current state's question. After a crisis it also offers a person, on every
+        question, with room kept on the page for that choice."""
+        extra = []
+        if session.crisis:
+            human = self.command_option("human", session)
+            extra = [human] if all(o.command != "human" for o in self.options(session)) else []
+        opts = self.options(session, reserve=len(extra)) + extra
         state = self.flow.states[session.state]
         return Question(text=self.t(state.prompt, session), state=session.state,
                         choices=[Choice(label=o.label, value=o.value) for o in opts])
@@ -214,12 +231,20 @@ class Engine:
         crisis = self.detector.detect(text) if text else None
         if crisis is not None:
             self._crisis(out, crisis.kind, now)
+        elif self._flooded(session, now):
+            if session.rate_count == self.rate_limit + 1:
+                out.replies += [Text(text=self.t("flood.note", session)), self.ask(session)]
+            out.events.append("flooded")
+            return out
         if incoming.kind == "event":
             return self._event(out, incoming, now, is_new)
         command = self._command_of(incoming)
         if command:
             return self._command(out, command, now)
-        if is_new and crisis is None:
+        if is_new and crisis is None and not (incoming.kind == "tap"
+                                              and incoming.state == session.state):
+            # A stranger's first words get the welcome; a tap on the welcome's own choices
+            # (after データを消す, or an expired session) is simply taken.
             out.replies.append(self.ask(session))
             return out
         if incoming.kind == "tap":
@@ -239,6 +264,17 @@ class Engine:
             return self._command(out, option.command, now)
         return self._choose(out, option, now)
 
+    def _flooded(self, session: Session, now: datetime) -> bool:
+        """Count this message; past the limit, say so once, then stay quiet for the minute.
+
+        Never consulted for a crisis message: those are always answered in full.
+        """
+        minute = int(now.timestamp() // 60)
+        if session.rate_minute != minute:
+            session.rate_minute, session.rate_count = minute, 0
+        session.rate_count += 1
+        return session.rate_count > self.rate_limit
+
     def _command_of(self, incoming: Incoming) -> str | None:
         if incoming.kind == "tap" and incoming.value.startswith(CMD_PREFIX):
             command = incoming.value[len(CMD_PREFIX):]
@@ -254,16 +290,17 @@ class Engine:
         norm = normalize(text)
         if norm.isdigit() and 1 <= int(norm) <= len(opts):
             return opts[int(norm) - 1]
+        exact: set[int] = set()
         contains: set[int] = set()
         for i, opt in enumerate(opts):
             for word in self._words_for(session, opt):
-                if not word:
-                    continue
-                if norm == word:
-                    return opt
-                if len(word) >= 2 and word in norm:
+                if word and norm == word:
+                    exact.add(i)
+                elif len(word) >= 2 and word in norm:
                     contains.add(i)
-        return opts[contains.pop()] if len(contains) == 1 else None
+        # Two choices claiming the same words means the text is not clear: ask again.
+        found = exact or contains
+        return opts[found.pop()] if len(found) == 1 else None
 
     def _words_for(self, session: Session, opt: Option) -> list[str]:
         """The label in every language plus the pack's synonyms (`syn.<label key>`)."""
@@ -285,23 +322,22 @@ class Engine:
     def _reask(self, out: Step, key: str, after_crisis: bool) -> Step:
         session = out.session
         assert session is not None
-        extra = [self.command_option("human", session)] if after_crisis else []
         if not after_crisis:
             out.replies.append(Text(text=self.t(key, session)))
-        out.replies.append(self.ask(session, extra))
+        out.replies.append(self.ask(session))
         return out
 
     def _page(self, out: Step, value: str) -> Step:
         session = out.session
         assert session is not None
         state = self.flow.states[session.state]
+        items = self.items.get(state.choices_from or "", [])
         try:
             page = int(value[len(PAGE_PREFIX):])
         except ValueError:
             page = -1
-        size = state.page_size or 0
-        items = self.items.get(state.choices_from or "", [])
-        if not size or not 0 <= page * size < len(items):
+        reserve = 1 if session.crisis else 0
+        if not items or not 0 <= page * self._page_size(state, len(items), reserve) < len(items):
             return self._reask(out, "common.not_understood", False)
         session.page = page
         out.replies.append(self.ask(session))
@@ -337,8 +373,7 @@ class Engine:
         if state.kind == "results":
             out.replies += self._results(session, now)
             out.events.append("results")
-        extra = [self.command_option("human", session)] if session.crisis else []
-        out.replies.append(self.ask(session, extra if state.kind == "question" else None))
+        out.replies.append(self.ask(session))
         return out
 
     def _results(self, session: Session, now: datetime) -> list[Reply]:

@@ -23,6 +23,8 @@ class Session(BaseModel):
     resume: str | None = None
     crisis: str | None = None
     history: list[str] = Field(default_factory=list)
+    rate_minute: int = 0
+    rate_count: int = 0
 
     def dumps(self) -> str:
         return self.model_dump_json(exclude_defaults=True)

@@ -29,6 +29,8 @@ def event(kind: str, user: str = "U" + "a" * 32, redelivery: bool = False,
     }
     if kind in ("message", "postback", "follow"):
         base["replyToken"] = extra.pop("reply_token", uuid.uuid4().hex)
+    if kind == "follow":
+        base["follow"] = {"isUnblocked": False}
     base.update(extra)
     return base
 

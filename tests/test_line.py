@@ -260,14 +260,47 @@ def test_events_of_one_person_are_answered_in_order(line_app):
     now = int(time.time() * 1000)
     post(client, lh.event("follow", user=USER, ts_ms=now))
     fake.wait_for(1)
-    # Three taps in one body, and the same person's later event arriving first in another.
-    post(client, lh.tap("age", "18_39", user=USER, ts_ms=now + 3))
     post(client, lh.tap("welcome", "start", user=USER, ts_ms=now + 1),
-         lh.tap("whose", "self", user=USER, ts_ms=now + 2))
+         lh.tap("whose", "self", user=USER, ts_ms=now + 2),
+         lh.tap("age", "18_39", user=USER, ts_ms=now + 3))
     got = fake.wait_for(4, timeout=10)
     assert len(got) == 4
     firsts = [last_quick_values(r)[0] for r in got[1:]]
-    assert firsts[-1] == "suicide", firsts  # the concern question comes last
+    assert firsts == ["self", "u18", "suicide"], firsts
+
+
+def test_many_people_at_once_each_in_order(line_app):
+    """Several residents write at the same moment: each gets their own answers, in order."""
+    import threading
+
+    app, fake = line_app
+    users = [f"U{n:032d}" for n in range(8)]
+    steps = [("welcome", "start"), ("whose", "self"), ("age", "18_39")]
+    token_of = {}
+    now = int(time.time() * 1000)
+
+    def resident(user: str) -> None:
+        client = app.test_client()
+        for i, (state, value) in enumerate(steps):
+            token = f"{user}-{i}"
+            token_of[token] = (user, i)
+            post(client, lh.tap(state, value, user=user, ts_ms=now + i, reply_token=token))
+            time.sleep(0.05)
+
+    threads = [threading.Thread(target=resident, args=(u,)) for u in users]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    got = fake.wait_for(len(steps) * len(users), timeout=20)
+    assert len(got) == len(steps) * len(users)
+    answers: dict[str, list] = {}
+    for r in got:
+        user, i = token_of[r.body["replyToken"]]
+        answers.setdefault(user, []).append((r.at, i, last_quick_values(r)[0]))
+    for user in users:
+        seq = [first for _, _, first in sorted(answers[user])]
+        assert seq == ["self", "u18", "suicide"], (user, seq)
 
 
 def test_no_raw_user_id_in_redis_keys_or_logs(line_app, redis_client, key_prefix, caplog):

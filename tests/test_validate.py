@@ -81,7 +81,13 @@ def test_message_missing_in_one_language(pack_copy):
     _edit(pack_copy / "messages.en.yaml", lambda d: d["q"].pop("ward"))
     errors = validate(str(pack_copy))
     assert "messages.en.yaml: q.ward: missing (present in ja)" in errors
-    assert any("flows/handbook.yaml: message key 'q.ward'" in e for e in errors)
+
+
+def test_message_the_flow_needs_missing_in_both(pack_copy):
+    for lang in ("ja", "en"):
+        _edit(pack_copy / f"messages.{lang}.yaml", lambda d: d["q"].pop("ward"))
+    errors = validate(str(pack_copy))
+    assert any("flows/handbook.yaml: message key 'q.ward'" in e for e in errors), errors
 
 
 def test_missing_source(pack_copy):

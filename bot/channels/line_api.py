@@ -4,6 +4,8 @@ Reply while the reply token is fresh; otherwise, or when LINE refuses the token,
 `X-Line-Retry-Key` derived from the event id, so a retried push — from this process or another
 after a crash — is never delivered twice (LINE answers 409 to a repeated key). Every call has
 an explicit timeout; one ApiClient (a pooled urllib3 manager, thread-safe) serves all events.
+Calls use `_preload_content=False`: a 2xx means LINE took the message, and a change in LINE's
+response body must never turn a delivered answer into a "failure" that we would send again.
 """
 
 from __future__ import annotations
@@ -61,9 +63,9 @@ class LineApi:
             return "none"
         if reply_token and age_s < REPLY_TOKEN_TTL_S:
             try:
-                self.api.reply_message(
+                self.api.reply_message_with_http_info(
                     ReplyMessageRequest(reply_token=reply_token, messages=messages),
-                    _request_timeout=TIMEOUT)
+                    _request_timeout=TIMEOUT, _preload_content=False)
                 return "reply"
             except ApiException as exc:
                 if exc.status in RETRYABLE:
@@ -78,8 +80,9 @@ class LineApi:
         key = self.retry_key(event_id)
         for attempt, pause in enumerate((*self.backoff, None)):
             try:
-                self.api.push_message(PushMessageRequest(to=user_id, messages=messages),
-                                      x_line_retry_key=key, _request_timeout=TIMEOUT)
+                self.api.push_message_with_http_info(
+                    PushMessageRequest(to=user_id, messages=messages), x_line_retry_key=key,
+                    _request_timeout=TIMEOUT, _preload_content=False)
                 return "push"
             except ApiException as exc:
                 if exc.status == 409:  # this retry key was accepted before: delivered
@@ -100,8 +103,8 @@ class LineApi:
     def show_loading(self, user_id: str, seconds: int = 20) -> None:
         """Best effort: the animation is a courtesy, never a reason to fail."""
         try:
-            self.api.show_loading_animation(
+            self.api.show_loading_animation_with_http_info(
                 ShowLoadingAnimationRequest(chat_id=user_id, loading_seconds=seconds),
-                _request_timeout=(1.0, 1.0))
+                _request_timeout=(1.0, 1.0), _preload_content=False)
         except Exception as exc:
             logs.event(log, "loading_failed", logging.INFO, error=type(exc).__name__)

@@ -46,7 +46,6 @@ class StateSpec(Spec):
     exclude_answered: bool = False
     repeat: int | None = Field(default=None, ge=1, le=5)
     then: str | None = None
-    page_size: int | None = Field(default=None, ge=2, le=11)
     extra: list[ChoiceSpec] = Field(default_factory=list)
 
     @model_validator(mode="after")

@@ -61,6 +61,11 @@ class FakeLine:
             time.sleep(0.02)
         return self.delivered()
 
+    @staticmethod
+    def _sent(body: dict) -> dict:
+        return {"sentMessages": [{"id": str(i), "quoteToken": f"q{i}"}
+                                 for i, _ in enumerate(body.get("messages", []))]}
+
     def answer(self, path: str, body: dict, headers: dict) -> tuple[int, dict]:
         with self.lock:
             if self.errors:
@@ -70,14 +75,14 @@ class FakeLine:
                 if token in self.expired_tokens or token in self.used_tokens:
                     return 400, {"message": "Invalid reply token"}
                 self.used_tokens.add(token)
-                return 200, {"sentMessages": []}
+                return 200, self._sent(body)
             if path.endswith("/push"):
                 key = headers.get("x-line-retry-key")
                 if key and key in self.retry_keys:
                     return 409, {"message": "The retry key is already accepted"}
                 if key:
                     self.retry_keys.add(key)
-                return 200, {"sentMessages": []}
+                return 200, self._sent(body)
             if path.endswith("/chat/loading/start"):
                 return 202, {}
             return 404, {"message": "not found"}

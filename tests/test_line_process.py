@@ -1,0 +1,89 @@
+"""The real server process (gunicorn, as the Procfile starts it) killed right after it
+answered LINE 200: started again, it still answers the event, and only once."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests import line_helpers as lh
+from tests.conftest import SECRET
+from tests.fakes.line_api import FakeLine, serve
+
+REPO = Path(__file__).resolve().parents[1]
+GUNICORN = Path(sys.executable).with_name("gunicorn")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(port: int, env: dict) -> subprocess.Popen:
+    proc = subprocess.Popen([str(GUNICORN), "server:app"], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
+                if r.status == 200:
+                    return proc
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("server did not start")
+
+
+def post(port: int, body: str) -> int:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/callback", data=body.encode(),
+                                 headers={"X-Line-Signature": lh.sign(body),
+                                          "Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        return resp.status
+
+
+@pytest.mark.skipif(not GUNICORN.exists(), reason="gunicorn is installed with the package")
+def test_killed_after_200_the_event_is_answered_once(redis_url, key_prefix):
+    if redis_url is None:
+        pytest.skip("needs a Redis server shared between processes")
+    fake = FakeLine(errors=[503] * 50)  # LINE down: the first process cannot deliver
+    server, line_url = serve(fake)
+    port = _free_port()
+    env = {**os.environ, "PORT": str(port), "REDIS_URL": redis_url, "BOT_SECRET_KEY": SECRET,
+           "REDIS_KEY_PREFIX": key_prefix, "LINE_CHANNEL_SECRET": lh.LINE_SECRET,
+           "LINE_CHANNEL_ACCESS_TOKEN": "tok", "LINE_API_BASE_URL": line_url,
+           "LINE_RECLAIM_IDLE_MS": "500", "PERSON_LOCK_MS": "1500", "WEB_CONCURRENCY": "1"}
+    first = start_server(port, env)
+    try:
+        ev = lh.text("死にたい", user="U" + "7" * 32)
+        assert post(port, lh.body(ev)) == 200
+        time.sleep(0.3)
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait(10)
+    assert fake.delivered() == []
+    with fake.lock:
+        fake.errors.clear()
+    second = start_server(port, env)
+    try:
+        got = fake.wait_for(1, timeout=30)
+        assert len(got) == 1
+        # LINE redelivers the same event: de-duplicated, not answered again.
+        assert post(port, lh.body(dict(ev, deliveryContext={"isRedelivery": True}))) == 200
+        time.sleep(1.5)
+        assert len(fake.delivered()) == 1
+        assert "0120-279-338" in str(got[0].body)
+    finally:
+        os.killpg(second.pid, signal.SIGTERM)
+        second.wait(10)
+        server.shutdown()
