@@ -8,6 +8,7 @@ clocks and platforms are the callers' business, which keeps every path testable.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -17,6 +18,8 @@ from transitions import EventData, Machine
 
 from bot.cards import card
 from bot.flows.schema import ChoiceSpec, FlowSpec, StateSpec
+from bot.handoff.models import CaseRequest
+from bot.pack.hours import is_open, next_opening
 from bot.pack.loader import Pack
 from bot.pack.matching import Answers, match, rank
 from bot.pack.models import LANGS, Lang
@@ -29,6 +32,8 @@ PAGE_PREFIX = "page:"
 MAX_CHOICES = 13  # LINE's quick-reply limit; the web follows the same rule
 MAX_CARDS = 10
 RATE_LIMIT = 20  # messages a minute per person before the gentle flood note
+CASE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I: read aloud on the phone
+HANDOFF_STATES = ("handoff_consent", "handoff_message", "handoff_open")
 DECLINED = {"skip", "outside", "info"}
 SYNONYM_GROUP = {"categories": "cat", "wards": "ward"}
 
@@ -48,11 +53,16 @@ class Incoming:
 
 @dataclass
 class Step:
-    """The outcome of one message. `session` None means: delete what is stored."""
+    """The outcome of one message. `session` None means: delete what is stored.
+
+    `handoff` asks the caller to open a staff case; `relay` is text for the open case's thread.
+    """
 
     session: Session | None
     replies: list[Reply]
     events: list[str] = field(default_factory=list)
+    handoff: CaseRequest | None = None
+    relay: str | None = None
 
 
 @dataclass(frozen=True)
@@ -88,9 +98,10 @@ class Engine:
     """Compiled flows plus the content pack and crisis detector they speak from."""
 
     def __init__(self, flow: FlowSpec, pack: Pack, detector: Detector,
-                 rate_limit: int = RATE_LIMIT):
+                 rate_limit: int = RATE_LIMIT, handoff: bool = False):
         self.flow = flow
         self.rate_limit = rate_limit
+        self.handoff = handoff
         self.pack = pack
         self.detector = detector
         self.items = {
@@ -125,8 +136,11 @@ class Engine:
                                            conditions=[_value_in(values)])
         machine.add_transition("restart", "*", spec.start)
         machine.add_transition("open_directory", "*", "directory")
+        if "handoff_consent" in spec.states:
+            machine.add_transition("ask_consent", "*", "handoff_consent")
         for name in spec.states:
-            machine.add_transition("resume", "directory", name, conditions=[_value_is(name)])
+            for source in ("directory", *(h for h in HANDOFF_STATES if h in spec.states)):
+                machine.add_transition("resume", source, name, conditions=[_value_is(name)])
         return machine
 
     def _command_words(self) -> dict[str, str]:
@@ -152,8 +166,9 @@ class Engine:
     def t(self, key: str, session: Session) -> str:
         return self.pack.msg(key, session.lang)
 
-    def new_session(self, lang: Lang = "ja") -> Session:
-        return Session(flow=self.flow.id, state=self.flow.start, lang=lang,
+    def new_session(self, lang: Lang = "ja", case: str | None = None) -> Session:
+        """A fresh conversation; an open staff case survives 最初から and やめる."""
+        return Session(flow=self.flow.id, state=self.flow.start, lang=lang, case=case,
                        history=[self.flow.start])
 
     def options(self, session: Session, state_name: str | None = None,
@@ -241,6 +256,12 @@ class Engine:
         command = self._command_of(incoming)
         if command:
             return self._command(out, command, now)
+        if text and session.case:
+            return self._relay(out, text, crisis is not None)
+        if text and self.flow.states[session.state].kind == "handoff_message":
+            option = self._understand(session, text)
+            if option is None or crisis is not None:
+                return self._open_case(out, text, now)
         if is_new and crisis is None and not (incoming.kind == "tap"
                                               and incoming.state == session.state):
             # A stranger's first words get the welcome; a tap on the welcome's own choices
@@ -350,8 +371,10 @@ class Engine:
         value = option.value
         if state.kind == "directory":
             return self._directory_category(out, value, now)
+        if state.kind == "handoff_message" and option.spec and option.spec.next:
+            return self._open_case(out, None, now)
         if state.answer == "concerns":
-            if value not in session.concerns:
+            if value in self.pack.categories and value not in session.concerns:
                 session.concerns = [*session.concerns, value]
         elif state.answer:
             session.answers[state.answer] = value
@@ -427,11 +450,11 @@ class Engine:
         assert session is not None
         out.events.append(f"command:{command}")
         if command == "restart":
-            fresh = self.new_session(session.lang)
+            fresh = self.new_session(session.lang, case=session.case)
             out.session = fresh
             out.replies.append(self.ask(fresh))
         elif command == "stop":
-            fresh = self.new_session(session.lang)
+            fresh = self.new_session(session.lang, case=session.case)
             out.session = fresh
             out.replies.append(Text(text=self.t("stop.body", fresh)))
             out.replies.append(Question(
@@ -460,13 +483,23 @@ class Engine:
             out.replies.append(self.ask(session))
         elif command == "resume":
             target = session.resume or self.flow.start
-            if session.state == "directory":
+            if session.state == "directory" or session.state in HANDOFF_STATES:
                 self._move(session, "resume", value=target)
             session.resume = None
             out.replies.append(self.ask(session))
         elif command == "human":
-            out.replies += self._human(session, now)
-            out.replies.append(self.ask(session))
+            if session.case:
+                out.replies.append(Text(text=self.t("handoff.relayed", session)))
+                out.replies.append(self.ask(session))
+            elif self.handoff and "handoff_consent" in self.flow.states:
+                if session.state not in HANDOFF_STATES:
+                    session.resume = session.state
+                self._move(session, "ask_consent")
+                out.replies += self._when_staff_answer(session, now, "handoff.consent")
+                out.replies.append(self.ask(session))
+            else:
+                out.replies += self._human(session, now)
+                out.replies.append(self.ask(session))
         return out
 
     def _human(self, session: Session, now: datetime) -> list[Reply]:
@@ -488,6 +521,99 @@ class Engine:
         out.replies.append(self.cards("directory.title", windows, session, now))
         out.replies.append(self.ask(session))
         return out
+
+    # -- handoff to staff ----------------------------------------------------------------------
+    def _when_staff_answer(self, session: Session, now: datetime, lead: str,
+                           **fields: str) -> list[Reply]:
+        """When staff will answer (office hours, Japanese holidays); at night, the 24h lines."""
+        office = self.pack.info.office_hours
+        if is_open(office, now):
+            when = self.t("handoff.when_open", session)
+            return [Text(text=self.t(lead, session).format(when=when, **fields))]
+        opening = next_opening(office, now)
+        if opening is None:  # no opening in the next two weeks: say the 24h lines only
+            when = ""
+        else:
+            weekday = self.t(f"hours.day.{opening.strftime('%a').lower()}", session)
+            day = self.t("handoff.date", session).format(
+                month=opening.month, day=opening.day, weekday=weekday)
+            when = self.t("handoff.when_closed", session).format(
+                day=day, time=f"{opening.hour}:{opening.minute:02d}")
+        always = sorted((w for w in self.pack.hotlines if w.hours and w.hours.always
+                         and not w.only_when), key=lambda w: (-w.rank, w.id))
+        return [Text(text=self.t(lead, session).format(when=when, **fields)),
+                self.cards("crisis.title", always, session, now)]
+
+    def _open_case(self, out: Step, message: str | None, now: datetime) -> Step:
+        session = out.session
+        assert session is not None
+        number = f"{self.pack.info.case_prefix}-" + "".join(
+            secrets.choice(CASE_ALPHABET) for _ in range(4))
+        out.handoff = CaseRequest(
+            number=number, lang=session.lang, categories=list(session.concerns),
+            summary=self.staff_summary(session), ward=self.answers(session).ward,
+            urgent=bool(session.crisis) or "danger_now" in session.flags, message=message)
+        session.case = number
+        session.resume = None
+        self._move(session, "answer", value="send")
+        out.events.append("handoff:open")
+        out.replies += self._when_staff_answer(session, now, "handoff.receipt", number=number)
+        out.replies.append(self.ask(session))
+        return out
+
+    def staff_summary(self, session: Session) -> list[tuple[str, str]]:
+        """The answers as staff read them (Japanese): (question, answer) pairs."""
+        lines: list[tuple[str, str]] = []
+        for state in self.flow.states.values():
+            if state.kind != "question" or not state.answer:
+                continue
+            question = str(self.pack.msg(state.prompt, "ja")).splitlines()[0]
+            if state.answer == "concerns":
+                if state.choices_from and not state.repeat and session.concerns:
+                    labels = [self.pack.categories[c].label.ja for c in session.concerns
+                              if c in self.pack.categories]
+                    lines.append((question, "、".join(labels)))
+                continue
+            value = session.answers.get(state.answer)
+            if value is None:
+                continue
+            if state.choices_from:
+                label = self.labels[state.choices_from].get(value)
+                text = label.ja if label else str(self.pack.msg(
+                    next(c.label for c in state.extra if c.value == value), "ja"))
+            else:
+                text = str(self.pack.msg(
+                    next(c.label for c in state.choices if c.value == value), "ja"))
+            lines.append((question, text))
+        return lines
+
+    def _relay(self, out: Step, text: str, crisis: bool) -> Step:
+        """In an open case, what the resident writes goes to staff (after any crisis reply)."""
+        session = out.session
+        assert session is not None
+        out.relay = text
+        out.events.append("handoff:relay")
+        if crisis:
+            out.events.append("handoff:urgent")
+        out.replies.append(Text(text=self.t("handoff.relayed", session)))
+        out.replies.append(self.ask(session))
+        return out
+
+    def staff_reply(self, session: Session, text: str) -> list[Reply]:
+        """A staff answer, as the resident sees it: prefixed, with a way on."""
+        return [Text(text=self.t("handoff.staff_prefix", session) + text), self.ask(session)]
+
+    def close_case(self, session: Session) -> tuple[Session, list[Reply]]:
+        """Staff resolved the case: tell the resident, and how to start again."""
+        fresh = self.new_session(session.lang)
+        fresh.rate_minute, fresh.rate_count = session.rate_minute, session.rate_count
+        replies: list[Reply] = [
+            Text(text=self.t("handoff.closed", fresh)),
+            Question(text=self.t("stop.next", fresh), state=fresh.state,
+                     choices=[Choice(label=o.label, value=o.value) for o in (
+                         self.command_option("restart", fresh),
+                         self.command_option("directory", fresh))])]
+        return fresh, replies
 
     # -- degraded mode (Redis unreachable) -------------------------------------------------
     def degraded_step(self, incoming: Incoming, now: datetime) -> Step:

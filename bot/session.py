@@ -23,6 +23,7 @@ class Session(BaseModel):
     resume: str | None = None
     crisis: str | None = None
     history: list[str] = Field(default_factory=list)
+    case: str | None = None
     rate_minute: int = 0
     rate_count: int = 0
 

@@ -40,10 +40,10 @@ def redis_client(settings: Settings) -> redis.Redis:
     return fakeredis.FakeRedis(server=fakeredis.FakeServer())
 
 
-def build_engine(pack: Pack) -> Engine:
+def build_engine(pack: Pack, handoff: bool = False) -> Engine:
     flows = load_flows()
     detector = CrisisDetector.from_file(pack.root / "crisis.yaml")
-    return Engine(flows[FLOW], pack, detector)
+    return Engine(flows[FLOW], pack, detector, handoff=handoff)
 
 
 def build(settings: Settings, client: redis.Redis | None = None) -> Services:

@@ -35,7 +35,8 @@ class ChoiceSpec(Spec):
 
 
 class StateSpec(Spec):
-    kind: Literal["question", "info", "results", "directory"] = "question"
+    kind: Literal["question", "info", "results", "directory", "handoff_consent",
+                  "handoff_message", "handoff_open"] = "question"
     prompt: str
     answer: str | None = None
     choices: list[ChoiceSpec] = Field(default_factory=list)
