@@ -10,6 +10,7 @@ from bot import logs
 from bot.config import Settings
 from bot.engine import Engine
 from bot.flows import load_flows
+from bot.outbox import Outbox
 from bot.pack import Pack, load_pack
 from bot.safety import CrisisDetector
 from bot.service import Conversations
@@ -27,6 +28,7 @@ class Services:
     engine: Engine
     store: SessionStore
     conversations: Conversations
+    outbox: Outbox
 
 
 def redis_client(settings: Settings) -> redis.Redis:
@@ -54,4 +56,4 @@ def build(settings: Settings, client: redis.Redis | None = None) -> Services:
                          lock_ms=settings.lock_ms)
     conversations = Conversations(engine, store, settings.bot_secret_key)
     return Services(settings=settings, redis=client, pack=pack, engine=engine, store=store,
-                    conversations=conversations)
+                    conversations=conversations, outbox=Outbox(client, store.key))

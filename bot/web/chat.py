@@ -13,6 +13,7 @@ from flask import Blueprint, current_app, jsonify, make_response, render_templat
 
 from bot.engine import Incoming
 from bot.replies import Reply
+from bot.service import REDIS_DOWN
 
 COOKIE = "tsunagu_visitor"
 MAX_TEXT = 2000
@@ -63,15 +64,37 @@ def parse(body: Any) -> Incoming | str:
     return "type must be start, text or tap"
 
 
+def _visitor() -> str | None:
+    visitor = request.cookies.get(COOKIE)
+    if not visitor or len(visitor) != 32 or not visitor.isalnum():
+        return None
+    return visitor
+
+
+@bp.get("/api/chat/poll")
+def poll() -> Any:
+    """Staff answers that arrived since the page last asked (the web has no push)."""
+    visitor = _visitor()
+    if visitor is None:
+        return jsonify({"replies": []})
+    services = _services()
+    pid = services.conversations.pseudonym("web", visitor)
+    try:
+        replies = services.outbox.take(pid)
+    except REDIS_DOWN:
+        replies = []
+    resp = make_response(jsonify({"replies": [r.model_dump() for r in replies]}))
+    resp.headers["Cache-Control"] = "no-store"
+    return resp
+
+
 @bp.post("/api/chat")
 def chat() -> Any:
     body = request.get_json(silent=True)
     incoming = parse(body)
     if isinstance(incoming, str):
         return _bad(incoming)
-    visitor = request.cookies.get(COOKIE)
-    if not visitor or len(visitor) != 32 or not visitor.isalnum():
-        visitor = secrets.token_hex(16)
+    visitor = _visitor() or secrets.token_hex(16)
     step = _services().conversations.handle("web", visitor, incoming)
     replies: list[Reply] = step.replies
     resp = make_response(jsonify({"replies": [r.model_dump() for r in replies]}))

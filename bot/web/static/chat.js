@@ -83,5 +83,16 @@
     send({ type: "text", text: text });
   });
 
+  // Staff answers (after 担当者と話したい) arrive while the page is open: ask for them now and
+  // then, only while the page is visible.
+  function poll() {
+    if (document.visibilityState !== "visible") return;
+    fetch("/api/chat/poll", { credentials: "same-origin" })
+      .then(function (r) { return r.ok ? r.json() : { replies: [] }; })
+      .then(function (data) { if (data.replies.length) draw(data.replies); })
+      .catch(function () {});
+  }
+  setInterval(poll, 5000);
+
   send({ type: "start" });
 }());
