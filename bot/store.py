@@ -74,7 +74,8 @@ class SessionStore:
         self.redis.delete(self.key(pid, "session"))
 
     def lock_and_load(self, pid: str, token: str, wait_s: float = 5.0,
-                      also: Callable[[Any], None] | None = None) -> tuple[Session | None, list]:
+                      also: Callable[[Any], None] | None = None,
+                      lock_ms: int | None = None) -> tuple[Session | None, list]:
         """Take this person's lock and read their session (plus `also`'s reads) in one trip.
 
         Only one person is serialised, never everyone (STYLE.md). The wait polls with a short
@@ -85,7 +86,7 @@ class SessionStore:
         delay = 0.002
         while True:
             pipe = self.redis.pipeline(transaction=False)
-            pipe.set(lock_key, token, nx=True, px=self.lock_ms)
+            pipe.set(lock_key, token, nx=True, px=lock_ms or self.lock_ms)
             pipe.get(session_key)
             if also:
                 also(pipe)
@@ -116,10 +117,14 @@ class SessionStore:
         pipe.execute()
 
     @contextmanager
-    def turn(self, pid: str, wait_s: float = 5.0) -> Iterator[Turn]:
-        """One message of one person: lock and load, then save and unlock (two round trips)."""
+    def turn(self, pid: str, wait_s: float = 5.0, lock_ms: int = 3000) -> Iterator[Turn]:
+        """One message of one person: lock and load, then save and unlock (two round trips).
+
+        The lock is short: a step takes microseconds, and a lock whose SET reached Redis
+        after our request had timed out (Redis paused) must not hold the person for long.
+        """
         token = uuid.uuid4().hex
-        session, _ = self.lock_and_load(pid, token, wait_s)
+        session, _ = self.lock_and_load(pid, token, wait_s, lock_ms=lock_ms)
         current = Turn(session=session)
         try:
             yield current

@@ -1,0 +1,427 @@
+"""Handoff cases in Redis: one hash tag per case, the resident's address sealed and short-lived.
+
+Keys (DESIGN.md conventions; <p> is the key prefix):
+
+  <p>:{case:<number>}:case    the Case as JSON (anonymous: category ids, answers, ward, the
+                              consented message, the staff thread)
+  <p>:{case:<number>}:addr    the platform address, sealed (Fernet); deleted on resolve, expiry
+                              and データを消す, and it carries its own TTL so Redis drops it even
+                              if no expirer ever runs
+  <p>:{case:<number>}:sent    which (queue entry, notifier) pairs were delivered, so a retry
+                              after a partial failure does not post to Slack twice
+  <p>:{<pid>}:case            the number of this person's open case (the dialogue asks it)
+  <p>:handoff:open            ZSET number → created_at: the open cases, for expiry
+  <p>:handoff:queue           STREAM of staff-side events (see bot.handoff.worker)
+  <p>:handoff:slack:<channel>:<ts>   the case whose Slack message is <ts> (staff replies)
+
+Changes to one case go through WATCH/MULTI on its single key, so two staff clicking 担当する at
+once get exactly one winner, also on Redis Cluster (one key, one slot). Metrics are counted
+after the transaction that made the change commits, so every transition counts once.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+import time
+from collections.abc import Callable
+from typing import Literal
+
+import redis
+from prometheus_client import Counter, Histogram
+
+from bot import logs
+from bot.crypto import Sealer
+from bot.handoff.models import Case, CaseRequest, Channel, StaffMessage
+
+log = logs.get("handoff")
+
+NUMBER_RE = re.compile(r"[A-Z0-9][A-Z0-9-]{1,31}")
+OPEN_STATUSES = ("new", "claimed")
+EventKind = Literal["opened", "message", "urgent", "claimed", "resolved", "expired",
+                    "forgotten"]
+
+CASES_OPENED = Counter("tsunagu_handoff_cases_opened", "Handoff cases opened", ["channel"])
+CASES_CLAIMED = Counter("tsunagu_handoff_cases_claimed", "Handoff cases claimed by staff")
+CASES_RESOLVED = Counter("tsunagu_handoff_cases_resolved", "Handoff cases resolved by staff")
+CASES_EXPIRED = Counter("tsunagu_handoff_cases_expired", "Handoff cases expired unresolved")
+FIRST_STAFF_REPLY = Histogram(
+    "tsunagu_handoff_first_staff_reply_seconds",
+    "Time from a case being opened to the first staff reply in its thread",
+    buckets=(60, 300, 900, 1800, 3600, 3 * 3600, 8 * 3600, 24 * 3600, 72 * 3600, 7 * 24 * 3600),
+)
+
+# Create the case and its sealed address together, only if the number is free. Both keys share
+# the {case:N} hash tag, so this is one slot on a cluster.
+_OPEN = """
+if redis.call('set', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
+  redis.call('set', KEYS[2], ARGV[3], 'EX', ARGV[4])
+  return 1
+end
+return 0
+"""
+
+# Drop a person's open-case index only if it still names this case (a newer case keeps its own).
+_DEL_IF = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
+return 0
+"""
+
+
+class CaseConflict(Exception):
+    """A case kept changing under us for too long (a bug or a storm); the caller may retry."""
+
+
+def valid_number(number: str) -> bool:
+    return bool(NUMBER_RE.fullmatch(number or ""))
+
+
+class CaseStore:
+    """Open, read and move cases through new → claimed → resolved (or expired)."""
+
+    def __init__(self, client: redis.Redis, prefix: str, sealer: Sealer,
+                 expire_after_s: int = 7 * 24 * 3600, keep_closed_s: int = 30 * 24 * 3600,
+                 thread_max: int = 50, clock: Callable[[], float] = time.time):
+        self.redis = client
+        self.prefix = prefix
+        self.sealer = sealer
+        self.expire_after_s = expire_after_s
+        self.keep_closed_s = keep_closed_s
+        self.thread_max = thread_max
+        self.clock = clock
+        self.queue = f"{prefix}:handoff:queue"
+        self.open_index = f"{prefix}:handoff:open"
+
+    # -- keys --------------------------------------------------------------------------------
+
+    def case_key(self, number: str, what: str = "case") -> str:
+        return f"{self.prefix}:{{case:{number}}}:{what}"
+
+    def pid_key(self, pid: str) -> str:
+        return f"{self.prefix}:{{{pid}}}:case"
+
+    def thread_key(self, channel: str, ts: str) -> str:
+        return f"{self.prefix}:handoff:slack:{channel}:{ts}"
+
+    @property
+    def open_ttl(self) -> int:
+        """An open case outlives its expiry by the retention time, even if no expirer runs."""
+        return self.expire_after_s + self.keep_closed_s
+
+    # -- opening and reading -----------------------------------------------------------------
+
+    def open(self, request: CaseRequest, channel: Channel, pid: str, address: str) -> Case | None:
+        """Store a new case and queue it for staff; None if the number is taken (pick another)."""
+        if not valid_number(request.number):
+            raise ValueError("case number must be upper-case letters, digits and '-'")
+        now = self.clock()
+        case = Case(number=request.number, channel=channel, pid=pid, created_at=now,
+                    updated_at=now, request=request)
+        created = self.redis.eval(_OPEN, 2, self.case_key(case.number),
+                                  self.case_key(case.number, "addr"), case.model_dump_json(),
+                                  self.open_ttl, self.sealer.seal(address), self.expire_after_s)
+        if not created:
+            logs.event(log, "case_number_taken", number=case.number)
+            return None
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.set(self.pid_key(pid), case.number, ex=self.expire_after_s)
+        pipe.zadd(self.open_index, {case.number: now})
+        pipe.xadd(self.queue, {"k": "opened", "n": case.number})
+        pipe.execute()
+        CASES_OPENED.labels(channel=channel).inc()
+        logs.event(log, "case_opened", number=case.number, channel=channel,
+                   urgent=request.urgent, categories=len(request.categories),
+                   with_message=bool(request.message))
+        return case
+
+    def get(self, number: str) -> Case | None:
+        if not valid_number(number):
+            return None
+        raw = self.redis.get(self.case_key(number))
+        return Case.model_validate_json(raw) if raw else None
+
+    def open_case_of(self, pid: str) -> str | None:
+        """The number of this person's open case, so what they write goes to staff."""
+        raw = self.redis.get(self.pid_key(pid))
+        return raw.decode() if isinstance(raw, bytes) else raw
+
+    def address(self, number: str) -> str | None:
+        """The resident's platform address, unsealed; None once resolved, expired or deleted."""
+        if not valid_number(number):
+            return None
+        token = self.redis.get(self.case_key(number, "addr"))
+        if token is None:
+            return None
+        return self.sealer.open(token.decode() if isinstance(token, bytes) else token)
+
+    def case_for_thread(self, channel: str, ts: str) -> str | None:
+        raw = self.redis.get(self.thread_key(channel, ts))
+        return raw.decode() if isinstance(raw, bytes) else raw
+
+    # -- changes -----------------------------------------------------------------------------
+
+    def _mutate(self, number: str, change: Callable[[Case], bool], ttl: int | None = None,
+                delete: tuple[str, ...] = ()) -> tuple[bool, Case | None]:
+        """Apply `change` atomically (optimistic WATCH/MULTI on the case key).
+
+        `change` returns False to leave the case as it is. It may run more than once (after a
+        conflicting write), so it must only touch the case. `delete` names keys of the same
+        case (same slot) removed in the same transaction.
+        """
+        key = self.case_key(number)
+        for attempt in range(64):
+            with self.redis.pipeline() as pipe:
+                try:
+                    pipe.watch(key)
+                    raw = pipe.get(key)
+                    if raw is None:
+                        pipe.unwatch()
+                        return False, None
+                    case = Case.model_validate_json(raw)
+                    if not change(case):
+                        pipe.unwatch()
+                        return False, case
+                    case.updated_at = self.clock()
+                    pipe.multi()
+                    if ttl is None:
+                        pipe.set(key, case.model_dump_json(), keepttl=True)
+                    else:
+                        pipe.set(key, case.model_dump_json(), ex=ttl)
+                    for what in delete:
+                        pipe.delete(self.case_key(number, what))
+                    pipe.execute()
+                    return True, case
+                except redis.WatchError:
+                    time.sleep(random.uniform(0, 0.002 * min(attempt + 1, 10)))
+        raise CaseConflict(number)
+
+    def enqueue(self, number: str, kind: EventKind, done: tuple[str, ...] = (),
+                **fields: str) -> str:
+        """Queue a staff-side event; `done` names notifiers that already handled it."""
+        entry: dict[str, str] = {"k": kind, "n": number, **fields}
+        if done:
+            entry["done"] = ",".join(done)
+        entry_id = self.redis.xadd(self.queue, entry)
+        return entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+
+    def claim(self, number: str, staff_id: str) -> tuple[bool, Case | None]:
+        """new → claimed. Exactly one of several simultaneous claims wins."""
+        now = self.clock()
+
+        def change(case: Case) -> bool:
+            if case.status != "new":
+                return False
+            case.status, case.claimed_by, case.claimed_at = "claimed", staff_id, now
+            return True
+
+        won, case = self._mutate(number, change)
+        if won:
+            CASES_CLAIMED.inc()
+            logs.event(log, "case_claimed", number=number)
+        return won, case
+
+    def staff_reply(self, number: str, staff_id: str,
+                    text: str) -> tuple[Case | None, bool]:
+        """Record a staff message; an unclaimed case becomes claimed by whoever answers first.
+
+        Returns (case, claimed_now). A closed or data-deleted case is returned unchanged, so the
+        caller can tell staff the reply cannot reach anyone.
+        """
+        now = self.clock()
+        flags = {"claimed": False, "first": False}
+
+        def change(case: Case) -> bool:
+            if case.status not in OPEN_STATUSES or case.forgotten_at is not None:
+                return False
+            flags["claimed"] = flags["first"] = False
+            if case.status == "new":
+                case.status, case.claimed_by, case.claimed_at = "claimed", staff_id, now
+                flags["claimed"] = True
+            if case.first_staff_reply_at is None:
+                case.first_staff_reply_at = now
+                flags["first"] = True
+            self._append(case, "staff", text, now)
+            return True
+
+        changed, case = self._mutate(number, change)
+        if changed and case is not None:
+            if flags["claimed"]:
+                CASES_CLAIMED.inc()
+            if flags["first"]:
+                FIRST_STAFF_REPLY.observe(max(0.0, now - case.created_at))
+            logs.event(log, "staff_replied", number=number, first=flags["first"])
+        return case, changed and flags["claimed"]
+
+    def _append(self, case: Case, who: str, text: str, now: float) -> float:
+        """Append to the thread with a unique, increasing time (it identifies the message)."""
+        at = now
+        if case.thread and at <= case.thread[-1].at:
+            at = case.thread[-1].at + 1e-6
+        case.thread.append(StaffMessage(at=at, who=who, text=text))  # type: ignore[arg-type]
+        del case.thread[: -self.thread_max]
+        return at
+
+    def add_message(self, number: str, who: Literal["resident", "staff", "system"], text: str,
+                    announce: bool | None = None) -> Case | None:
+        """Append to the case thread (last `thread_max` kept).
+
+        A resident's message is queued for staff (posted in the Slack thread by the worker), so
+        a Slack outage delays it but does not lose it. None if the case is closed or gone.
+        """
+        now = self.clock()
+        stamp: dict[str, float] = {}
+
+        def change(case: Case) -> bool:
+            if case.status not in OPEN_STATUSES:
+                return False
+            stamp["at"] = self._append(case, who, text, now)
+            return True
+
+        changed, case = self._mutate(number, change)
+        if not changed:
+            return None
+        if (who == "resident") if announce is None else announce:
+            self.enqueue(number, "message", at=repr(stamp["at"]))
+        return case
+
+    def mark_urgent(self, number: str) -> Case | None:
+        """Crisis words in an open case: make it urgent and announce it again in its thread."""
+        def change(case: Case) -> bool:
+            if case.status not in OPEN_STATUSES:
+                return False
+            case.request.urgent = True
+            return True
+
+        changed, case = self._mutate(number, change)
+        if changed:
+            self.enqueue(number, "urgent")
+            logs.event(log, "case_urgent", number=number)
+        return case if changed else None
+
+    def set_slack_message(self, number: str, channel: str, ts: str) -> Case | None:
+        """Remember the case's Slack message: its thread is the conversation."""
+        def change(case: Case) -> bool:
+            case.slack_channel, case.slack_ts = channel, ts
+            return True
+
+        _, case = self._mutate(number, change)
+        if case is not None:
+            self.redis.set(self.thread_key(channel, ts), number, ex=self.open_ttl)
+        return case
+
+    def _forget(self, case: Case) -> Case | None:
+        """Delete what leads back to the person: the sealed address, the pid index and the
+        pseudonym in the kept record."""
+        pid = case.pid
+
+        def change(stored: Case) -> bool:
+            if not stored.pid:
+                return False
+            stored.pid = ""
+            return True
+
+        _, stored = self._mutate(case.number, change, delete=("addr",))
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.delete(self.case_key(case.number, "addr"))  # also when the record is gone
+        if pid:
+            pipe.eval(_DEL_IF, 1, self.pid_key(pid), case.number)
+        pipe.zrem(self.open_index, case.number)
+        pipe.execute()
+        return stored
+
+    def resolve(self, number: str, staff_id: str,
+                before_forget: Callable[[Case], None] | None = None) -> Case | None:
+        """claimed/new → resolved; then the address and the pid index are deleted.
+
+        `before_forget(case)` runs once, for the call that resolved the case, while the address
+        still exists (to tell the resident the conversation ended). Its failure is logged and
+        does not keep the address. The record stays, without the pseudonym, for `keep_closed_s`.
+        """
+        now = self.clock()
+
+        def change(case: Case) -> bool:
+            if case.status not in OPEN_STATUSES:
+                return False
+            case.status, case.resolved_at, case.resolved_by = "resolved", now, staff_id
+            return True
+
+        changed, case = self._mutate(number, change, ttl=self.keep_closed_s)
+        if case is None:
+            return None
+        if changed:
+            CASES_RESOLVED.inc()
+            logs.event(log, "case_resolved", number=number)
+            if before_forget is not None:
+                try:
+                    before_forget(case.model_copy(deep=True))
+                except Exception as exc:
+                    logs.event(log, "resolve_notice_failed", logging.ERROR, number=number,
+                               error=type(exc).__name__)
+            self.enqueue(number, "resolved")
+        return self._forget(case) or case
+
+    def expire_stale(self, now: float | None = None) -> list[str]:
+        """Cases open longer than `expire_after_s` → expired, their address deleted."""
+        now = self.clock() if now is None else now
+        cutoff = now - self.expire_after_s
+        numbers = [n.decode() if isinstance(n, bytes) else n
+                   for n in self.redis.zrangebyscore(self.open_index, "-inf", cutoff,
+                                                     start=0, num=500)]
+        expired = []
+        for number in numbers:
+            def change(case: Case) -> bool:
+                if case.status not in OPEN_STATUSES:
+                    return False
+                case.status = "expired"
+                return True
+
+            changed, case = self._mutate(number, change, ttl=self.keep_closed_s)
+            if case is None:
+                self.redis.delete(self.case_key(number, "addr"))
+                self.redis.zrem(self.open_index, number)
+                continue
+            self._forget(case)
+            if changed:
+                CASES_EXPIRED.inc()
+                self.enqueue(number, "expired")
+                expired.append(number)
+        if expired:
+            logs.event(log, "cases_expired", count=len(expired))
+        return expired
+
+    def delete_for(self, pid: str) -> Case | None:
+        """データを消す: forget this person's open case address and free text; the case stays,
+        anonymous, so staff see that the person left and cannot be answered."""
+        number = self.open_case_of(pid)
+        if number is None:
+            return None
+        now = self.clock()
+
+        def change(case: Case) -> bool:
+            case.forgotten_at = case.forgotten_at or now
+            case.request.message = None
+            for message in case.thread:
+                message.text = ""
+            return True
+
+        _, case = self._mutate(number, change)
+        if case is None:
+            self.redis.delete(self.pid_key(pid))
+            return None
+        stored = self._forget(case) or case
+        self.enqueue(number, "forgotten")
+        logs.event(log, "case_forgotten", number=number)
+        return stored
+
+    # -- delivery bookkeeping (bot.handoff.worker) -------------------------------------------
+
+    def was_delivered(self, number: str, marker: str) -> bool:
+        return bool(self.redis.sismember(self.case_key(number, "sent"), marker))
+
+    def mark_delivered(self, number: str, marker: str) -> None:
+        key = self.case_key(number, "sent")
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.sadd(key, marker)
+        pipe.expire(key, self.open_ttl)
+        pipe.execute()

@@ -1,0 +1,287 @@
+"""The staff queue: a Redis Stream of case events, delivered at least once to every notifier.
+
+  <prefix>:handoff:queue   STREAM, entries {k: kind, n: case number[, at: message time]
+                           [, done: notifiers that already handled it]}, consumer group
+                           "notifiers"
+
+An entry is acknowledged (and deleted) only after every notifier has it. A notifier that fails
+leaves the entry pending: this worker retries its own pending entries with growing backoff, and
+entries left pending by a worker that died are taken over with XAUTOCLAIM after
+`reclaim_idle_ms`. Per-entry delivery markers (CaseStore.mark_delivered) keep a retry caused by
+one notifier (say the webhook) from posting to the others (Slack) twice.
+
+`python -m bot worker` runs `run_worker(settings)`; with the embedded Redis the web process runs
+the same loop in a thread instead (Handoff.start_thread).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import redis
+from prometheus_client import Counter
+
+from bot import logs
+from bot.handoff.cases import (
+    CASES_CLAIMED,
+    CASES_EXPIRED,
+    CASES_OPENED,
+    CASES_RESOLVED,
+    FIRST_STAFF_REPLY,
+    CaseStore,
+    valid_number,
+)
+from bot.handoff.models import StaffMessage
+from bot.handoff.notify import Notifier, NotifierDown
+
+if TYPE_CHECKING:
+    from bot.config import Settings
+
+log = logs.get("handoff")
+GROUP = "notifiers"
+
+DELIVERIES = Counter("tsunagu_handoff_deliveries", "Queue events handed to a notifier",
+                     ["notifier", "outcome"])
+
+__all__ = ["CASES_CLAIMED", "CASES_EXPIRED", "CASES_OPENED", "CASES_RESOLVED", "DELIVERIES",
+           "FIRST_STAFF_REPLY", "GROUP", "HandoffWorker", "run_worker"]
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def default_consumer() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+class HandoffWorker:
+    """Reads the staff queue and hands each event to every notifier."""
+
+    def __init__(self, client: redis.Redis, cases: CaseStore, notifiers: list[Notifier],
+                 consumer_name: str | None = None, reclaim_idle_ms: int = 30_000,
+                 block_ms: int = 1000, batch: int = 16, retry_base_s: float = 0.5,
+                 retry_max_s: float = 60.0, expire_every_s: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic):
+        self.redis = client
+        self.cases = cases
+        self.notifiers = notifiers
+        self.consumer = consumer_name or default_consumer()
+        self.reclaim_idle_ms = reclaim_idle_ms
+        self.block_ms = block_ms
+        self.batch = batch
+        self.retry_base_s = retry_base_s
+        self.retry_max_s = retry_max_s
+        self.expire_every_s = expire_every_s
+        self.clock = clock
+        self.stream = cases.queue
+        self._failures = 0           # consecutive passes with a failed delivery
+        self._retry_at = 0.0         # when our own pending entries are tried again
+        self._last_reclaim = float("-inf")
+        self._last_expire = float("-inf")
+        self._group_ready = False
+        self._outage = logs.Throttle(60.0)
+
+    def ensure_group(self) -> None:
+        if self._group_ready:
+            return
+        try:
+            self.redis.xgroup_create(self.stream, GROUP, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._group_ready = True
+
+    # -- one entry -----------------------------------------------------------------------------
+
+    def _ack(self, entry_id: Any) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.xack(self.stream, GROUP, entry_id)
+        pipe.xdel(self.stream, entry_id)
+        pipe.execute()
+
+    def deliver(self, entry_id: Any, fields: dict | None, down: set[str]) -> bool:
+        """Hand one entry to every notifier not yet done; ack when all are. True if acked.
+
+        `down` collects notifiers that failed as a whole during this pass: they are not called
+        again until the next pass, so an outage costs one timeout per pass, not one per entry.
+        """
+        eid = _text(entry_id)
+        fields = {_text(k): _text(v) for k, v in (fields or {}).items()}
+        kind, number = fields.get("k", ""), fields.get("n", "")
+        if not kind or not valid_number(number):
+            logs.event(log, "queue_entry_malformed", logging.ERROR, entry=eid)
+            self._ack(entry_id)
+            return True
+        case = self.cases.get(number)
+        if case is None:
+            logs.event(log, "queue_case_gone", logging.WARNING, entry=eid, number=number)
+            self._ack(entry_id)
+            return True
+        message: StaffMessage | None = None
+        if kind == "message":
+            at = float(fields.get("at", "nan"))
+            message = next((m for m in case.thread if m.at == at and m.who == "resident"), None)
+            if message is None or not message.text:  # trimmed, or deleted by データを消す
+                self._ack(entry_id)
+                return True
+        done = set(filter(None, fields.get("done", "").split(",")))
+        ok = True
+        for notifier in self.notifiers:
+            marker = f"{eid}:{notifier.name}"
+            if notifier.name in done or self.cases.was_delivered(number, marker):
+                continue
+            if notifier.name in down:
+                ok = False
+                continue
+            try:
+                notifier.notify(kind, case, message=message, delivery=eid)
+            except Exception as exc:
+                ok = False
+                if isinstance(exc, NotifierDown):
+                    down.add(notifier.name)
+                DELIVERIES.labels(notifier=notifier.name, outcome="failed").inc()
+                logs.event(log, "delivery_failed", logging.WARNING, notifier=notifier.name,
+                           kind=kind, number=number, error=type(exc).__name__,
+                           reason=str(exc)[:120] if not isinstance(exc, OSError) else "")
+                continue
+            DELIVERIES.labels(notifier=notifier.name, outcome="ok").inc()
+            self.cases.mark_delivered(number, marker)
+        if ok:
+            self._ack(entry_id)
+            logs.event(log, "delivered", kind=kind, number=number)
+        return ok
+
+    def _deliver_all(self, entries: list, down: set[str]) -> tuple[int, int]:
+        done = failed = 0
+        for entry_id, fields in entries:
+            if not fields:  # deleted from the stream while pending: nothing to deliver
+                self._ack(entry_id)
+                continue
+            if self.deliver(entry_id, fields, down):
+                done += 1
+            else:
+                failed += 1
+        return done, failed
+
+    def _note(self, failed: int) -> None:
+        """Back off after a pass with failures; reset after a clean one."""
+        if failed:
+            self._failures += 1
+            delay = min(self.retry_max_s, self.retry_base_s * 2 ** (self._failures - 1))
+            self._retry_at = self.clock() + delay
+        elif self._failures and self.clock() >= self._retry_at:
+            self._failures = 0
+
+    # -- passes --------------------------------------------------------------------------------
+
+    def poll_once(self, block_ms: int | None = None) -> int:
+        """Read new entries (blocking up to block_ms) and deliver them. Returns how many."""
+        self.ensure_group()
+        got = self.redis.xreadgroup(GROUP, self.consumer, {self.stream: ">"}, count=self.batch,
+                                    block=self.block_ms if block_ms is None else block_ms)
+        entries = [e for _stream, batch in got or [] for e in batch]
+        down: set[str] = set()
+        done, failed = self._deliver_all(entries, down)
+        if failed:
+            self._note(failed)
+        return done + failed
+
+    def retry_pending(self) -> int:
+        """Deliver again the entries this consumer read but could not deliver yet."""
+        self.ensure_group()
+        got = self.redis.xreadgroup(GROUP, self.consumer, {self.stream: "0"}, count=self.batch)
+        entries = [e for _stream, batch in got or [] for e in batch]
+        done, failed = self._deliver_all(entries, set())
+        self._note(failed)
+        return done
+
+    def reclaim(self) -> int:
+        """Take over entries another consumer (a dead worker) left pending, and deliver them."""
+        self.ensure_group()
+        self._last_reclaim = self.clock()
+        _next, entries, *_ = self.redis.xautoclaim(
+            self.stream, GROUP, self.consumer, min_idle_time=self.reclaim_idle_ms,
+            start_id="0-0", count=self.batch)
+        if entries:
+            logs.event(log, "queue_reclaimed", entries=len(entries))
+        done, failed = self._deliver_all(entries, set())
+        if failed:
+            self._note(failed)
+        return done
+
+    def pending(self) -> int:
+        """How many entries wait for acknowledgement, over all consumers."""
+        self.ensure_group()
+        return int(self.redis.xpending(self.stream, GROUP)["pending"])
+
+    def step(self, block_ms: int | None = None) -> None:
+        """One loop turn: reclaim and expire when due, retry our pending when due, read new."""
+        now = self.clock()
+        if now - self._last_reclaim >= self.reclaim_idle_ms / 2000:
+            self.reclaim()
+        if now - self._last_expire >= self.expire_every_s:
+            self._last_expire = now
+            self.cases.expire_stale()
+        if now >= self._retry_at:
+            self.retry_pending()
+        wait_ms = self.block_ms if block_ms is None else block_ms
+        if self._failures:
+            wait_ms = max(1, min(wait_ms, int((self._retry_at - self.clock()) * 1000)))
+        self.poll_once(block_ms=wait_ms)
+
+    def run(self, stop: threading.Event) -> None:
+        """Loop until `stop` is set; Redis outages back off instead of spinning."""
+        delay = 0.5
+        while not stop.is_set():
+            try:
+                self.step()
+                delay = 0.5
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                self._group_ready = False
+                if self._outage.ready():
+                    logs.event(log, "redis_unavailable", logging.WARNING,
+                               error=type(exc).__name__)
+                stop.wait(delay)
+                delay = min(delay * 2, 30.0)
+            except Exception:
+                log.exception("handoff_worker_error")
+                stop.wait(delay)
+                delay = min(delay * 2, 30.0)
+
+
+def run_worker(settings: Settings, stop: threading.Event | None = None) -> int:
+    """`python -m bot worker`: deliver handoff cases to staff until SIGTERM/SIGINT."""
+    from bot.channels.slack import build_handoff
+
+    logs.setup(settings.log_level)
+    if settings.embedded_redis:
+        print("REDIS_URL: required for `python -m bot worker` (with the embedded Redis the "
+              "web process runs the handoff worker itself)", file=sys.stderr)
+        return 2
+    assert settings.redis_url is not None
+    client = redis.Redis.from_url(settings.redis_url, socket_timeout=10.0,
+                                  socket_connect_timeout=2.0, health_check_interval=30)
+    handoff = build_handoff(settings, client)
+    if not handoff.notifiers:
+        print("SLACK_BOT_TOKEN or HANDOFF_WEBHOOK_URL: set at least one to notify staff",
+              file=sys.stderr)
+        return 2
+    stop = stop or threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+    logs.event(log, "handoff_worker_started", consumer=handoff.worker.consumer,
+               notifiers=[n.name for n in handoff.notifiers])
+    handoff.worker.run(stop)
+    logs.event(log, "handoff_worker_stopped", consumer=handoff.worker.consumer)
+    return 0
