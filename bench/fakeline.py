@@ -11,10 +11,12 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from http.server import ThreadingHTTPServer
 
 from tests.fakes.line_api import FakeLine, serve
 
-__all__ = ["Arrival", "BenchLine", "Waiter", "serve"]
+__all__ = ["Arrival", "BenchLine", "Waiter", "serve_line"]
+BACKLOG = 1024
 
 
 @dataclass(frozen=True)
@@ -91,3 +93,13 @@ class BenchLine(FakeLine):
                 waiter.arrival = arrival
                 waiter.done.set()
         return status, payload
+
+
+def serve_line(fake: BenchLine) -> tuple[ThreadingHTTPServer, str]:
+    """`serve()` from the tests, with a deeper listen backlog. socketserver listens with a
+    backlog of 5; the bots open a connection per LINE call (the fake speaks HTTP/1.0), and at
+    50 residents a full backlog drops SYNs, which cost a 1-second retransmit — a stall of the
+    fake, not of the bot. Linux lets a listening socket raise its backlog in place."""
+    server, url = serve(fake)
+    server.socket.listen(BACKLOG)
+    return server, url

@@ -83,8 +83,14 @@ class Handoff:
 
     def seen(self, what: str) -> bool:
         """True if this Slack event was handled before (SET NX EX on its id)."""
-        key = f"{self.cases.prefix}:slack:seen:{what}"
-        return not self.cases.redis.set(key, "1", nx=True, ex=SEEN_TTL_S)
+        return not self.cases.redis.set(self._seen_key(what), "1", nx=True, ex=SEEN_TTL_S)
+
+    def unsee(self, what: str) -> None:
+        """Handling failed before anything was recorded: let Slack's retry through."""
+        self.cases.redis.delete(self._seen_key(what))
+
+    def _seen_key(self, what: str) -> str:
+        return f"{self.cases.prefix}:slack:seen:{what}"
 
 
 def build_handoff(settings: Settings, redis_client: redis.Redis, relay: Relay | None = None,
@@ -229,7 +235,11 @@ def _staff_message(h: Handoff, event: dict, event_id: str) -> None:
     text = slack_to_plain(raw)
     if not text or h.seen(event_id):
         return
-    case, claimed_now = h.cases.staff_reply(number, user, text)
+    try:
+        case, claimed_now = h.cases.staff_reply(number, user, text)
+    except Exception:
+        h.unsee(event_id)  # nothing recorded: Slack retries (it got no 200) and we try again
+        raise
     if case is None:
         return
     if case.forgotten_at is not None:
@@ -296,7 +306,7 @@ def _claim(h: Handoff, number: str, user: str, channel: str | None) -> None:
         return
     if h.slack is not None and channel and case.claimed_by and case.claimed_by != user:
         try:
-            h.slack.tell(channel, user, h.slack._t("already_claimed", case,
+            h.slack.tell(channel, user, h.slack.label("already_claimed", case,
                                                    user=f"<@{case.claimed_by}>"))
         except Exception as exc:
             logs.event(log, "slack_notice_failed", logging.WARNING, number=number,

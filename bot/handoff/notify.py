@@ -169,7 +169,7 @@ class SlackNotifier:
             if message is not None and message.text:
                 self.post_thread(case, self.labels["resident_prefix"] + mrkdwn_escape(message.text))
         elif kind == "urgent":
-            self.post_thread(case, self._t("urgent_again"), broadcast=True)
+            self.post_thread(case, self.label("urgent_again"), broadcast=True)
             self.update_case(case)
         else:  # claimed, resolved, expired, forgotten: the message shows the new state
             self.update_case(case)
@@ -192,7 +192,7 @@ class SlackNotifier:
         """chat.postMessage with the summary and buttons; remembers the message's ts."""
         title = "urgent_fallback" if case.request.urgent else "fallback"
         response = self._call("chat_postMessage", attempts, channel=self.channel,
-                              text=self._t(title, case), blocks=self.blocks(case),
+                              text=self.label(title, case), blocks=self.blocks(case),
                               unfurl_links=False, unfurl_media=False)
         channel, ts = response.get("channel") or self.channel, response["ts"]
         case.slack_channel, case.slack_ts = channel, ts
@@ -206,7 +206,7 @@ class SlackNotifier:
         if not case.slack_ts:
             raise NotReady(f"slack: case {case.number} not posted yet")
         self._call("chat_update", attempts, channel=case.slack_channel or self.channel,
-                   ts=case.slack_ts, text=self._t("update_fallback", case),
+                   ts=case.slack_ts, text=self.label("update_fallback", case),
                    blocks=self.blocks(case))
 
     def post_thread(self, case: Case, text: str, broadcast: bool = False,
@@ -224,7 +224,8 @@ class SlackNotifier:
 
     # -- rendering -----------------------------------------------------------------------------
 
-    def _t(self, key: str, case: Case | None = None, **values: str) -> str:
+    def label(self, key: str, case: Case | None = None, **values: str) -> str:
+        """A staff label with {number}, {status}, {mention} and `values` filled in."""
         fill = {"mention": self.labels.get("mention", ""), **values}
         if case is not None:
             fill.setdefault("number", case.number)
@@ -234,7 +235,7 @@ class SlackNotifier:
     def blocks(self, case: Case) -> list[dict[str, Any]]:
         """Block Kit for a case: header (緊急 when urgent), facts, answers, message, state."""
         req, none = case.request, self.labels["none"]
-        title = self._t("urgent_title" if req.urgent else "title", case)
+        title = self.label("urgent_title" if req.urgent else "title", case)
         cats = "、".join(self.category_names.get(c, c) for c in req.categories) or none
         ward = self.ward_names.get(req.ward, req.ward) if req.ward else none
         received = datetime.fromtimestamp(case.created_at, TOKYO).strftime("%Y-%m-%d %H:%M")
@@ -265,9 +266,9 @@ class SlackNotifier:
             "type": "mrkdwn", "text": _cut(f"*{self.labels['field.message']}*\n{quoted}", 3000)}})
         state = []
         if case.claimed_by:
-            state.append(self._t("claimed_by", case, user=f"<@{case.claimed_by}>"))
+            state.append(self.label("claimed_by", case, user=f"<@{case.claimed_by}>"))
         if case.status == "resolved" and case.resolved_by:
-            state.append(self._t("resolved_by", case, user=f"<@{case.resolved_by}>"))
+            state.append(self.label("resolved_by", case, user=f"<@{case.resolved_by}>"))
         if case.forgotten_at is not None:
             state.append(self.labels["forgotten"])
         if case.status in ("new", "claimed") and case.forgotten_at is None:
@@ -275,7 +276,7 @@ class SlackNotifier:
         blocks.append({"type": "context", "elements": [
             {"type": "mrkdwn", "text": _cut(s, 2000)} for s in state]})
         buttons = []
-        if case.status == "new":
+        if case.status == "new" and case.forgotten_at is None:
             buttons.append({"type": "button", "action_id": "claim", "value": case.number,
                             "style": "primary",
                             "text": {"type": "plain_text", "text": self.labels["button.claim"]}})

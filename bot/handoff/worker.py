@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 from prometheus_client import Counter
+from pydantic import ValidationError
 
 from bot import logs
 from bot.handoff.cases import (
@@ -41,7 +42,7 @@ from bot.handoff.cases import (
     valid_number,
 )
 from bot.handoff.models import StaffMessage
-from bot.handoff.notify import Notifier, NotifierDown
+from bot.handoff.notify import Notifier, NotifierDown, NotifierError
 
 if TYPE_CHECKING:
     from bot.config import Settings
@@ -122,14 +123,20 @@ class HandoffWorker:
             logs.event(log, "queue_entry_malformed", logging.ERROR, entry=eid)
             self._ack(entry_id)
             return True
-        case = self.cases.get(number)
+        try:
+            case = self.cases.get(number)
+            at = float(fields.get("at", "nan"))
+        except (ValueError, ValidationError) as exc:  # a corrupt record or entry never heals
+            logs.event(log, "queue_entry_unreadable", logging.ERROR, entry=eid, number=number,
+                       error=type(exc).__name__)
+            self._ack(entry_id)
+            return True
         if case is None:
             logs.event(log, "queue_case_gone", logging.WARNING, entry=eid, number=number)
             self._ack(entry_id)
             return True
         message: StaffMessage | None = None
         if kind == "message":
-            at = float(fields.get("at", "nan"))
             message = next((m for m in case.thread if m.at == at and m.who == "resident"), None)
             if message is None or not message.text:  # trimmed, or deleted by データを消す
                 self._ack(entry_id)
@@ -150,9 +157,11 @@ class HandoffWorker:
                 if isinstance(exc, NotifierDown):
                     down.add(notifier.name)
                 DELIVERIES.labels(notifier=notifier.name, outcome="failed").inc()
+                # Only our own NotifierError texts are safe to log (error codes, HTTP status);
+                # other exceptions may quote case data.
                 logs.event(log, "delivery_failed", logging.WARNING, notifier=notifier.name,
                            kind=kind, number=number, error=type(exc).__name__,
-                           reason=str(exc)[:120] if not isinstance(exc, OSError) else "")
+                           reason=str(exc)[:120] if isinstance(exc, NotifierError) else None)
                 continue
             DELIVERIES.labels(notifier=notifier.name, outcome="ok").inc()
             self.cases.mark_delivered(number, marker)

@@ -1,0 +1,231 @@
+"""`python -m bench` (`make bench`): measure tsunagu under load against the echo baseline.
+
+Starts both servers under gunicorn with a fake LINE API and a real Redis, runs N = 1, 10, 50,
+200 concurrent residents on each (alternately, so both meet the same machine), then LINE
+hanging; writes bench/results.md and bench/latency.png and prints the tables and the targets.
+Everything is bounded (`--duration` per level, `--budget` for the whole run); logs of the two
+servers go to bench/out/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from bench import redisbox
+from bench.fakeline import BenchLine, serve_line
+from bench.figures import Cpu, Figures, HangFigures, Memory, hang_figures, level_figures
+from bench.load import LevelRun, Walk, run_hang, run_level
+from bench.procs import Server, ServerFailed, local_ports, start_gunicorn
+from bench.report import BASE, OURS, Run, document, machine, plot
+from bot.store import pseudonym
+from tests import line_helpers as lh
+
+HERE = Path(__file__).resolve().parent
+HANG_RESIDENTS, HANG_GAP_S = 10, 0.2
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    p.add_argument("--levels", default="1,10,50,200",
+                   help="concurrent residents per level, comma-separated (default %(default)s)")
+    p.add_argument("--duration", type=float, default=12.0,
+                   help="seconds per level and system (default %(default)s)")
+    p.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds first")
+    p.add_argument("--hang-s", type=float, default=3.0, help="how long LINE hangs per call")
+    p.add_argument("--hang-duration", type=float, default=6.0,
+                   help="seconds of webhooks while LINE hangs")
+    p.add_argument("--budget", type=float, default=540.0,
+                   help="whole-run limit in seconds: levels that would pass it are skipped")
+    p.add_argument("--own-redis", action="store_true",
+                   help="always start a throwaway redis-server (figures nobody else touches)")
+    p.add_argument("--out", type=Path, default=HERE, help="where results.md and latency.png go")
+    return p.parse_args(argv)
+
+
+def bench_cpu() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+def person_memory(target: redisbox.RedisTarget, prefix: str, secret: str,
+                  walks: list[Walk]) -> Memory:
+    """MEMORY USAGE of each walker's session, and of all their keys (session + the
+    de-duplication marks of their events); the pid is recomputed as the server does."""
+    keys: list[list[str]] = []
+    for walk in walks:
+        pid = pseudonym(secret, "line", walk.user)
+        keys.append([f"{prefix}:{{{pid}}}:session",
+                     *(f"{prefix}:{{{pid}}}:line:seen:{e}" for e in walk.event_ids)])
+    sizes = redisbox.memory_usage(target, [k for group in keys for k in group])
+    sessions, people, i = [], [], 0
+    for group in keys:
+        mine = sizes[i:i + len(group)]
+        i += len(group)
+        if mine[0] is not None:
+            sessions.append(mine[0])
+            people.append(sum(v for v in mine if v is not None))
+    return Memory(session_bytes=sessions, person_bytes=people)
+
+
+class Bench:
+    """One run: the servers, the Redis, the fake LINE API and what was measured."""
+
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.started = time.monotonic()
+        self.notes: list[str] = []
+        self.target = redisbox.choose(args.own_redis)
+        self.prefix = f"tsunagu-bench-{uuid.uuid4().hex[:10]}"
+        self.secret = secrets.token_hex(32)
+        self.line = BenchLine()
+        self.httpd, self.line_url = serve_line(self.line)
+        self.settings = {
+            "WEB_CONCURRENCY": os.environ.get("WEB_CONCURRENCY", "2"),
+            "GUNICORN_THREADS": os.environ.get("GUNICORN_THREADS", "8"),
+            "LINE_DISPATCH_THREADS": os.environ.get("LINE_DISPATCH_THREADS", "4"),
+            "LOG_LEVEL": os.environ.get("LOG_LEVEL", "INFO"),
+        }
+        self.servers: list[Server] = []
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, **self.settings, "REDIS_URL": self.target.url,
+                "BOT_SECRET_KEY": self.secret, "REDIS_KEY_PREFIX": self.prefix,
+                "LINE_CHANNEL_SECRET": lh.LINE_SECRET,
+                "LINE_CHANNEL_ACCESS_TOKEN": "bench-access-token",
+                "LINE_API_BASE_URL": self.line_url, "PYTHONUNBUFFERED": "1"}
+
+    def start(self) -> tuple[Server, Server]:
+        out = HERE / "out"
+        ours = start_gunicorn(OURS, "server:app", self.env(), out / "server.log")
+        self.servers.append(ours)
+        base = start_gunicorn(BASE, "baseline:app", self.env(), out / "baseline.log",
+                              extra=("--pythonpath", "bench"))
+        self.servers.append(base)
+        return ours, base
+
+    def left(self) -> float:
+        return self.args.budget - (time.monotonic() - self.started)
+
+    def level(self, server: Server, n: int, redis: bool) -> Figures:
+        cpu0, bench0 = server.cpu_seconds(), bench_cpu()
+        ports = local_ports(server.pids()) if redis else set()
+        snap0 = redisbox.snapshot(self.target) if redis else None
+        run: LevelRun = run_level(server.port, self.line, n, self.args.duration)
+        use = memory = None
+        redis_cpu = None
+        if redis and snap0 is not None:
+            ports |= local_ports(server.pids())
+            snap1 = redisbox.snapshot(self.target)
+            use = redisbox.usage(self.target, snap0, snap1, ports)
+            redis_cpu = use.cpu_s
+            memory = person_memory(self.target, self.prefix, self.secret, run.walks)
+        cpu = Cpu(server=server.cpu_seconds() - cpu0, redis=redis_cpu,
+                  bench=bench_cpu() - bench0)
+        fig = level_figures(server.name, run, cpu, use, memory)
+        print(f"  {server.name:>14} N={n:<4} {fig.events_per_s:8.1f} events/s  "
+              f"p50 {fig.latency_ms['p50']:7.1f} ms  p99 {fig.latency_ms['p99']:7.1f} ms  "
+              f"({fig.sent} events, {fig.unanswered} unanswered, {fig.non_200} non-200)",
+              flush=True)
+        return fig
+
+    def idle(self, server: Server, seconds: float = 3.0) -> tuple[float, float]:
+        """Redis commands/s and round trips/s of the idle server: the dispatchers' polling,
+        which every level's per-event figures include."""
+        ports = local_ports(server.pids())
+        before = redisbox.snapshot(self.target)
+        time.sleep(seconds)
+        after = redisbox.snapshot(self.target)
+        use = redisbox.usage(self.target, before, after, ports)
+        span = after.at - before.at
+        return use.commands / span, use.round_trips / span
+
+    def hang(self, server: Server) -> HangFigures:
+        self.line.hang_s = self.args.hang_s
+        drain_s = min(60.0, max(10.0, self.left() - 30))
+        run = run_hang(server.port, self.line, HANG_RESIDENTS, self.args.hang_duration,
+                       HANG_GAP_S, drain_s)
+        fig = hang_figures(server.name, self.args.hang_s, run)
+        print(f"  {server.name:>14} LINE hangs {self.args.hang_s:g} s: webhook p99 "
+              f"{fig.webhook_ms['p99']:.1f} ms over {fig.requests} requests; answered after "
+              f"recovery {fig.answered_after}/{fig.expected}", flush=True)
+        return fig
+
+    def run(self) -> Run:
+        levels = [int(x) for x in self.args.levels.split(",") if x.strip()]
+        print(f"bench: Redis {self.target.url} ({self.target.source}), key prefix "
+              f"{self.prefix}; fake LINE API {self.line_url}", flush=True)
+        ours, base = self.start()
+        print(f"bench: {OURS} on :{ours.port}, {BASE} on :{base.port}; warming up", flush=True)
+        for server in (ours, base):
+            run_level(server.port, self.line, 4, self.args.warmup)
+        calibration = redisbox.calibrate(self.target)
+        idle = self.idle(ours)
+        results: dict[str, dict[int, Figures]] = {OURS: {}, BASE: {}}
+        hang: list[HangFigures] = []
+        reserve = 2 * (self.args.hang_duration + 15)
+        for i, n in enumerate(levels):
+            if self.left() < reserve + 2 * (self.args.duration + 10):
+                self.notes.append(f"N={n} skipped: the run's time budget was used up")
+                continue
+            order = [(ours, True), (base, False)]
+            for server, redis in order if i % 2 == 0 else order[::-1]:
+                results[server.name][n] = self.level(server, n, redis)
+                time.sleep(1.0)
+        for server in (ours, base):
+            if self.left() > self.args.hang_duration + 15:
+                hang.append(self.hang(server))
+            else:
+                self.notes.append(f"LINE-hang scenario for {server.name} skipped: no time left")
+        if self.line.unmatched:
+            self.notes.append(f"{self.line.unmatched} answers reached the fake LINE API after "
+                              "their resident stopped waiting (late or repeated)")
+        noisy = sorted(n for n, f in results[OURS].items() if f.redis_note)
+        if noisy:
+            self.notes.append(f"Redis was shared with other clients during N={noisy}; run "
+                              "with --own-redis for Redis counts nobody else touches")
+        return Run(ours=results[OURS], base=results[BASE], hang=hang,
+                   redis_source=self.target.source, redis_version=self.target.version,
+                   calibration=calibration, idle=idle,
+                   settings={**self.settings, "hang_gap_s": f"{HANG_GAP_S:g}"},
+                   duration_s=self.args.duration, notes=self.notes)
+
+    def close(self) -> None:
+        for server in self.servers:
+            server.stop()
+        try:
+            self.target.delete_prefix(self.prefix)
+        finally:
+            self.target.close()
+            self.httpd.shutdown()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    bench = Bench(args)
+    try:
+        run = bench.run()
+    except ServerFailed as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        bench.close()
+    info = machine()
+    args.out.mkdir(parents=True, exist_ok=True)
+    plot(run, args.out / "latency.png")
+    text = document(run, info)
+    (args.out / "results.md").write_text(text + "\n")
+    print()
+    print(text.split("\n## Method", 1)[0].rstrip())
+    print(f"\nbench: wrote {args.out / 'results.md'} and {args.out / 'latency.png'} "
+          f"in {time.monotonic() - bench.started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

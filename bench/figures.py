@@ -1,0 +1,112 @@
+"""From raw samples and counters to the figures of one level, for one system."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from bench.load import HangRun, LevelRun
+from bench.redisbox import Usage
+from bench.stats import mean, percentile
+
+MS = 1000.0
+
+
+@dataclass
+class Cpu:
+    """CPU seconds used during a level, per part of the machine."""
+
+    server: float
+    redis: float | None
+    bench: float
+
+
+@dataclass
+class Memory:
+    session_bytes: list[int]   # MEMORY USAGE of each <prefix>:{pid}:session
+    person_bytes: list[int]    # all keys of one person (session + de-duplication marks)
+
+
+@dataclass
+class Figures:
+    system: str
+    n: int
+    sent: int
+    answered: int
+    non_200: int
+    unanswered: int
+    walks: int
+    complete_walks: int
+    results_walks: int
+    wall_s: float
+    events_per_s: float
+    latency_ms: dict[str, float]
+    webhook_ms: dict[str, float]
+    cpu_ms_per_event: float
+    cores: dict[str, float]
+    redis_commands: float | None = None
+    redis_round_trips: float | None = None
+    redis_cpu_ms: float | None = None
+    redis_top: list[tuple[str, float]] = field(default_factory=list)
+    redis_note: str = ""
+    session_mean: float | None = None
+    session_max: int | None = None
+    person_mean: float | None = None
+
+
+def level_figures(system: str, run: LevelRun, cpu: Cpu, redis_use: Usage | None = None,
+                  memory: Memory | None = None) -> Figures:
+    samples = run.samples
+    ok = [s for s in samples if s.status == 200]
+    answered = [s for s in ok if s.latency_s is not None]
+    window = run.stop_at - run.started
+    in_window = sum(1 for s in answered if s.arrived is not None and s.arrived <= run.stop_at)
+    latencies = [s.latency_s for s in answered if s.latency_s is not None]
+    webhooks = [s.webhook_s for s in samples if s.status]
+    wall = run.ended - run.started
+    per_event = max(1, len(ok))
+    fig = Figures(
+        system=system, n=run.residents, sent=len(samples), answered=len(answered),
+        non_200=len(samples) - len(ok), unanswered=len(ok) - len(answered),
+        walks=len(run.walks), complete_walks=sum(w.complete for w in run.walks),
+        results_walks=sum(w.reached_results for w in run.walks), wall_s=wall,
+        events_per_s=in_window / window if window > 0 else math.nan,
+        latency_ms={q: percentile(latencies, float(q[1:])) * MS for q in ("p50", "p95", "p99")},
+        webhook_ms={q: percentile(webhooks, float(q[1:])) * MS for q in ("p50", "p99")},
+        cpu_ms_per_event=cpu.server / per_event * MS,
+        cores={"server": cpu.server / wall, "bench": cpu.bench / wall,
+               **({"redis": cpu.redis / wall} if cpu.redis is not None else {})},
+    )
+    if redis_use is not None:
+        fig.redis_commands = redis_use.commands / per_event
+        fig.redis_round_trips = redis_use.round_trips / per_event
+        fig.redis_cpu_ms = redis_use.cpu_s / per_event * MS
+        by_calls = sorted(redis_use.calls.items(), key=lambda kv: (-kv[1], kv[0]))
+        fig.redis_top = [(name, calls / per_event) for name, calls in by_calls
+                         if calls / per_event >= 0.01]
+        fig.redis_note = redis_use.foreign
+    if memory is not None and memory.session_bytes:
+        fig.session_mean = mean(memory.session_bytes)
+        fig.session_max = max(memory.session_bytes)
+        fig.person_mean = mean(memory.person_bytes) if memory.person_bytes else None
+    return fig
+
+
+@dataclass
+class HangFigures:
+    system: str
+    hang_s: float
+    requests: int
+    non_200: int
+    webhook_ms: dict[str, float]
+    answered_after: int
+    expected: int
+
+
+def hang_figures(system: str, hang_s: float, run: HangRun) -> HangFigures:
+    times = [t for t, status in zip(run.webhook_s, run.statuses, strict=True) if status]
+    return HangFigures(
+        system=system, hang_s=hang_s, requests=len(run.statuses),
+        non_200=sum(1 for s in run.statuses if s != 200),
+        webhook_ms={q: percentile(times, float(q[1:])) * MS for q in ("p50", "p99", "p100")},
+        answered_after=run.answered_after, expected=run.expected)

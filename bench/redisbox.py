@@ -1,0 +1,204 @@
+"""The Redis the benchmark runs against, and what it tells about the server's use of it.
+
+Which Redis: REDIS_URL if set, else 127.0.0.1:6379 if it answers, else a throwaway
+`redis-server --save ''` on a free port (the same order as the tests); `--own-redis` forces
+the throwaway one. The server gets a key prefix of its own, and every key under it is deleted
+at the end.
+
+Counting (deltas of one `INFO all` before and one after a level):
+  commands    sum of `calls` over INFO commandstats. Commands that a Lua script runs count
+              too (EVAL counts once, and so does each SET/ZADD inside it).
+  round trips `total_reads_processed` of INFO stats: Redis counts one read event per batch
+              of bytes it takes from a client socket, so a pipeline sent in one write is one,
+              as is a blocking XREADGROUP. `calibrate()` checks this on the running Redis.
+Both are server-wide, so the bench subtracts its own calls and watches CLIENT LIST for other
+clients; when anyone else used the Redis during a level the figures are flagged.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import redis
+
+from bench.procs import free_port
+
+LOCAL = "redis://127.0.0.1:6379/0"
+# Commands only the bench issues between two snapshots (never the server).
+OWN_COMMANDS = {"info", "client|list", "client|id"}
+
+
+def _answers(url: str) -> bool:
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=0.5).ping())
+    except redis.RedisError:
+        return False
+
+
+@dataclass
+class RedisTarget:
+    url: str
+    source: str
+    proc: subprocess.Popen | None = None
+    workdir: str | None = None
+    client: redis.Redis = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.client = redis.Redis.from_url(self.url, socket_timeout=10)
+        self.own_id = int(self.client.client_id())
+
+    @property
+    def version(self) -> str:
+        return str(self.client.info("server").get("redis_version", "?"))
+
+    def delete_prefix(self, prefix: str) -> int:
+        deleted = 0
+        batch: list[bytes] = []
+        for key in self.client.scan_iter(match=f"{prefix}:*", count=1000):
+            batch.append(key)
+            if len(batch) >= 500:
+                deleted += int(self.client.delete(*batch))
+                batch = []
+        if batch:
+            deleted += int(self.client.delete(*batch))
+        return deleted
+
+    def close(self) -> None:
+        self.client.close()
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        if self.workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def choose(own: bool = False) -> RedisTarget:
+    env = os.environ.get("REDIS_URL")
+    if env and not own:
+        if not _answers(env):
+            raise SystemExit(f"bench: REDIS_URL={env} does not answer")
+        return RedisTarget(env, "REDIS_URL")
+    if not own and _answers(LOCAL):
+        return RedisTarget(LOCAL, "127.0.0.1:6379 (shared)")
+    binary = shutil.which("redis-server")
+    if not binary:
+        raise SystemExit("bench: no Redis: set REDIS_URL or install redis-server")
+    port = free_port()
+    workdir = tempfile.mkdtemp(prefix="tsunagu-bench-redis-")
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no", "--dir", workdir],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+    for _ in range(200):
+        if _answers(url):
+            return RedisTarget(url, "throwaway redis-server", proc=proc, workdir=workdir)
+        time.sleep(0.05)
+    proc.kill()
+    raise SystemExit("bench: the throwaway redis-server did not start")
+
+
+@dataclass
+class Snapshot:
+    at: float
+    calls: dict[str, int]
+    reads: int
+    connections: int
+    cpu: float
+    clients: list[dict]
+
+
+def snapshot(target: RedisTarget) -> Snapshot:
+    info = target.client.info("all")
+    at = time.perf_counter()
+    clients = target.client.client_list()
+    calls = {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in info.items()
+             if k.startswith("cmdstat_")}
+    return Snapshot(at=at, calls=calls, reads=int(info["total_reads_processed"]),
+                    connections=int(info["total_connections_received"]),
+                    cpu=float(info["used_cpu_sys"]) + float(info["used_cpu_user"]),
+                    clients=clients)
+
+
+@dataclass
+class Usage:
+    """What the server asked of Redis between two snapshots."""
+
+    calls: dict[str, int]
+    round_trips: int
+    cpu_s: float
+    foreign: str  # why the figures may include other clients' work; "" when clean
+
+    @property
+    def commands(self) -> int:
+        return sum(self.calls.values())
+
+
+def _port(client: dict) -> int:
+    try:
+        return int(str(client.get("addr", "")).rsplit(":", 1)[1])
+    except (IndexError, ValueError):
+        return -1
+
+
+def usage(target: RedisTarget, before: Snapshot, after: Snapshot,
+          our_ports: Iterable[int]) -> Usage:
+    """Deltas, less the bench's own INFO and CLIENT LIST (one of each in the window)."""
+    calls = {k: v - before.calls.get(k, 0) for k, v in after.calls.items()
+             if k not in OWN_COMMANDS and v - before.calls.get(k, 0) > 0}
+    # The window holds the CLIENT LIST of `before` and the INFO of `after`: two reads.
+    round_trips = after.reads - before.reads - 2
+    ours = set(our_ports)
+    window = after.at - before.at
+    others = [c for c in after.clients
+              if int(c.get("id", -1)) != target.own_id and _port(c) not in ours]
+    busy = [c for c in others if float(c.get("idle", 1e9)) < window
+            or float(c.get("age", 1e9)) < window]
+    ours_before = sum(1 for c in before.clients if _port(c) in ours)
+    ours_after = sum(1 for c in after.clients if _port(c) in ours)
+    new_foreign = (after.connections - before.connections) - max(0, ours_after - ours_before)
+    notes = []
+    if busy:
+        notes.append(f"{len(busy)} other client(s) active")
+    if new_foreign > 0:
+        notes.append(f"{new_foreign} other connection(s) opened")
+    return Usage(calls=calls, round_trips=round_trips, cpu_s=after.cpu - before.cpu,
+                 foreign=", ".join(notes))
+
+
+def calibrate(target: RedisTarget, pipelines: int = 50, size: int = 5) -> tuple[int, int]:
+    """Check the round-trip method: `pipelines` pipelines of `size` commands from the bench
+    should count as `pipelines` reads. Returns (expected, counted)."""
+    key = "tsunagu-bench-calibration"
+
+    def reads() -> int:
+        return int(target.client.info("stats")["total_reads_processed"])
+
+    start = reads()
+    for _ in range(pipelines):
+        pipe = target.client.pipeline(transaction=False)
+        for _ in range(size):
+            pipe.incr(key)
+        pipe.execute()
+    counted = reads() - start - 1  # the second INFO's own read
+    target.client.delete(key)
+    return pipelines, counted
+
+
+def memory_usage(target: RedisTarget, keys: list[str], chunk: int = 500) -> list[int | None]:
+    """MEMORY USAGE of each key (None for a key that does not exist), pipelined."""
+    out: list[int | None] = []
+    for i in range(0, len(keys), chunk):
+        pipe = target.client.pipeline(transaction=False)
+        for key in keys[i:i + chunk]:
+            pipe.memory_usage(key)
+        out += [None if v is None else int(v) for v in pipe.execute()]
+    return out

@@ -1,0 +1,314 @@
+"""The results: Markdown tables (printed and written to bench/results.md), the latency plot,
+and the targets of issue 6 judged against the figures."""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+
+from bench.figures import Figures, HangFigures
+from bench.procs import REPO
+from bench.stats import ratio
+
+OURS, BASE = "tsunagu", "echo baseline"
+
+
+@dataclass
+class Run:
+    """Everything one `python -m bench` measured, with what it ran on."""
+
+    ours: dict[int, Figures]
+    base: dict[int, Figures]
+    hang: list[HangFigures]
+    redis_source: str
+    redis_version: str
+    calibration: tuple[int, int]
+    idle: tuple[float, float]  # the idle server's Redis commands/s and round trips/s
+    settings: dict[str, str]
+    duration_s: float
+    notes: list[str]
+
+
+# -- the machine -------------------------------------------------------------------------
+def _first(path: str, prefix: str) -> str:
+    try:
+        for line in Path(path).read_text().splitlines():
+            if line.startswith(prefix):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "?"
+
+
+def _git(*args: str) -> str:
+    try:
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+
+
+def machine() -> dict[str, str]:
+    mem_kb = _first("/proc/meminfo", "MemTotal").split()[0]
+    dirty = " (with uncommitted changes)" if _git("status", "--porcelain", "--", "bot",
+                                                  "server.py", "gunicorn.conf.py") else ""
+
+    def version(pkg: str) -> str:
+        try:
+            return metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            return "?"
+
+    return {
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "commit": (_git("rev-parse", "--short", "HEAD") or "?") + dirty,
+        "cpus": f"{len(os.sched_getaffinity(0))} (nproc)",
+        "cpu model": _first("/proc/cpuinfo", "model name"),
+        "memory": f"{int(mem_kb) / 1024 / 1024:.1f} GiB" if mem_kb.isdigit() else "?",
+        "python": platform.python_version(),
+        "packages": ", ".join(f"{p} {version(p)}" for p in
+                              ("gunicorn", "flask", "line-bot-sdk", "redis")),
+    }
+
+
+# -- tables -------------------------------------------------------------------------------
+def _num(value: float | None, digits: int = 1) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value:,.{digits}f}"
+
+
+def _ratio(ours: float | None, base: float | None) -> str:
+    r = ratio(ours, base)
+    return "–" if math.isnan(r) else f"{r:.2f}×"
+
+
+Row = tuple[str, Callable[[Figures], float | None], int, bool]
+ROWS: list[Row] = [
+    ("events/s", lambda f: f.events_per_s, 1, True),
+    ("event→answer p50 (ms)", lambda f: f.latency_ms["p50"], 1, True),
+    ("event→answer p95 (ms)", lambda f: f.latency_ms["p95"], 1, True),
+    ("event→answer p99 (ms)", lambda f: f.latency_ms["p99"], 1, True),
+    ("webhook answer p50 (ms)", lambda f: f.webhook_ms["p50"], 1, True),
+    ("webhook answer p99 (ms)", lambda f: f.webhook_ms["p99"], 1, True),
+    ("server CPU per event (ms)", lambda f: f.cpu_ms_per_event, 2, True),
+    ("Redis commands per event", lambda f: f.redis_commands, 2, False),
+    ("Redis round trips per event", lambda f: f.redis_round_trips, 2, False),
+    ("Redis CPU per event (ms)", lambda f: f.redis_cpu_ms, 3, False),
+    ("session in Redis, mean (bytes)", lambda f: f.session_mean, 0, False),
+    ("session in Redis, max (bytes)", lambda f: f.session_max, 0, False),
+    ("all keys of a person, mean (bytes)", lambda f: f.person_mean, 0, False),
+]
+
+
+def level_table(ours: Figures, base: Figures | None) -> list[str]:
+    lines = [f"### N = {ours.n} concurrent residents", "",
+             f"| figure | {OURS} | {BASE} | ratio |", "|---|---:|---:|---:|"]
+    for label, get, digits, has_base in ROWS:
+        b = get(base) if base is not None and has_base else None
+        lines.append(f"| {label} | {_num(get(ours), digits)} | {_num(b, digits)} | "
+                     f"{_ratio(get(ours), b)} |")
+
+    def counts(f: Figures | None) -> str:
+        if f is None:
+            return "–"
+        return f"{f.sent} / {f.unanswered} / {f.non_200}"
+
+    def walks(f: Figures | None, results: bool) -> str:
+        if f is None:
+            return "–"
+        return f"{f.walks} / {f.complete_walks}" + (f" / {f.results_walks}" if results else "")
+
+    def cores(f: Figures | None) -> str:
+        if f is None:
+            return "–"
+        return " / ".join(_num(f.cores.get(k), 2) for k in ("server", "redis", "bench"))
+
+    lines += [
+        f"| events sent / unanswered / non-200 | {counts(ours)} | {counts(base)} | |",
+        f"| walks / complete / reached results | {walks(ours, True)} | {walks(base, False)} | |",
+        f"| CPU cores busy: server / Redis / bench | {cores(ours)} | {cores(base)} | |",
+    ]
+    if ours.redis_top:
+        top = ", ".join(f"{name} {per:.2f}" for name, per in ours.redis_top)
+        lines += ["", f"Redis commands per event, by command (inside Lua too): {top}."]
+    if ours.redis_note:
+        lines += ["", f"**Redis was shared during this level** ({ours.redis_note}): "
+                  "its counts may include other clients' work."]
+    return [*lines, ""]
+
+
+def summary_table(run: Run) -> list[str]:
+    lines = ["| N | events/s | ratio | p50 ms | p99 ms | p99 ratio | webhook p99 ms | "
+             "CPU ms/event | Redis cmds/event | Redis round trips/event | session bytes max |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for n, f in sorted(run.ours.items()):
+        b = run.base.get(n)
+        lines.append(
+            f"| {n} | {_num(f.events_per_s)} | {_ratio(f.events_per_s, b and b.events_per_s)} "
+            f"| {_num(f.latency_ms['p50'])} | {_num(f.latency_ms['p99'])} | "
+            f"{_ratio(f.latency_ms['p99'], b and b.latency_ms['p99'])} | "
+            f"{_num(f.webhook_ms['p99'])} | {_num(f.cpu_ms_per_event, 2)} | "
+            f"{_num(f.redis_commands, 2)} | {_num(f.redis_round_trips, 2)} | "
+            f"{_num(f.session_max, 0)} |")
+    return [*lines, ""]
+
+
+def hang_table(run: Run) -> list[str]:
+    if not run.hang:
+        return []
+    lines = ["| system | LINE hangs (s) | webhooks | non-200 | webhook p50 ms | p99 ms | "
+             "max ms | answered after LINE recovered |", "|---|---:|---:|---:|---:|---:|---:|---|"]
+    for h in run.hang:
+        lines.append(f"| {h.system} | {h.hang_s:g} | {h.requests} | {h.non_200} | "
+                     f"{_num(h.webhook_ms['p50'])} | {_num(h.webhook_ms['p99'])} | "
+                     f"{_num(h.webhook_ms['p100'])} | {h.answered_after} of {h.expected} |")
+    return [*lines, ""]
+
+
+# -- targets ------------------------------------------------------------------------------
+def targets(run: Run) -> list[tuple[str, bool | None, str]]:
+    """(target, met, the figure) for each target of issue 6; met=None when not measured."""
+    out: list[tuple[str, bool | None, str]] = []
+    ours, base = run.ours, run.base
+    if ours and base:
+        peak_o, peak_b = max(f.events_per_s for f in ours.values()), max(
+            f.events_per_s for f in base.values())
+        r = ratio(peak_o, peak_b)
+        per_n = ", ".join(f"N={n} {_ratio(f.events_per_s, base[n].events_per_s)}"
+                          for n, f in sorted(ours.items()) if n in base)
+        out.append(("throughput ≥ 70% of the echo baseline", r >= 0.7,
+                    f"peak {peak_o:,.0f} vs {peak_b:,.0f} events/s = {r:.0%} ({per_n})"))
+    else:
+        out.append(("throughput ≥ 70% of the echo baseline", None, "not measured"))
+    if 50 in ours:
+        p99 = ours[50].latency_ms["p99"]
+        out.append(("p99 event→answer ≤ 50 ms at N=50", p99 <= 50, f"{p99:.1f} ms"))
+    else:
+        out.append(("p99 event→answer ≤ 50 ms at N=50", None, "N=50 not run"))
+    hang = next((h for h in run.hang if h.system == OURS), None)
+    if hang is not None:
+        p99 = hang.webhook_ms["p99"]
+        out.append(("webhook answer ≤ 100 ms p99 while LINE hangs",
+                    p99 <= 100 and hang.non_200 == 0,
+                    f"{p99:.1f} ms p99 (max {hang.webhook_ms['p100']:.1f} ms, "
+                    f"{hang.non_200} non-200)"))
+    else:
+        out.append(("webhook answer ≤ 100 ms p99 while LINE hangs", None, "not run"))
+    rts = {n: f.redis_round_trips for n, f in ours.items() if f.redis_round_trips is not None}
+    if rts:
+        ref = 50 if 50 in rts else max(rts)
+        spread = ", ".join(f"N={n} {v:.2f}" for n, v in sorted(rts.items()))
+        out.append(("≤ 3 Redis round trips per event", rts[ref] <= 3,
+                    f"{rts[ref]:.2f} at N={ref} ({spread})"))
+    sessions = [f.session_max for f in ours.values() if f.session_max is not None]
+    if sessions:
+        out.append(("≤ 2 KB of Redis per session", max(sessions) <= 2048,
+                    f"max {max(sessions)} bytes (MEMORY USAGE of the session key)"))
+    return out
+
+
+def targets_lines(run: Run) -> list[str]:
+    lines = ["## Targets", ""]
+    for name, met, figure in targets(run):
+        verdict = "NOT MEASURED" if met is None else "MET" if met else "NOT MET"
+        lines.append(f"- **{verdict}** — {name}: {figure}")
+    return [*lines, ""]
+
+
+# -- the document -------------------------------------------------------------------------
+METHOD = """\
+## Method
+
+`python -m bench` starts the server as the Procfile does (`gunicorn server:app` from the repo
+root, so `gunicorn.conf.py` applies; only the bind is narrowed to 127.0.0.1 through
+`GUNICORN_CMD_ARGS`) and the echo baseline (`gunicorn --pythonpath bench baseline:app`, same
+workers and threads), both with `LINE_API_BASE_URL` pointing at a fake LINE Messaging API
+(`tests/fakes/line_api.py`) served by the bench process. Each resident is a thread holding one
+keep-alive connection; it walks follow → welcome:start → whose:self → age:18_39 →
+concern:loneliness → more:none → ward:skip → contact:phone (8 events, the last answered with
+the results carousel), sending each signed webhook only after the previous answer reached the
+fake LINE API, and starts again as a new person until the level's time is up. Levels run
+tsunagu and the baseline alternately, so both see the same machine.
+
+- **events/s**: answers that reached the fake LINE API within the level's window / window.
+- **event→answer**: from just before the webhook request to the moment the fake LINE API
+  took the reply (or push). **webhook answer**: HTTP round trip of `POST /callback`.
+- **Redis commands per event**: delta of INFO commandstats (`calls`, the bench's own INFO and
+  CLIENT LIST removed) / events; commands run inside Lua count too.
+- **Redis round trips per event**: delta of INFO stats `total_reads_processed` (one per batch
+  a client sends: a pipeline in one write is one read, so is a blocking XREADGROUP) / events.
+  Checked on this Redis before the run: {cal_n} pipelines of 5 commands counted as
+  {cal_got} reads. Both include the dispatchers' idle polling (XGROUP CREATE + XREADGROUP
+  BLOCK 1 s per dispatcher thread), which weighs most at N=1: idle, the server made
+  {idle_cmds:.1f} commands/s in {idle_rts:.1f} round trips/s.
+- **session bytes**: MEMORY USAGE of each resident's `<prefix>:{{pid}}:session` after the level
+  (the pid recomputed from the bench's own BOT_SECRET_KEY); "all keys of a person" adds the
+  24-hour de-duplication marks (`line:seen:<event id>`).
+- **CPU per event**: utime+stime of the gunicorn master and workers from /proc/<pid>/stat,
+  before/after the level, / events. "CPU cores busy" is CPU seconds / wall seconds for the
+  server, Redis (INFO used_cpu_*) and the bench process (load generator + fake LINE API).
+- **LINE hangs**: FakeLine.hang_s set; residents send their walk's events every {gap} s
+  without waiting for answers; then LINE recovers and the accepted events are waited for.
+"""
+
+
+def document(run: Run, info: dict[str, str]) -> str:
+    lines = ["# tsunagu benchmark", "",
+             "Generated by `make bench` (`python -m bench`); do not edit by hand. Ratios are "
+             "tsunagu / echo baseline from the same run — on a noisy machine they are the "
+             "figures that count.", ""]
+    lines += [f"- **{k}**: {v}" for k, v in info.items()]
+    lines += [f"- **redis**: {run.redis_version} ({run.redis_source})",
+              f"- **settings**: {', '.join(f'{k}={v}' for k, v in run.settings.items())}",
+              f"- **level length**: {run.duration_s:g} s per system and N", ""]
+    lines += ["## Summary (tsunagu; ratio = tsunagu / baseline)", "", *summary_table(run)]
+    lines += ["![event→answer latency against concurrency](latency.png)", ""]
+    lines += ["## Per level", ""]
+    for n, f in sorted(run.ours.items()):
+        lines += level_table(f, run.base.get(n))
+    lines += ["## While the LINE API hangs", "", *hang_table(run)]
+    lines += targets_lines(run)
+    if run.notes:
+        lines += ["## Notes", "", *[f"- {n}" for n in run.notes], ""]
+    cal_n, cal_got = run.calibration
+    lines.append(METHOD.format(cal_n=cal_n, cal_got=cal_got, idle_cmds=run.idle[0],
+                               idle_rts=run.idle[1],
+                               gap=run.settings.get("hang_gap_s", "?")))
+    return "\n".join(lines)
+
+
+def plot(run: Run, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    for label, figs, color in ((OURS, run.ours, "tab:blue"), (BASE, run.base, "tab:gray")):
+        ns = sorted(figs)
+        if not ns:
+            continue
+        for q, style in (("p50", "-o"), ("p99", "--s")):
+            ax.plot(ns, [figs[n].latency_ms[q] for n in ns], style, color=color,
+                    label=f"{label} {q}")
+    ax.axhline(50, color="tab:red", linewidth=0.8, linestyle=":", label="target p99 at N=50")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ns = sorted(set(run.ours) | set(run.base))
+    ax.set_xticks(ns, [str(n) for n in ns])
+    ax.set_xlabel("concurrent residents (N)")
+    ax.set_ylabel("event → answer at LINE API (ms)")
+    ax.set_title("tsunagu vs. echo baseline: event→answer latency")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
