@@ -9,14 +9,29 @@ from __future__ import annotations
 import re
 import unicodedata
 
-_KATAKANA = {chr(k): chr(k - 0x60) for k in range(0x30A1, 0x30F7)}
+_KATAKANA = {k: k - 0x60 for k in range(0x30A1, 0x30F7)}
 _DROP = re.compile(r"[\s\W_]+", re.UNICODE)
 _REPEAT = re.compile(r"(.)\1{2,}")
+# Stretching marks: しにたーい, しにたぁい → しにたい (applied to both sides of every match).
+_STRETCH = str.maketrans("", "", "ーぁぃぅぇぉ")
+
+
+def fold(text: str) -> str:
+    """Katakana → hiragana, so シニタイ and しにたい are one word."""
+    return text.translate(_KATAKANA)
+
+
+def canonical(text: str) -> str:
+    """NFKC, lower case, hiragana, no stretching marks; spaces and punctuation kept."""
+    return fold(unicodedata.normalize("NFKC", text).lower()).translate(_STRETCH)
 
 
 def normalize(text: str) -> str:
-    """NFKC, lower-case, katakana→hiragana, drop spaces/punctuation, squeeze 3+ repeats."""
-    text = unicodedata.normalize("NFKC", text).lower()
-    text = "".join(_KATAKANA.get(ch, ch) for ch in text)
-    text = _DROP.sub("", text)
-    return _REPEAT.sub(r"\1", text)
+    """NFKC, lower-case, katakana→hiragana, no ー or small vowels, no spaces/punctuation,
+    3+ repeats squeezed."""
+    return _REPEAT.sub(r"\1", _DROP.sub("", canonical(text)))
+
+
+def normalize_words(text: str) -> str:
+    """The same, but punctuation becomes one space, so Latin words keep their edges."""
+    return _REPEAT.sub(r"\1", _DROP.sub(" ", canonical(text))).strip()
