@@ -43,8 +43,32 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         if start_workers:
             line.dispatcher.start()
     else:
+        line = None
         logs.event(logs.get("server"), "line_disabled",
                    note="LINE_CHANNEL_SECRET/LINE_CHANNEL_ACCESS_TOKEN unset: web chat only")
+    if settings.handoff_enabled:
+        from bot.channels.slack import bp as slack_bp
+        from bot.channels.slack import build_handoff
+        from bot.handoff.relay import Relay
+
+        relay = Relay(services, line)
+        handoff = build_handoff(settings, services.redis, relay=relay.staff_reply,
+                                relay_closed=relay.closed, pack=services.pack)
+        services.conversations.cases = handoff.cases
+        app.extensions["tsunagu_handoff"] = handoff
+        app.register_blueprint(slack_bp)
+        if settings.embedded_redis and start_workers:
+            # One process holds the embedded Redis, so the staff queue worker lives here too.
+            handoff.start_thread()
+    else:
+        logs.event(logs.get("server"), "handoff_disabled",
+                   note="SLACK_BOT_TOKEN/HANDOFF_WEBHOOK_URL unset: 担当者と話したい gives phones")
+
+    @app.get("/metrics")
+    def metrics() -> Any:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return generate_latest(), 200, {"Content-Type": CONTENT_TYPE_LATEST}
 
     @app.get("/healthz")
     def healthz() -> Any:

@@ -97,6 +97,20 @@ def cmd_eval_safety(args: argparse.Namespace) -> int:
     return 0 if report.recall == 1.0 and report.false_positive_rate <= 0.05 else 1
 
 
+def cmd_worker(args: argparse.Namespace) -> int:
+    from bot import logs
+    from bot.config import Settings, SettingsError
+    from bot.handoff.worker import run_worker
+
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"tsunagu: configuration error: {exc}", file=sys.stderr)
+        return 2
+    logs.setup(settings.log_level)
+    return run_worker(settings)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bot", description="tsunagu (つなぐ)")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -115,5 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pack", default="kyoto")
     p.add_argument("--eval-set", default=str(REPO / "tests" / "data" / "safety_eval.yaml"))
     p.set_defaults(func=cmd_eval_safety)
+    p = sub.add_parser("worker", help="deliver handoff cases to staff (Slack, webhook)")
+    p.set_defaults(func=cmd_worker)
     args = parser.parse_args(argv)
     return int(args.func(args))

@@ -44,6 +44,11 @@ class Settings:
         return not self.redis_url
 
     @property
+    def handoff_enabled(self) -> bool:
+        """Staff are reachable: a Slack channel or a city's own case system."""
+        return bool(self.slack_bot_token or self.handoff_webhook_url)
+
+    @property
     def line_enabled(self) -> bool:
         return bool(self.line_channel_secret and self.line_channel_access_token)
 

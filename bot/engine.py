@@ -547,8 +547,7 @@ class Engine:
     def _open_case(self, out: Step, message: str | None, now: datetime) -> Step:
         session = out.session
         assert session is not None
-        number = f"{self.pack.info.case_prefix}-" + "".join(
-            secrets.choice(CASE_ALPHABET) for _ in range(4))
+        number = self.case_number()
         out.handoff = CaseRequest(
             number=number, lang=session.lang, categories=list(session.concerns),
             summary=self.staff_summary(session), ward=self.answers(session).ward,
@@ -560,6 +559,11 @@ class Engine:
         out.replies += self._when_staff_answer(session, now, "handoff.receipt", number=number)
         out.replies.append(self.ask(session))
         return out
+
+    def case_number(self) -> str:
+        """A short number a person can read out on the phone, e.g. K-4F7Q."""
+        return f"{self.pack.info.case_prefix}-" + "".join(
+            secrets.choice(CASE_ALPHABET) for _ in range(4))
 
     def staff_summary(self, session: Session) -> list[tuple[str, str]]:
         """The answers as staff read them (Japanese): (question, answer) pairs."""

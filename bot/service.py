@@ -10,11 +10,13 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 import redis
 
 from bot import logs
 from bot.engine import Engine, Incoming, Step
+from bot.replies import Text
 from bot.store import LockTimeout, SessionStore, pseudonym
 
 log = logs.get("conversation")
@@ -27,11 +29,12 @@ def utcnow() -> datetime:
 
 class Conversations:
     def __init__(self, engine: Engine, store: SessionStore, secret: str,
-                 clock: Callable[[], datetime] = utcnow):
+                 clock: Callable[[], datetime] = utcnow, cases: Any = None):
         self.engine = engine
         self.store = store
         self.secret = secret
         self.clock = clock
+        self.cases = cases  # bot.handoff.cases.CaseStore when staff are connected
         self._outage = logs.Throttle(60.0)
 
     def pseudonym(self, channel: str, user_id: str) -> str:
@@ -44,6 +47,7 @@ class Conversations:
         try:
             with self.store.turn(pid) as turn:
                 step = self.engine.step(turn.session, incoming, now)
+                self.after_step(pid, channel, user_id, step)
                 turn.keep(step.session)
         except REDIS_DOWN as exc:
             if self._outage.ready():
@@ -53,6 +57,42 @@ class Conversations:
                    state=step.session.state if step.session else None,
                    events=step.events, ms=round((time.perf_counter() - started) * 1000, 2))
         return step
+
+    def after_step(self, pid: str, channel: str, user_id: str, step: Step) -> None:
+        """What a step asks of the handoff: open a case, relay text, forget an address.
+
+        Runs before the session is saved and before the answer is sent, so a receipt is never
+        shown for a case that was not stored.
+        """
+        if self.cases is None:
+            return
+        if step.handoff is not None:
+            self._open_case(pid, channel, user_id, step)
+        session = step.session
+        if step.relay and session is not None and session.case:
+            self.cases.add_message(session.case, "resident", step.relay)
+            if "handoff:urgent" in step.events:
+                self.cases.mark_urgent(session.case)
+        if "command:forget" in step.events:
+            self.cases.delete_for(pid)
+
+    def _open_case(self, pid: str, channel: str, user_id: str, step: Step) -> None:
+        request = step.handoff
+        assert request is not None and step.session is not None
+        for _ in range(8):
+            if self.cases.open(request, channel, pid, user_id) is not None:
+                break
+            # The number is taken (1 in a million): draw another, and say the new one.
+            fresh = self.engine.case_number()
+            step.replies = [r.model_copy(update={"text": r.text.replace(request.number, fresh)})
+                            if isinstance(r, Text) else r for r in step.replies]
+            request = request.model_copy(update={"number": fresh})
+        else:
+            raise RuntimeError("could not draw a free case number")
+        step.handoff = request
+        step.session.case = request.number
+        logs.event(log, "case_opened", pid=pid[:16], number=request.number,
+                   urgent=request.urgent)
 
     def forget(self, channel: str, user_id: str) -> None:
         pid = self.pseudonym(channel, user_id)

@@ -50,7 +50,7 @@ def build_engine(pack: Pack, handoff: bool = False) -> Engine:
 
 def build(settings: Settings, client: redis.Redis | None = None) -> Services:
     pack = load_pack(settings.municipality)
-    engine = build_engine(pack)
+    engine = build_engine(pack, handoff=settings.handoff_enabled)
     client = client if client is not None else redis_client(settings)
     store = SessionStore(client, ttl_seconds=settings.session_ttl, prefix=settings.key_prefix,
                          lock_ms=settings.lock_ms)

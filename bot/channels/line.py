@@ -38,7 +38,8 @@ def build_line(services, threads: int = 4, reclaim_idle_ms: int = 30_000) -> Lin
     queue = LineQueue(services.redis, services.store)
     clock = services.conversations.clock
     dispatcher = Dispatcher(queue, services.engine, api, sealer, clock, threads=threads,
-                            reclaim_idle_ms=reclaim_idle_ms)
+                            reclaim_idle_ms=reclaim_idle_ms,
+                            conversations=services.conversations)
     return LineChannel(parser=WebhookParser(settings.line_channel_secret or ""), api=api,
                        queue=queue, dispatcher=dispatcher, engine=services.engine,
                        conversations=services.conversations, sealer=sealer, clock=clock)

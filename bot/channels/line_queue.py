@@ -20,6 +20,7 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import datetime
+from typing import Any
 
 import redis
 
@@ -80,8 +81,10 @@ class Dispatcher:
 
     def __init__(self, queue: LineQueue, engine: Engine, api: LineApi, sealer: Sealer,
                  clock: Callable[[], datetime], threads: int = 4,
-                 reclaim_idle_ms: int = 30_000, block_ms: int = 1000):
+                 reclaim_idle_ms: int = 30_000, block_ms: int = 1000,
+                 conversations: Any = None):
         self.queue = queue
+        self.conversations = conversations  # bot.service.Conversations: handoff hooks
         self.engine = engine
         self.api = api
         self.sealer = sealer
@@ -191,12 +194,16 @@ class Dispatcher:
         now = self.clock()
         if job.kind == "unfollow" or user_id is None:
             turn.keep(None)
+            if self.conversations is not None and self.conversations.cases is not None:
+                self.conversations.cases.delete_for(pid)
             logs.event(log, "unfollow" if user_id else "unreadable_address", pid=pid[:16])
             return
         age_s = max(0.0, now.timestamp() - job.timestamp_ms / 1000)
         if age_s > 2.0:
             self.api.show_loading(user_id)
         step = self.engine.step(turn.session, job.incoming(), now)
+        if self.conversations is not None:
+            self.conversations.after_step(pid, "line", user_id, step)
         pack = self.engine.pack
         lang = (step.session or turn.session or self.engine.new_session()).lang
         messages = render(step.replies, pack.msg("web.call", lang), pack.msg("web.open_site", lang))

@@ -1,0 +1,53 @@
+"""Staff → resident: a staff reply or 対応完了 reaches the person on the channel they used.
+
+Web visitors get it in their outbox (the page polls); LINE users by push, with a retry key
+derived from the case and the message's place in the thread, so a retried push is not
+delivered twice.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bot.channels.line_render import render
+from bot.handoff.models import Case
+from bot.replies import Reply
+
+
+class Relay:
+    def __init__(self, services: Any, line: Any | None):
+        self.services = services
+        self.line = line
+
+    def _send(self, case: Case, replies: list[Reply], key: str) -> None:
+        if case.channel == "web":
+            self.services.outbox.push(case.pid, replies)
+            return
+        if self.line is None:
+            raise RuntimeError("LINE is not configured: cannot reach a LINE resident")
+        address = self.services.conversations.cases.address(case.number)
+        if address is None:
+            raise RuntimeError("no address for this case")
+        pack = self.services.pack
+        lang = case.request.lang
+        messages = render(replies, pack.msg("web.call", lang), pack.msg("web.open_site", lang))
+        how = self.line.api.deliver(address, key, None, 0.0, messages)
+        if how == "rejected":
+            raise RuntimeError("LINE rejected the push")
+
+    def staff_reply(self, case: Case, text: str) -> None:
+        """「相談員より: …」 and the resident's current question, as one answer."""
+        conversations = self.services.conversations
+        with conversations.store.turn(case.pid) as turn:
+            session = turn.session or conversations.engine.new_session(case.request.lang)
+            replies = conversations.engine.staff_reply(session, text)
+        self._send(case, replies, f"staff:{case.number}:{len(case.thread)}")
+
+    def closed(self, case: Case) -> None:
+        """対応完了: tell the resident the conversation ended and how to start again."""
+        conversations = self.services.conversations
+        with conversations.store.turn(case.pid) as turn:
+            session = turn.session or conversations.engine.new_session(case.request.lang)
+            fresh, replies = conversations.engine.close_case(session)
+            turn.keep(fresh)
+        self._send(case, replies, f"closed:{case.number}")
