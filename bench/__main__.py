@@ -40,6 +40,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--hang-s", type=float, default=3.0, help="how long LINE hangs per call")
     p.add_argument("--hang-duration", type=float, default=6.0,
                    help="seconds of webhooks while LINE hangs")
+    p.add_argument("--paced", type=int, default=50,
+                   help="also run this many residents who pause between taps (0: skip)")
+    p.add_argument("--think", type=float, default=1.0,
+                   help="mean pause of a paced resident before each tap, seconds")
     p.add_argument("--budget", type=float, default=540.0,
                    help="whole-run limit in seconds: levels that would pass it are skipped")
     p.add_argument("--own-redis", action="store_true",
@@ -112,11 +116,14 @@ class Bench:
     def left(self) -> float:
         return self.args.budget - (time.monotonic() - self.started)
 
-    def level(self, server: Server, n: int, redis: bool) -> Figures:
+    def level(self, server: Server, n: int, redis: bool, think_s: float = 0.0) -> Figures:
+        """One measured level. Paced residents (`think_s`) stop where they are when the time
+        is up, so their sessions are not weighed (many would be half-way)."""
         cpu0, bench0 = server.cpu_seconds(), bench_cpu()
         ports = local_ports(server.pids()) if redis else set()
         snap0 = redisbox.snapshot(self.target) if redis else None
-        run: LevelRun = run_level(server.port, self.line, n, self.args.duration)
+        run: LevelRun = run_level(server.port, self.line, n, self.args.duration,
+                                  grace_s=0.0 if think_s else 30.0, think_s=think_s)
         use = memory = None
         redis_cpu = None
         if redis and snap0 is not None:
@@ -124,11 +131,13 @@ class Bench:
             snap1 = redisbox.snapshot(self.target)
             use = redisbox.usage(self.target, snap0, snap1, ports)
             redis_cpu = use.cpu_s
-            memory = person_memory(self.target, self.prefix, self.secret, run.walks)
+            if not think_s:
+                memory = person_memory(self.target, self.prefix, self.secret, run.walks)
         cpu = Cpu(server=server.cpu_seconds() - cpu0, redis=redis_cpu,
                   bench=bench_cpu() - bench0)
         fig = level_figures(server.name, run, cpu, use, memory)
-        print(f"  {server.name:>14} N={n:<4} {fig.events_per_s:8.1f} events/s  "
+        label = f"N={n}" + (f" paced {think_s:g} s" if think_s else "")
+        print(f"  {server.name:>14} {label:<6} {fig.events_per_s:8.1f} events/s  "
               f"p50 {fig.latency_ms['p50']:7.1f} ms  p99 {fig.latency_ms['p99']:7.1f} ms  "
               f"({fig.sent} events, {fig.unanswered} unanswered, {fig.non_200} non-200)",
               flush=True)
@@ -177,6 +186,14 @@ class Bench:
             for server, redis in order if i % 2 == 0 else order[::-1]:
                 results[server.name][n] = self.level(server, n, redis)
                 time.sleep(1.0)
+        paced: dict[str, Figures] = {}
+        if self.args.paced and self.left() > reserve + 2 * (self.args.duration + 10):
+            for server, redis in ((ours, True), (base, False)):
+                paced[server.name] = self.level(server, self.args.paced, redis,
+                                                think_s=self.args.think)
+                time.sleep(1.0)
+        elif self.args.paced:
+            self.notes.append("the paced level was skipped: the run's time budget was used up")
         for server in (ours, base):
             if self.left() > self.args.hang_duration + 15:
                 hang.append(self.hang(server))
@@ -189,7 +206,8 @@ class Bench:
         if noisy:
             self.notes.append(f"Redis was shared with other clients during N={noisy}; run "
                               "with --own-redis for Redis counts nobody else touches")
-        return Run(ours=results[OURS], base=results[BASE], hang=hang,
+        return Run(ours=results[OURS], base=results[BASE], hang=hang, paced=paced,
+                   think_s=self.args.think,
                    redis_source=self.target.source, redis_version=self.target.version,
                    calibration=calibration, idle=idle,
                    settings={**self.settings, "hang_gap_s": f"{HANG_GAP_S:g}"},

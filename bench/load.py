@@ -120,9 +120,13 @@ def send(poster: Poster, line: BenchLine, user: str, event: dict, wait: bool,
     return Sample(sent, webhook_s, status, arrival.at - sent, arrival.at, arrival.kinds)
 
 
-def walk_once(poster: Poster, line: BenchLine, deadline: float) -> Walk:
+def walk_once(poster: Poster, line: BenchLine, deadline: float, think_s: float = 0.0) -> Walk:
+    """One person's whole walk. With `think_s`, they pause 0.5–1.5 × think_s to read each
+    answer before tapping (without, they tap the moment it arrives)."""
     walk = Walk(user=new_user())
-    for event in walk_events(walk.user):
+    for i, event in enumerate(walk_events(walk.user)):
+        if i and think_s:
+            time.sleep(random.uniform(0.5, 1.5) * think_s)
         if time.perf_counter() > deadline:
             break
         walk.event_ids.append(event["webhookEventId"])
@@ -147,9 +151,9 @@ class LevelRun:
 
 
 def run_level(port: int, line: BenchLine, residents: int, duration_s: float,
-              grace_s: float = 30.0) -> LevelRun:
+              grace_s: float = 30.0, think_s: float = 0.0) -> LevelRun:
     """`residents` people walking at once for `duration_s`; walks in progress then finish
-    (bounded by `grace_s`)."""
+    (bounded by `grace_s`; with 0 they stop where they are)."""
     walks: list[Walk] = []
     lock = threading.Lock()
     barrier = threading.Barrier(residents + 1)
@@ -162,7 +166,7 @@ def run_level(port: int, line: BenchLine, residents: int, duration_s: float,
         mine = []
         try:
             while time.perf_counter() < times["stop_at"]:
-                mine.append(walk_once(poster, line, times["deadline"]))
+                mine.append(walk_once(poster, line, times["deadline"], think_s))
         finally:
             poster.close()
             with lock:

@@ -14,7 +14,7 @@ from typing import Any
 
 import redis
 
-from bot import logs
+from bot import logs, metrics
 from bot.engine import Engine, Incoming, Step
 from bot.replies import Text
 from bot.store import LockTimeout, SessionStore, pseudonym
@@ -50,12 +50,17 @@ class Conversations:
                 self.after_step(pid, channel, user_id, step)
                 turn.keep(step.session)
         except REDIS_DOWN as exc:
+            metrics.REDIS_ERRORS.labels("conversation").inc()
             if self._outage.ready():
                 logs.event(log, "redis_unavailable", logging.WARNING, error=type(exc).__name__)
             step = self.engine.degraded_step(incoming, now)
+        metrics.record_step(channel, incoming.kind, step.events)
+        elapsed = time.perf_counter() - started
+        metrics.LATENCY.labels(channel).observe(elapsed)
+        metrics.ANSWERS.labels(channel, "response").inc()
         logs.event(log, "message", channel=channel, pid=pid[:16], kind=incoming.kind,
                    state=step.session.state if step.session else None,
-                   events=step.events, ms=round((time.perf_counter() - started) * 1000, 2))
+                   events=step.events, ms=round(elapsed * 1000, 2))
         return step
 
     def after_step(self, pid: str, channel: str, user_id: str, step: Step) -> None:

@@ -88,3 +88,13 @@ def test_two_visitors_have_separate_sessions(app):
     resp = b.post("/api/chat", json={"type": "text", "text": "1"})
     q, _ = _values(resp.json)
     assert q["state"] == "welcome"  # b is new: the stranger gets the welcome
+
+
+def test_metrics_count_without_personal_data(client):
+    client.post("/api/chat", json={"type": "start"})
+    client.post("/api/chat", json={"type": "text", "text": "死にたい"})
+    text = client.get("/metrics").get_data(as_text=True)
+    assert 'tsunagu_events_total{channel="web",kind="text"}' in text
+    assert 'tsunagu_crisis_replies_total{kind="self_harm"}' in text
+    assert "tsunagu_answer_seconds_bucket" in text
+    assert "死にたい" not in text and "tsunagu_visitor" not in text

@@ -24,7 +24,7 @@ from typing import Any
 
 import redis
 
-from bot import logs
+from bot import logs, metrics
 from bot.channels.line_api import DeliveryPending, LineApi
 from bot.channels.line_events import Job
 from bot.channels.line_render import render
@@ -118,6 +118,7 @@ class Dispatcher:
                     self.reclaim()
                 self.poll_once()
             except (redis.ConnectionError, redis.TimeoutError) as exc:
+                metrics.REDIS_ERRORS.labels("line_dispatch").inc()
                 if self._outage.ready():
                     logs.event(log, "redis_unavailable", logging.WARNING,
                                error=type(exc).__name__)
@@ -209,6 +210,10 @@ class Dispatcher:
         messages = render(step.replies, pack.msg("web.call", lang), pack.msg("web.open_site", lang))
         how = self.api.deliver(user_id, job.event_id, job.reply_token, age_s, messages)
         turn.keep(step.session)
+        metrics.record_step("line", job.kind, step.events)
+        metrics.ANSWERS.labels("line", how).inc()
+        metrics.LATENCY.labels("line").observe(max(0.0, self.clock().timestamp()
+                                                   - job.timestamp_ms / 1000))
         logs.event(log, "answered", pid=pid[:16], via=how, events=step.events,
                    state=step.session.state if step.session else None,
                    age_ms=round(age_s * 1000))

@@ -16,7 +16,7 @@ from linebot.v3 import WebhookParser
 from linebot.v3.exceptions import InvalidSignatureError
 from pydantic import ValidationError
 
-from bot import logs
+from bot import logs, metrics
 from bot.channels.line_events import Job, translate, user_id_of
 from bot.channels.line_render import render
 from bot.service import REDIS_DOWN
@@ -63,6 +63,7 @@ def callback() -> Response:
             logs.event(log, "webhook_accepted", events=len(jobs),
                        duplicates=accepted.count(False))
         except REDIS_DOWN:
+            metrics.REDIS_ERRORS.labels("line_webhook").inc()
             threading.Thread(target=answer_degraded, args=(line, jobs), daemon=True).start()
     return Response("OK", status=200, mimetype="text/plain")
 
@@ -79,6 +80,8 @@ def answer_degraded(line: Any, jobs: list[tuple[str, Job]]) -> None:
         try:
             how = line.api.deliver(user_id, job.event_id, job.reply_token, 0.0, messages)
             logs.event(log, "answered", pid=pid[:16], via=how, events=step.events)
+            metrics.record_step("line", job.kind, step.events)
+            metrics.ANSWERS.labels("line", how).inc()
         except Exception as exc:
             logs.event(log, "degraded_delivery_failed", logging.ERROR, pid=pid[:16],
                        error=type(exc).__name__)

@@ -1,0 +1,29 @@
+"""Prometheus metrics (GET /metrics). Labels carry kinds and outcomes, never personal data.
+
+The handoff's own counters (cases opened, claimed, resolved, time to first staff answer) live
+beside the case store in bot/handoff/cases.py.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+EVENTS = Counter("tsunagu_events_total", "Messages and events received", ["channel", "kind"])
+ANSWERS = Counter("tsunagu_answers_total", "Answers sent", ["channel", "via"])
+LATENCY = Histogram("tsunagu_answer_seconds", "From receiving an event to its answer",
+                    ["channel"], buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5,
+                                          10, 30, 60))
+CRISIS = Counter("tsunagu_crisis_replies_total", "Crisis replies given", ["kind"])
+REDIS_ERRORS = Counter("tsunagu_redis_errors_total", "Redis unreachable (degraded answers)",
+                       ["where"])
+DEGRADED = Counter("tsunagu_degraded_answers_total", "Answers given without Redis",
+                   ["channel"])
+
+
+def record_step(channel: str, kind: str, events: list[str]) -> None:
+    EVENTS.labels(channel, kind).inc()
+    for event in events:
+        if event.startswith("crisis:"):
+            CRISIS.labels(event.split(":", 1)[1]).inc()
+        elif event == "degraded":
+            DEGRADED.labels(channel).inc()
