@@ -162,7 +162,8 @@ def run_level(port: int, line: BenchLine, residents: int, duration_s: float,
     def resident() -> None:
         poster = Poster(port)
         barrier.wait()
-        time.sleep(random.uniform(0, 0.02))  # people do not tap in lockstep
+        # People do not tap in lockstep; paced ones arrive spread over one pause.
+        time.sleep(random.uniform(0, max(0.02, think_s)))
         mine = []
         try:
             while time.perf_counter() < times["stop_at"]:

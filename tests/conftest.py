@@ -21,6 +21,8 @@ from bot.config import Settings
 from bot.engine import Engine, Incoming
 from bot.pack import Pack, load_pack
 from bot.wiring import build, build_engine
+from tests import line_helpers as lh
+from tests.fakes.line_api import FakeLine, serve
 
 TOKYO = ZoneInfo("Asia/Tokyo")
 SECRET = "test-secret-" + "x" * 32
@@ -135,6 +137,33 @@ def pack() -> Pack:
 @pytest.fixture(scope="session")
 def engine(pack: Pack) -> Engine:
     return build_engine(pack)
+
+
+@pytest.fixture
+def fake_line():
+    fake = FakeLine()
+    server, url = serve(fake)
+    yield fake, url
+    server.shutdown()
+
+
+@pytest.fixture
+def line_app(redis_url, key_prefix, redis_client, fake_line):
+    from server import create_app
+
+    fake, url = fake_line
+    settings = Settings(redis_url=redis_url, bot_secret_key=SECRET, key_prefix=key_prefix,
+                        line_channel_secret=lh.LINE_SECRET, line_channel_access_token="tok",
+                        line_api_base_url=url, line_dispatch_threads=4,
+                        line_reclaim_idle_ms=500, lock_ms=5000)
+    services = build(settings, client=redis_client)
+    app = create_app(settings, services=services)
+    line = app.extensions["tsunagu_line"]
+    # Tests that need no retries keep the backoff short.
+    line.api.backoff = (0.05, 0.1, 0.2)
+    yield app, fake
+    line.stop()
+
 
 
 class Walker:

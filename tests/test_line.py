@@ -9,40 +9,10 @@ import pytest
 from linebot.v3.messaging import FlexMessage, TextMessage
 
 from bot.channels.line_render import parse_postback, render
-from bot.config import Settings
 from bot.replies import Cards, Question, Text
 from tests import line_helpers as lh
-from tests.conftest import SECRET
-from tests.fakes.line_api import FakeLine, serve
 
 USER = "U" + "1" * 32
-
-
-@pytest.fixture
-def fake_line():
-    fake = FakeLine()
-    server, url = serve(fake)
-    yield fake, url
-    server.shutdown()
-
-
-@pytest.fixture
-def line_app(redis_url, key_prefix, redis_client, fake_line):
-    from bot.wiring import build
-    from server import create_app
-
-    fake, url = fake_line
-    settings = Settings(redis_url=redis_url, bot_secret_key=SECRET, key_prefix=key_prefix,
-                        line_channel_secret=lh.LINE_SECRET, line_channel_access_token="tok",
-                        line_api_base_url=url, line_dispatch_threads=4,
-                        line_reclaim_idle_ms=500, lock_ms=5000)
-    services = build(settings, client=redis_client)
-    app = create_app(settings, services=services)
-    line = app.extensions["tsunagu_line"]
-    # Tests that need no retries keep the backoff short.
-    line.api.backoff = (0.05, 0.1, 0.2)
-    yield app, fake
-    line.stop()
 
 
 def post(client, *events, secret=lh.LINE_SECRET, signature=None):

@@ -57,8 +57,14 @@ class LineApi:
         return str(uuid.uuid5(RETRY_NAMESPACE, event_id))
 
     def deliver(self, user_id: str, event_id: str, reply_token: str | None, age_s: float,
-                messages: list[Message]) -> str:
-        """Send the answer once; return how ('reply' or 'push'). Raise DeliveryPending."""
+                messages: list[Message], retrying: bool = False) -> str:
+        """Send the answer once; return how ('reply', 'push', 'already'). Raise
+        DeliveryPending when LINE does not take it now.
+
+        `retrying`: a process died while answering this event. A fresh token that LINE now
+        refuses (400) was then used by that process, so the answer was delivered: pushing
+        would say it twice. A token that still works means it was not.
+        """
         if not messages:
             return "none"
         if reply_token and age_s < REPLY_TOKEN_TTL_S:
@@ -68,6 +74,9 @@ class LineApi:
                     _request_timeout=TIMEOUT, _preload_content=False)
                 return "reply"
             except ApiException as exc:
+                if exc.status == 400 and retrying:
+                    logs.event(log, "reply_already_used", event_hint=event_id[:6])
+                    return "already"
                 if exc.status in RETRYABLE:
                     logs.event(log, "reply_failed", logging.WARNING, status=exc.status)
                 # 400 (token used or expired) or a server error: fall through to push, whose

@@ -162,35 +162,49 @@ class Dispatcher:
         token = uuid.uuid4().hex
         session, (raw_jobs,) = store.lock_and_load(
             pid, token, also=lambda p: p.zrange(inbox, 0, -1))
+        jobs = [Job.loads(raw) for raw in raw_jobs]
+        tried = self._mark_attempts(pid, jobs)
         turn = Turn(session=session)
-        done = 0
         try:
-            for raw in raw_jobs:
-                self._answer(pid, turn, Job.loads(raw))
-                done += 1
-                last = done == len(raw_jobs)
+            for index, (raw, job) in enumerate(zip(raw_jobs, jobs, strict=True)):
+                self._answer(pid, turn, job, retrying=job.event_id in tried)
+                last = index == len(jobs) - 1
 
-                def after(pipe, raw=raw, last=last):
+                def after(pipe: Any, raw: bytes = raw, last: bool = last) -> None:
                     pipe.zrem(inbox, raw)
-                    if last and ack is not None:
-                        pipe.xack(self.queue.stream, GROUP, ack)
-                        pipe.xdel(self.queue.stream, ack)
+                    if last:
+                        self._ack(pipe, ack)
 
                 store.commit(pid, turn, token if last else None, also=after)
                 turn.changed = False
-            if not raw_jobs:
+            if not jobs:
                 store.commit(pid, turn, token, also=lambda p: self._ack(p, ack))
         except BaseException:
             store.commit(pid, Turn(session=None), token)
             raise
-        return done
+        return len(jobs)
+
+    def _mark_attempts(self, pid: str, jobs: list[Job]) -> set[str]:
+        """Note that we are about to answer these events; return those noted before.
+
+        An event noted before was being answered when a process died. Its reply may or may
+        not have reached LINE, and only a retried reply can tell (see LineApi.deliver).
+        """
+        if not jobs:
+            return set()
+        pipe = self.queue.redis.pipeline(transaction=False)
+        for job in jobs:
+            pipe.set(self.queue.store.key(pid, f"line:try:{job.event_id}"), "1", nx=True,
+                     get=True, ex=SEEN_TTL_S)
+        return {job.event_id for job, before in zip(jobs, pipe.execute(), strict=True)
+                if before is not None}
 
     def _ack(self, pipe, entry_id: bytes | None) -> None:
         if entry_id is not None:
             pipe.xack(self.queue.stream, GROUP, entry_id)
             pipe.xdel(self.queue.stream, entry_id)
 
-    def _answer(self, pid: str, turn: Turn, job: Job) -> None:
+    def _answer(self, pid: str, turn: Turn, job: Job, retrying: bool = False) -> None:
         user_id = self.sealer.open(job.sealed_user)
         now = self.clock()
         if job.kind == "unfollow" or user_id is None:
@@ -208,7 +222,8 @@ class Dispatcher:
         pack = self.engine.pack
         lang = (step.session or turn.session or self.engine.new_session()).lang
         messages = render(step.replies, pack.msg("web.call", lang), pack.msg("web.open_site", lang))
-        how = self.api.deliver(user_id, job.event_id, job.reply_token, age_s, messages)
+        how = self.api.deliver(user_id, job.event_id, job.reply_token, age_s, messages,
+                               retrying=retrying)
         turn.keep(step.session)
         metrics.record_step("line", job.kind, step.events)
         metrics.ANSWERS.labels("line", how).inc()
