@@ -152,15 +152,19 @@ class Engine:
         return words
 
     def _move(self, session: Session, trigger: str, **kwargs: Any) -> bool:
+        """Fire a trigger of the shared machine for this session's state.
+
+        We call the machine's Event with a model that carries only the state, instead of
+        add_model/remove_model: attaching binds convenience methods for every state (~0.25 ms
+        a message here, against ~20 µs for the trigger itself). Same Machine, same edges and
+        conditions; no per-message Machine, no model left attached.
+        """
         model = Conversation()
-        self.machine.add_model(model, initial=session.state)
-        try:
-            moved = model.trigger(trigger, session=session, **kwargs)
-            if moved:
-                session.enter(model.state)
-            return bool(moved)
-        finally:
-            self.machine.remove_model(model)
+        model.state = session.state
+        moved = self.machine.events[trigger].trigger(model, session=session, **kwargs)
+        if moved:
+            session.enter(model.state)
+        return bool(moved)
 
     # -- helpers -------------------------------------------------------------------------
     def t(self, key: str, session: Session) -> str:
@@ -240,7 +244,7 @@ class Engine:
     # -- the step ------------------------------------------------------------------------
     def step(self, session: Session | None, incoming: Incoming, now: datetime) -> Step:
         is_new = session is None
-        session = self.new_session() if session is None else session.model_copy(deep=True)
+        session = self.new_session() if session is None else session.clone()
         out = Step(session=session, replies=[])
         text = incoming.value if incoming.kind == "text" else ""
         crisis = self.detector.detect(text) if text else None

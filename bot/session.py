@@ -34,6 +34,12 @@ class Session(BaseModel):
     def loads(cls, raw: str | bytes) -> Session:
         return cls.model_validate_json(raw)
 
+    def clone(self) -> Session:
+        """A copy the engine may change; cheaper than a deep copy (all leaves are immutable)."""
+        return self.model_copy(update={"answers": dict(self.answers),
+                                       "concerns": list(self.concerns),
+                                       "flags": list(self.flags), "history": list(self.history)})
+
     def enter(self, state: str) -> None:
         self.state = state
         self.page = 0

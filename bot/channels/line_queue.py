@@ -110,14 +110,23 @@ class Dispatcher:
 
     def _run(self) -> None:
         last_reclaim = 0.0
+        need_group = True
         while not self._stop.is_set():
             try:
-                self.queue.ensure_group()
+                if need_group:  # once, and again only if Redis lost it (restart, NOGROUP)
+                    self.queue.ensure_group()
+                    need_group = False
                 if time.monotonic() - last_reclaim > self.reclaim_idle_ms / 2000:
                     last_reclaim = time.monotonic()
                     self.reclaim()
                 self.poll_once()
+            except redis.ResponseError as exc:
+                need_group = "NOGROUP" in str(exc)
+                if not need_group:
+                    log.exception("dispatch_error")
+                self._stop.wait(0.2)
             except (redis.ConnectionError, redis.TimeoutError) as exc:
+                need_group = True
                 metrics.REDIS_ERRORS.labels("line_dispatch").inc()
                 if self._outage.ready():
                     logs.event(log, "redis_unavailable", logging.WARNING,
