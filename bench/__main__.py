@@ -1,8 +1,9 @@
 """`python -m bench` (`make bench`): measure tsunagu under load against the echo baseline.
 
 Starts both servers under gunicorn with a fake LINE API and a real Redis, runs N = 1, 10, 50,
-200 concurrent residents on each (alternately, so both meet the same machine), then LINE
-hanging; writes bench/results.md and bench/latency.png and prints the tables and the targets.
+200 concurrent residents on each (alternately, so both meet the same machine), then 50
+residents who pause between taps as people do, then LINE hanging; writes bench/results.md and
+bench/latency.png and prints the tables and the targets.
 Everything is bounded (`--duration` per level, `--budget` for the whole run); logs of the two
 servers go to bench/out/.
 """
@@ -59,22 +60,35 @@ def bench_cpu() -> float:
 
 def person_memory(target: redisbox.RedisTarget, prefix: str, secret: str,
                   walks: list[Walk]) -> Memory:
-    """MEMORY USAGE of each walker's session, and of all their keys (session + the
-    de-duplication marks of their events); the pid is recomputed as the server does."""
-    keys: list[list[str]] = []
-    for walk in walks:
-        pid = pseudonym(secret, "line", walk.user)
-        keys.append([f"{prefix}:{{{pid}}}:session",
-                     *(f"{prefix}:{{{pid}}}:line:seen:{e}" for e in walk.event_ids)])
-    sizes = redisbox.memory_usage(target, [k for group in keys for k in group])
-    sessions, people, i = [], [], 0
-    for group in keys:
-        mine = sizes[i:i + len(group)]
-        i += len(group)
-        if mine[0] is not None:
-            sessions.append(mine[0])
-            people.append(sum(v for v in mine if v is not None))
-    return Memory(session_bytes=sessions, person_bytes=people)
+    """MEMORY USAGE of each walker's session and of every key under their hash tag (found by
+    one SCAN, so keys the server adds later are counted too); the pid is recomputed from the
+    user id as the server does."""
+    pids = {pseudonym(secret, "line", w.user): w for w in walks}
+    mine: dict[str, list[str]] = {}
+    for raw in target.client.scan_iter(match=f"{prefix}:{{*", count=1000):
+        key = raw.decode()
+        pid = key[len(prefix) + 2:key.find("}")]
+        if pid in pids:
+            mine.setdefault(pid, []).append(key)
+    keys = [k for group in mine.values() for k in group]
+    size = dict(zip(keys, redisbox.memory_usage(target, keys), strict=True))
+    sessions, people = [], []
+    kinds: dict[str, list[int]] = {}
+    for pid, group in mine.items():
+        session = size.get(f"{prefix}:{{{pid}}}:session")
+        if session is None:
+            continue
+        sessions.append(session)
+        people.append(sum(size[k] or 0 for k in group))
+        events = pids[pid].event_ids
+        for key in group:
+            kind = key.split("}:", 1)[1]
+            for event_id in events:
+                kind = kind.replace(event_id, "<event>")
+            kinds.setdefault(kind, []).append(size[key] or 0)
+    people_n = max(1, len(sessions))
+    by_kind = {kind: (len(v) / people_n, sum(v) / len(v)) for kind, v in sorted(kinds.items())}
+    return Memory(session_bytes=sessions, person_bytes=people, by_kind=by_kind)
 
 
 class Bench:
@@ -202,10 +216,12 @@ class Bench:
         if self.line.unmatched:
             self.notes.append(f"{self.line.unmatched} answers reached the fake LINE API after "
                               "their resident stopped waiting (late or repeated)")
-        noisy = sorted(n for n, f in results[OURS].items() if f.redis_note)
+        noisy = [f"N={n}" for n, f in sorted(results[OURS].items()) if f.redis_note]
+        if OURS in paced and paced[OURS].redis_note:
+            noisy.append("the paced level")
         if noisy:
-            self.notes.append(f"Redis was shared with other clients during N={noisy}; run "
-                              "with --own-redis for Redis counts nobody else touches")
+            self.notes.append(f"Redis was shared with other clients during {', '.join(noisy)}; "
+                              "run with --own-redis for Redis counts nobody else touches")
         return Run(ours=results[OURS], base=results[BASE], hang=hang, paced=paced,
                    think_s=self.args.think,
                    redis_source=self.target.source, redis_version=self.target.version,

@@ -24,7 +24,8 @@ class Cpu:
 @dataclass
 class Memory:
     session_bytes: list[int]   # MEMORY USAGE of each <prefix>:{pid}:session
-    person_bytes: list[int]    # all keys of one person (session + de-duplication marks)
+    person_bytes: list[int]    # all keys under one person's hash tag
+    by_kind: dict[str, tuple[float, float]] = field(default_factory=dict)  # keys/person, bytes
 
 
 @dataclass
@@ -52,6 +53,7 @@ class Figures:
     session_mean: float | None = None
     session_max: int | None = None
     person_mean: float | None = None
+    person_keys: dict[str, tuple[float, float]] = field(default_factory=dict)
 
 
 def level_figures(system: str, run: LevelRun, cpu: Cpu, redis_use: Usage | None = None,
@@ -89,6 +91,7 @@ def level_figures(system: str, run: LevelRun, cpu: Cpu, redis_use: Usage | None 
         fig.session_mean = mean(memory.session_bytes)
         fig.session_max = max(memory.session_bytes)
         fig.person_mean = mean(memory.person_bytes) if memory.person_bytes else None
+        fig.person_keys = memory.by_kind
     return fig
 
 

@@ -38,7 +38,9 @@ def walk_events(user: str) -> Iterator[dict]:
 
 
 class Poster:
-    """POST /callback over one keep-alive connection, as LINE's servers hold theirs."""
+    """POST /callback over one keep-alive connection per resident: a new connection per
+    request would also time the TCP handshake and, at these rates, run loopback out of
+    ephemeral ports (TIME_WAIT)."""
 
     def __init__(self, port: int, secret: str = lh.LINE_SECRET):
         self.port = port

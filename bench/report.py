@@ -141,6 +141,10 @@ def level_table(ours: Figures, base: Figures | None, title: str = "") -> list[st
     if ours.redis_top:
         top = ", ".join(f"{name} {per:.2f}" for name, per in ours.redis_top)
         lines += ["", f"Redis commands per event, by command (inside Lua too): {top}."]
+    if ours.person_keys:
+        keys = ", ".join(f"`{kind}` {n:.1f} × {size:,.0f} B"
+                         for kind, (n, size) in ours.person_keys.items())
+        lines += ["", f"Keys of one person after the level (count × mean MEMORY USAGE): {keys}."]
     if ours.redis_note:
         lines += ["", f"**Redis was shared during this level** ({ours.redis_note}): "
                   "its counts may include other clients' work."]
@@ -261,8 +265,8 @@ tsunagu and the baseline alternately, so both see the same machine.
   BLOCK 1 s per dispatcher thread), which weighs most at N=1: idle, the server made
   {idle_cmds:.1f} commands/s in {idle_rts:.1f} round trips/s.
 - **session bytes**: MEMORY USAGE of each resident's `<prefix>:{{pid}}:session` after the level
-  (the pid recomputed from the bench's own BOT_SECRET_KEY); "all keys of a person" adds the
-  24-hour de-duplication marks (`line:seen:<event id>`).
+  (the pid recomputed from the bench's own BOT_SECRET_KEY); "all keys of a person" is every
+  key under the person's hash tag, found by SCAN (e.g. the 24-hour de-duplication marks).
 - **CPU per event**: utime+stime of the gunicorn master and workers from /proc/<pid>/stat,
   before/after the level, / events. "CPU cores busy" is CPU seconds / wall seconds for the
   server, Redis (INFO used_cpu_*) and the bench process (load generator + fake LINE API).

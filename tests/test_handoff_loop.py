@@ -45,7 +45,7 @@ def loop_app(redis_url, key_prefix, redis_client):
     line_server.shutdown()
 
 
-def wait(cond, timeout: float = 10.0) -> bool:
+def wait(cond, timeout: float = 30.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if cond():

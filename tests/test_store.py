@@ -65,16 +65,18 @@ def test_a_session_stays_small(engine, walker, store, redis_client):
 def test_one_person_is_served_one_message_at_a_time(store):
     pid = pseudonym(SECRET, "web", "v4")
     order: list[str] = []
+    inside = threading.Event()
 
     def slow():
         with store.turn(pid):
             order.append("a-in")
+            inside.set()
             time.sleep(0.2)
             order.append("a-out")
 
     t = threading.Thread(target=slow)
     t.start()
-    time.sleep(0.05)
+    assert inside.wait(5)
     with store.turn(pid):
         order.append("b-in")
     t.join()
