@@ -48,8 +48,9 @@ def test_crisis_from_a_stranger_before_any_question(engine):
 
 def test_crisis_lines_name_the_right_numbers(engine, pack):
     step = engine.step(None, Incoming("text", "死にたい"), WEEKDAY_MORNING)
-    phones = {c.phone for r in step.replies if isinstance(r, Cards) for c in r.cards}
-    assert {"0570-064-556", "0120-279-338"} <= phones
+    phones = [c.phone for r in step.replies if isinstance(r, Cards) for c in r.cards]
+    assert {"0570-064-556", "0120-279-338", "110", "119"} <= set(phones)
+    assert phones[-2:] == ["110", "119"]  # listeners first, emergency numbers still there
     step = engine.step(None, Incoming("text", "夫に殴られている"), WEEKDAY_MORNING)
     phones = [c.phone for r in step.replies if isinstance(r, Cards) for c in r.cards]
     assert phones[0] == "110" and "0120-279-889" in phones

@@ -55,8 +55,11 @@ class Pack:
         return [w for w in self.windows.values() if w.kind == "hotline"]
 
     def crisis_lines(self, kind: str) -> list[Window]:
+        """The hotlines of a crisis reply. Against violence, 110 comes first; to someone
+        thinking of suicide we first offer people who listen, with 110/119 still listed."""
         lines = [w for w in self.windows.values() if kind in w.crisis]
-        return sorted(lines, key=lambda w: (-w.rank, w.id))
+        listen_first = kind == "self_harm"
+        return sorted(lines, key=lambda w: (listen_first and bool(w.only_when), -w.rank, w.id))
 
 
 def resolve_pack_dir(name_or_path: str | Path) -> Path:
