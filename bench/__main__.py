@@ -251,9 +251,12 @@ def main(argv: list[str] | None = None) -> int:
         bench.close()
     info = machine()
     args.out.mkdir(parents=True, exist_ok=True)
-    plot(run, args.out / "latency.png")
     text = document(run, info)
     (args.out / "results.md").write_text(text + "\n")
+    try:
+        plot(run, args.out / "latency.png")
+    except ImportError:
+        print("bench: matplotlib is missing (make bench installs it): no plot", file=sys.stderr)
     print()
     print(text.split("\n## Method", 1)[0].rstrip())
     print(f"\nbench: wrote {args.out / 'results.md'} and {args.out / 'latency.png'} "

@@ -323,6 +323,11 @@ def plot(run: Run, path: Path) -> None:
         for q, style in (("p50", "-o"), ("p99", "--s")):
             ax.plot(ns, [figs[n].latency_ms[q] for n in ns], style, color=color,
                     label=f"{label} {q}")
+    for label, color in ((OURS, "tab:blue"), (BASE, "tab:gray")):
+        paced = run.paced.get(label)
+        if paced is not None:
+            ax.plot([paced.n], [paced.latency_ms["p99"]], "*", color=color, markersize=11,
+                    label=f"{label} p99, residents pausing ≈{run.think_s:g} s")
     ax.axhline(50, color="tab:red", linewidth=0.8, linestyle=":", label="target p99 at N=50")
     ax.set_xscale("log")
     ax.set_yscale("log")

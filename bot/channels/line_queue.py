@@ -14,7 +14,6 @@ atomically, also on Redis Cluster.
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 import time
 import uuid
@@ -30,6 +29,7 @@ from bot.channels.line_events import Job
 from bot.channels.line_render import render
 from bot.crypto import Sealer
 from bot.engine import Engine
+from bot.handoff.worker import default_consumer
 from bot.store import LockTimeout, SessionStore, Turn
 
 log = logs.get("line")
@@ -92,7 +92,7 @@ class Dispatcher:
         self.threads = threads
         self.reclaim_idle_ms = reclaim_idle_ms
         self.block_ms = block_ms
-        self.consumer = f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
+        self.consumer = default_consumer()
         self._stop = threading.Event()
         self._workers: list[threading.Thread] = []
         self._outage = logs.Throttle(60.0)

@@ -11,8 +11,10 @@ import json
 import threading
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
+
+from tests.fakes.http import serve_json
 
 
 @dataclass
@@ -89,32 +91,18 @@ class FakeLine:
 
 
 def serve(fake: FakeLine) -> tuple[ThreadingHTTPServer, str]:
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            raw = self.rfile.read(length)
-            try:
-                body: Any = json.loads(raw or b"{}")
-            except ValueError:
-                body = {}
-            headers = {k.lower(): v for k, v in self.headers.items()}
-            if fake.hang_s:
-                time.sleep(fake.hang_s)
-            status, payload = fake.answer(self.path, body, headers)
-            with fake.lock:
-                fake.received.append(Received(self.path, body, headers, status, time.time()))
-            data = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+    """Start the fake; returns the server and the base URL for LINE_API_BASE_URL."""
 
-        def log_message(self, *args: Any) -> None:
-            pass
+    def handle(path: str, raw: bytes, headers: dict[str, str]) -> tuple[int, dict]:
+        try:
+            body: Any = json.loads(raw or b"{}")
+        except ValueError:
+            body = {}
+        if fake.hang_s:
+            time.sleep(fake.hang_s)
+        status, payload = fake.answer(path, body, headers)
+        with fake.lock:
+            fake.received.append(Received(path, body, headers, status, time.time()))
+        return status, payload
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    host, port = server.server_address[:2]
-    return server, f"http://{host}:{port}"
+    return serve_json(handle)

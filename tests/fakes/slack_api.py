@@ -13,9 +13,11 @@ import json
 import threading
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any, Literal
 from urllib.parse import parse_qs
+
+from tests.fakes.http import serve_json
 
 DownMode = Literal["http500", "not_ok"]
 
@@ -116,30 +118,14 @@ def _parse(raw: bytes, content_type: str) -> dict:
 def serve(fake: FakeSlack) -> tuple[ThreadingHTTPServer, str]:
     """Start the fake; returns the server and the base URL for WebClient(base_url=...)."""
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            raw = self.rfile.read(length)
-            headers = {k.lower(): v for k, v in self.headers.items()}
-            method = self.path.split("?", 1)[0].rsplit("/", 1)[-1]
-            body = _parse(raw, headers.get("content-type", ""))
-            status, payload = fake.answer(method, body, headers)
-            with fake.lock:
-                fake.received.append(Call(method, body, raw.decode(errors="replace"), headers,
-                                          status, bool(payload.get("ok")), time.time()))
-            data = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json; charset=utf-8")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+    def handle(path: str, raw: bytes, headers: dict[str, str]) -> tuple[int, dict]:
+        method = path.split("?", 1)[0].rsplit("/", 1)[-1]
+        body = _parse(raw, headers.get("content-type", ""))
+        status, payload = fake.answer(method, body, headers)
+        with fake.lock:
+            fake.received.append(Call(method, body, raw.decode(errors="replace"), headers,
+                                      status, bool(payload.get("ok")), time.time()))
+        return status, payload
 
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                     daemon=True).start()
-    host, port = server.server_address[:2]
-    return server, f"http://{host}:{port}/api/"
+    server, url = serve_json(handle)
+    return server, f"{url}/api/"
