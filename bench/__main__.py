@@ -157,7 +157,7 @@ class Bench:
               flush=True)
         return fig
 
-    def idle(self, server: Server, seconds: float = 3.0) -> tuple[float, float]:
+    def idle(self, server: Server, seconds: float = 3.0) -> tuple[float, float, str]:
         """Redis commands/s and round trips/s of the idle server: the dispatchers' polling,
         which every level's per-event figures include."""
         ports = local_ports(server.pids())
@@ -166,7 +166,7 @@ class Bench:
         after = redisbox.snapshot(self.target)
         use = redisbox.usage(self.target, before, after, ports)
         span = after.at - before.at
-        return use.commands / span, use.round_trips / span
+        return use.commands / span, use.round_trips / span, use.foreign
 
     def hang(self, server: Server) -> HangFigures:
         self.line.hang_s = self.args.hang_s

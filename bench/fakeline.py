@@ -43,8 +43,8 @@ class Waiter:
 
 @dataclass
 class BenchLine(FakeLine):
-    """FakeLine that signals waiters and keeps only the last few bodies (Flex carousels are
-    large; thousands of them would make the benchmark process itself the bottleneck)."""
+    """FakeLine that signals waiters and keeps only the last few bodies: a run receives
+    thousands of Flex carousels, and keeping them all would only grow the bench's memory."""
 
     unmatched: int = 0
 

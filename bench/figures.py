@@ -23,6 +23,8 @@ class Cpu:
 
 @dataclass
 class Memory:
+    """What the level's residents left in Redis."""
+
     session_bytes: list[int]   # MEMORY USAGE of each <prefix>:{pid}:session
     person_bytes: list[int]    # all keys under one person's hash tag
     by_kind: dict[str, tuple[float, float]] = field(default_factory=dict)  # keys/person, bytes
@@ -30,6 +32,8 @@ class Memory:
 
 @dataclass
 class Figures:
+    """Every figure of one level for one system (per event unless named otherwise)."""
+
     system: str
     n: int
     sent: int

@@ -32,7 +32,7 @@ class Run:
     redis_source: str
     redis_version: str
     calibration: tuple[int, int]
-    idle: tuple[float, float]  # the idle server's Redis commands/s and round trips/s
+    idle: tuple[float, float, str]  # idle server: Redis commands/s, round trips/s, foreign
     settings: dict[str, str]
     duration_s: float
     notes: list[str]
@@ -261,9 +261,9 @@ tsunagu and the baseline alternately, so both see the same machine.
 - **Redis round trips per event**: delta of INFO stats `total_reads_processed` (one per batch
   a client sends: a pipeline in one write is one read, so is a blocking XREADGROUP) / events.
   Checked on this Redis before the run: {cal_n} pipelines of 5 commands counted as
-  {cal_got} reads. Both include the dispatchers' idle polling (XGROUP CREATE + XREADGROUP
-  BLOCK 1 s per dispatcher thread), which weighs most at N=1: idle, the server made
-  {idle_cmds:.1f} commands/s in {idle_rts:.1f} round trips/s.
+  {cal_got} reads. Both include the dispatchers' idle polling (a blocking XREADGROUP per
+  dispatcher thread), which weighs most at N=1: idle, the server made {idle_cmds:.1f}
+  commands/s in {idle_rts:.1f} round trips/s{idle_note}.
 - **session bytes**: MEMORY USAGE of each resident's `<prefix>:{{pid}}:session` after the level
   (the pid recomputed from the bench's own BOT_SECRET_KEY); "all keys of a person" is every
   key under the person's hash tag, found by SCAN (e.g. the 24-hour de-duplication marks).
@@ -303,8 +303,10 @@ def document(run: Run, info: dict[str, str]) -> str:
     if run.notes:
         lines += ["## Notes", "", *[f"- {n}" for n in run.notes], ""]
     cal_n, cal_got = run.calibration
-    lines.append(METHOD.format(cal_n=cal_n, cal_got=cal_got, idle_cmds=run.idle[0],
-                               idle_rts=run.idle[1], think=f"{run.think_s:g}",
+    idle_cmds, idle_rts, foreign = run.idle
+    lines.append(METHOD.format(cal_n=cal_n, cal_got=cal_got, idle_cmds=idle_cmds,
+                               idle_rts=idle_rts, think=f"{run.think_s:g}",
+                               idle_note=f" (Redis was shared: {foreign})" if foreign else "",
                                gap=run.settings.get("hang_gap_s", "?")))
     return "\n".join(lines)
 
