@@ -79,7 +79,8 @@ def test_whole_loop_over_the_web_chat(loop_app, caplog):
     receipt = " ".join(r.get("text", "") for r in resp.json["replies"])
     number = next(w for w in receipt.replace("。", " ").split() if w.startswith("K-"))
     # Staff get the case in Slack, with its number and no identity.
-    assert wait(lambda: slack.posts(thread=False))
+    handoff = app.extensions["tsunagu_handoff"]
+    assert wait(lambda: handoff.cases.get(number).slack_ts is not None)
     root = slack.posts(thread=False)[0]
     assert number in json.dumps(root.body, ensure_ascii=False)
     # Staff answer in the thread → the page receives 「相談員より: …」.
@@ -93,7 +94,6 @@ def test_whole_loop_over_the_web_chat(loop_app, caplog):
     assert staff_reply(app, slack, number, "明日お電話しますか？", 2).status_code == 200
     assert web.get("/api/chat/poll").json["replies"][0]["text"].endswith("明日お電話しますか？")
     # 対応完了 → the resident is told, and the address is gone.
-    handoff = app.extensions["tsunagu_handoff"]
     assert click(app.test_client(), "claim", number, STAFF_A).status_code == 200
     assert click(app.test_client(), "resolve", number, STAFF_A).status_code == 200
     closed = web.get("/api/chat/poll").json["replies"]
@@ -131,7 +131,8 @@ def test_whole_loop_over_line_and_no_raw_id_anywhere(loop_app, caplog, redis_cli
     assert len(got) == 11
     receipt = got[-1].body["messages"][0]["text"]
     number = receipt.split("受付番号は ")[1][:6]
-    assert wait(lambda: slack.posts(thread=False))
+    handoff = app.extensions["tsunagu_handoff"]
+    assert wait(lambda: handoff.cases.get(number).slack_ts is not None)
     # Staff → resident by LINE push, prefixed.
     assert staff_reply(app, slack, number, "はじめまして。担当の者です", 1).status_code == 200
     pushed = [r for r in line.delivered() if r.path.endswith("/push")]
@@ -144,7 +145,6 @@ def test_whole_loop_over_line_and_no_raw_id_anywhere(loop_app, caplog, redis_cli
     send(lh.text("もう死にたい", user=RAW_LINE_ID))
     assert wait(lambda: any("0120-279-338" in json.dumps(r.body, ensure_ascii=False)
                             for r in line.delivered()))
-    handoff = app.extensions["tsunagu_handoff"]
     assert wait(lambda: handoff.cases.get(number).request.urgent)
     # Resolve: the resident is told by push; the sealed address is gone.
     click(app.test_client(), "resolve", number, STAFF_A)

@@ -3,9 +3,11 @@
 Reply while the reply token is fresh; otherwise, or when LINE refuses the token, push with an
 `X-Line-Retry-Key` derived from the event id, so a retried push — from this process or another
 after a crash — is never delivered twice (LINE answers 409 to a repeated key). Every call has
-an explicit timeout; one ApiClient (a pooled urllib3 manager, thread-safe) serves all events.
-Calls use `_preload_content=False`: a 2xx means LINE took the message, and a change in LINE's
-response body must never turn a delivered answer into a "failure" that we would send again.
+an explicit timeout; one SDK ApiClient (a pooled urllib3 manager, thread-safe) serves all
+events. Messages arrive as ready JSON (see line_render) and go through the client's REST layer,
+which raises ApiException on any non-2xx; the response body is not parsed: a 2xx means LINE
+took the message, and a change in LINE's response must never turn a delivered answer into a
+"failure" that we would send again.
 """
 
 from __future__ import annotations
@@ -14,17 +16,9 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
-from linebot.v3.messaging import (
-    ApiClient,
-    ApiException,
-    Configuration,
-    Message,
-    MessagingApi,
-    PushMessageRequest,
-    ReplyMessageRequest,
-    ShowLoadingAnimationRequest,
-)
+from linebot.v3.messaging import ApiClient, ApiException, Configuration
 
 from bot import logs
 
@@ -46,9 +40,17 @@ class LineApi:
     backoff: tuple[float, ...] = (0.2, 0.5, 1.0, 2.0)
 
     def __post_init__(self) -> None:
-        config = Configuration(host=self.base_url.rstrip("/"), access_token=self.access_token)
-        self.client = ApiClient(config)
-        self.api = MessagingApi(self.client)
+        self.host = self.base_url.rstrip("/")
+        self.client = ApiClient(Configuration(host=self.host, access_token=self.access_token))
+
+    def _post(self, path: str, body: dict[str, Any], timeout: tuple[float, float] = TIMEOUT,
+              retry_key: str | None = None) -> None:
+        headers = {"Authorization": f"Bearer {self.access_token}",
+                   "Content-Type": "application/json", "User-Agent": self.client.user_agent}
+        if retry_key:
+            headers["X-Line-Retry-Key"] = retry_key
+        self.client.rest_client.request("POST", self.host + path, headers=headers, body=body,
+                                        _preload_content=False, _request_timeout=timeout)
 
     def close(self) -> None:
         self.client.close()
@@ -57,7 +59,7 @@ class LineApi:
         return str(uuid.uuid5(RETRY_NAMESPACE, event_id))
 
     def deliver(self, user_id: str, event_id: str, reply_token: str | None, age_s: float,
-                messages: list[Message], retrying: bool = False) -> str:
+                messages: list[dict], retrying: bool = False) -> str:
         """Send the answer once; return how ('reply', 'push', 'already'). Raise
         DeliveryPending when LINE does not take it now.
 
@@ -69,9 +71,8 @@ class LineApi:
             return "none"
         if reply_token and age_s < REPLY_TOKEN_TTL_S:
             try:
-                self.api.reply_message_with_http_info(
-                    ReplyMessageRequest(reply_token=reply_token, messages=messages),
-                    _request_timeout=TIMEOUT, _preload_content=False)
+                self._post("/v2/bot/message/reply",
+                           {"replyToken": reply_token, "messages": messages})
                 return "reply"
             except ApiException as exc:
                 if exc.status == 400 and retrying:
@@ -85,13 +86,12 @@ class LineApi:
                 logs.event(log, "reply_failed", logging.WARNING, error=type(exc).__name__)
         return self._push(user_id, event_id, messages)
 
-    def _push(self, user_id: str, event_id: str, messages: list[Message]) -> str:
+    def _push(self, user_id: str, event_id: str, messages: list[dict]) -> str:
         key = self.retry_key(event_id)
         for attempt, pause in enumerate((*self.backoff, None)):
             try:
-                self.api.push_message_with_http_info(
-                    PushMessageRequest(to=user_id, messages=messages), x_line_retry_key=key,
-                    _request_timeout=TIMEOUT, _preload_content=False)
+                self._post("/v2/bot/message/push", {"to": user_id, "messages": messages},
+                           retry_key=key)
                 return "push"
             except ApiException as exc:
                 if exc.status == 409:  # this retry key was accepted before: delivered
@@ -112,8 +112,7 @@ class LineApi:
     def show_loading(self, user_id: str, seconds: int = 20) -> None:
         """Best effort: the animation is a courtesy, never a reason to fail."""
         try:
-            self.api.show_loading_animation_with_http_info(
-                ShowLoadingAnimationRequest(chat_id=user_id, loading_seconds=seconds),
-                _request_timeout=(1.0, 1.0), _preload_content=False)
+            self._post("/v2/bot/chat/loading/start",
+                       {"chatId": user_id, "loadingSeconds": seconds}, timeout=(1.0, 1.0))
         except Exception as exc:
             logs.event(log, "loading_failed", logging.INFO, error=type(exc).__name__)

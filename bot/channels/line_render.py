@@ -1,29 +1,19 @@
-"""Channel-neutral replies → LINE messages, within LINE's limits.
+"""Channel-neutral replies → LINE messages (the Messaging API's JSON), within LINE's limits.
 
 Limits (Messaging API reference): 5 messages per reply/push, 13 quick-reply items, action labels
 of 20 characters, postback data of 300 characters, text of 5000 characters, a carousel of 12
-bubbles, altText of 400 characters. The SDK's own models check them in the tests.
+bubbles, altText of 400 characters.
+
+We build the JSON ourselves rather than line-bot-sdk's message models: profiling showed the
+models' construction and serialisation (pydantic v1) to be about a third of the server's CPU
+per event. The SDK's own models still check every rendered message in the tests
+(`Message.from_dict`), and the SDK's API client still sends them.
 """
 
 from __future__ import annotations
 
 import json
 from typing import Any
-
-from linebot.v3.messaging import (
-    FlexBox,
-    FlexBubble,
-    FlexButton,
-    FlexCarousel,
-    FlexMessage,
-    FlexText,
-    Message,
-    PostbackAction,
-    QuickReply,
-    QuickReplyItem,
-    TextMessage,
-    URIAction,
-)
 
 from bot.replies import Card, Cards, Question, Reply, Text
 
@@ -67,27 +57,36 @@ def _clip(text: str, limit: int = MAX_TEXT) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _bubble(card: Card, urgent: bool, call_label: str, site_label: str) -> FlexBubble:
-    body: list = [FlexText(text=card.name, weight="bold", size="md", wrap=True,
-                           color=URGENT_COLOR if urgent else None),
-                  FlexText(text=card.summary, size="sm", wrap=True, color="#555555")]
+def _text(text: str, **style: Any) -> dict:
+    return {"type": "text", "text": text, "wrap": True, **style}
+
+
+def _uri_button(label: str, uri: str, **style: Any) -> dict:
+    return {"type": "button", "height": "sm", **style,
+            "action": {"type": "uri", "label": _label(label), "uri": uri}}
+
+
+def _bubble(card: Card, urgent: bool, call_label: str, site_label: str) -> dict:
+    body = [_text(card.name, weight="bold", size="md",
+                  **({"color": URGENT_COLOR} if urgent else {})),
+            _text(card.summary, size="sm", color="#555555")]
     if card.hours:
-        body.append(FlexText(text=card.hours, size="xs", wrap=True, color="#666666"))
+        body.append(_text(card.hours, size="xs", color="#666666"))
     if card.status:
-        body.append(FlexText(text=card.status, size="sm", weight="bold",
-                             color="#888888" if card.open_now is False else ACCENT_COLOR))
-    buttons: list = []
+        body.append(_text(card.status, size="sm", weight="bold",
+                          color="#888888" if card.open_now is False else ACCENT_COLOR))
+    buttons = []
     if card.tel and card.phone:
-        buttons.append(FlexButton(style="primary", height="sm",
-                                  color=URGENT_COLOR if urgent else ACCENT_COLOR,
-                                  action=URIAction(label=_label(f"{call_label} {card.phone}"),
-                                                   uri=card.tel)))
+        buttons.append(_uri_button(f"{call_label} {card.phone}", card.tel, style="primary",
+                                   color=URGENT_COLOR if urgent else ACCENT_COLOR))
     if card.url:
-        buttons.append(FlexButton(style="link", height="sm",
-                                  action=URIAction(label=_label(site_label), uri=card.url)))
-    footer = FlexBox(layout="vertical", spacing="sm", contents=buttons) if buttons else None
-    return FlexBubble(size="kilo", body=FlexBox(layout="vertical", spacing="sm", contents=body),
-                      footer=footer)
+        buttons.append(_uri_button(site_label, card.url, style="link"))
+    bubble = {"type": "bubble", "size": "kilo",
+              "body": {"type": "box", "layout": "vertical", "spacing": "sm", "contents": body}}
+    if buttons:
+        bubble["footer"] = {"type": "box", "layout": "vertical", "spacing": "sm",
+                            "contents": buttons}
+    return bubble
 
 
 def _alt(cards: Cards) -> str:
@@ -124,7 +123,7 @@ def _fit(blocks: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
     return blocks
 
 
-def render(replies: list[Reply], call_label: str, site_label: str) -> list[Message]:
+def render(replies: list[Reply], call_label: str, site_label: str) -> list[dict]:
     """Render replies in order; texts merge and carousels join so that at most 5 remain."""
     blocks: list[tuple[str, Any]] = []
     for r in replies:
@@ -138,27 +137,23 @@ def render(replies: list[Reply], call_label: str, site_label: str) -> list[Messa
         elif isinstance(r, Question):
             blocks.append(("question", r))
     blocks = _fit(blocks)
-    messages: list[Message] = []
-    quick: QuickReply | None = None
+    messages: list[dict] = []
     for kind, value in blocks[:MAX_MESSAGES]:
         if kind == "text":
-            messages.append(TextMessage(text=_clip(value)))
+            messages.append({"type": "text", "text": _clip(value)})
         elif kind == "question":
             q: Question = value
-            quick = QuickReply(items=[
-                QuickReplyItem(action=PostbackAction(
-                    label=_label(c.label), data=postback_data(q.state, c.value),
-                    display_text=_clip(c.label, 300)))
-                for c in q.choices[:MAX_QUICK]])
-            messages.append(TextMessage(text=_clip(_question_text(q))))
+            messages.append({"type": "text", "text": _clip(_question_text(q)), "quickReply": {
+                "items": [{"type": "action", "action": {
+                    "type": "postback", "label": _label(c.label),
+                    "data": postback_data(q.state, c.value),
+                    "displayText": _clip(c.label, 300)}} for c in q.choices[:MAX_QUICK]]}})
         else:
             groups: list[Cards] = value
             bubbles = [_bubble(c, g.urgent, call_label, site_label)
                        for g in groups for c in g.cards][:MAX_BUBBLES]
             alt = " / ".join(_alt(g) for g in groups)
-            messages.append(FlexMessage(alt_text=_clip(alt, MAX_ALT),
-                                        contents=FlexCarousel(contents=bubbles)))
-    if quick is not None and messages:
-        # LINE shows quick replies only on the last message of a reply.
-        messages[-1].quick_reply = quick
+            messages.append({"type": "flex", "altText": _clip(alt, MAX_ALT),
+                             "contents": {"type": "carousel", "contents": bubbles}})
+    # LINE shows quick replies only on the last message of a reply: the question is last.
     return messages
