@@ -37,6 +37,20 @@ GROUP = "line"
 SEEN_TTL_S = 24 * 3600
 INBOX_TTL_S = 24 * 3600
 
+# Read the person's inbox and note, for each event, that we are about to answer it; return
+# each job with whether it had been noted before (a process died while answering it).
+_TAKE = """
+local jobs = redis.call('zrange', KEYS[1], 0, -1)
+local out = {}
+for i, raw in ipairs(jobs) do
+  local id = cjson.decode(raw)['event_id']
+  local before = redis.call('set', ARGV[1] .. id, '1', 'NX', 'GET', 'EX', ARGV[2])
+  out[#out + 1] = raw
+  out[#out + 1] = before and '1' or '0'
+end
+return out
+"""
+
 _ENQUEUE = """
 if redis.call('set', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
   redis.call('zadd', KEYS[2], ARGV[2], ARGV[3])
@@ -166,18 +180,23 @@ class Dispatcher:
             logs.event(log, "delivery_pending", logging.WARNING, pid=pid[:16])
 
     def drain(self, pid: str, ack: bytes | None = None) -> int:
-        """Answer every queued event of one person, oldest first, under their lock."""
+        """Answer every queued event of one person, oldest first, under their lock.
+
+        Lock, session, inbox and the "being answered" marks travel in one round trip; each
+        answer is committed with the removal of its job (and, for the last, the unlock).
+        """
         store, inbox = self.queue.store, self.queue.inbox(pid)
         token = uuid.uuid4().hex
-        session, (raw_jobs,) = store.lock_and_load(
-            pid, token, also=lambda p: p.zrange(inbox, 0, -1))
-        jobs = [Job.loads(raw) for raw in raw_jobs]
-        tried = self._mark_attempts(pid, jobs)
+        tried_prefix = store.key(pid, "line:try:")
+        session, (taken,) = store.lock_and_load(
+            pid, token, also=lambda p: p.eval(_TAKE, 1, inbox, tried_prefix, SEEN_TTL_S))
+        pairs = list(zip(taken[0::2], taken[1::2], strict=True))
         turn = Turn(session=session)
         try:
-            for index, (raw, job) in enumerate(zip(raw_jobs, jobs, strict=True)):
-                self._answer(pid, turn, job, retrying=job.event_id in tried)
-                last = index == len(jobs) - 1
+            for index, (raw, tried) in enumerate(pairs):
+                job = Job.loads(raw)
+                self._answer(pid, turn, job, retrying=tried in (b"1", "1"))
+                last = index == len(pairs) - 1
 
                 def after(pipe: Any, raw: bytes = raw, last: bool = last) -> None:
                     pipe.zrem(inbox, raw)
@@ -186,27 +205,12 @@ class Dispatcher:
 
                 store.commit(pid, turn, token if last else None, also=after)
                 turn.changed = False
-            if not jobs:
+            if not pairs:
                 store.commit(pid, turn, token, also=lambda p: self._ack(p, ack))
         except BaseException:
             store.commit(pid, Turn(session=None), token)
             raise
-        return len(jobs)
-
-    def _mark_attempts(self, pid: str, jobs: list[Job]) -> set[str]:
-        """Note that we are about to answer these events; return those noted before.
-
-        An event noted before was being answered when a process died. Its reply may or may
-        not have reached LINE, and only a retried reply can tell (see LineApi.deliver).
-        """
-        if not jobs:
-            return set()
-        pipe = self.queue.redis.pipeline(transaction=False)
-        for job in jobs:
-            pipe.set(self.queue.store.key(pid, f"line:try:{job.event_id}"), "1", nx=True,
-                     get=True, ex=SEEN_TTL_S)
-        return {job.event_id for job, before in zip(jobs, pipe.execute(), strict=True)
-                if before is not None}
+        return len(pairs)
 
     def _ack(self, pipe, entry_id: bytes | None) -> None:
         if entry_id is not None:

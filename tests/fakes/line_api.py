@@ -97,7 +97,12 @@ def serve(fake: FakeLine) -> tuple[ThreadingHTTPServer, str]:
         try:
             body: Any = json.loads(raw or b"{}")
         except ValueError:
-            body = {}
+            body = None
+        if not isinstance(body, dict) or (not body.get("messages") and "/message/" in path):
+            # A truncated or empty request (the sender died mid-way) is refused, as LINE does.
+            with fake.lock:
+                fake.received.append(Received(path, {}, headers, 400, time.time()))
+            return 400, {"message": "The request body has 1 error(s)"}
         if fake.hang_s:
             time.sleep(fake.hang_s)
         status, payload = fake.answer(path, body, headers)
