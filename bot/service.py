@@ -75,8 +75,14 @@ class Conversations:
             self._open_case(pid, channel, user_id, step)
         session = step.session
         if step.relay and session is not None and session.case:
-            self.cases.add_message(session.case, "resident", step.relay)
-            if "handoff:urgent" in step.events:
+            if self.cases.add_message(session.case, "resident", step.relay) is None:
+                # The case was closed or expired meanwhile: nobody would read this. Say so
+                # (after any crisis reply) and let the person start again.
+                fresh, replies = self.engine.close_case(session)
+                urgent = [r for r in step.replies if getattr(r, "urgent", False)]
+                step.session, step.replies, step.relay = fresh, [*urgent, *replies], None
+                step.events.append("handoff:gone")
+            elif "handoff:urgent" in step.events:
                 self.cases.mark_urgent(session.case)
         if "command:forget" in step.events:
             self.cases.delete_for(pid)

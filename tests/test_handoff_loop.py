@@ -159,3 +159,26 @@ def test_whole_loop_over_line_and_no_raw_id_anywhere(loop_app, caplog, redis_cli
         assert RAW_LINE_ID.encode() not in key
         if redis_client.type(key) == b"string":
             assert RAW_LINE_ID.encode() not in (redis_client.get(key) or b"")
+
+
+def test_text_to_an_expired_case_is_not_swallowed(loop_app, pack):
+    app, _, _ = loop_app
+    web = app.test_client()
+    web.post("/api/chat", json={"type": "start"})
+    for state, value in [("welcome", "start"), ("whose", "self"), ("age", "skip"),
+                         ("concern", "loneliness"), ("more", "none"), ("ward", "skip"),
+                         ("contact", "chat")]:
+        web.post("/api/chat", json={"type": "tap", "value": value, "state": state})
+    web.post("/api/chat", json={"type": "tap", "value": "cmd:human", "state": "results"})
+    web.post("/api/chat", json={"type": "tap", "value": "agree", "state": "handoff_consent"})
+    web.post("/api/chat", json={"type": "tap", "value": "send", "state": "handoff_message"})
+    handoff = app.extensions["tsunagu_handoff"]
+    assert handoff.cases.expire_stale(now=time.time() + 30 * 24 * 3600)
+    resp = web.post("/api/chat", json={"type": "text", "text": "まだですか"})
+    texts = [r.get("text") for r in resp.json["replies"]]
+    assert pack.msg("handoff.closed", "ja") in texts
+    assert pack.msg("handoff.relayed", "ja") not in texts
+    assert resp.json["replies"][-1]["choices"]
+    # Free text now drives the questionnaire again instead of a closed case.
+    resp = web.post("/api/chat", json={"type": "text", "text": "最初から"})
+    assert resp.json["replies"][-1]["state"] == "welcome"
