@@ -11,7 +11,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlencode
 
@@ -32,6 +31,7 @@ from bot.handoff.worker import GROUP, run_worker
 from bot.logs import JsonFormatter
 from bot.store import pseudonym
 from tests.conftest import SECRET
+from tests.fakes.http import serve_json
 from tests.fakes.slack_api import FakeSlack, serve
 
 RAW_ID = "U" + "4f7e2a9c" * 4          # a LINE-style user id: only ever inside the sealed address
@@ -68,24 +68,14 @@ class Receiver:
 def receiver() -> Iterator[tuple[Receiver, str]]:
     rec = Receiver()
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            with rec.lock:
-                status = rec.statuses.pop(0) if rec.statuses else 200
-                rec.got.append((status, raw, {k.lower(): v for k, v in self.headers.items()}))
-            self.send_response(status)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
+    def handle(path: str, raw: bytes, headers: dict[str, str]) -> tuple[int, dict]:
+        with rec.lock:
+            status = rec.statuses.pop(0) if rec.statuses else 200
+            rec.got.append((status, raw, headers))
+        return status, {}
 
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                     daemon=True).start()
-    yield rec, f"http://127.0.0.1:{server.server_address[1]}/hook"
+    server, url = serve_json(handle)
+    yield rec, f"{url}/hook"
     server.shutdown()
     server.server_close()
 
