@@ -62,7 +62,8 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
             handoff.start_thread()
     else:
         logs.event(logs.get("server"), "handoff_disabled",
-                   note="SLACK_BOT_TOKEN/HANDOFF_WEBHOOK_URL unset: 担当者と話したい gives phones")
+                   note="SLACK_BOT_TOKEN/HANDOFF_WEBHOOK_URL unset: the talk-to-a-person "
+                   "command gives phone numbers")
 
     @app.get("/metrics")
     def metrics() -> Any:

@@ -1,3 +1,3 @@
-"""tsunagu (つなぐ): anonymous first-contact chatbot for municipal support windows."""
+"""tsunagu ("to connect"): anonymous first-contact chatbot for municipal support windows."""
 
 __version__ = "0.1.0"

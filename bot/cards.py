@@ -27,7 +27,7 @@ def _days_text(pack: Pack, days: list[str], lang: Lang) -> str:
 
 
 def hours_text(pack: Pack, hours: Hours, lang: Lang) -> str:
-    """E.g. 「平日 8:30〜17:15（祝日・年末年始を除く）」 from structured hours."""
+    """E.g. "Weekdays 8:30-17:15 (closed on public holidays ...)", in the pack's words."""
     if hours.always:
         text = pack.msg("hours.always", lang)
     else:

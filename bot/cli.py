@@ -112,7 +112,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bot", description="tsunagu (つなぐ)")
+    parser = argparse.ArgumentParser(prog="python -m bot", description="tsunagu")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("chat", help="talk to the bot in this terminal; numbers pick choices")
     p.add_argument("--pack", default="kyoto")

@@ -171,7 +171,7 @@ class Engine:
         return self.pack.msg(key, session.lang)
 
     def new_session(self, lang: Lang = "ja", case: str | None = None) -> Session:
-        """A fresh conversation; an open staff case survives 最初から and やめる."""
+        """A fresh conversation; an open staff case survives the restart and stop commands."""
         return Session(flow=self.flow.id, state=self.flow.start, lang=lang, case=case,
                        history=[self.flow.start])
 

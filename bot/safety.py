@@ -3,8 +3,8 @@
 The terms live in the content pack (`crisis.yaml`) so staff can extend them without code.
 Matching happens on normalised text (bot.textnorm): Japanese terms on the text with spaces and
 punctuation removed; terms with Latin letters on a spaced form with word edges, so "od" finds
-"ODした" but not "good". Exclusions (hyperbole such as 死ぬほど笑った, or asking about the
-suicide-prevention window) blank out their span before the terms are searched.
+"OD" followed by Japanese but not "good". Exclusions (hyperbole such as "laughed to death", or
+asking about the suicide-prevention window) blank out their span before terms are searched.
 """
 
 from __future__ import annotations

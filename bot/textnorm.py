@@ -12,12 +12,13 @@ import unicodedata
 _KATAKANA = {k: k - 0x60 for k in range(0x30A1, 0x30F7)}
 _DROP = re.compile(r"[\s\W_]+", re.UNICODE)
 _REPEAT = re.compile(r"(.)\1{2,}")
-# Stretching marks: しにたーい, しにたぁい → しにたい (applied to both sides of every match).
-_STRETCH = str.maketrans("", "", "ーぁぃぅぇぉ")
+# Stretching marks (the long-vowel mark and the small vowels a i u e o), dropped so that a
+# stretched word matches its plain form; applied to both sides of every match.
+_STRETCH = str.maketrans("", "", "\u30fc\u3041\u3043\u3045\u3047\u3049")
 
 
 def fold(text: str) -> str:
-    """Katakana → hiragana, so シニタイ and しにたい are one word."""
+    """Katakana → hiragana, so the same word in either script matches."""
     return text.translate(_KATAKANA)
 
 
@@ -27,8 +28,8 @@ def canonical(text: str) -> str:
 
 
 def normalize(text: str) -> str:
-    """NFKC, lower-case, katakana→hiragana, no ー or small vowels, no spaces/punctuation,
-    3+ repeats squeezed."""
+    """NFKC, lower-case, katakana→hiragana, no long-vowel mark or small vowels, no spaces
+    or punctuation, 3+ repeats squeezed."""
     return _REPEAT.sub(r"\1", _DROP.sub("", canonical(text)))
 
 

@@ -1,5 +1,5 @@
 """The staff side in Slack: POST /slack/events (staff replies in a case thread) and
-POST /slack/interactions (担当する / 対応完了 buttons), plus `build_handoff`, which assembles the
+POST /slack/interactions (the claim / resolve buttons), plus `build_handoff`, which assembles the
 case store, the notifiers and the queue worker from settings.
 
 Both endpoints verify Slack's signature over the raw body with the 5-minute timestamp window

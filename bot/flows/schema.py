@@ -95,7 +95,7 @@ class FlowSpec(Spec):
             targets += list(state.next_by_value.values())
             problems += [f"{name}: next {t!r} is not a state" for t in targets if t not in names]
         if "directory" not in names:
-            problems.append("a flow needs a directory state (the 窓口の一覧 command)")
+            problems.append("a flow needs a directory state (the list-of-windows command)")
         if problems:
             raise ValueError("; ".join(problems))
         return self

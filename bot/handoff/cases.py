@@ -5,7 +5,7 @@ Keys (DESIGN.md conventions; <p> is the key prefix):
   <p>:{case:<number>}:case    the Case as JSON (anonymous: category ids, answers, ward, the
                               consented message, the staff thread)
   <p>:{case:<number>}:addr    the platform address, sealed (Fernet); deleted on resolve, expiry
-                              and データを消す, and it carries its own TTL so Redis drops it even
+                              and delete-my-data, and it carries its own TTL so Redis drops it even
                               if no expirer ever runs
   <p>:{case:<number>}:sent    which (queue entry, notifier) pairs were delivered, so a retry
                               after a partial failure does not post to Slack twice
@@ -14,7 +14,7 @@ Keys (DESIGN.md conventions; <p> is the key prefix):
   <p>:handoff:queue           STREAM of staff-side events (see bot.handoff.worker)
   <p>:handoff:slack:<channel>:<ts>   the case whose Slack message is <ts> (staff replies)
 
-Changes to one case go through WATCH/MULTI on its single key, so two staff clicking 担当する at
+Changes to one case go through WATCH/MULTI on its single key, so two staff clicking "claim" at
 once get exactly one winner, also on Redis Cluster (one key, one slot). Metrics are counted
 after the transaction that made the change commits, so every transition counts once.
 """
@@ -391,7 +391,7 @@ class CaseStore:
         return expired
 
     def delete_for(self, pid: str) -> Case | None:
-        """データを消す: forget this person's open case address and free text; the case stays,
+        """Delete-my-data: forget this person's open case address and free text; the case stays,
         anonymous, so staff see that the person left and cannot be answered."""
         number = self.open_case_of(pid)
         if number is None:

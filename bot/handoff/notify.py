@@ -233,7 +233,7 @@ class SlackNotifier:
         return self.labels[key].format(**fill).strip()
 
     def blocks(self, case: Case) -> list[dict[str, Any]]:
-        """Block Kit for a case: header (緊急 when urgent), facts, answers, message, state."""
+        """Block Kit for a case: header (urgent marker), facts, answers, message, state."""
         req, none = case.request, self.labels["none"]
         title = self.label("urgent_title" if req.urgent else "title", case)
         cats = "、".join(self.category_names.get(c, c) for c in req.categories) or none

@@ -1,4 +1,4 @@
-"""Staff → resident: a staff reply or 対応完了 reaches the person on the channel they used.
+"""Staff → resident: a staff reply or "resolved" reaches the person where they wrote from.
 
 Web visitors get it in their outbox (the page polls); LINE users by push, with a retry key
 derived from the case and the message's place in the thread, so a retried push is not
@@ -36,7 +36,7 @@ class Relay:
             raise RuntimeError("LINE rejected the push")
 
     def staff_reply(self, case: Case, text: str) -> None:
-        """「相談員より: …」 and the resident's current question, as one answer."""
+        """The prefixed staff answer and the resident's current question, as one answer."""
         conversations = self.services.conversations
         with conversations.store.turn(case.pid) as turn:
             session = turn.session or conversations.engine.new_session(case.request.lang)
@@ -44,7 +44,7 @@ class Relay:
         self._send(case, replies, f"staff:{case.number}:{len(case.thread)}")
 
     def closed(self, case: Case) -> None:
-        """対応完了: tell the resident the conversation ended and how to start again."""
+        """Resolved: tell the resident the conversation ended and how to start again."""
         conversations = self.services.conversations
         with conversations.store.turn(case.pid) as turn:
             session = turn.session or conversations.engine.new_session(case.request.lang)
