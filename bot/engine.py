@@ -418,9 +418,7 @@ class Engine:
         if hotlines:
             replies.append(self.cards("results.hotlines", hotlines, session, now))
         if not windows and not hotlines and not urgent:
-            fallback = rank(self.pack, Answers(concerns=("loneliness",)), "hotline", 4)
-            replies.append(self.cards("results.hotlines", [m.window for m in fallback],
-                                      session, now))
+            replies.append(self.cards("results.hotlines", self._general_lines(4), session, now))
         return replies
 
     def _crisis(self, out: Step, kind: str, now: datetime) -> None:
@@ -511,10 +509,19 @@ class Engine:
         found = match(self.pack, self.answers(session), max_windows=3, max_hotlines=2)
         windows = ([found.centre] if found.centre else []) + [m.window for m in found.windows]
         if not windows:
-            windows = [m.window for m in rank(self.pack, Answers(concerns=("loneliness",)),
-                                              "hotline", 3)]
+            windows = self._general_lines(3)
         return [Text(text=self.t("human.phone", session)),
                 self.cards("human.title", windows, session, now)]
+
+    def _always_open_lines(self) -> list:
+        """The 24-hour lines (110/119 aside): for nights, holidays and outages."""
+        return sorted((w for w in self.pack.hotlines if w.hours and w.hours.always
+                       and not w.only_when), key=lambda w: (-w.rank, w.id))
+
+    def _general_lines(self, limit: int) -> list:
+        """Lines for anyone, whatever the worry: when nothing more specific fits."""
+        return [m.window for m in rank(self.pack, Answers(concerns=("loneliness",)),
+                                       "hotline", limit)]
 
     def _directory_category(self, out: Step, category: str, now: datetime) -> Step:
         session = out.session
@@ -543,10 +550,8 @@ class Engine:
                 month=opening.month, day=opening.day, weekday=weekday)
             when = self.t("handoff.when_closed", session).format(
                 day=day, time=f"{opening.hour}:{opening.minute:02d}")
-        always = sorted((w for w in self.pack.hotlines if w.hours and w.hours.always
-                         and not w.only_when), key=lambda w: (-w.rank, w.id))
         return [Text(text=self.t(lead, session).format(when=when, **fields)),
-                self.cards("crisis.title", always, session, now)]
+                self.cards("crisis.title", self._always_open_lines(), session, now)]
 
     def _open_case(self, out: Step, message: str | None, now: datetime) -> Step:
         session = out.session
@@ -639,11 +644,10 @@ class Engine:
             crisis = self.detector.detect(text) if text else None
             if crisis is not None:
                 self._crisis(step, crisis.kind, now)
-            always = sorted((w for w in self.pack.hotlines if w.hours and w.hours.always
-                             and not w.only_when), key=lambda w: (-w.rank, w.id))
             session.enter("directory")
             step.replies.append(Text(text=self.t("degraded.notice", session)))
-            step.replies.append(self.cards("crisis.title", always, session, now))
+            step.replies.append(self.cards("crisis.title", self._always_open_lines(), session,
+                                           now))
             step.replies.append(self.ask(session))
         step.events.append("degraded")
         step.session = None

@@ -104,11 +104,3 @@ class Conversations:
         step.session.case = request.number
         logs.event(log, "case_opened", pid=pid[:16], number=request.number,
                    urgent=request.urgent)
-
-    def forget(self, channel: str, user_id: str) -> None:
-        pid = self.pseudonym(channel, user_id)
-        try:
-            self.store.delete(pid)
-        except REDIS_DOWN as exc:
-            logs.event(log, "forget_failed", logging.WARNING, pid=pid[:16],
-                       error=type(exc).__name__)
