@@ -13,7 +13,10 @@
     if (text !== undefined && text !== null) e.textContent = text;
     return e;
   }
-  function scroll() { window.scrollTo(0, document.body.scrollHeight); }
+  function scroll() {
+    var last = log.lastElementChild;
+    if (last && log.children.length > 2) last.scrollIntoView({ block: "end" });
+  }
 
   function drawCard(c) {
     var d = el("div", "card");
