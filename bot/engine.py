@@ -22,7 +22,7 @@ from bot.handoff.models import CaseRequest
 from bot.pack.hours import is_open, next_opening
 from bot.pack.loader import Pack
 from bot.pack.matching import Answers, match, rank
-from bot.pack.models import LANGS, Lang
+from bot.pack.models import LANGS, Lang, Window
 from bot.replies import Cards, Choice, Question, Reply, Text
 from bot.session import Session
 from bot.textnorm import normalize
@@ -236,7 +236,7 @@ class Engine:
         return Answers(whose=get("whose"), age=get("age"), concerns=tuple(session.concerns),
                        flags=frozenset(session.flags), ward=get("ward"), contact=get("contact"))
 
-    def cards(self, title: str, windows: list, session: Session, now: datetime,
+    def cards(self, title: str, windows: list[Window], session: Session, now: datetime,
               urgent: bool = False) -> Cards:
         return Cards(title=self.t(title, session), urgent=urgent,
                      cards=[card(self.pack, w, session.lang, now) for w in windows[:MAX_CARDS]])
@@ -513,12 +513,12 @@ class Engine:
         return [Text(text=self.t("human.phone", session)),
                 self.cards("human.title", windows, session, now)]
 
-    def _always_open_lines(self) -> list:
+    def _always_open_lines(self) -> list[Window]:
         """The 24-hour lines (110/119 aside): for nights, holidays and outages."""
         return sorted((w for w in self.pack.hotlines if w.hours and w.hours.always
                        and not w.only_when), key=lambda w: (-w.rank, w.id))
 
-    def _general_lines(self, limit: int) -> list:
+    def _general_lines(self, limit: int) -> list[Window]:
         """Lines for anyone, whatever the worry: when nothing more specific fits."""
         return [m.window for m in rank(self.pack, Answers(concerns=("loneliness",)),
                                        "hotline", limit)]

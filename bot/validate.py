@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from bot.flows.schema import FLOWS_DIR, FlowError, FlowSpec, load_flow
-from bot.pack.loader import PackError, load_pack, resolve_pack_dir
+from bot.pack.loader import Pack, PackError, load_pack, resolve_pack_dir
 from bot.pack.models import LANGS
 
 MAX_LABEL = 20  # LINE quick-reply label limit
 
 
-def _label_errors(pack, flow: FlowSpec) -> list[str]:
+def _label_errors(pack: Pack, flow: FlowSpec) -> list[str]:
     errors = []
     labels = {c.label for s in flow.states.values() for c in [*s.choices, *s.extra]}
     labels |= {c.label for c in flow.commands} | {"common.prev", "common.next"}
@@ -33,7 +33,7 @@ def _label_errors(pack, flow: FlowSpec) -> list[str]:
 
 def validate(pack_name: str = "kyoto", flows_dir: Path = FLOWS_DIR) -> list[str]:
     errors: list[str] = []
-    pack = None
+    pack: Pack | None = None
     try:
         pack = load_pack(pack_name)
     except PackError as exc:

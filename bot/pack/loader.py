@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 from pydantic import TypeAdapter, ValidationError
 
-from bot.pack.models import LANGS, Category, Lang, PackInfo, WardsFile, Window
+from bot.pack.models import LANGS, Category, Lang, PackInfo, Ward, WardsFile, Window
 
 CONTENT_ROOT = Path(__file__).resolve().parents[1] / "content"
 
@@ -47,7 +47,7 @@ class Pack:
     def has_msg(self, key: str) -> bool:
         return all(key in self.messages[lang] for lang in LANGS)
 
-    def ward(self, ward_id: str):
+    def ward(self, ward_id: str) -> Ward | None:
         return next((w for w in self.wards.wards if w.id == ward_id), None)
 
     @property
