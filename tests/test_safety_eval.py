@@ -1,44 +1,88 @@
-"""Crisis detection: the evaluation set, normalisation, and the terms file as data."""
+"""Crisis detection: the evaluation set, normalisation, the terms file as data, speed."""
 
 from __future__ import annotations
 
+import copy
+import functools
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from bot.safety import CrisisDetector, evaluate
-from bot.textnorm import normalize
+from bot.safety import CRISIS_KINDS, CrisisDetector, CrisisFileError, evaluate, normalize
 
-REPO = Path(__file__).resolve().parents[1]
-CRISIS = REPO / "bot" / "content" / "kyoto" / "crisis.yaml"
+REPO = Path(__file__).parents[1]
+CRISIS = Path(__file__).parents[1] / "bot/content/kyoto/crisis.yaml"
 EVAL = REPO / "tests" / "data" / "safety_eval.yaml"
+
+
+@functools.cache
+def _shared_detector() -> CrisisDetector:
+    return CrisisDetector.from_file(CRISIS)
 
 
 @pytest.fixture(scope="module")
 def detector() -> CrisisDetector:
-    return CrisisDetector.from_file(CRISIS)
+    return _shared_detector()
 
 
-def test_evaluation_set_is_large_enough():
-    data = yaml.safe_load(EVAL.read_text(encoding="utf-8"))
-    assert len(data["risk"]) >= 150
-    assert len(data["ordinary"]) >= 100
-    assert all(isinstance(t, str) for t in data["ordinary"])
+@pytest.fixture(scope="module")
+def report(detector):
+    return evaluate(detector, EVAL)
 
 
-def test_full_recall_and_few_false_positives(detector):
-    report = evaluate(detector, EVAL)
-    assert report.misses == [], report.format()
+@pytest.fixture(scope="module")
+def eval_set() -> dict:
+    return yaml.safe_load(EVAL.read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module")
+def crisis_data() -> dict:
+    return yaml.safe_load(CRISIS.read_text(encoding="utf-8"))
+
+
+# -- the evaluation set -------------------------------------------------------------------------
+def test_evaluation_set_is_large_and_well_formed(eval_set):
+    risk, ordinary = eval_set["risk"], eval_set["ordinary"]
+    assert len(risk) >= 150
+    assert len(ordinary) >= 100
+    for item in risk:
+        kinds = item["kind"] if isinstance(item["kind"], list) else [item["kind"]]
+        assert isinstance(item["text"], str) and kinds, item
+        assert set(kinds) <= set(CRISIS_KINDS), item
+    assert all(isinstance(text, str) for text in ordinary)
+    texts = [item["text"] for item in risk] + ordinary
+    assert len(texts) == len(set(texts)), "a phrasing is listed twice"
+
+
+def test_every_risk_phrasing_is_caught(report):
+    assert report.misses == [], "missed:\n  " + "\n  ".join(report.misses)
     assert report.recall == 1.0
+
+
+def test_few_false_positives(report):
     assert report.false_positive_rate <= 0.05, report.format()
 
 
-def test_each_risk_phrasing_has_the_right_kind(detector):
-    report = evaluate(detector, EVAL)
+def test_each_risk_phrasing_has_the_right_kind(report):
     assert report.wrong_kind == [], report.format()
+
+
+def test_report_lists_every_miss_and_false_positive(detector, tmp_path):
+    path = tmp_path / "eval.yaml"
+    path.write_text(yaml.safe_dump({"risk": [{"text": "死にたい", "kind": "self_harm"},
+                                             {"text": "今日は晴れ", "kind": "self_harm"}],
+                                    "ordinary": ["消えたい", "こんにちは"]},
+                                   allow_unicode=True), encoding="utf-8")
+    report = evaluate(detector, path)
+    assert (report.recall, report.false_positive_rate) == (0.5, 0.5)
+    text = report.format()
+    assert "recall:             50.0%" in text and "false positives:    50.0%" in text
+    assert "missed: 今日は晴れ" in text and "false positive: 消えたい" in text
 
 
 def test_cli_prints_recall_and_misses():
@@ -49,48 +93,162 @@ def test_cli_prints_recall_and_misses():
     assert "false positives:" in proc.stdout
 
 
+# -- normalisation ------------------------------------------------------------------------------
 @pytest.mark.parametrize(("raw", "expected"), [
-    ("ｼﾆﾀｲ", "しにたい"),          # half-width kana
-    ("シニタイ", "しにたい"),        # katakana folded
-    ("し に た い！", "しにたい"),    # spaces and punctuation
-    ("しにたいいいい", "しにたい"),  # stretched
-    ("しにたーい", "しにたい"),      # long-vowel mark
-    ("ＯＤ", "od"),                 # full-width letters
+    ("ｼﾆﾀｲ", "しにたい"),                  # half-width kana (NFKC)
+    ("ﾀﾋにたい", "たひにたい"),
+    ("シニタイ", "しにたい"),                # katakana folded to hiragana
+    ("ｶﾞｯｺｳ", "がっこう"),                  # half-width voiced marks compose
+    ("ＯＤ", "od"),                          # full-width Latin, lower-cased
     ("１２", "12"),
+    ("し に た い！", "しにたい"),            # spaces and punctuation
+    ("死、に。た…い？・", "死にたい"),        # Japanese punctuation
+    ("「死にたい」（泣）", "死にたい泣"),
+    ("死にたい😭🙃", "死にたい"),            # emoji
+    ("しにたいいいい", "しにたい"),          # 3+ repeats squeezed
+    ("いい", "いい"),                        # ... doubles kept
+    ("しにたーーい", "しにたい"),            # long-vowel mark dropped
+    ("しにたぁい", "しにたい"),              # small vowel used as a stretch
+    ("I Don't  WANT to   live!!", "i dont want to live"),  # one space between English words
+    ("help!me", "help me"),
+    ("OD した", "odした"),                   # no space between English and Japanese
+    ("", ""),
 ])
 def test_normalize(raw, expected):
     assert normalize(raw) == expected
 
 
-def test_latin_terms_need_word_edges(detector):
-    assert detector.detect("ODした").kind == "self_harm"
-    assert detector.detect("good food") is None
-    assert detector.detect("5kms run") is None
+def test_terms_are_normalised_like_messages(detector):
+    for text in ("ｼﾆﾀｲ", "シ　ニ　タ　イ", "ＫＭＳ", "ﾘｽｶ", "ｵｰﾊﾞｰﾄﾞｰｽﾞ", "ﾀｽｹﾃ"):
+        assert detector.detect(text) is not None, text
 
 
-def test_exclusions_cancel_only_their_span(detector):
-    assert detector.detect("死ぬほど笑った") is None
+# -- boundaries -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("text", [
+    "死ぬほど笑った", "死ぬほど忙しい", "死ぬかと思った（笑）", "笑い死ぬ", "死ぬほどおいしい",
+    "暑くて死にそう", "I'm dying of laughter", "this cake is to die for", "you're killing it",
+    "殺す気か（笑）", "DVについて知りたい", "お金がない", "ひきこもりの息子", "介護がつらい",
+    "つらい", "わたしにたいして", "蚊に刺された", "近所の人に助けてもらった",
+])
+def test_everyday_words_are_not_a_crisis(detector, text):
+    assert detector.detect(text) is None
+
+
+def test_exclusions_cancel_only_what_they_cover(detector):
+    assert detector.detect("自死遺族の会") is None
+    assert detector.detect("自死遺族です。私も死にたい").kind == "self_harm"
     assert detector.detect("死ぬほど疲れた、もう死にたい").kind == "self_harm"
+    assert detector.detect("生きるのがつらい").kind == "self_harm"
 
 
+def test_english_terms_need_word_edges(detector):
+    assert detector.detect("ODした").kind == "self_harm"
+    assert detector.detect("kms").kind == "self_harm"
+    for text in ("good food", "5kms run", "I ran 10 kms", "odd"):
+        assert detector.detect(text) is None, text
+
+
+def test_a_bare_cry_for_help_yields_to_a_named_danger(detector):
+    assert detector.detect("助けて").kind == "violence"
+    assert detector.detect("死にたい、助けて").kind == "self_harm"
+    assert detector.detect("助けて、夫に殴られる").kind == "violence"
+    assert detector.detect("死にたい。親に殴られる").kind == "child_harm"
+
+
+def test_rule_is_the_id_of_the_entry_that_matched(detector, crisis_data):
+    ids = {e["id"]: kind for kind, entries in crisis_data["kinds"].items() for e in entries}
+    for text in ("死にたい", "夫に殴られている", "子どもを叩いてしまう", "I want to die"):
+        found = detector.detect(text)
+        assert ids[found.rule] == found.kind, (text, found)
+    assert detector.detect("死にたい").rule == "sh_shinitai"
+
+
+def test_the_fast_gate_never_hides_a_match(detector, eval_set):
+    """detect() asks one combined regex first; it must agree with trying every entry."""
+    texts = [item["text"] for item in eval_set["risk"]] + eval_set["ordinary"]
+    texts += ["最近仕事がつらくて眠れない。" * 5 + "もう死にたい", "a" * 300, "死" * 50]
+    for text in texts:
+        assert detector.detect(text) == detector._scan(normalize(text)), text
+
+
+# Pieces of crisis words, their everyday neighbours and normalisation traps, mixed with any text.
+_PIECES = [
+    "死にたい", "しに", "たい", "消え", "殴られ", "子ども", "を", "叩いて", "しまう",
+    "助けて", "もらった", "自死", "遺族", "ネット", "で", "叩かれてる", "ー", "ぁ", "。",
+    " ", "!", "od", "kms", "help", "me", "with", "want", "to", "die", "10", "ｼﾆﾀｲ", "😭",
+    "わたし", "にたいして",
+]
+_MESSAGES = st.lists(st.one_of(st.sampled_from(_PIECES), st.text(max_size=3)), max_size=25)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_MESSAGES.map("".join))
+def test_random_text_gate_agrees_and_normalize_is_idempotent(text):
+    detector = _shared_detector()
+    norm = normalize(text)
+    assert detector.detect(text) == detector._scan(norm)
+    assert normalize(norm) == norm
+
+
+# -- the terms file is data ------------------------------------------------------------------
 def _write(tmp_path: Path, data: dict) -> Path:
     path = tmp_path / "crisis.yaml"
-    path.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
+    path.write_text(yaml.safe_dump(data, allow_unicode=True, sort_keys=False), encoding="utf-8")
     return path
 
 
-def test_a_term_added_by_staff_works_without_code(tmp_path):
-    data = yaml.safe_load(CRISIS.read_text(encoding="utf-8"))
-    assert CrisisDetector.from_file(_write(tmp_path, data)).detect("ぴえん超えてぱおん") is None
-    data["kinds"]["self_harm"]["terms"].append("ぱおん")
+def test_a_term_added_by_staff_works_without_code(tmp_path, crisis_data):
+    data = copy.deepcopy(crisis_data)
+    assert CrisisDetector.from_file(_write(tmp_path, data)).detect("ぴえん超えてパオン") is None
+    data["kinds"]["self_harm"].append({"id": "sh_paon", "term": "ﾊﾟｵﾝ"})  # written half-width
     found = CrisisDetector.from_file(_write(tmp_path, data)).detect("ぴえん超えてパオン")
-    assert found is not None and found.kind == "self_harm"
+    assert found is not None and (found.kind, found.rule) == ("self_harm", "sh_paon")
 
 
-def test_malformed_terms_file_names_the_entry(tmp_path):
-    bad_regex = {"version": 1, "kinds": {"self_harm": {"patterns": ["(unclosed"]}}}
-    with pytest.raises(ValueError, match=r"kinds\.self_harm\.patterns.*unclosed"):
-        CrisisDetector.from_file(_write(tmp_path, bad_regex))
-    unknown = {"version": 1, "kinds": {"sadness": {"terms": ["x"]}}}
-    with pytest.raises(ValueError, match="unknown crisis kind"):
-        CrisisDetector.from_file(_write(tmp_path, unknown))
+def test_a_pattern_an_exclusion_and_a_vocab_word_added_by_staff(tmp_path, crisis_data):
+    data = copy.deepcopy(crisis_data)
+    data["kinds"]["violence"].append({"id": "vi_kanashibari", "regex": "金縛りに(あ|遭)"})
+    data["exclusions"].append({"id": "ex_dream", "term": "夢で金縛りにあった"})
+    data["vocab"]["child"].append("せがれ")
+    detector = CrisisDetector.from_file(_write(tmp_path, data))
+    assert detector.detect("毎晩金縛りにあう").rule == "vi_kanashibari"
+    assert detector.detect("夢で金縛りにあった") is None
+    assert detector.detect("せがれを叩いてしまう").kind == "child_harm"
+
+
+@pytest.mark.parametrize(("entry", "message"), [
+    ({"id": "sh_bad", "regex": "(unclosed"},
+     r"kinds\.self_harm\[\d+\] \(sh_bad\): regex '\(unclosed' does not compile"),
+    ({"id": "sh_both", "term": "x", "regex": "y"},
+     r"kinds\.self_harm\[\d+\].*'sh_both'.*exactly one"),
+    ({"id": "sh_neither"}, r"'sh_neither'.*exactly one"),
+    ({"id": "sh_short", "term": "死"}, r"\(sh_short\): term '死' is 1 character"),
+    ({"id": "sh_vocab", "regex": "{kid}を"}, r"\(sh_vocab\).*\{kid\}, which is not in vocab"),
+    ({"id": "sh_upper", "regex": "Kill"}, r"\(sh_upper\).*lower case"),
+    ({"id": "sh_empty", "regex": "x*"}, r"\(sh_empty\).*matches empty text"),
+    ({"id": "sh_shinitai", "term": "しにたくて"},
+     r"\(sh_shinitai\): id 'sh_shinitai' is used twice"),
+    ({"id": "sh_typo", "trem": "死にたい"}, r"kinds\.self_harm\[\d+\]\.trem"),
+    ({"term": "死にたい"}, r"kinds\.self_harm\[\d+\]\.id"),
+])
+def test_a_malformed_entry_is_rejected_by_name(tmp_path, crisis_data, entry, message):
+    data = copy.deepcopy(crisis_data)
+    data["kinds"]["self_harm"].append(entry)
+    with pytest.raises(CrisisFileError, match=message):
+        CrisisDetector.from_file(_write(tmp_path, data))
+
+
+def test_an_unknown_kind_is_rejected_by_name(tmp_path, crisis_data):
+    data = copy.deepcopy(crisis_data)
+    data["kinds"]["sadness"] = [{"id": "sa_blue", "term": "かなしい"}]
+    with pytest.raises(CrisisFileError, match=r"kinds: unknown crisis kind 'sadness'"):
+        CrisisDetector.from_file(_write(tmp_path, data))
+
+
+def test_a_broken_file_is_rejected(tmp_path):
+    path = tmp_path / "crisis.yaml"
+    path.write_text("version: 2\nkinds: [unclosed\n", encoding="utf-8")
+    with pytest.raises(CrisisFileError, match="not valid YAML"):
+        CrisisDetector.from_file(path)
+    with pytest.raises(CrisisFileError, match="version"):
+        CrisisDetector.from_file(_write(tmp_path, {"kinds": {}}))
