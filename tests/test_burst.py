@@ -15,9 +15,8 @@ import pytest
 
 from bot.channels.line_api import RETRY_NAMESPACE
 from tests import line_helpers as lh
-from tests.conftest import SECRET
 from tests.fakes.line_api import FakeLine, serve
-from tests.test_line_process import GUNICORN, _free_port, post, start_server
+from tests.test_line_process import GUNICORN, _free_port, post, server_env, start_server
 
 
 def _event_of(received, token_to_event: dict[str, str], key_to_event: dict[str, str]) -> str:
@@ -68,10 +67,7 @@ def test_killed_during_a_burst_nothing_lost_nothing_twice(redis_url, key_prefix)
     fake = FakeLine()
     server, line_url = serve(fake)
     port = _free_port()
-    env = {**os.environ, "PORT": str(port), "REDIS_URL": redis_url, "BOT_SECRET_KEY": SECRET,
-           "REDIS_KEY_PREFIX": key_prefix, "LINE_CHANNEL_SECRET": lh.LINE_SECRET,
-           "LINE_CHANNEL_ACCESS_TOKEN": "tok", "LINE_API_BASE_URL": line_url,
-           "LINE_RECLAIM_IDLE_MS": "500", "PERSON_LOCK_MS": "1500", "WEB_CONCURRENCY": "2"}
+    env = server_env(port, redis_url, key_prefix, line_url, workers=2)
     events = [lh.text("こんにちは", user=f"U{n:032x}") for n in range(300)]
     token_to = {e["replyToken"]: e["webhookEventId"] for e in events}
     key_to = {str(uuid.uuid5(RETRY_NAMESPACE, e["webhookEventId"])): e["webhookEventId"]

@@ -28,6 +28,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def server_env(port: int, redis_url: str, key_prefix: str, line_url: str,
+               workers: int) -> dict[str, str]:
+    """The environment of a real server process pointed at our Redis and the fake LINE API;
+    short reclaim and lock times so a restart takes over within a second or two."""
+    return {**os.environ, "PORT": str(port), "REDIS_URL": redis_url, "BOT_SECRET_KEY": SECRET,
+            "REDIS_KEY_PREFIX": key_prefix, "LINE_CHANNEL_SECRET": lh.LINE_SECRET,
+            "LINE_CHANNEL_ACCESS_TOKEN": "tok", "LINE_API_BASE_URL": line_url,
+            "LINE_RECLAIM_IDLE_MS": "500", "PERSON_LOCK_MS": "1500",
+            "WEB_CONCURRENCY": str(workers)}
+
+
 def start_server(port: int, env: dict) -> subprocess.Popen:
     proc = subprocess.Popen([str(GUNICORN), "server:app"], cwd=REPO, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -59,10 +70,7 @@ def test_killed_after_200_the_event_is_answered_once(redis_url, key_prefix):
     fake = FakeLine(errors=[503] * 50)  # LINE down: the first process cannot deliver
     server, line_url = serve(fake)
     port = _free_port()
-    env = {**os.environ, "PORT": str(port), "REDIS_URL": redis_url, "BOT_SECRET_KEY": SECRET,
-           "REDIS_KEY_PREFIX": key_prefix, "LINE_CHANNEL_SECRET": lh.LINE_SECRET,
-           "LINE_CHANNEL_ACCESS_TOKEN": "tok", "LINE_API_BASE_URL": line_url,
-           "LINE_RECLAIM_IDLE_MS": "500", "PERSON_LOCK_MS": "1500", "WEB_CONCURRENCY": "1"}
+    env = server_env(port, redis_url, key_prefix, line_url, workers=1)
     first = start_server(port, env)
     try:
         ev = lh.text("死にたい", user="U" + "7" * 32)
