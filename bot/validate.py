@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from bot.flows.schema import FLOWS_DIR, FlowError, FlowSpec, load_flow
@@ -45,12 +46,12 @@ def validate(pack_name: str = "kyoto", flows_dir: Path = FLOWS_DIR) -> list[str]
         except FlowError as exc:
             errors += str(exc).splitlines()
     crisis = resolve_pack_dir(pack_name) / "crisis.yaml"
-    try:
-        from bot.safety import CrisisDetector
+    from bot.safety import CrisisDetector, CrisisFileError
 
+    try:
         CrisisDetector.from_file(crisis)
-    except Exception as exc:  # report every kind of crisis-file failure, do not stop
-        errors.append(f"crisis.yaml: {exc}")
+    except (CrisisFileError, OSError, ValueError, TypeError, re.error) as exc:
+        errors.append(f"crisis.yaml: {exc}")  # report it with the others, do not stop
     if pack is not None:
         for flow in flows:
             for key in sorted(flow.message_keys()):
