@@ -56,6 +56,12 @@ class Incoming:
     state: str | None = None
     lang: Lang | None = None
 
+    @property
+    def from_staff(self) -> bool:
+        """Sent by staff for the person, not by the person (not counted as their doing)."""
+        return self.kind == "staff" or (self.kind == "event"
+                                        and self.value in ("case_closed", "case_expired"))
+
 
 @dataclass
 class Step:
@@ -274,8 +280,7 @@ class Engine:
         Ordering: the caller must hold the person's lock and give each message of that person
         in the order it was received; the step reads and returns the whole session.
         """
-        if incoming.kind == "staff" or (incoming.kind == "event"
-                                        and incoming.value in ("case_closed", "case_expired")):
+        if incoming.from_staff:
             return self._from_staff(session, incoming)
         is_new = session is None
         session = self.new_session() if session is None else session.clone()
@@ -315,6 +320,8 @@ class Engine:
             option = next((o for o in self.options(session) if o.value == incoming.value), None)
         else:
             option = None if crisis is not None else self._understand(session, text)
+            if crisis is None:
+                out.events.append("text:understood" if option else "text:not_understood")
         if option is None:
             return self._reask(out, "common.not_understood", crisis is not None)
         if option.page is not None:

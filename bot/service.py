@@ -19,6 +19,7 @@ import redis
 
 from bot import logs, metrics
 from bot.engine import Engine, Incoming, Step
+from bot.figures import Figures
 from bot.ports import Cases, Deliver, Event
 from bot.replies import Text
 from bot.store import LockTimeout, SessionStore, Turn, pseudonym
@@ -39,12 +40,14 @@ def respond(step: Step) -> str:
 
 class Conversations:
     def __init__(self, engine: Engine, store: SessionStore, secret: str,
-                 clock: Callable[[], datetime] = utcnow, cases: Cases | None = None):
+                 clock: Callable[[], datetime] = utcnow, cases: Cases | None = None,
+                 figures: Figures | None = None):
         self.engine = engine
         self.store = store
         self.secret = secret
         self.clock = clock
         self.cases = cases  # bot.handoff.cases.CaseStore when staff are connected
+        self.figures = figures  # the city's anonymous counts (bot.figures)
         self._outage = logs.Throttle(60.0)
 
     def pseudonym(self, channel: str, user_id: str) -> str:
@@ -106,7 +109,8 @@ class Conversations:
 
         Ordering: the work is always in this order — step; side effects: open a case, relay
         to the case (with urgency), forget the person's case data; deliver; keep the
-        session; metrics; log. Each side effect is idempotent per `event.event_id`: a retry
+        session (with the city's figures, saved in the same round trip); metrics; log.
+        Each side effect is idempotent per `event.event_id`: a retry
         after a failed delivery opens no second case (the case number derives from the event
         id) and relays no message twice (the thread knows the event id).
         """
@@ -119,7 +123,11 @@ class Conversations:
             self._effects(event, step)
         via = deliver(step)
         if turn is not None:
+            before = turn.session
             turn.keep(step.session)
+            if self.figures is not None and not event.incoming.from_staff:
+                turn.also(self.figures.writes_for(event.channel, before, step, event.incoming,
+                                                  now))
         self._record(event, step, via, started)
         return step
 

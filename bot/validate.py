@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 from bot.flows.schema import FLOWS_DIR, FlowError, FlowSpec, load_flow
-from bot.pack.loader import Pack, PackError, load_pack, resolve_pack_dir
+from bot.pack.loader import Pack, PackError, crisis_file, load_pack
 from bot.pack.models import LANGS
 
 MAX_LABEL = 20  # LINE quick-reply label limit
@@ -32,7 +32,7 @@ def _label_errors(pack: Pack, flow: FlowSpec) -> list[str]:
     return errors
 
 
-def validate(pack_name: str = "kyoto", flows_dir: Path = FLOWS_DIR) -> list[str]:
+def validate(pack_name: str, flows_dir: Path = FLOWS_DIR) -> list[str]:
     errors: list[str] = []
     pack: Pack | None = None
     try:
@@ -45,13 +45,13 @@ def validate(pack_name: str = "kyoto", flows_dir: Path = FLOWS_DIR) -> list[str]
             flows.append(load_flow(path))
         except FlowError as exc:
             errors += str(exc).splitlines()
-    crisis = resolve_pack_dir(pack_name) / "crisis.yaml"
+    crisis = crisis_file(pack_name)
     from bot.safety import CrisisDetector, CrisisFileError
 
     try:
         CrisisDetector.from_file(crisis)
     except (CrisisFileError, OSError, ValueError, TypeError, re.error) as exc:
-        errors.append(f"crisis.yaml: {exc}")  # report it with the others, do not stop
+        errors.append(f"{crisis.parent.name}/crisis.yaml: {exc}")  # with the others, go on
     if pack is not None:
         for flow in flows:
             for key in sorted(flow.message_keys()):
