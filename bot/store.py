@@ -2,7 +2,8 @@
 
 Keys (DESIGN.md):  <prefix>:{<pseudonym>}:session  and  <prefix>:{<pseudonym>}:lock.
 The pseudonym is HMAC-SHA256(BOT_SECRET_KEY, channel ":" platform_user_id): the raw platform id
-never reaches Redis, logs or staff.
+never reaches Redis, logs or staff. After a key rotation a person keeps the pseudonym of an
+older key while anything of theirs still lives under it (`SessionStore.find_pseudonym`).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import hashlib
 import hmac
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +26,10 @@ _RELEASE = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
 return 0
 """
+
+
+# What a person may have in Redis that a rotation must not orphan.
+LIVE_KEYS = ("session", "case", "line:inbox", "outbox")
 
 
 def pseudonym(secret: str, channel: str, user_id: str) -> str:
@@ -59,6 +64,24 @@ class SessionStore:
 
     def key(self, pid: str, what: str) -> str:
         return f"{self.prefix}:{{{pid}}}:{what}"
+
+    def find_pseudonym(self, secrets: Sequence[str], channel: str, user_id: str) -> str:
+        """The pseudonym under the newest key, unless the person still has a session, an open
+        case, queued LINE events or waiting replies under an older key (a rotation happened
+        while they were talking): then that one, until it expires. One round trip, and only
+        while older keys are configured."""
+        newest = pseudonym(secrets[0], channel, user_id)
+        if len(secrets) == 1:
+            return newest
+        candidates = [newest, *(pseudonym(s, channel, user_id) for s in secrets[1:])]
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            for pid in candidates:
+                pipe.exists(*(self.key(pid, what) for what in LIVE_KEYS))
+            counts = pipe.execute()
+        except redis.RedisError:
+            return newest  # the caller meets the outage itself and answers degraded
+        return next((pid for pid, n in zip(candidates, counts, strict=True) if n), newest)
 
     def load(self, pid: str) -> Session | None:
         raw = self.redis.get(self.key(pid, "session"))

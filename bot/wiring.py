@@ -54,6 +54,6 @@ def build(settings: Settings, client: redis.Redis | None = None) -> Services:
     client = client if client is not None else redis_client(settings)
     store = SessionStore(client, ttl_seconds=settings.session_ttl, prefix=settings.key_prefix,
                          lock_ms=settings.lock_ms)
-    conversations = Conversations(engine, store, settings.bot_secret_key)
+    conversations = Conversations(engine, store, settings.secret_keys)
     return Services(settings=settings, redis=client, pack=pack, engine=engine, store=store,
                     conversations=conversations, outbox=Outbox(client, store.key))
