@@ -89,12 +89,12 @@ class SessionStore:
 
     def save(self, pid: str, session: Session | None) -> None:
         if session is None:
-            self.redis.delete(self.key(pid, "session"))
+            self.redis.delete(self.key(pid, "session"), self.key(pid, "outbox"))
         else:
             self.redis.set(self.key(pid, "session"), session.dumps(), ex=self.ttl)
 
     def delete(self, pid: str) -> None:
-        self.redis.delete(self.key(pid, "session"))
+        self.redis.delete(self.key(pid, "session"), self.key(pid, "outbox"))
 
     def lock_and_load(self, pid: str, token: str, wait_s: float = 5.0,
                       also: Callable[[Any], None] | None = None,
@@ -128,7 +128,8 @@ class SessionStore:
         session_key = self.key(pid, "session")
         if turn.changed:
             if turn.session is None:
-                pipe.delete(session_key)
+                # Delete-my-data / unfollow: the session and whatever waits for the person.
+                pipe.delete(session_key, self.key(pid, "outbox"))
             else:
                 pipe.set(session_key, turn.session.dumps(), ex=self.ttl)
         if also:

@@ -8,6 +8,7 @@ import redis
 
 from bot import logs
 from bot.config import Settings
+from bot.crypto import Sealer
 from bot.engine import Engine
 from bot.flows import load_flows
 from bot.outbox import Outbox
@@ -55,5 +56,6 @@ def build(settings: Settings, client: redis.Redis | None = None) -> Services:
     store = SessionStore(client, ttl_seconds=settings.session_ttl, prefix=settings.key_prefix,
                          lock_ms=settings.lock_ms)
     conversations = Conversations(engine, store, settings.secret_keys)
+    outbox = Outbox(client, store.key, Sealer(settings.secret_keys, "outbox"))
     return Services(settings=settings, redis=client, pack=pack, engine=engine, store=store,
-                    conversations=conversations, outbox=Outbox(client, store.key))
+                    conversations=conversations, outbox=outbox)

@@ -36,7 +36,7 @@ def build_line(services, threads: int = 4, reclaim_idle_ms: int = 30_000) -> Lin
     settings = services.settings
     sealer = Sealer(settings.secret_keys, "line-address")
     api = LineApi(settings.line_api_base_url, settings.line_channel_access_token or "")
-    queue = LineQueue(services.redis, services.store)
+    queue = LineQueue(services.redis, services.store, Sealer(settings.secret_keys, "line-job"))
     clock = services.conversations.clock
     dispatcher = Dispatcher(queue, services.engine, api, sealer, clock, threads=threads,
                             reclaim_idle_ms=reclaim_idle_ms,
