@@ -12,7 +12,7 @@ import hmac
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 import redis
@@ -22,7 +22,7 @@ from bot.engine import Engine, Incoming, Step
 from bot.figures import Figures
 from bot.ports import Cases, Deliver, Event
 from bot.replies import Text
-from bot.store import LockTimeout, SessionStore, Turn, pseudonym
+from bot.store import LockTimeout, SessionStore, Turn
 
 log = logs.get("conversation")
 REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError, LockTimeout)
@@ -39,19 +39,21 @@ def respond(step: Step) -> str:
 
 
 class Conversations:
-    def __init__(self, engine: Engine, store: SessionStore, secret: str,
+    def __init__(self, engine: Engine, store: SessionStore, secret: str | Sequence[str],
                  clock: Callable[[], datetime] = utcnow, cases: Cases | None = None,
                  figures: Figures | None = None):
         self.engine = engine
         self.store = store
-        self.secret = secret
+        self.secrets = (secret,) if isinstance(secret, str) else tuple(secret)
+        self.secret = self.secrets[0]
         self.clock = clock
         self.cases = cases  # bot.handoff.cases.CaseStore when staff are connected
         self.figures = figures  # the city's anonymous counts (bot.figures)
         self._outage = logs.Throttle(60.0)
 
     def pseudonym(self, channel: str, user_id: str) -> str:
-        return pseudonym(self.secret, channel, user_id)
+        """Newest key's pseudonym, or an older key's while the person has data under it."""
+        return self.store.find_pseudonym(self.secrets, channel, user_id)
 
     def outage(self, where: str, exc: BaseException) -> None:
         """Redis is unreachable: count it, and say so at most once a minute."""
@@ -124,7 +126,10 @@ class Conversations:
         via = deliver(step)
         if turn is not None:
             before = turn.session
-            turn.keep(step.session)
+            if step.session is not None or step.forget:
+                # No session and no forget (a staff answer to someone without a session):
+                # nothing stored changes.
+                turn.keep(step.session)
             if self.figures is not None and not event.incoming.from_staff:
                 turn.also(self.figures.writes_for(event.channel, before, step, event.incoming,
                                                   now))

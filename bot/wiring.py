@@ -80,10 +80,10 @@ def build(settings: Settings, client: redis.Redis | None = None) -> Services:
     store = SessionStore(client, ttl_seconds=settings.session_ttl, prefix=settings.key_prefix,
                          lock_ms=settings.lock_ms)
     figures = Figures(client, settings.key_prefix)
-    conversations = Conversations(engine, store, settings.bot_secret_key, figures=figures)
+    conversations = Conversations(engine, store, settings.secret_keys, figures=figures)
+    outbox = Outbox(client, store.key, Sealer(settings.secret_keys, "outbox"))
     return Services(settings=settings, redis=client, pack=pack, engine=engine, store=store,
-                    conversations=conversations, outbox=Outbox(client, store.key),
-                    figures=figures)
+                    conversations=conversations, outbox=outbox, figures=figures)
 
 
 # -- the staff handoff --------------------------------------------------------------------------
@@ -127,7 +127,7 @@ def build_handoff(settings: Settings, client: redis.Redis, relay: StaffRelay | N
     """Assemble the handoff from settings. `relay` carries staff answers to residents (see
     `wire_handoff`); `pack` (default: settings.municipality's) gives category and ward names
     for staff; `labels` override staff.ja.yaml wording."""
-    cases = CaseStore(client, settings.key_prefix, Sealer(settings.bot_secret_key),
+    cases = CaseStore(client, settings.key_prefix, Sealer(settings.secret_keys),
                       expire_after_s=expire_after_s)
     notifiers: list[Notifier] = []
     slack: SlackNotifier | None = None

@@ -108,8 +108,11 @@ class Staff:
         if not self.policy.is_staff(user):
             self._tell(channel, user, "not_staff", None)
             return "not_staff"
+        current = self.cases.get(number)
+        if current is not None and self.policy.may_act(user, current):
+            self._flush(current)
         case = self.cases.resolve(number, user,
-                                  before_forget=self._last_words if self.relay else None,
+                                  before_forget=self.relay.closed if self.relay else None,
                                   may=lambda c: self.policy.may_act(user, c))
         if case is None:
             logs.event(log, "resolve_unknown_case", logging.WARNING, number=number)
@@ -125,10 +128,11 @@ class Staff:
                            error=type(exc).__name__)
         return "resolved" if case.resolved_by == user else "closed"
 
-    def _last_words(self, case: Case) -> None:
-        """Resolved, the address still there: staff answers still queued go first (they would
-        find no address afterwards), then the notice that the conversation has ended."""
-        assert self.relay is not None
+    def _flush(self, case: Case) -> None:
+        """Before resolving: staff answers still queued go now — resolving erases the text and
+        the address they need — so the resident reads them before the notice of the end."""
+        if self.relay is None or case.status not in ("new", "claimed"):
+            return
         for message in case.thread:
             marker = f"reply:{message.id}"
             if message.who != "staff" or not message.id \
@@ -140,7 +144,6 @@ class Staff:
                 logs.failure("handoff.relay_before_close", exc, number=case.number)
                 continue
             self.cases.mark_delivered(case.number, marker)
-        self.relay.closed(case)
 
     # -- notes to staff --------------------------------------------------------------------------
 
