@@ -200,6 +200,10 @@ def test_unfollow_deletes_the_session(line_app, redis_client, key_prefix):
     client = app.test_client()
     post(client, lh.event("follow", user=USER))
     fake.wait_for(1)
+    deadline = time.monotonic() + 5  # the session is saved just after the answer is sent
+    while time.monotonic() < deadline and not list(
+            redis_client.scan_iter(match=f"{key_prefix}:*:session")):
+        time.sleep(0.05)
     assert list(redis_client.scan_iter(match=f"{key_prefix}:*:session"))
     post(client, lh.event("unfollow", user=USER))
     deadline = time.monotonic() + 5
