@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from bot.channels.line_queue import answer_degraded
 from bot.channels.line_events import Job
+from bot.channels.line_queue import answer_degraded
 from bot.engine import Incoming
 from bot.handoff.models import Case, CaseRequest, StaffMessage
 from bot.handoff.relay import Relay
