@@ -203,7 +203,8 @@ def test_finding4_only_the_claimer_or_a_lead_answers_and_resolves(staff_http, fa
     assert drain(h, lambda: len(relays.sent) == 2)
     assert relays.sent == [(NUMBER, "Aからの返信"), (NUMBER, "責任者から")]
     assert click(http, "resolve", NUMBER, STAFF_LEAD).status_code == 200
-    assert h.cases.get(NUMBER).status == "resolved" and len(relays.ended) == 1
+    assert h.cases.get(NUMBER).status == "resolved"
+    assert drain(h, lambda: len(relays.ended) == 1 and h.worker.pending() == 0)
 
 
 # -- finding 7: malformed Slack requests ---------------------------------------------------------
@@ -408,3 +409,50 @@ def test_an_expired_case_tells_the_resident_in_phone_safe_words(loop_app, pack):
     assert handoff.cases.address(number) is None
     # The worker does it by itself when a case expires (its expiry pass).
     assert handoff.worker.relay is handoff.relay
+
+
+def test_finding9_a_crash_between_the_slack_post_and_saving_its_ts_posts_once(
+        handoff, fake_slack, http: FlaskClient, relays: Relays):
+    fake, _ = fake_slack
+    cases: CaseStore = handoff.cases
+    real = cases.set_slack_message
+
+    def dies_once(*args: Any, **kwargs: Any):
+        cases.set_slack_message = real  # type: ignore[method-assign]
+        raise SystemExit("killed after Slack answered")
+
+    cases.set_slack_message = dies_once  # type: ignore[method-assign]
+    open_case(handoff)
+    with pytest.raises(SystemExit):
+        handoff.worker.poll_once(block_ms=5)
+    assert len(fake.posts(thread=False)) == 1 and cases.get(NUMBER).slack_ts is None
+    time.sleep(0.06)  # past reclaim_idle_ms: another worker takes the entry over
+    assert drain(handoff, lambda: handoff.worker.pending() == 0)
+    (post,) = fake.posts(thread=False)                     # found, not posted again
+    case = cases.get(NUMBER)
+    assert case.slack_ts == fake.messages[0]["ts"]
+    # Staff answer in that (first and only) thread: it reaches the resident.
+    post_event(http, staff_says(case, "スレッドで返信"), event_id="Ev9201")
+    assert drain(handoff, lambda: relays.sent == [(NUMBER, "スレッドで返信")])
+
+
+def test_finding9_a_crash_between_a_thread_post_and_marking_it_delivered_posts_once(
+        handoff, fake_slack):
+    fake, _ = fake_slack
+    open_case(handoff)
+    posted(handoff, fake)
+    cases: CaseStore = handoff.cases
+    real = cases.mark_delivered
+
+    def dies_once(*args: Any, **kwargs: Any):
+        cases.mark_delivered = real  # type: ignore[method-assign]
+        raise SystemExit("killed after Slack answered")
+
+    cases.add_message(NUMBER, "resident", "眠れません")
+    cases.mark_delivered = dies_once  # type: ignore[method-assign]
+    with pytest.raises(SystemExit):
+        handoff.worker.poll_once(block_ms=5)
+    time.sleep(0.06)
+    assert drain(handoff, lambda: handoff.worker.pending() == 0)
+    said = [c for c in fake.posts(thread=True) if "眠れません" in c.body.get("text", "")]
+    assert len(said) == 1

@@ -45,7 +45,7 @@ log = logs.get("handoff")
 NUMBER_RE = re.compile(r"[A-Z0-9][A-Z0-9-]{1,31}")
 OPEN_STATUSES = ("new", "claimed")
 EventKind = Literal["opened", "message", "urgent", "claimed", "resolved", "expired",
-                    "forgotten", "reply", "undelivered"]
+                    "forgotten", "reply", "undelivered", "farewell"]
 
 CASES_OPENED = Counter("tsunagu_handoff_cases_opened", "Handoff cases opened", ["channel"])
 CASES_CLAIMED = Counter("tsunagu_handoff_cases_claimed", "Handoff cases claimed by staff")
@@ -438,16 +438,24 @@ class CaseStore:
         pipe.execute()
         return stored
 
+    def release(self, number: str) -> Case | None:
+        """After a resolved case's farewell: delete the address, pid index and pseudonym."""
+        case = self.get(number)
+        return self._forget(case) if case is not None else None
+
     def resolve(self, number: str, staff_id: str,
                 before_forget: Callable[[Case], None] | None = None,
-                may: Callable[[Case], bool] | None = None) -> Case | None:
+                may: Callable[[Case], bool] | None = None,
+                farewell: bool = False) -> Case | None:
         """claimed/new → resolved; then the address and the pid index are deleted.
 
         `before_forget(case)` runs once, for the call that resolved the case, while the address
         still exists (to tell the resident the conversation ended). Its failure is logged and
         does not keep the address. The record stays, without the pseudonym and without any
         typed text, for `keep_closed_s`. `may(case)` False refuses (claim semantics,
-        bot.handoff.staff): the open case comes back unchanged.
+        bot.handoff.staff): the open case comes back unchanged. `farewell`: instead of calling
+        `before_forget` and forgetting now, queue a "farewell" after the staff answers already
+        queued; the worker tells the resident and then calls `release`.
         """
         now = self.clock()
         refused: dict[str, bool] = {}
@@ -471,9 +479,13 @@ class CaseStore:
         if changed:
             CASES_RESOLVED.inc()
             logs.event(log, "case_resolved", number=number)
-            if before_forget is not None:
+            if before_forget is not None and not farewell:
                 self._before_forget(before_forget, case)
             self.enqueue(number, "resolved")
+            if farewell:
+                self.enqueue(number, "farewell")
+        if farewell and case.pid:
+            return case  # the queued farewell releases it (expiry does, should it never run)
         return self._forget(case) or case
 
     @staticmethod
@@ -543,6 +555,16 @@ class CaseStore:
         return stored
 
     # -- delivery bookkeeping (bot.handoff.worker) -------------------------------------------
+
+    def note_attempt(self, number: str, delivery: str) -> bool:
+        """Note that `delivery` is being tried; True the first time (nothing can be out there
+        yet), False when an earlier try may have got through (see SlackNotifier)."""
+        key = self.case_key(number, "sent")
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.sadd(key, f"try:{delivery}")
+        pipe.expire(key, self.open_ttl)
+        added, _ = pipe.execute()
+        return bool(added)
 
     def count_try(self, number: str, marker: str) -> int:
         """One more failed try of a delivery; returns how many so far."""
