@@ -1,4 +1,4 @@
-// The web chat: sends taps and text to /api/chat and draws the channel-neutral replies.
+// The web chat: sends taps and text to api/chat (relative: a city may live under /c/<city>/) and draws the channel-neutral replies.
 // All wording comes from the page (the content pack); this file holds none.
 (function () {
   "use strict";
@@ -67,7 +67,7 @@
   }
 
   function send(body) {
-    return fetch("/api/chat", {
+    return fetch("api/chat", {
       method: "POST", credentials: "same-origin",
       headers: { "Content-Type": "application/json" }, body: JSON.stringify(body)
     }).then(function (r) {
@@ -90,7 +90,7 @@
   // then, only while the page is visible.
   function poll() {
     if (document.visibilityState !== "visible") return;
-    fetch("/api/chat/poll", { credentials: "same-origin" })
+    fetch("api/chat/poll", { credentials: "same-origin" })
       .then(function (r) { return r.ok ? r.json() : { replies: [] }; })
       .then(function (data) { if (data.replies.length) draw(data.replies); })
       .catch(function () {});
