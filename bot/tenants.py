@@ -26,7 +26,14 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from bot import logs
 from bot.config import Settings, SettingsError
@@ -54,6 +61,16 @@ class SlackSpec(_Spec):
     channel: str = Field(pattern=r"^[CG][A-Z0-9]{2,30}$")
     token_env: str = Field(pattern=ENV_NAME)
     signing_secret_env: str = Field(pattern=ENV_NAME)
+    staff_users: tuple[str, ...] = ()   # as SLACK_STAFF_USERS, for this city only
+    lead_users: tuple[str, ...] = ()    # as SLACK_LEAD_USERS
+
+    @field_validator("staff_users", "lead_users")
+    @classmethod
+    def _user_ids(cls, users: tuple[str, ...]) -> tuple[str, ...]:
+        for user in users:
+            if not (user[:1] in ("U", "W") and user.isalnum() and len(user) <= 20):
+                raise ValueError(f"not a Slack user id: {user[:20]!r}")
+        return users
 
 
 class WebhookSpec(_Spec):
@@ -135,6 +152,8 @@ def city_settings(spec: CitySpec, base: Settings, env: Mapping[str, str]) -> Set
         line_channel_secret=line_secret, line_channel_access_token=line_token,
         slack_bot_token=slack_token, slack_signing_secret=slack_signing,
         slack_staff_channel=spec.slack.channel if spec.slack else None,
+        slack_staff_users=spec.slack.staff_users if spec.slack else (),
+        slack_lead_users=spec.slack.lead_users if spec.slack else (),
         handoff_webhook_url=spec.handoff_webhook.url if spec.handoff_webhook else None,
         handoff_webhook_secret=hook_secret, tenants_file=None)
 
