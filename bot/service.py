@@ -17,6 +17,7 @@ import redis
 from bot import logs, metrics
 from bot.engine import Engine, Incoming, Step
 from bot.figures import Figures
+from bot.handoff.cases import TooManyCases
 from bot.replies import Text
 from bot.session import Session
 from bot.store import LockTimeout, SessionStore, Turn
@@ -105,7 +106,12 @@ class Conversations:
         request = step.handoff
         assert request is not None and step.session is not None
         for _ in range(8):
-            if self.cases.open(request, channel, pid, user_id) is not None:
+            try:
+                opened = self.cases.open(request, channel, pid, user_id)
+            except TooManyCases:
+                self.engine.case_refused(step, self.clock())
+                return
+            if opened is not None:
                 break
             # The number is taken (1 in a million): draw another, and say the new one.
             fresh = self.engine.case_number()
