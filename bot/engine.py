@@ -122,6 +122,8 @@ class Engine:
                 if choice.next:
                     machine.add_transition("answer", name, choice.next,
                                            conditions=[_value_is(choice.value)])
+            if self.skips(state):
+                machine.add_transition("skip", name, state.next)
             if state.choices_from and state.next:
                 for value, dest in state.next_by_value.items():
                     machine.add_transition("answer", name, dest, conditions=[_value_is(value)])
@@ -142,6 +144,11 @@ class Engine:
             for source in ("directory", *(h for h in HANDOFF_STATES if h in spec.states)):
                 machine.add_transition("resume", source, name, conditions=[_value_is(name)])
         return machine
+
+    def skips(self, state: StateSpec) -> bool:
+        """A question whose choices come from an empty list (the ward question of a city
+        without wards) is not asked: the flow goes on to its next state."""
+        return bool(state.choices_from and state.next and not self.items[state.choices_from])
 
     def _command_words(self) -> dict[str, str]:
         words: dict[str, str] = {}
@@ -397,6 +404,8 @@ class Engine:
         session = out.session
         assert session is not None
         state: StateSpec = self.flow.states[session.state]
+        if self.skips(state) and self._move(session, "skip"):
+            return self._entered(out, now)
         if state.kind == "question":
             session.asked += 1
         if state.kind == "results":
