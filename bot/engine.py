@@ -318,7 +318,7 @@ class Engine:
             elif option is None:
                 option = self._understand(session, text)
         if option is None:
-            if not crisis and self.flow.states[session.state].kind == "info" \
+            if text and not crisis and self.flow.states[session.state].kind == "info" \
                     and TRIAGE in self.flow.states:
                 return self._offer(out, "none", [], {})
             return self._reask(out, "common.not_understood", crisis is not None)

@@ -181,7 +181,7 @@ class Exclusion(BaseModel):
     regex: str | None = None
     # "lemmas": match on the dictionary forms (bot/language.py), so that 殴られる, なぐられてる and
     # 殴られている are one entry; "surface" (default): on the normalised text as typed.
-    on: Literal["surface", "lemmas"] = "surface"
+    form: Literal["surface", "lemmas"] = "surface"
 
     @model_validator(mode="after")
     def _one_of(self) -> Exclusion:
@@ -278,7 +278,7 @@ def _entry_source(entry: Exclusion, vocabs: Vocab) -> tuple[str, bool]:
     """(regex source over normalised text or lemmas, is it a literal term). Raises ValueError.
 
     On lemmas, an entry matches whole words only: the source is wrapped in word edges."""
-    if entry.on == "lemmas":
+    if entry.form == "lemmas":
         if entry.term is not None:
             form = lemma_form(entry.term)
             if not form:
@@ -362,12 +362,12 @@ class CrisisDetector:
         for kind in PRIORITY:
             for entry in spec.kinds.get(kind, []):
                 source = _entry_source(entry, vocab)[0]
-                sources[entry.on].append(source)
-                rule = _Rule.build(kind, entry.id, source, entry.on)
+                sources[entry.form].append(source)
+                rule = _Rule.build(kind, entry.id, source, entry.form)
                 (generic if entry.generic else specific).append(rule)
         self._gates = {on: _gate(found) for on, found in sources.items()}
         self._rules = (*specific, *generic)
-        self._exclusions = tuple(_Rule.build("", e.id, _entry_source(e, vocab)[0], e.on)
+        self._exclusions = tuple(_Rule.build("", e.id, _entry_source(e, vocab)[0], e.form)
                                  for e in spec.exclusions)
 
     @classmethod
