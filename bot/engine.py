@@ -130,6 +130,8 @@ class Engine:
                 if choice.next:
                     machine.add_transition("answer", name, choice.next,
                                            conditions=[_value_is(choice.value)])
+            if self.skips(state):
+                machine.add_transition("skip", name, state.next)
             if state.choices_from and state.next:
                 for value, dest in state.next_by_value.items():
                     machine.add_transition("answer", name, dest, conditions=[_value_is(value)])
@@ -153,6 +155,11 @@ class Engine:
             for source in returns:
                 machine.add_transition("resume", source, name, conditions=[_value_is(name)])
         return machine
+
+    def skips(self, state: StateSpec) -> bool:
+        """A question whose choices come from an empty list (the ward question of a city
+        without wards) is not asked: the flow goes on to its next state."""
+        return bool(state.choices_from and state.next and not self.items[state.choices_from])
 
     def _command_words(self) -> dict[str, str]:
         words: dict[str, str] = {}
@@ -313,10 +320,12 @@ class Engine:
             if option is None and found is not None and self._listening(session):
                 heard = self._listen(out, found, now)
                 if heard is not None:
+                    heard.events.append("text:understood")
                     return heard
                 option = self._understand(session, text)
             elif option is None:
                 option = self._understand(session, text)
+            out.events.append("text:understood" if option else "text:not_understood")
         if option is None:
             if text and not crisis and self.flow.states[session.state].kind == "info" \
                     and TRIAGE in self.flow.states:
@@ -570,6 +579,8 @@ class Engine:
         assert session is not None
         self._skip_answered(out, now)
         state: StateSpec = self.flow.states[session.state]
+        if self.skips(state) and self._move(session, "skip"):
+            return self._entered(out, now)
         if state.kind == "question":
             session.asked += 1
         if state.kind == "results":
@@ -643,6 +654,8 @@ class Engine:
             fresh = self.new_session(session.lang)
             out.session = None
             out.replies.append(Text(text=self.t("forget.done", fresh)))
+            if self.handoff:  # honest about what this cannot delete
+                out.replies.append(Text(text=self.t("forget_staff.kept", fresh)))
             out.replies.append(self.ask(fresh))
         elif command in ("help", "privacy"):
             out.replies.append(Text(text=self.t(f"{command}.body", session)))
@@ -787,6 +800,18 @@ class Engine:
         out.replies.append(self.ask(session))
         return out
 
+    def case_refused(self, step: Step, now: datetime) -> None:
+        """Too many cases from one address: no case; the phone windows instead, after any
+        crisis reply — never a dead end."""
+        session = step.session
+        assert session is not None
+        session.case = None
+        urgent = [r for r in step.replies if getattr(r, "urgent", False)]
+        step.handoff = None
+        step.replies = [*urgent, Text(text=self.t("handoff_limit.refused", session)),
+                        *self._human(session, now), self.ask(session)]
+        step.events.append("handoff:refused")
+
     def staff_reply(self, session: Session, text: str) -> list[Reply]:
         """A staff answer, as the resident sees it: prefixed, with a way on."""
         return [Text(text=self.t("handoff.staff_prefix", session) + text), self.ask(session)]
@@ -804,10 +829,12 @@ class Engine:
         return fresh, replies
 
     # -- degraded mode (Redis unreachable) -------------------------------------------------
-    def degraded_step(self, incoming: Incoming, now: datetime) -> Step:
+    def degraded_step(self, incoming: Incoming, now: datetime,
+                      notice: str = "degraded.notice") -> Step:
         """Answer without any stored state: crisis lines, 24-hour lines and the directory.
 
-        The directory still works because a tap carries the state it belongs to.
+        The directory still works because a tap carries the state it belongs to. `notice` says
+        why (Redis down, or too many new conversations from one address).
         """
         session = self.new_session()
         if incoming.kind == "tap" and incoming.state == "directory":
@@ -820,7 +847,7 @@ class Engine:
             if crisis is not None:
                 self._crisis(step, crisis.kind, now)
             session.enter("directory")
-            step.replies.append(Text(text=self.t("degraded.notice", session)))
+            step.replies.append(Text(text=self.t(notice, session)))
             step.replies.append(self.cards("crisis.title", self._always_open_lines(), session,
                                            now))
             step.replies.append(self.ask(session))
