@@ -45,6 +45,8 @@ def test_evidence_names_the_vocabulary_entries(pack):
     ("友人がお金に困っている", {"whose": "friend"}),
 ])
 def test_slots_read_from_the_text(pack, text, slots):
+    if "ward" in slots and pack.ward(slots["ward"]) is None:  # a city without that ward
+        slots = {k: v for k, v in slots.items() if k != "ward"}
     found = triage(text, "ja", pack).slots
     assert {k: found.get(k) for k in slots} == slots
 
