@@ -9,6 +9,7 @@ priority and the rule id are settled.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from bot import logs
 from bot.language import ALNUM, Analysis, analyze, fold_pattern, lemma_form, normalize
 
 CRISIS_KINDS = ("self_harm", "violence", "child_harm")
@@ -86,7 +88,8 @@ def _first_chars(source: str) -> frozenset[str] | None:
         return None
     try:
         chars, nullable = _first(_sre_parser.parse(source))
-    except Exception:  # an unusual construct: let the entry run everywhere
+    except Exception as exc:  # an unusual construct: let the entry run everywhere
+        logs.failure("safety.first_chars", exc, logging.DEBUG)
         return None
     return None if chars is None or nullable else frozenset(chars)
 
