@@ -3,8 +3,9 @@
 It answers chat.postMessage, chat.update and chat.postEphemeral like Slack does
 ({"ok": true, "ts": ...}), keeps the posted messages (with their metadata) for
 conversations.history and conversations.replies, accepts JSON or form bodies (slack_sdk sends
-blocks as JSON), checks the bot token, and can be switched "down" for a number of calls: HTTP 500, or HTTP 200 with
-{"ok": false, "error": "service_unavailable"} as Slack answers during an incident.
+blocks as JSON), checks the bot token, and can be switched "down" for a number of calls:
+HTTP 500, or HTTP 200 with {"ok": false, "error": "service_unavailable"} as Slack answers
+during an incident.
 """
 
 from __future__ import annotations
