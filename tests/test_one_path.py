@@ -132,7 +132,8 @@ def test_the_staff_relay_runs_process_and_delivers_once(recorded):
     services = app.extensions["tsunagu"]
     web = app.test_client()
     web.post("/api/chat", json={"type": "start"})
-    pid = conversations.pseudonym("web", web.get_cookie("tsunagu_visitor").value)
+    visitor = web.get_cookie("tsunagu_visitor").value.partition(".")[0]  # "<id>.<signature>"
+    pid = conversations.pseudonym("web", visitor)
     case = Case(number="K-TEST", channel="web", pid=pid, created_at=1.0, updated_at=1.0,
                 request=CaseRequest(number="K-TEST"))
     log.clear()
