@@ -16,6 +16,7 @@ import redis
 
 from bot import logs, metrics
 from bot.engine import Engine, Incoming, Step
+from bot.phonesafe import reveal
 from bot.replies import Text
 from bot.store import LockTimeout, SessionStore, pseudonym
 
@@ -69,6 +70,7 @@ class Conversations:
         Runs before the session is saved and before the answer is sent, so a receipt is never
         shown for a case that was not stored.
         """
+        reveal(self.cases, self.engine, step)  # 「ひらく」 on a phone-safe notice
         if self.cases is None:
             return
         if step.handoff is not None:

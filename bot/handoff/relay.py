@@ -11,6 +11,7 @@ from typing import Any
 
 from bot.channels.line_render import render
 from bot.handoff.models import Case
+from bot.phonesafe import case_closed, staff_message
 from bot.replies import Reply
 
 
@@ -36,11 +37,12 @@ class Relay:
             raise RuntimeError("LINE rejected the push")
 
     def staff_reply(self, case: Case, text: str) -> None:
-        """The prefixed staff answer and the resident's current question, as one answer."""
+        """A neutral notice (phone-safe), or the staff answer itself if the resident chose so."""
         conversations = self.services.conversations
         with conversations.store.turn(case.pid) as turn:
             session = turn.session or conversations.engine.new_session(case.request.lang)
-            replies = conversations.engine.staff_reply(session, text)
+            replies = staff_message(conversations.engine, session, case, text)
+            turn.keep(session)
         self._send(case, replies, f"staff:{case.number}:{len(case.thread)}")
 
     def closed(self, case: Case) -> None:
@@ -48,6 +50,6 @@ class Relay:
         conversations = self.services.conversations
         with conversations.store.turn(case.pid) as turn:
             session = turn.session or conversations.engine.new_session(case.request.lang)
-            fresh, replies = conversations.engine.close_case(session)
+            fresh, replies = case_closed(conversations.engine, session, case)
             turn.keep(fresh)
         self._send(case, replies, f"closed:{case.number}")

@@ -97,7 +97,10 @@ def chat() -> Any:
     visitor = _visitor() or secrets.token_hex(16)
     step = _services().conversations.handle("web", visitor, incoming)
     replies: list[Reply] = step.replies
-    resp = make_response(jsonify({"replies": [r.model_dump() for r in replies]}))
+    body: dict[str, Any] = {"replies": [r.model_dump() for r in replies]}
+    if step.quick_exit:  # 「けす」: the page may leave for a neutral site and clear itself
+        body["exit"] = True
+    resp = make_response(jsonify(body))
     resp.set_cookie(COOKIE, visitor, max_age=COOKIE_AGE, httponly=True, samesite="Lax",
                     secure=request.is_secure)
     resp.headers["Cache-Control"] = "no-store"
