@@ -290,6 +290,8 @@ class Engine:
             option = next((o for o in self.options(session) if o.value == incoming.value), None)
         else:
             option = None if crisis is not None else self._understand(session, text)
+            if crisis is None:
+                out.events.append("text:understood" if option else "text:not_understood")
         if option is None:
             return self._reask(out, "common.not_understood", crisis is not None)
         if option.page is not None:

@@ -13,7 +13,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
@@ -41,10 +41,16 @@ class Turn:
 
     session: Session | None
     changed: bool = False
+    writes: list[Callable[[Any], None]] = field(default_factory=list)
 
     def keep(self, session: Session | None) -> None:
         self.session = session
         self.changed = True
+
+    def also(self, write: Callable[[Any], None] | None) -> None:
+        """Queue a write (e.g. the figures' counts) for the pipeline that saves the session."""
+        if write is not None:
+            self.writes.append(write)
 
 
 class SessionStore:
@@ -110,6 +116,9 @@ class SessionStore:
                 pipe.set(session_key, turn.session.dumps(), ex=self.ttl)
         if also:
             also(pipe)
+        for write in turn.writes:
+            write(pipe)
+        turn.writes.clear()
         if token:
             # EVAL rather than a registered Script: a Script in a pipeline costs an extra
             # SCRIPT EXISTS round trip on every execute.

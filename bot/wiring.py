@@ -9,6 +9,7 @@ import redis
 from bot import logs
 from bot.config import Settings
 from bot.engine import Engine
+from bot.figures import Figures
 from bot.flows import load_flows
 from bot.outbox import Outbox
 from bot.pack import Pack, load_pack
@@ -29,6 +30,7 @@ class Services:
     store: SessionStore
     conversations: Conversations
     outbox: Outbox
+    figures: Figures
 
 
 def redis_client(settings: Settings) -> redis.Redis:
@@ -44,7 +46,7 @@ def redis_client(settings: Settings) -> redis.Redis:
 
 def build_engine(pack: Pack, handoff: bool = False) -> Engine:
     flows = load_flows()
-    detector = CrisisDetector.from_file(pack.root / "crisis.yaml")
+    detector = CrisisDetector.from_file(pack.crisis_file)
     return Engine(flows[FLOW], pack, detector, handoff=handoff)
 
 
@@ -54,6 +56,8 @@ def build(settings: Settings, client: redis.Redis | None = None) -> Services:
     client = client if client is not None else redis_client(settings)
     store = SessionStore(client, ttl_seconds=settings.session_ttl, prefix=settings.key_prefix,
                          lock_ms=settings.lock_ms)
-    conversations = Conversations(engine, store, settings.bot_secret_key)
+    figures = Figures(client, settings.key_prefix)
+    conversations = Conversations(engine, store, settings.bot_secret_key, figures=figures)
     return Services(settings=settings, redis=client, pack=pack, engine=engine, store=store,
-                    conversations=conversations, outbox=Outbox(client, store.key))
+                    conversations=conversations, outbox=Outbox(client, store.key),
+                    figures=figures)

@@ -229,7 +229,8 @@ class Dispatcher:
         age_s = max(0.0, now.timestamp() - job.timestamp_ms / 1000)
         if age_s > 2.0:
             self.api.show_loading(user_id)
-        step = self.engine.step(turn.session, job.incoming(), now)
+        before, incoming = turn.session, job.incoming()
+        step = self.engine.step(before, incoming, now)
         if self.conversations is not None:
             self.conversations.after_step(pid, "line", user_id, step)
         pack = self.engine.pack
@@ -238,6 +239,8 @@ class Dispatcher:
         how = self.api.deliver(user_id, job.event_id, job.reply_token, age_s, messages,
                                retrying=retrying)
         turn.keep(step.session)
+        if self.conversations is not None:
+            self.conversations.record(turn, "line", before, step, incoming, now)
         metrics.record_step("line", job.kind, step.events)
         metrics.ANSWERS.labels("line", how).inc()
         metrics.LATENCY.labels("line").observe(max(0.0, self.clock().timestamp()
