@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from bot.cards import hours_text
 from bot.engine import Incoming
 from bot.pack.hours import is_open, next_opening
-from bot.pack.loader import CONTENT_ROOT
+from bot.pack.loader import COMMON, CONTENT_ROOT
 from bot.pack.models import Hours
 from bot.replies import Cards
 from bot.validate import load_checks, validate
@@ -126,8 +126,10 @@ def test_every_ward_centre_can_be_reached(pack):
 
 @pytest.fixture
 def pack_copy(tmp_path: Path) -> Path:
+    """A copy of the Kyoto pack beside a copy of the common files (as tests/test_validate.py)."""
     dest = tmp_path / "testpack"
     shutil.copytree(CONTENT_ROOT / "kyoto", dest)
+    shutil.copytree(CONTENT_ROOT / COMMON, tmp_path / COMMON)
     return dest
 
 
@@ -180,7 +182,8 @@ def test_a_staff_note_field_is_fine_and_never_shown(pack_copy, engine):
 @pytest.mark.parametrize("lang", ["ja", "en"])
 def test_validate_fails_on_a_revealing_word_in_a_neutral_notice(pack_copy, lang):
     word = {"ja": "相談員からの返信があります", "en": "Staff have answered your case"}[lang]
-    _edit(pack_copy / f"messages.{lang}.yaml", lambda d: d["notice"].update(text=word))
+    _edit(pack_copy.parent / COMMON / f"messages.{lang}.yaml",
+          lambda d: d["notice"].update(text=word))
     errors = validate(str(pack_copy))
     assert any(e.startswith(f"messages.{lang}.yaml: notice.text:") and "revealing" in e
                for e in errors), errors
