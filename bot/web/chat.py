@@ -101,7 +101,7 @@ def chat() -> Any:
     if step.quick_exit:  # 「けす」: the page may leave for a neutral site and clear itself
         body["exit"] = True
     resp = make_response(jsonify(body))
-    resp.set_cookie(COOKIE, visitor, max_age=COOKIE_AGE, httponly=True, samesite="Lax",
-                    secure=request.is_secure)
+    resp.set_cookie(COOKIE, visitor, max_age=COOKIE_AGE, httponly=True, samesite="Strict",
+                    secure=request.is_secure)  # is_secure sees the TLS proxy via ProxyFix
     resp.headers["Cache-Control"] = "no-store"
     return resp
