@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("windows", help="list windows and lines with source and confirmed date")
     p.add_argument("--check", action="store_true",
                    help="every window and line, oldest confirmation first")
-    p.add_argument("--pack", default="kyoto")
+    p.add_argument("--pack", default=default_pack_name())
     p.set_defaults(func=cmd_windows)
     p = sub.add_parser("graph", help="write the flows as a Mermaid diagram")
     p.add_argument("--pack", default=default_pack_name())
