@@ -3,63 +3,80 @@
 A message that reaches the resident's phone without their having just written — a staff
 answer, the end of a conversation — goes as a neutral notice (「新しいメッセージがあります」,
 nothing about what it is), and its content comes when the resident opens the chat and taps
-「ひらく」: a postback, answered by reply. The staff text is not copied anywhere for this: it
-stays in the case thread (which is sealed at rest with the case), and the session only holds
-the case number and the time of the last staff message already shown. A resident may choose to
-receive staff messages directly instead (`Session.direct`).
+「ひらく」: a postback, answered by reply. A resident may choose to receive staff messages
+directly instead (`Session.direct`).
+
+What a notice stands for waits in `Unseen`: one list per person, under their hash tag, each item
+sealed (Fernet, the case store's key) — never a plain-text key — until it is shown, for as long
+as a case may stay open, and deleted with the session (データを消す, 「けす」, unfollow). It cannot
+wait in the case itself: the case's texts are erased the moment staff close it.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from typing import Any
 
+import redis
+
+from bot.crypto import Sealer
 from bot.engine import Engine, Step
-from bot.handoff.models import Case
-from bot.replies import Reply
-from bot.session import Session
+
+TTL_S = 7 * 24 * 3600  # as long as a case stays open before it expires
 
 
-def _last_staff_at(case: Case) -> float:
-    return max((m.at for m in case.thread if m.who == "staff"), default=0.0)
+class Unseen:
+    """Sealed items waiting for 「ひらく」: ("staff", text), ("closed", ""), ("expired", "")."""
+
+    def __init__(self, client: redis.Redis, key: Callable[[str, str], str], sealer: Sealer):
+        self.redis = client
+        self.key = key
+        self.sealer = sealer
+
+    def push(self, pid: str, event_id: str, items: list[tuple[str, str]]) -> None:
+        """Keep items once per event (a retried delivery pushes the same event again)."""
+        key = self.key(pid, "unseen")
+        raw = [json.dumps({"e": event_id, "k": kind, "t": text}, ensure_ascii=False)
+               for kind, text in items]
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.rpush(key, *(self.sealer.seal(r) for r in raw))
+        pipe.expire(key, TTL_S)
+        pipe.execute()
+
+    def take(self, pid: str) -> list[tuple[str, str]]:
+        """Everything waiting, in order, each event once; the list is emptied."""
+        key = self.key(pid, "unseen")
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.lrange(key, 0, -1)
+        pipe.delete(key)
+        sealed, _ = pipe.execute()
+        seen: set[tuple[str, str]] = set()
+        items: list[tuple[str, str]] = []
+        for token in sealed:
+            plain = self.sealer.open(token.decode() if isinstance(token, bytes) else token)
+            if plain is None:  # sealed with a key no longer configured: unreadable
+                continue
+            item = json.loads(plain)
+            mark = (item["e"], item["k"])
+            if mark not in seen:
+                seen.add(mark)
+                items.append((item["k"], item["t"]))
+        return items
 
 
-def staff_message(engine: Engine, session: Session, case: Case, text: str) -> list[Reply]:
-    """What to send the phone for a new staff message (and mark it unseen unless direct)."""
-    if session.direct:
-        session.seen_at = max(session.seen_at, _last_staff_at(case))
-        return engine.staff_reply(session, text)
-    session.unseen = case.number
-    return engine.notice(session)
-
-
-def case_closed(engine: Engine, session: Session, case: Case) -> tuple[Session, list[Reply]]:
-    """Staff closed the case: the fresh session, and what to send the phone."""
-    fresh, replies = engine.close_case(session)
-    if session.direct:
-        return fresh, replies
-    fresh.unseen, fresh.unseen_closed = case.number, True
-    return fresh, engine.notice(fresh)
-
-
-def reveal(cases: Any, engine: Engine, step: Step) -> None:
-    """The resident tapped 「ひらく」: put what the notice stood for before the step's replies.
-
-    Staff messages are read from the case record (kept, anonymous, after the case closes);
-    a case whose data the resident deleted has empty texts, which are skipped.
-    """
-    session = step.session
-    if not step.reveal or session is None:
+def effects(cases: Any, store: Any, engine: Engine, pid: str, event_id: str,
+            step: Step) -> None:
+    """Keep what a neutral notice stands for; on 「ひらく」, put it before the step's replies."""
+    if cases is None:  # no staff connected: nothing is ever waiting
+        if step.reveal and step.session is not None:
+            step.replies = [*engine.revealed(step.session, []), engine.ask(step.session)]
         return
-    texts: list[str] = []
-    if session.unseen and cases is not None:
-        case = cases.get(session.unseen)
-        if case is not None:
-            fresh = [m for m in case.thread
-                     if m.who == "staff" and m.at > session.seen_at and m.text]
-            texts = [m.text for m in fresh]
-            if fresh:
-                session.seen_at = fresh[-1].at
-    shown = engine.revealed(session, texts, closed=session.unseen_closed)
-    session.unseen, session.unseen_closed = None, False
-    step.replies = [*shown, engine.ask(session)]  # asked again: nothing is unseen now
-    step.events.append("phonesafe:revealed")
+    unseen = Unseen(cases.redis, store.key, cases.sealer)
+    if step.unseen:
+        unseen.push(pid, event_id, step.unseen)
+    if step.reveal and step.session is not None:
+        session = step.session
+        session.unseen = False
+        step.replies = [*engine.revealed(session, unseen.take(pid)), engine.ask(session)]
+        step.events.append("phonesafe:revealed")

@@ -27,12 +27,10 @@ class Session(BaseModel):
     rate_minute: int = 0
     rate_count: int = 0
     # Phone-safe delivery (issue 11): staff messages reach the phone as a neutral notice unless
-    # the resident chose `direct`; `unseen` names the case whose staff messages after `seen_at`
-    # (and its end, when `unseen_closed`) are shown when they tap 「ひらく」.
+    # the resident chose `direct`; `unseen` says a notice waits to be opened (「ひらく」 is then
+    # offered on every question). What it stands for waits sealed (bot.phonesafe.Unseen).
     direct: bool = False
-    unseen: str | None = None
-    seen_at: float = 0.0
-    unseen_closed: bool = False
+    unseen: bool = False
 
     def dumps(self) -> str:
         return self.model_dump_json(exclude_defaults=True)

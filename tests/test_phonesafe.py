@@ -14,7 +14,7 @@ from bot.replies import Question, Text
 from bot.validate import load_checks
 from tests import line_helpers as lh
 from tests.test_handoff_backend import STAFF_A, click
-from tests.test_handoff_loop import loop_app, staff_reply, wait  # noqa: F401 (fixture)
+from tests.test_handoff_loop import Poller, loop_app, staff_reply, wait  # noqa: F401 (fixture)
 
 RAW_LINE_ID = "U" + "5afe" * 8
 REVEALING = load_checks()["revealing_words"]
@@ -33,7 +33,8 @@ def test_the_neutral_notice_reveals_nothing_in_either_language(engine):
         assert question.choices[0].value == "cmd:reveal"
 
 
-def test_the_revealing_word_list_catches_what_was_sent_before(pack):
+def test_the_revealing_word_list_catches_what_was_sent_before(kyoto_pack):
+    pack = kyoto_pack
     # What a staff answer used to look like on the lock screen must fail the check.
     assert revealing(pack.msg("handoff.staff_prefix", "ja") + "お話を聞かせてください")
     assert revealing(pack.msg("handoff.closed", "ja"))
@@ -70,6 +71,14 @@ def line_case(loop_app):  # noqa: F811
     return app, slack, line, send, number
 
 
+def pushes(line, since: int = 0, count: int = 1) -> list:
+    """The pushes after `since`, once at least `count` have arrived (relays are queued)."""
+    def got():
+        return [r for r in line.delivered()[since:] if r.path.endswith("/push")]
+    assert wait(lambda: len(got()) >= count), "no push arrived"
+    return got()
+
+
 def _all_text(messages: list[dict]) -> str:
     """Everything a notification could show: texts, altTexts, button labels."""
     return json.dumps(messages, ensure_ascii=False)
@@ -80,7 +89,7 @@ def test_a_staff_answer_reaches_line_as_a_neutral_push_and_is_revealed_on_tap(li
     secret = "夫から離れる方法を一緒に考えましょう"
     before = len(line.delivered())
     assert staff_reply(app, slack, number, secret, 1).status_code == 200
-    pushed = [r for r in line.delivered()[before:] if r.path.endswith("/push")]
+    pushed = pushes(line, before)
     assert len(pushed) == 1 and pushed[0].body["to"] == RAW_LINE_ID
     messages = pushed[0].body["messages"]
     shown = _all_text(messages)
@@ -103,9 +112,11 @@ def test_a_staff_answer_reaches_line_as_a_neutral_push_and_is_revealed_on_tap(li
 
 def test_the_staff_text_waits_in_the_case_not_in_a_plain_key(line_case, redis_client,
                                                               key_prefix):
-    app, slack, _, _, number = line_case
+    app, slack, line, _, number = line_case
     secret = "シェルターの空きがあります"
+    before = len(line.delivered())
     staff_reply(app, slack, number, secret, 1)
+    pushes(line, before)
     for key in redis_client.scan_iter(match=f"{key_prefix}:*"):
         if b"{case:" in key:
             continue  # the case record: the thread lives there (sealed at rest by `sec`)
@@ -122,7 +133,7 @@ def test_opting_in_gets_staff_messages_directly_and_opting_out_goes_back(line_ca
     send(lh.tap("handoff_open", "cmd:direct_on", user=RAW_LINE_ID))
     assert line.wait_for(n + 1)
     staff_reply(app, slack, number, "明日お電話しますか？", 1)
-    pushed = [r for r in line.delivered() if r.path.endswith("/push")]
+    pushed = pushes(line, n + 1)
     assert pushed[-1].body["messages"][0]["text"] == "相談員より: 明日お電話しますか？"
     # The same question now offers the way back.
     last_quick = [json.loads(i["action"]["data"])["v"]
@@ -132,17 +143,19 @@ def test_opting_in_gets_staff_messages_directly_and_opting_out_goes_back(line_ca
     send(lh.text("通知をひかえめにする", user=RAW_LINE_ID))
     assert line.wait_for(n + 1)
     staff_reply(app, slack, number, "ではまた明日", 2)
-    pushed = [r for r in line.delivered() if r.path.endswith("/push")]
+    pushed = pushes(line, n + 1)
     assert "ではまた明日" not in _all_text(pushed[-1].body["messages"])
 
 
 def test_the_end_of_the_case_is_neutral_too_and_shown_on_tap(line_case):
     app, slack, line, send, number = line_case
+    before = len(line.delivered())
     staff_reply(app, slack, number, "いつでも連絡してください", 1)
+    pushes(line, before)
     click(app.test_client(), "resolve", number, STAFF_A)
     handoff = app.extensions["tsunagu_handoff"]
-    assert handoff.cases.address(number) is None
-    pushed = [r for r in line.delivered() if r.path.endswith("/push")]
+    pushed = pushes(line, before, count=2)
+    assert wait(lambda: handoff.cases.address(number) is None)
     assert len(pushed) == 2
     assert all(revealing(_all_text(p.body["messages"])) == [] for p in pushed)
     n = len(line.delivered())
@@ -172,7 +185,7 @@ def test_web_gets_the_notice_then_the_content_on_tap(loop_app):  # noqa: F811
     app, slack, _ = loop_app
     web, number = _web_case(app)
     staff_reply(app, slack, number, "お話を聞かせてください", 1)
-    polled = web.get("/api/chat/poll").json["replies"]
+    polled = Poller(web).next()
     assert "お話を聞かせてください" not in json.dumps(polled, ensure_ascii=False)
     assert revealing(json.dumps(polled, ensure_ascii=False)) == []
     tap = polled[-1]["choices"][0]
@@ -184,20 +197,23 @@ def test_web_gets_the_notice_then_the_content_on_tap(loop_app):  # noqa: F811
 
 # -- quick exit ---------------------------------------------------------------------------------
 
-def test_quick_exit_works_in_any_state_and_says_how_to_clear_the_phone(engine, pack):
+def test_quick_exit_works_in_any_state_and_says_how_to_clear_the_phone(engine):
     step = engine.step(None, Incoming("event", "first_contact"), _now())
     for value in ("start", "self"):
         q = next(r for r in step.replies if isinstance(r, Question))
         step = engine.step(step.session, Incoming("tap", value, q.state), _now())
     out = engine.step(step.session, Incoming("text", "けす"), _now())
     assert out.session is None and out.quick_exit
-    assert "command:forget" in out.events
+    assert out.forget  # the caller deletes the session and the case address
     said = " ".join(r.text for r in out.replies if isinstance(r, Text))
     assert "トーク履歴を削除" in said and "ブラウザの履歴" in said
     assert isinstance(out.replies[-1], Question) and out.replies[-1].choices
 
 
-def test_every_result_screen_offers_the_quick_exit(walker):
+def test_every_result_screen_offers_the_quick_exit(kyoto_engine):
+    from tests.conftest import Walker
+
+    walker = Walker(kyoto_engine)
     walker.start()
     for value in ("start", "self", "skip", "loneliness", "none", "skip", "chat"):
         walker.tap(value)

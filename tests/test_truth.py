@@ -77,16 +77,16 @@ def test_monthly_period_must_end_after_it_starts_unless_next_day():
                               "source": "test"})
 
 
-def test_the_monthly_rule_reads_naturally(pack):
-    assert hours_text(pack, FREE_LINE, "ja") == "毎日 16:00〜21:00、毎月10日 8:00〜翌8:00"
+def test_the_monthly_rule_reads_naturally(kyoto_pack):
+    assert hours_text(kyoto_pack, FREE_LINE, "ja") == "毎日 16:00〜21:00、毎月10日 8:00〜翌8:00"
     assert "day 10 of every month from 8:00 to 8:00 the next day" in hours_text(
-        pack, FREE_LINE, "en")
+        kyoto_pack, FREE_LINE, "en")
 
 
-# -- the lines in the pack ----------------------------------------------------------------------
+# -- the lines in the Kyoto pack ----------------------------------------------------------------
 
-def test_the_missing_lines_are_in_the_pack_with_sources(pack):
-    by_phone = {w.phone: w for w in pack.windows.values() if w.phone}
+def test_the_missing_lines_are_in_the_pack_with_sources(kyoto_pack):
+    by_phone = {w.phone: w for w in kyoto_pack.windows.values() if w.phone}
     free = by_phone["0120-783-556"]
     assert free.hours.monthly and free.hours.monthly[0].day == 10
     assert "akiruno" in free.hours.source
@@ -98,17 +98,17 @@ def test_the_missing_lines_are_in_the_pack_with_sources(pack):
     assert "075-212-7808" not in by_phone         # no current source for the 2020 number
 
 
-def test_summaries_tell_the_truth_about_charges_and_hours(pack):
-    kyoto = pack.windows["kyoto_inochi_no_denwa"]
+def test_summaries_tell_the_truth_about_charges_and_hours(kyoto_pack):
+    kyoto = kyoto_pack.windows["kyoto_inochi_no_denwa"]
     assert "通話料" in kyoto.summary.ja and "charge" in kyoto.summary.en
-    yorisoi = pack.windows["yorisoi_hotline"]
+    yorisoi = kyoto_pack.windows["yorisoi_hotline"]
     assert "外国語の相談は24時間ではなく" in yorisoi.summary.ja
     assert "not 24 hours" in yorisoi.summary.en
 
 
-def test_every_window_is_reachable_and_carries_no_internal_note(pack):
+def test_every_window_is_reachable_and_carries_no_internal_note(kyoto_pack):
     markers = load_checks()["internal_note_markers"]
-    for w in pack.windows.values():
+    for w in kyoto_pack.windows.values():
         assert w.reachable, w.id
         shown = [w.name.ja, w.name.en, w.summary.ja, w.summary.en]
         if w.hours and w.hours.note:
@@ -116,9 +116,9 @@ def test_every_window_is_reachable_and_carries_no_internal_note(pack):
         assert not any(m.casefold() in t.casefold() for m in markers for t in shown), w.id
 
 
-def test_every_ward_centre_can_be_reached(pack):
-    for ward in pack.wards.wards:
-        centre = pack.windows[ward.centre]
+def test_every_ward_centre_can_be_reached(kyoto_pack):
+    for ward in kyoto_pack.wards.wards:
+        centre = kyoto_pack.windows[ward.centre]
         assert centre.url or centre.phone or centre.address, ward.id
 
 
@@ -172,7 +172,7 @@ def test_validate_fails_on_an_internal_note_a_resident_would_read(pack_copy, whe
     assert any(f".{where}: resident-facing" in e and "internal note" in e for e in errors), errors
 
 
-def test_a_staff_note_field_is_fine_and_never_shown(pack_copy, engine):
+def test_a_staff_note_field_is_fine_and_never_shown(pack_copy):
     def change(data):
         data[0]["note"] = "未確認: CITY TEAM re-check"
     _edit(pack_copy / "windows.yaml", change)
@@ -201,12 +201,12 @@ def test_validate_fails_when_a_crisis_has_no_line_open_at_any_hour(pack_copy):
 
 # -- the re-check list --------------------------------------------------------------------------
 
-def test_windows_check_lists_every_window_oldest_first(pack):
+def test_windows_check_lists_every_window_oldest_first(kyoto_pack):
     proc = subprocess.run([sys.executable, "-m", "bot", "windows", "--check"], cwd=REPO,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()[1:]
-    assert {line.split()[2] for line in lines} == set(pack.windows)
+    assert {line.split()[2] for line in lines} == set(kyoto_pack.windows)
     stamps = [line.split()[0] for line in lines]
     never = [s for s in stamps if s == "never"]
     dated = [date.fromisoformat(s) for s in stamps if s != "never"]
@@ -244,13 +244,14 @@ OFFICE_HOURS = tokyo(2026, 11, 24, 10, 0)    # a Tuesday, 10:00
 @pytest.mark.parametrize("moment", [HOLIDAY_3AM, TENTH_3AM, TENTH_NOON, OFFICE_HOURS])
 @pytest.mark.parametrize("text", ["死にたい", "夫に殴られている", "子どもを叩いてしまいそう"])
 def test_crisis_lines_open_now_first_closed_ones_say_when(engine, pack, moment, text):
+    """In every city's pack."""
     cards = crisis_cards(engine, text, moment)
     assert cards
     _open_first_and_closed_marked(pack, cards)
 
 
-def test_at_3am_on_a_holiday_the_free_line_says_when_it_opens(engine, pack):
-    cards = crisis_cards(engine, "死にたい", HOLIDAY_3AM)
+def test_at_3am_on_a_holiday_the_free_line_says_when_it_opens(kyoto_engine, kyoto_pack):
+    cards = crisis_cards(kyoto_engine, "死にたい", HOLIDAY_3AM)
     free = next(c for c in cards if c.phone == "0120-783-556")
     assert free.status == "受付時間外（11月23日（月）16:00から）"
     assert cards[0].phone != "0120-783-556"
@@ -258,20 +259,20 @@ def test_at_3am_on_a_holiday_the_free_line_says_when_it_opens(engine, pack):
     assert "0570-064-556" not in {c.phone for c in cards}
 
 
-def test_on_the_tenth_the_free_line_is_open_all_day(engine, pack):
+def test_on_the_tenth_the_free_line_is_open_all_day(kyoto_engine, kyoto_pack):
     for moment in (TENTH_NOON, tokyo(2026, 12, 11, 3, 0)):
-        cards = crisis_cards(engine, "死にたい", moment)
+        cards = crisis_cards(kyoto_engine, "死にたい", moment)
         free = next(c for c in cards if c.phone == "0120-783-556")
         assert free.status == "いま受付中"
         open_ones = [c.phone for c in cards if c.status == "いま受付中"]
         assert "0120-783-556" in open_ones
-    at_3am = crisis_cards(engine, "死にたい", TENTH_3AM)
+    at_3am = crisis_cards(kyoto_engine, "死にたい", TENTH_3AM)
     free = next(c for c in at_3am if c.phone == "0120-783-556")
     assert free.status == "受付時間外（12月10日（木）8:00から）"
 
 
-def test_in_office_hours_the_free_line_opens_this_evening(engine):
-    cards = crisis_cards(engine, "死にたい", OFFICE_HOURS)
+def test_in_office_hours_the_free_line_opens_this_evening(kyoto_engine):
+    cards = crisis_cards(kyoto_engine, "死にたい", OFFICE_HOURS)
     free = next(c for c in cards if c.phone == "0120-783-556")
     assert free.status == "受付時間外（11月24日（火）16:00から）"
     assert [c.phone for c in cards].index("0120-783-556") > [c.phone for c in cards].index("119")
