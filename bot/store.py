@@ -137,7 +137,8 @@ class SessionStore:
         if turn.changed:
             if turn.session is None:
                 # Delete-my-data / unfollow: the session and whatever waits for the person.
-                pipe.delete(session_key, self.key(pid, "outbox"), self.key(pid, "unseen"))
+                pipe.delete(session_key, self.key(pid, "outbox"), self.key(pid, "outbox:n"),
+                            self.key(pid, "unseen"))
             else:
                 pipe.set(session_key, turn.session.dumps(), ex=self.ttl)
         if also:
