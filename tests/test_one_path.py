@@ -36,8 +36,10 @@ EXPECTED = [
 class RecordingCases:
     """A bot.ports.Cases that records what the conversation side asks of it, in order."""
 
-    def __init__(self, log: list[str]):
+    def __init__(self, log: list[str], real: Any):
         self.log = log
+        # What bot.phonesafe keeps its waiting notices with (the real store's client and key).
+        self.redis, self.sealer = real.redis, real.sealer
 
     def _case(self, number: str, pid: str) -> Case:
         return Case(number=number, channel="web", pid=pid, created_at=1.0, updated_at=1.0,
@@ -66,7 +68,7 @@ def recorded(loop_app, monkeypatch):  # noqa: F811
     app, _, line = loop_app
     log: list[str] = []
     conversations = app.extensions["tsunagu"].conversations
-    conversations.cases = RecordingCases(log)
+    conversations.cases = RecordingCases(log, conversations.cases)
     processed: list[str] = []
     real_process = conversations.process
 
@@ -142,7 +144,7 @@ def test_the_staff_relay_runs_process_and_delivers_once(recorded):
     relay.staff_reply(case, StaffMessage(at=2.0, who="staff", text="こんにちは", id="Ev1"))
     assert log == ["deliver"] and processed == ["web:staff:True"]
     replies, _ = services.outbox.take(pid)
-    assert replies[0].text.endswith("こんにちは")
+    assert replies[0].text == services.pack.msg("notice.text", "ja")  # phone-safe notice
     # The staff answer changed nothing the resident had stored (the welcome state stays).
     assert services.store.load(pid).state == "welcome"
     assert Incoming(kind="staff", value="x").from_staff
