@@ -440,11 +440,12 @@ class Engine:
             option = next((o for o in self.options(session) if o.value == top), None)
             if option is not None:  # the category question, answered in a sentence
                 return self._choose(out, option, now)
+        slots = {k: v for k, v in result.slots.items() if k not in result.implicit}
         if top is not None:
-            return self._offer(out, "confirm", [top], result.slots)
+            return self._offer(out, "confirm", [top], slots)
         several = [c for c in result.plausible if c in self.pack.categories]
         if len(several) >= 2:
-            return self._offer(out, "pick", several, result.slots)
+            return self._offer(out, "pick", several, slots)
         return None
 
     def _offer(self, out: Step, mode: str, cats: list[str], slots: dict[str, str]) -> Step:

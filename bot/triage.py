@@ -33,10 +33,10 @@ if TYPE_CHECKING:
 
 COMMON_DIR = Path(__file__).resolve().parent / "content" / "common"
 LANGS = ("ja", "en")
-CONFIDENT = 2.0  # the least score that names a category on its own
-RATIO = 1.5  # ... and by how much it must lead the next one
+CONFIDENT = 1.5  # the least score that names a category on its own
+RATIO = 1.15  # ... and by how much it must lead the next one
 PLAUSIBLE = 1.5  # the least score for a category offered among two or three
-EXAMPLE_BONUS = 1.0
+EXAMPLE_BONUS = 2.0
 
 Weighted = str | dict[str, float]
 
@@ -102,10 +102,12 @@ class _Cue:
     weight: float
     lemma: re.Pattern[str] | None  # on Analysis.lemmas
     surface: re.Pattern[str] | None  # on Analysis.norm
+    reading: str = ""  # on Analysis.reading (text typed in kana)
 
     def find(self, found: Analysis) -> bool:
         return bool((self.lemma and self.lemma.search(found.lemmas))
-                    or (self.surface and self.surface.search(found.norm)))
+                    or (self.surface and self.surface.search(found.norm))
+                    or (self.reading and self.reading in found.reading))
 
 
 def _word_cue(word: str, weight: float, lang: str, whole: bool = False) -> _Cue:
@@ -113,12 +115,19 @@ def _word_cue(word: str, weight: float, lang: str, whole: bool = False) -> _Cue:
     if lang == "en":  # English: a word start, any ending (debt, debts; lonely, loneliness)
         edge = r"(?<![a-z0-9])" + re.escape(norm).replace(r"\ ", " ?")
         return _Cue(word, weight, None, re.compile(edge + (r"(?![a-z0-9])" if whole else "")))
-    form = lemma_form(word)
-    lemma = re.compile(f"(?<= ){re.escape(form)}(?= )") if form else None
-    # The surface as well, for what the analyser cuts differently (slang, compounds); a single
-    # character would be found everywhere, so it counts only as a lemma.
+    parts = [lemma_form(part) for part in word.split()]
+    parts = [p for p in parts if p]
+    # Words written apart may have up to two words between them: 手 上げる finds 手をあげる.
+    form = r" (?:\S+ ){0,2}".join(map(re.escape, parts))
+    lemma = re.compile(f"(?<= ){form}(?= )") if form else None
+    if len(parts) > 1:
+        return _Cue(word, weight, lemma, None)
+    # The surface as well, for what the analyser cuts differently (slang, compounds), and the
+    # reading for text typed in kana; a single character, or a reading under four, would be
+    # found everywhere, so those count only as lemmas.
     surface = re.compile(re.escape(norm)) if len(norm) >= 2 else None
-    return _Cue(word, weight, lemma, surface)
+    reading = analyze(word).reading
+    return _Cue(word, weight, lemma, surface, reading if len(reading) >= 4 else "")
 
 
 def _pattern_cue(source: str, weight: float) -> _Cue:
@@ -220,6 +229,7 @@ class Result:
     scores: list[tuple[str, float]]  # every category with a positive score, best first
     evidence: dict[str, list[str]]  # category → the vocabulary entries that matched
     slots: dict[str, str]
+    implicit: frozenset[str] = frozenset()  # slots assumed, not read (whose → self)
 
     @property
     def top(self) -> str | None:
@@ -273,8 +283,13 @@ def triage(text: str | Analysis, lang: str, pack: Pack | None = None,
             scores[cat.id] = round(score, 2)
             evidence[cat.id] = hits
     ranked = sorted(scores.items(), key=lambda kv: -kv[1])
-    return Result(lang=written, scores=ranked, evidence=evidence,
-                  slots=_slots(found, table, pack))
+    slots = _slots(found, table, pack)
+    implicit: frozenset[str] = frozenset()
+    if ranked and "whose" not in slots:  # a worry told with no one else named: the writer's
+        slots["whose"] = "self"
+        implicit = frozenset({"whose"})
+    return Result(lang=written, scores=ranked, evidence=evidence, slots=slots,
+                  implicit=implicit)
 
 
 def _slots(found: Analysis, table: Vocab, pack: Pack | None) -> dict[str, str]:
