@@ -26,7 +26,7 @@ from bot.pack.matching import Answers, match, rank
 from bot.pack.models import LANGS, Lang, Window
 from bot.replies import Cards, Choice, Question, Reply, Text
 from bot.session import Session
-from bot.triage import Result, triage
+from bot.triage import Result, other_language_category, triage
 
 CMD_PREFIX = "cmd:"
 PAGE_PREFIX = "page:"
@@ -427,8 +427,14 @@ class Engine:
         assert session is not None
         written = script_language(found.text)
         if written in FOREIGN_NOTES:
+            # A note in their language; then English, which more residents from abroad read
+            # than Japanese, offering the foreign residents' windows (unless only a greeting).
             out.events.append("lang_note")
             out.replies.append(Text(text=self.t(f"triage.lang.{written}", session)))
+            session.lang = "en"
+            category = other_language_category(found, self.pack)
+            if category is not None:
+                return self._offer(out, "confirm", [category], {})
             out.replies.append(self.ask(session))
             return out
         if written in LANGS and written != session.lang:

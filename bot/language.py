@@ -174,7 +174,7 @@ _LATIN_WORD = re.compile(r"[A-Za-z]{2,}")
 # Letters with the marks Vietnamese uses (ơ ư đ and tone marks on vowels).
 _VIET = re.compile(r"[ăâđêôơưạảấầẩẫậắằẳẵặẹẻẽếềểễệỉịọỏốồổỗộớờởỡợụủứừửữựỳỵỷỹ]", re.I)
 # Simplified characters common in Chinese and absent from Japanese writing.
-_ZH_ONLY = re.compile("[们这说么请帮问题钱没应为谁还会吗吧让给对时间现]")
+_ZH_ONLY = re.compile("[你您们这说么请帮问题钱没应为谁还会吗吧呢哪怎让给对时间现谢语]")
 
 
 def script_language(text: str) -> str:

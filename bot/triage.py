@@ -89,6 +89,13 @@ class TriageFile(BaseModel):
 
     version: int = Field(ge=1)
     categories: dict[str, CategoryVocab]
+    # Whole messages that name no worry (こんにちは, テスト): nothing is confirmed for them.
+    greetings: list[str] = Field(default_factory=list)
+    # The category of a message written in a language the bot does not speak (中文, 한국어...):
+    # the resident is offered it, in English, after a note in their language.
+    other_language: str | None = None
+    # An age read from the text adds to a category: age band → {category: points}.
+    age_hints: dict[str, dict[str, float]] = Field(default_factory=dict)
     slots: SlotVocab = Field(default_factory=SlotVocab)
 
 
@@ -138,10 +145,10 @@ def _word_cue(word: str, weight: float, lang: str, whole: bool = False) -> _Cue:
                     surface=norm if len(parts) == 1 and len(norm) >= 2 else "")
     # One word: its lemma; the surface as well, for what the analyser cuts differently (slang,
     # compounds); the reading for text typed in kana. A single character, or a reading under
-    # four, would be found everywhere, so those count only as lemmas.
+    # three, would be found everywhere, so those count only as lemmas.
     reading = analysed[0].reading
     return _Cue(word, weight, first=first, surface=norm if len(norm) >= 2 else "",
-                reading=reading if len(reading) >= 4 else "")
+                reading=reading if len(reading) >= 3 else "")
 
 
 def _pattern_cue(source: str, weight: float) -> _Cue:
@@ -181,6 +188,9 @@ class Vocab:
     hiki_duration: list[tuple[str, _Cue]]
     contact: list[tuple[str, _Cue]]
     idf: dict[str, float] = field(default_factory=dict)
+    greetings: frozenset[str] = frozenset()
+    other_language: str | None = None
+    age_hints: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @classmethod
     def build(cls, spec: TriageFile, lang: str) -> Vocab:
@@ -211,7 +221,10 @@ class Vocab:
                    agent_particles=frozenset(map(normalize, slots.agent_particles)),
                    self_categories=frozenset(slots.self_categories),
                    age=values(slots.age, True), hiki_duration=values(slots.hiki_duration, True),
-                   contact=values(slots.contact, True), idf=idf)
+                   contact=values(slots.contact, True), idf=idf,
+                   greetings=frozenset(map(normalize, spec.greetings)),
+                   other_language=spec.other_language,
+                   age_hints=spec.age_hints)
 
 
 def _content(found: Analysis) -> frozenset[str]:
@@ -283,11 +296,18 @@ def triage(text: str | Analysis, lang: str, pack: Pack | None = None,
     evidence: dict[str, list[str]] = {}
     content = _content(found)
     lemmas = frozenset(t.lemma for t in found.tokens)
+    if is_greeting(found, table):
+        return Result(lang=written, scores=[], evidence={}, slots={})
+    slots = _slots(found, table, pack, lemmas)
+    hints = table.age_hints.get(slots.get("age", ""), {})
     for cat in table.categories:
         if any(neg.find(found, lemmas) for neg in cat.negative):
             continue
         score = 0.0
         hits: list[str] = []
+        if cat.id in hints:
+            score += hints[cat.id]
+            hits.append(f"age {slots['age']} (+{hints[cat.id]:g})")
         for cue in cat.cues:
             if cue.find(found, lemmas):
                 score += cue.weight
@@ -303,7 +323,6 @@ def triage(text: str | Analysis, lang: str, pack: Pack | None = None,
             scores[cat.id] = round(score, 2)
             evidence[cat.id] = hits
     ranked = sorted(scores.items(), key=lambda kv: -kv[1])
-    slots = _slots(found, table, pack, lemmas)
     if ranked and ranked[0][0] in table.self_categories and slots.get("whose") == "family":
         slots["whose"] = "self"  # 夫の暴言, 子どもと二人: the writer's own worry
     implicit: frozenset[str] = frozenset()
@@ -312,6 +331,19 @@ def triage(text: str | Analysis, lang: str, pack: Pack | None = None,
         implicit = frozenset({"whose"})
     return Result(lang=written, scores=ranked, evidence=evidence, slots=slots,
                   implicit=implicit)
+
+
+def is_greeting(found: Analysis, table: Vocab) -> bool:
+    return found.norm in table.greetings or found.norm.replace(" ", "") in table.greetings
+
+
+def other_language_category(found: Analysis, pack: Pack) -> str | None:
+    """For text in a language the bot does not speak: the category to offer (foreign
+    residents), unless the text is only a greeting."""
+    table = pack.triage.get("ja")
+    if table is None or table.other_language not in pack.categories or is_greeting(found, table):
+        return None
+    return table.other_language
 
 
 def _slots(found: Analysis, table: Vocab, pack: Pack | None,
