@@ -509,6 +509,13 @@ class Engine:
         session = out.session
         assert session is not None
         session.guess = None
+        if back in self.flow.states and self.flow.states[back].kind == "results":
+            # A new worry after the results: a new consultation, keeping language and case.
+            fresh = self.new_session(session.lang, case=session.case)
+            fresh.rate_minute, fresh.rate_count = session.rate_minute, session.rate_count
+            fresh.crisis, fresh.state, fresh.history = session.crisis, session.state, \
+                session.history
+            out.session = session = fresh
         if category not in session.concerns:
             session.concerns = [*session.concerns, category]
         skip = {"concerns"}

@@ -232,7 +232,21 @@ def _content(found: Analysis) -> frozenset[str]:
 
 
 def load_vocab(directory: Path = COMMON_DIR) -> dict[str, Vocab]:
-    """Read and compile triage.<lang>.yaml; raise TriageError naming every problem."""
+    """Read and compile triage.<lang>.yaml; raise TriageError naming every problem.
+
+    Compiled once per directory and file version: every city of a deployment shares it."""
+    stamp = tuple((p.name, p.stat().st_mtime_ns) for p in sorted(Path(directory).glob(
+        "triage.*.yaml")))
+    key = (str(Path(directory).resolve()), stamp)
+    if key not in _COMPILED:
+        _COMPILED[key] = _load_vocab(Path(directory))
+    return _COMPILED[key]
+
+
+_COMPILED: dict[tuple[str, tuple[tuple[str, int], ...]], dict[str, Vocab]] = {}
+
+
+def _load_vocab(directory: Path) -> dict[str, Vocab]:
     out: dict[str, Vocab] = {}
     errors: list[str] = []
     for lang in LANGS:

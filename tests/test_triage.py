@@ -276,3 +276,36 @@ def test_explain_shows_lemmas_matches_slots_and_crisis():
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     assert "殴る れる" in out and "dv_abuse" in out and "crisis:     violence" in out
+
+
+def test_a_new_worry_after_the_results_starts_a_new_consultation(walker: Walker):
+    walker.text("40代の息子が10年以上ひきこもっています。伏見区です")
+    walker.tap("yes")
+    walker.tap("open")
+    walker.tap("none")
+    walker.tap("phone")
+    assert walker.question.state == "results"
+    walker.text("母の介護に疲れています")
+    walker.tap("yes")
+    assert walker.session.concerns == ["elderly"]
+    assert walker.session.answers == {"whose": "family"}
+    assert walker.question.state == "age"
+
+
+def test_free_text_at_the_ward_question_adds_the_worry_and_returns(walker: Walker, pack):
+    if not pack.wards.wards:
+        pytest.skip("a city without wards has no ward question")
+    walker.start()
+    for value in ("start", "self", "40_64", "loneliness", "none"):
+        walker.tap(value)
+    assert walker.question.state == "ward"
+    walker.text("実は借金の返済にも困っています")
+    walker.tap("yes")
+    assert walker.session.concerns == ["loneliness", "poverty"]
+    assert walker.question.state == "ward"
+
+
+def test_the_vocabulary_is_compiled_once_for_every_city(pack):
+    from bot.pack.loader import common_dir
+
+    assert load_vocab(common_dir(pack.root)) is pack.triage
