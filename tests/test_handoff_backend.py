@@ -708,3 +708,37 @@ def test_run_worker_refuses_without_a_shared_redis(settings: Settings, capsys) -
 def test_slack_text_becomes_plain_text() -> None:
     assert slack_to_plain("<@U123> 電話は <tel:0752221111|075-222-1111> &amp; <https://a.jp>") \
         == "電話は 075-222-1111 tel:0752221111 & https://a.jp"
+
+
+# -- case numbers are never reused while a key names them (security review, finding 5) ------
+
+
+def test_a_reply_in_an_old_thread_never_reaches_a_newer_case_with_the_same_number(
+        handoff: Handoff, http: FlaskClient, fake_slack, relays: Relays,
+        redis_client: redis.Redis) -> None:
+    fake, _ = fake_slack
+    open_case(handoff)
+    old = posted(handoff, fake)
+    cases = handoff.cases
+    thread = cases.thread_key(CHANNEL, old.slack_ts)
+    # The mapping never outlives the record that reserves the number ...
+    assert 0 < redis_client.pttl(thread) <= redis_client.pttl(cases.case_key(NUMBER))
+    cases.mark_delivered(NUMBER, "x:slack")
+    assert redis_client.pttl(cases.case_key(NUMBER, "sent")) <= redis_client.pttl(
+        cases.case_key(NUMBER))
+    assert click(http, "resolve", NUMBER, STAFF_A).status_code == 200
+    kept = redis_client.ttl(cases.case_key(NUMBER))
+    assert kept <= cases.keep_closed_s and 0 < redis_client.ttl(thread) <= kept
+    # ... and even if a mapping were left behind (as before: 37 days against 30), a newer case
+    # drawing the same number is not reached from the old thread.
+    redis_client.delete(cases.case_key(NUMBER))            # the old record's time is up
+    redis_client.set(thread, NUMBER)                       # a stale mapping
+    other = pseudonym(SECRET, "web", "b" * 32)
+    assert open_case(handoff, pid=other, message=None).number == NUMBER
+    assert post_event(http, staff_says(old, "この前の件ですが"), event_id="EvOld1"
+                      ).status_code == 200
+    assert relays.sent == []
+    new = posted(handoff, fake)
+    assert new.slack_ts != old.slack_ts
+    assert cases.case_for_thread(CHANNEL, old.slack_ts) is None
+    assert cases.case_for_thread(CHANNEL, new.slack_ts) == NUMBER
