@@ -44,7 +44,7 @@ from prometheus_client import Counter, Histogram
 from bot import logs
 from bot.crypto import Sealer
 from bot.handoff.models import Case, CaseRequest, Channel, StaffMessage
-from bot.limits import LIMITED, ORIGIN
+from bot.limits import LIMITED, ORIGIN, Backlog
 
 log = logs.get("handoff")
 
@@ -128,9 +128,11 @@ class CaseStore:
     def __init__(self, client: redis.Redis, prefix: str, sealer: Sealer,
                  expire_after_s: int = 7 * 24 * 3600, keep_closed_s: int = 30 * 24 * 3600,
                  thread_max: int = 50, clock: Callable[[], float] = time.time,
-                 cases_per_origin_per_day: int = 0, urgent_alert_interval_s: int = 0):
+                 cases_per_origin_per_day: int = 0, urgent_alert_interval_s: int = 0,
+                 backlog_alert_at: int = 1000):
         self.cases_per_origin_per_day = cases_per_origin_per_day  # 0: no limit
         self.urgent_alert_interval_s = urgent_alert_interval_s    # 0: every crisis alerts
+        self.backlog = Backlog("handoff", backlog_alert_at)        # never trimmed: watched
         self.redis = client
         self.prefix = prefix
         self.sealer = sealer
@@ -226,7 +228,8 @@ class CaseStore:
         pipe.zadd(self.open_index, {case.number: case.created_at})
         pipe.xadd(self.queue, {"k": "opened", "n": case.number})
         pipe.zrem(self.unqueued, case.number)
-        pipe.execute()
+        pipe.xlen(self.queue)
+        self.backlog.note(pipe.execute()[-1])
 
     def requeue_stranded(self, older_than_s: float = 60.0) -> list[str]:
         """Queue the cases a dying process stored but never queued (see `open`)."""
@@ -340,7 +343,11 @@ class CaseStore:
         entry: dict[str, str] = {"k": kind, "n": number, **fields}
         if done:
             entry["done"] = ",".join(done)
-        entry_id = self.redis.xadd(self.queue, entry)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.xadd(self.queue, entry)
+        pipe.xlen(self.queue)
+        entry_id, length = pipe.execute()
+        self.backlog.note(length)
         return entry_id.decode() if isinstance(entry_id, bytes) else entry_id
 
     def claim(self, number: str, staff_id: str) -> tuple[bool, Case | None]:
