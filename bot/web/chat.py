@@ -159,7 +159,9 @@ def _answer(step: Step, cookie: str | None = None) -> Any:
     replies: list[Reply] = step.replies
     resp = make_response(jsonify({"replies": [r.model_dump() for r in replies]}))
     if cookie is not None:
+        # One cookie per city (its path): each city signs with its own key.
         resp.set_cookie(COOKIE, cookie, max_age=COOKIE_AGE, httponly=True, samesite="Strict",
-                        secure=request.is_secure)  # is_secure sees the TLS proxy via ProxyFix
+                        secure=request.is_secure,  # is_secure sees the TLS proxy via ProxyFix
+                        path=request.script_root + "/")
     resp.headers["Cache-Control"] = "no-store"
     return resp
