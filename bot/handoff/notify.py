@@ -239,7 +239,8 @@ class SlackNotifier:
         """chat.postMessage with the summary and buttons; remembers the message's ts. A retry
         after a crash finds the first post instead of posting again (`_posted_before`)."""
         title = "urgent_fallback" if case.request.urgent else "fallback"
-        delivery = f"case:{case.number}"
+        # Unique to this case, not only its number (a number may be drawn again months later).
+        delivery = f"case:{case.number}:{case.created_at!r}"
         found = self._posted_before(case, delivery)
         if found is not None:
             channel, ts = self.channel, found
