@@ -202,3 +202,158 @@ def memory_usage(target: RedisTarget, keys: list[str], chunk: int = 500) -> list
             pipe.memory_usage(key)
         out += [None if v is None else int(v) for v in pipe.execute()]
     return out
+
+
+# -- a local Redis Cluster (tests, `make bench BENCH_CLUSTER=1`) ----------------------------
+
+
+class ClusterFailed(RuntimeError):
+    """The local cluster did not come up; the message says where it stopped."""
+
+
+def _cluster_ports(count: int, low: int = 30000, high: int = 44990) -> list[int]:
+    """`count` loopback ports below 55000 whose bus port (port + 10000) is free too."""
+    import random
+    import socket
+
+    ports: list[int] = []
+    tries = 0
+    while len(ports) < count:
+        tries += 1
+        if tries > 2000:
+            raise ClusterFailed("no free ports for a local cluster")
+        port = random.randint(low, high)
+        if port in ports or port + 10000 in ports:
+            continue
+        ok = True
+        for p in (port, port + 10000):
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", p))
+                except OSError:
+                    ok = False
+        if ok:
+            ports.append(port)
+    return ports
+
+
+@dataclass
+class LocalCluster:
+    """3 primaries + 3 replicas on loopback, no disk: `redis-server --cluster-enabled yes`
+    created with `redis-cli --cluster create ... --cluster-replicas 1`."""
+
+    ports: list[int]
+    procs: dict[int, subprocess.Popen]
+    workdir: str
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.ports[0]}/0"
+
+    def node(self, port: int) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=port, socket_timeout=2,
+                           socket_connect_timeout=1)
+
+    def primaries(self) -> list[int]:
+        out = []
+        for port, proc in self.procs.items():
+            if proc.poll() is not None:
+                continue
+            try:
+                if self.node(port).info("replication").get("role") == "master":
+                    out.append(port)
+            except redis.RedisError:
+                continue
+        return sorted(out)
+
+    def kill(self, port: int) -> None:
+        """SIGKILL one node: no goodbye to the others, as a machine dying."""
+        proc = self.procs[port]
+        proc.kill()
+        proc.wait(10)
+
+    def healthy(self) -> bool:
+        """cluster_state ok on every live node, each slot with a live primary."""
+        for port, proc in self.procs.items():
+            if proc.poll() is not None:
+                continue
+            try:
+                if self.node(port).info("cluster").get("cluster_enabled") != 1:
+                    return False
+                state = self.node(port).execute_command("CLUSTER", "INFO")
+            except redis.RedisError:
+                return False
+            text = state.decode() if isinstance(state, bytes) else str(state)
+            if "cluster_state:ok" not in text:
+                return False
+        return True
+
+    def wait_healthy(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.healthy():
+                return
+            time.sleep(0.2)
+        raise ClusterFailed(f"the cluster was not healthy within {timeout:.0f} s")
+
+    def close(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs.values():
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def start_cluster(node_timeout_ms: int = 1000) -> LocalCluster:
+    """Start 6 nodes and create the cluster; raises ClusterFailed (redis-server missing,
+    ports, creation) so CI can treat it as an error."""
+    server, cli = shutil.which("redis-server"), shutil.which("redis-cli")
+    if not server or not cli:
+        raise ClusterFailed("redis-server and redis-cli are needed for a local cluster")
+    ports = _cluster_ports(6)
+    workdir = tempfile.mkdtemp(prefix="tsunagu-cluster-")
+    procs: dict[int, subprocess.Popen] = {}
+    cluster = LocalCluster(ports=ports, procs=procs, workdir=workdir)
+    try:
+        for port in ports:
+            node_dir = os.path.join(workdir, str(port))
+            os.makedirs(node_dir)
+            procs[port] = subprocess.Popen(
+                [server, "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
+                 "--cluster-config-file", "nodes.conf", "--cluster-node-timeout",
+                 str(node_timeout_ms), "--cluster-require-full-coverage", "no",
+                 "--save", "", "--appendonly", "no", "--dir", node_dir],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for port in ports:
+            url = f"redis://127.0.0.1:{port}/0"
+            for _ in range(200):
+                if _answers(url):
+                    break
+                time.sleep(0.05)
+            else:
+                raise ClusterFailed(f"node :{port} did not start")
+        create = subprocess.run(
+            [cli, "--cluster", "create", *[f"127.0.0.1:{p}" for p in ports],
+             "--cluster-replicas", "1", "--cluster-yes"],
+            capture_output=True, text=True, timeout=60)
+        if create.returncode != 0:
+            raise ClusterFailed(f"redis-cli --cluster create: {create.stdout[-300:]}"
+                                f"{create.stderr[-300:]}")
+        cluster.wait_healthy()
+        # Replicas attached and in sync, so WAIT and failover have someone to count on.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            infos = [cluster.node(p).info("replication") for p in cluster.primaries()]
+            if len(infos) == 3 and all(int(i.get("connected_slaves", 0)) >= 1 for i in infos):
+                break
+            time.sleep(0.2)
+        else:
+            raise ClusterFailed("the replicas did not attach")
+        return cluster
+    except BaseException:
+        cluster.close()
+        raise

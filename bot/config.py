@@ -40,6 +40,12 @@ class Settings:
     line_dispatch_threads: int = 4
     line_reclaim_idle_ms: int = 30_000
     lock_ms: int = 30_000
+    # --- Redis Cluster and durability (issue 13) ---
+    redis_cluster: bool | None = None    # None: ask the server on connect
+    stream_shards: int = 4
+    redis_wait_replicas: int | None = None   # None: 1 when the primaries have replicas
+    redis_wait_ms: int = 200
+    redis_wait_refuse: bool = False      # no replica acknowledged in time: 500 (LINE redelivers)
 
     @property
     def embedded_redis(self) -> bool:
@@ -104,6 +110,13 @@ class Settings:
         if bool(line_secret) != bool(line_token):
             missing = "LINE_CHANNEL_ACCESS_TOKEN" if line_secret else "LINE_CHANNEL_SECRET"
             raise SettingsError(f"{missing}: required when the other LINE setting is set")
+        def flag(name: str, choices: dict[str, bool | None]) -> bool | None:
+            raw = (get(name) or "").lower()
+            if raw not in choices:
+                raise SettingsError(f"{name}: must be one of {', '.join(sorted(choices))}")
+            return choices[raw]
+
+        wait_replicas = get("REDIS_WAIT_REPLICAS")
         log_level = (get("LOG_LEVEL") or "INFO").upper()
         if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise SettingsError(f"LOG_LEVEL: must be DEBUG, INFO, WARNING or ERROR: {log_level!r}")
@@ -127,4 +140,12 @@ class Settings:
             line_dispatch_threads=integer("LINE_DISPATCH_THREADS", 4, 1, 64),
             line_reclaim_idle_ms=integer("LINE_RECLAIM_IDLE_MS", 30_000, 100, 3_600_000),
             lock_ms=integer("PERSON_LOCK_MS", 30_000, 500, 600_000),
+            redis_cluster=flag("REDIS_CLUSTER", {"": None, "auto": None, "1": True, "yes": True,
+                                                 "0": False, "no": False}),
+            stream_shards=integer("STREAM_SHARDS", 4, 1, 64),
+            redis_wait_replicas=(None if wait_replicas in (None, "auto")
+                                 else integer("REDIS_WAIT_REPLICAS", 0, 0, 5)),
+            redis_wait_ms=integer("REDIS_WAIT_MS", 200, 1, 5000),
+            redis_wait_refuse=bool(flag("REDIS_WAIT_TIMEOUT", {"": False, "accept": False,
+                                                               "refuse": True})),
         )

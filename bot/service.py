@@ -12,15 +12,14 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-import redis
-
 from bot import logs, metrics
 from bot.engine import Engine, Incoming, Step
+from bot.redisconn import UNAVAILABLE
 from bot.replies import Text
 from bot.store import LockTimeout, SessionStore, pseudonym
 
 log = logs.get("conversation")
-REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError, LockTimeout)
+REDIS_DOWN = (*UNAVAILABLE, LockTimeout)
 
 
 def utcnow() -> datetime:

@@ -12,6 +12,7 @@ from bot.engine import Engine
 from bot.flows import load_flows
 from bot.outbox import Outbox
 from bot.pack import Pack, load_pack
+from bot.redisconn import connect
 from bot.safety import CrisisDetector
 from bot.service import Conversations
 from bot.store import SessionStore
@@ -33,8 +34,7 @@ class Services:
 
 def redis_client(settings: Settings) -> redis.Redis:
     if settings.redis_url:
-        return redis.Redis.from_url(settings.redis_url, socket_timeout=2.0,
-                                    socket_connect_timeout=2.0, health_check_interval=30)
+        return connect(settings.redis_url, settings.redis_cluster)
     import fakeredis  # only the embedded default needs it
 
     logs.event(log, "embedded_redis", note="REDIS_URL is unset: using an in-process Redis "

@@ -12,6 +12,7 @@ from bot.channels.line_api import LineApi
 from bot.channels.line_queue import Dispatcher, LineQueue
 from bot.crypto import Sealer
 from bot.engine import Engine
+from bot.redisconn import ReplicaWait
 from bot.service import Conversations
 
 
@@ -35,7 +36,10 @@ def build_line(services, threads: int = 4, reclaim_idle_ms: int = 30_000) -> Lin
     settings = services.settings
     sealer = Sealer(settings.bot_secret_key, "line-address")
     api = LineApi(settings.line_api_base_url, settings.line_channel_access_token or "")
-    queue = LineQueue(services.redis, services.store)
+    queue = LineQueue(services.redis, services.store, shards=settings.stream_shards,
+                      wait=ReplicaWait(services.redis, settings.redis_wait_replicas,
+                                       settings.redis_wait_ms),
+                      refuse_unreplicated=settings.redis_wait_refuse)
     clock = services.conversations.clock
     dispatcher = Dispatcher(queue, services.engine, api, sealer, clock, threads=threads,
                             reclaim_idle_ms=reclaim_idle_ms,

@@ -3,12 +3,17 @@ in order, per person, by dispatcher threads (or the worker process).
 
   <prefix>:{<pid>}:line:seen:<webhookEventId>   SET NX EX — a redelivered event is dropped
   <prefix>:{<pid>}:line:inbox                   ZSET by LINE's timestamp — the person's order
-  <prefix>:line:work                            STREAM of person tickets, consumer group
-                                                "line": at-least-once, reclaimed if a
-                                                dispatcher dies (XAUTOCLAIM)
+  <prefix>:line:work, <prefix>:line:work:{work-<i>}
+                                                STREAM shards of person tickets (bot.streams),
+                                                consumer group "line": at-least-once,
+                                                reclaimed if a dispatcher dies (XAUTOCLAIM)
 
 The seen key and the inbox share the person's hash tag, so one Lua call checks and enqueues
-atomically, also on Redis Cluster.
+atomically, also on Redis Cluster. The ticket lives in a shard (another slot, often another
+node), written in the same round trip but by its own command: a ticket only names a person,
+so one without inbox entries is drained empty and acknowledged; inbox entries without a
+ticket (their shard's primary was down) get one in another shard, or are taken back out and
+answered in degraded mode (see `LineQueue.accept`).
 """
 
 from __future__ import annotations
@@ -30,7 +35,9 @@ from bot.channels.line_render import render
 from bot.crypto import Sealer
 from bot.engine import Engine
 from bot.handoff.worker import default_consumer
+from bot.redisconn import UNAVAILABLE, ReplicaWait, is_cluster, script
 from bot.store import LockTimeout, SessionStore, Turn
+from bot.streams import Entry, Shards, StreamConsumer
 
 log = logs.get("line")
 GROUP = "line"
@@ -61,33 +68,87 @@ return 0
 """
 
 
+class NotDurable(Exception):
+    """No replica acknowledged the accepted events in time (REDIS_WAIT_TIMEOUT=refuse)."""
+
+
 class LineQueue:
-    def __init__(self, client: redis.Redis, store: SessionStore):
+    def __init__(self, client: redis.Redis, store: SessionStore, shards: int = 4,
+                 wait: ReplicaWait | None = None, refuse_unreplicated: bool = False):
         self.redis = client
         self.store = store
-        self.stream = f"{store.prefix}:line:work"
+        self.shards = Shards(f"{store.prefix}:line:work", shards)
+        self.stream = self.shards.names[0]
+        self.wait = wait
+        self.refuse_unreplicated = refuse_unreplicated
 
     def inbox(self, pid: str) -> str:
         return self.store.key(pid, "line:inbox")
 
-    def ensure_group(self) -> None:
-        try:
-            self.redis.xgroup_create(self.stream, GROUP, id="0", mkstream=True)
-        except redis.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+    def consumer(self, name: str, home: int = 0) -> StreamConsumer:
+        return StreamConsumer(self.redis, self.shards, GROUP, name, home=home)
 
-    def accept(self, jobs: list[tuple[str, Job]]) -> list[bool]:
-        """Make events durable: one round trip for the whole webhook body."""
+    def accept(self, jobs: list[tuple[str, Job]]) -> list[bool | None]:
+        """Make events durable: one round trip for the whole webhook body (one per node on a
+        cluster, in parallel). Per job: True new, False a redelivery, None not stored (Redis
+        or that person's primary is down: answer it in degraded mode).
+
+        With replicas, the round trip ends with WAIT on every primary written; too few
+        acknowledgements raise NotDurable when `refuse_unreplicated` (the webhook answers 500
+        and LINE redelivers), else are counted and accepted.
+        """
         pipe = self.redis.pipeline(transaction=False)
+        keys: list[str] = []
         for pid, job in jobs:
             seen = self.store.key(pid, f"line:seen:{job.event_id}")
-            pipe.eval(_ENQUEUE, 2, seen, self.inbox(pid), SEEN_TTL_S, job.timestamp_ms,
-                      job.dumps(), INBOX_TTL_S)
-        for pid in dict.fromkeys(pid for pid, _ in jobs):
-            pipe.xadd(self.stream, {"p": pid})
-        results = pipe.execute()
-        return [bool(r) for r in results[: len(jobs)]]
+            script(pipe, _ENQUEUE, [seen, self.inbox(pid)], SEEN_TTL_S, job.timestamp_ms,
+                   job.dumps(), INBOX_TTL_S)
+            keys.append(seen)
+        pids = list(dict.fromkeys(pid for pid, _ in jobs))
+        for pid in pids:
+            pipe.xadd(self.shards.of(pid), {"p": pid})
+            keys.append(self.shards.of(pid))
+        waits = self.wait.add(pipe, keys) if self.wait is not None else 0
+        results = pipe.execute(raise_on_error=False)
+        stored = results[:len(jobs)]
+        tickets = dict(zip(pids, results[len(jobs):len(jobs) + len(pids)], strict=True))
+        for pid, result in tickets.items():
+            if isinstance(result, Exception) and not self._ticket_elsewhere(pid):
+                self._take_back(pid, [job for (p, job), r in zip(jobs, stored, strict=True)
+                                      if p == pid and r == 1])
+                stored = [RuntimeError("no ticket") if p == pid and r == 1 else r
+                          for (p, _), r in zip(jobs, stored, strict=True)]
+        if waits and self.wait is not None and not self.wait.acknowledged(results[-waits:]):
+            metrics.REDIS_ERRORS.labels("line_wait").inc()
+            logs.event(log, "accept_not_replicated", logging.WARNING, events=len(jobs),
+                       refused=self.refuse_unreplicated)
+            if self.refuse_unreplicated:
+                raise NotDurable()
+        return [None if isinstance(r, Exception) else bool(r) for r in stored]
+
+    def _ticket_elsewhere(self, pid: str) -> bool:
+        """The person's shard is down: put the ticket in the first shard that takes it."""
+        for name in self.shards.others(self.shards.of(pid)):
+            try:
+                self.redis.xadd(name, {"p": pid})
+                return True
+            except redis.RedisError:
+                continue
+        return False
+
+    def _take_back(self, pid: str, jobs: list[Job]) -> None:
+        """No shard took the ticket: remove the inbox entries just written (best effort), so
+        the degraded answer is the only one; if this fails too, the entries are answered late
+        with the person's next event."""
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            for job in jobs:
+                pipe.zrem(self.inbox(pid), job.dumps())
+                pipe.delete(self.store.key(pid, f"line:seen:{job.event_id}"))
+            pipe.execute()
+        except redis.RedisError as exc:
+            logs.event(log, "accept_take_back_failed", logging.ERROR, pid=pid[:16],
+                       error=type(exc).__name__)
 
 
 class Dispatcher:
@@ -112,8 +173,13 @@ class Dispatcher:
         self._outage = logs.Throttle(60.0)
 
     def start(self) -> None:
-        for i in range(self.threads):
-            t = threading.Thread(target=self._run, name=f"line-dispatch-{i}", daemon=True)
+        # On a cluster each shard needs a thread blocking on it (bot.streams).
+        threads = max(self.threads, len(self.queue.shards) if is_cluster(self.queue.redis)
+                      else 1)
+        for i in range(threads):
+            consumer = self.queue.consumer(self.consumer, home=i)
+            t = threading.Thread(target=self._run, args=(consumer,), name=f"line-dispatch-{i}",
+                                 daemon=True)
             t.start()
             self._workers.append(t)
 
@@ -122,64 +188,58 @@ class Dispatcher:
         for t in self._workers:
             t.join(timeout)
 
-    def _run(self) -> None:
+    def _run(self, consumer: StreamConsumer) -> None:
         last_reclaim = 0.0
-        need_group = True
         while not self._stop.is_set():
             try:
-                if need_group:  # once, and again only if Redis lost it (restart, NOGROUP)
-                    self.queue.ensure_group()
-                    need_group = False
                 if time.monotonic() - last_reclaim > self.reclaim_idle_ms / 2000:
                     last_reclaim = time.monotonic()
-                    self.reclaim()
-                self.poll_once()
-            except redis.ResponseError as exc:
-                need_group = "NOGROUP" in str(exc)
-                if not need_group:
-                    log.exception("dispatch_error")
-                self._stop.wait(0.2)
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
-                need_group = True
+                    self.reclaim(consumer)
+                self.poll_once(consumer)
+            except UNAVAILABLE as exc:
+                consumer.lost()
                 metrics.REDIS_ERRORS.labels("line_dispatch").inc()
                 if self._outage.ready():
                     logs.event(log, "redis_unavailable", logging.WARNING,
                                error=type(exc).__name__)
                 self._stop.wait(1.0)
+            except redis.ResponseError as exc:
+                if "NOGROUP" in str(exc):  # Redis lost the group (restart without data)
+                    consumer.lost()
+                else:
+                    log.exception("dispatch_error")
+                self._stop.wait(0.2)
             except Exception:
                 log.exception("dispatch_error")
                 self._stop.wait(0.5)
 
-    def poll_once(self) -> int:
-        got = self.queue.redis.xreadgroup(GROUP, self.consumer, {self.queue.stream: ">"},
-                                          count=8, block=self.block_ms)
-        handled = 0
-        for _stream, entries in got or []:
-            for entry_id, fields in entries:
-                self._ticket(entry_id, fields)
-                handled += 1
-        return handled
-
-    def reclaim(self) -> int:
-        """Take over tickets a dead dispatcher read but never acknowledged."""
-        _next, entries, *_ = self.queue.redis.xautoclaim(
-            self.queue.stream, GROUP, self.consumer, min_idle_time=self.reclaim_idle_ms,
-            start_id="0-0", count=16)
-        for entry_id, fields in entries:
-            if fields:
-                self._ticket(entry_id, fields)
+    def poll_once(self, consumer: StreamConsumer | None = None) -> int:
+        consumer = consumer or self.queue.consumer(self.consumer)
+        entries = consumer.read(count=8, block_ms=self.block_ms)
+        for entry in entries:
+            self._ticket(entry)
         return len(entries)
 
-    def _ticket(self, entry_id: bytes, fields: dict) -> None:
-        raw = fields.get(b"p", fields.get("p", b""))
-        pid = raw.decode() if isinstance(raw, bytes) else str(raw)
+    def reclaim(self, consumer: StreamConsumer | None = None) -> int:
+        """Take over tickets a dead dispatcher read but never acknowledged."""
+        consumer = consumer or self.queue.consumer(self.consumer)
+        entries = consumer.reclaim(self.reclaim_idle_ms, count=16)
+        for entry in entries:
+            self._ticket(entry)
+        return len(entries)
+
+    def _ticket(self, entry: Entry) -> None:
+        pid = entry.fields.get("p", "")
+        if not pid:  # not a ticket (or deleted while pending): nothing to answer
+            self.queue.consumer(self.consumer).ack([(entry.stream, entry.id)])
+            return
         try:
-            self.drain(pid, ack=entry_id)
+            self.drain(pid, ack=(entry.stream, entry.id))
         except (DeliveryPending, LockTimeout):
             # Left unacknowledged: reclaimed and retried after `reclaim_idle_ms`.
             logs.event(log, "delivery_pending", logging.WARNING, pid=pid[:16])
 
-    def drain(self, pid: str, ack: bytes | None = None) -> int:
+    def drain(self, pid: str, ack: tuple[str, str] | None = None) -> int:
         """Answer every queued event of one person, oldest first, under their lock.
 
         Lock, session, inbox and the "being answered" marks travel in one round trip; each
@@ -189,7 +249,7 @@ class Dispatcher:
         token = uuid.uuid4().hex
         tried_prefix = store.key(pid, "line:try:")
         session, (taken,) = store.lock_and_load(
-            pid, token, also=lambda p: p.eval(_TAKE, 1, inbox, tried_prefix, SEEN_TTL_S))
+            pid, token, also=lambda p: script(p, _TAKE, [inbox], tried_prefix, SEEN_TTL_S))
         pairs = list(zip(taken[0::2], taken[1::2], strict=True))
         turn = Turn(session=session)
         try:
@@ -212,10 +272,9 @@ class Dispatcher:
             raise
         return len(pairs)
 
-    def _ack(self, pipe, entry_id: bytes | None) -> None:
-        if entry_id is not None:
-            pipe.xack(self.queue.stream, GROUP, entry_id)
-            pipe.xdel(self.queue.stream, entry_id)
+    def _ack(self, pipe: Any, entry: tuple[str, str] | None) -> None:
+        if entry is not None:
+            self.queue.consumer(self.consumer).ack([entry], pipe)
 
     def _answer(self, pid: str, turn: Turn, job: Job, retrying: bool = False) -> None:
         user_id = self.sealer.open(job.sealed_user)

@@ -34,6 +34,7 @@ from prometheus_client import Counter, Histogram
 from bot import logs
 from bot.crypto import Sealer
 from bot.handoff.models import Case, CaseRequest, Channel, StaffMessage
+from bot.redisconn import script
 
 log = logs.get("handoff")
 
@@ -171,7 +172,7 @@ class CaseStore:
         """
         key = self.case_key(number)
         for attempt in range(64):
-            with self.redis.pipeline() as pipe:
+            with self.redis.pipeline(transaction=True) as pipe:
                 try:
                     pipe.watch(key)
                     raw = pipe.get(key)
@@ -325,7 +326,7 @@ class CaseStore:
         pipe = self.redis.pipeline(transaction=False)
         pipe.delete(self.case_key(case.number, "addr"))  # also when the record is gone
         if pid:
-            pipe.eval(_DEL_IF, 1, self.pid_key(pid), case.number)
+            script(pipe, _DEL_IF, [self.pid_key(pid)], case.number)
         pipe.zrem(self.open_index, case.number)
         pipe.execute()
         return stored

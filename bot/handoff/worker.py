@@ -43,6 +43,7 @@ from bot.handoff.cases import (
 )
 from bot.handoff.models import StaffMessage
 from bot.handoff.notify import Notifier, NotifierDown, NotifierError
+from bot.redisconn import connect
 
 if TYPE_CHECKING:
     from bot.config import Settings
@@ -278,8 +279,7 @@ def run_worker(settings: Settings, stop: threading.Event | None = None) -> int:
               "web process runs the handoff worker itself)", file=sys.stderr)
         return 2
     assert settings.redis_url is not None
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=10.0,
-                                  socket_connect_timeout=2.0, health_check_interval=30)
+    client = connect(settings.redis_url, settings.redis_cluster, socket_timeout=10.0)
     handoff = build_handoff(settings, client)
     if not handoff.notifiers:
         print("SLACK_BOT_TOKEN or HANDOFF_WEBHOOK_URL: set at least one to notify staff",
