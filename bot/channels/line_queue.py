@@ -2,7 +2,10 @@
 in order, per person, by dispatcher threads (or the worker process).
 
   <prefix>:{<pid>}:line:seen:<webhookEventId>   SET NX EX — a redelivered event is dropped
-  <prefix>:{<pid>}:line:inbox                   ZSET by LINE's timestamp — the person's order
+  <prefix>:{<pid>}:line:inbox                   ZSET by LINE's timestamp — the person's order;
+                                                members {"event_id", "sealed"}: the job (text,
+                                                reply token, address) sealed with Fernet, since
+                                                it waits here as long as LINE is down
   <prefix>:line:work, <prefix>:line:work:{work-<i>}
                                                 STREAM shards of person tickets (bot.streams),
                                                 consumer group "line": at-least-once,
@@ -18,6 +21,7 @@ answered in degraded mode (see `LineQueue.accept`).
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -73,14 +77,25 @@ class NotDurable(Exception):
 
 
 class LineQueue:
-    def __init__(self, client: redis.Redis, store: SessionStore, shards: int = 4,
+    def __init__(self, client: redis.Redis, store: SessionStore, sealer: Sealer, shards: int = 4,
                  wait: ReplicaWait | None = None, refuse_unreplicated: bool = False):
         self.redis = client
         self.store = store
+        self.sealer = sealer
         self.shards = Shards(f"{store.prefix}:line:work", shards)
         self.stream = self.shards.names[0]
         self.wait = wait
         self.refuse_unreplicated = refuse_unreplicated
+
+    def seal(self, job: Job) -> str:
+        """An inbox member: the event id in clear (the Lua de-dup reads it), the rest sealed."""
+        return json.dumps({"event_id": job.event_id, "sealed": self.sealer.seal(job.dumps())},
+                          separators=(",", ":"))
+
+    def open(self, raw: bytes | str) -> Job | None:
+        """The job of an inbox member; None if it cannot be opened (a key no longer set)."""
+        plain = self.sealer.open(json.loads(raw)["sealed"])
+        return None if plain is None else Job.loads(plain)
 
     def inbox(self, pid: str) -> str:
         return self.store.key(pid, "line:inbox")
@@ -99,10 +114,11 @@ class LineQueue:
         """
         pipe = self.redis.pipeline(transaction=False)
         keys: list[str] = []
-        for pid, job in jobs:
+        members = [self.seal(job) for _, job in jobs]  # sealing is random: keep what was sent
+        for (pid, job), member in zip(jobs, members, strict=True):
             seen = self.store.key(pid, f"line:seen:{job.event_id}")
             script(pipe, _ENQUEUE, [seen, self.inbox(pid)], SEEN_TTL_S, job.timestamp_ms,
-                   job.dumps(), INBOX_TTL_S)
+                   member, INBOX_TTL_S)
             keys.append(seen)
         pids = list(dict.fromkeys(pid for pid, _ in jobs))
         for pid in pids:
@@ -114,7 +130,8 @@ class LineQueue:
         tickets = dict(zip(pids, results[len(jobs):len(jobs) + len(pids)], strict=True))
         for pid, result in tickets.items():
             if isinstance(result, Exception) and not self._ticket_elsewhere(pid):
-                self._take_back(pid, [job for (p, job), r in zip(jobs, stored, strict=True)
+                self._take_back(pid, [(job, member) for (p, job), member, r
+                                      in zip(jobs, members, stored, strict=True)
                                       if p == pid and r == 1])
                 stored = [RuntimeError("no ticket") if p == pid and r == 1 else r
                           for (p, _), r in zip(jobs, stored, strict=True)]
@@ -136,14 +153,14 @@ class LineQueue:
                 continue
         return False
 
-    def _take_back(self, pid: str, jobs: list[Job]) -> None:
+    def _take_back(self, pid: str, jobs: list[tuple[Job, str]]) -> None:
         """No shard took the ticket: remove the inbox entries just written (best effort), so
         the degraded answer is the only one; if this fails too, the entries are answered late
         with the person's next event."""
         try:
             pipe = self.redis.pipeline(transaction=False)
-            for job in jobs:
-                pipe.zrem(self.inbox(pid), job.dumps())
+            for job, member in jobs:
+                pipe.zrem(self.inbox(pid), member)
                 pipe.delete(self.store.key(pid, f"line:seen:{job.event_id}"))
             pipe.execute()
         except redis.RedisError as exc:
@@ -254,8 +271,11 @@ class Dispatcher:
         turn = Turn(session=session)
         try:
             for index, (raw, tried) in enumerate(pairs):
-                job = Job.loads(raw)
-                self._answer(pid, turn, job, retrying=tried in (b"1", "1"))
+                job = self.queue.open(raw)
+                if job is not None:
+                    self._answer(pid, turn, job, retrying=tried in (b"1", "1"))
+                else:
+                    logs.event(log, "job_unreadable", logging.ERROR, pid=pid[:16])
                 last = index == len(pairs) - 1
 
                 def after(pipe: Any, raw: bytes = raw, last: bool = last) -> None:
@@ -288,7 +308,8 @@ class Dispatcher:
         age_s = max(0.0, now.timestamp() - job.timestamp_ms / 1000)
         if age_s > 2.0:
             self.api.show_loading(user_id)
-        step = self.engine.step(turn.session, job.incoming(), now)
+        before, incoming = turn.session, job.incoming()
+        step = self.engine.step(before, incoming, now)
         if self.conversations is not None:
             self.conversations.after_step(pid, "line", user_id, step)
         pack = self.engine.pack
@@ -297,6 +318,8 @@ class Dispatcher:
         how = self.api.deliver(user_id, job.event_id, job.reply_token, age_s, messages,
                                retrying=retrying)
         turn.keep(step.session)
+        if self.conversations is not None:
+            self.conversations.record(turn, "line", before, step, incoming, now)
         metrics.record_step("line", job.kind, step.events)
         metrics.ANSWERS.labels("line", how).inc()
         metrics.LATENCY.labels("line").observe(max(0.0, self.clock().timestamp()
