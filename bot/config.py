@@ -40,6 +40,8 @@ class Settings:
     line_dispatch_threads: int = 4
     line_reclaim_idle_ms: int = 30_000
     lock_ms: int = 30_000
+    slack_staff_users: tuple[str, ...] = ()
+    slack_lead_users: tuple[str, ...] = ()
     # --- Redis Cluster and durability (issue 13) ---
     redis_cluster: bool | None = None    # None: ask the server on connect
     stream_shards: int = 4
@@ -135,6 +137,13 @@ class Settings:
         if bool(line_secret) != bool(line_token):
             missing = "LINE_CHANNEL_ACCESS_TOKEN" if line_secret else "LINE_CHANNEL_SECRET"
             raise SettingsError(f"{missing}: required when the other LINE setting is set")
+        def slack_users(name: str) -> tuple[str, ...]:
+            ids = tuple(u.strip() for u in (get(name) or "").split(",") if u.strip())
+            for user in ids:
+                if not (user[:1] in ("U", "W") and user.isalnum() and len(user) <= 20):
+                    raise SettingsError(f"{name}: not a Slack user id: {user[:20]!r}")
+            return ids
+
         def flag(name: str, choices: dict[str, bool | None]) -> bool | None:
             raw = (get(name) or "").lower()
             if raw not in choices:
@@ -165,6 +174,8 @@ class Settings:
             line_dispatch_threads=integer("LINE_DISPATCH_THREADS", 4, 1, 64),
             line_reclaim_idle_ms=integer("LINE_RECLAIM_IDLE_MS", 30_000, 100, 3_600_000),
             lock_ms=integer("PERSON_LOCK_MS", 30_000, 500, 600_000),
+            slack_staff_users=slack_users("SLACK_STAFF_USERS"),
+            slack_lead_users=slack_users("SLACK_LEAD_USERS"),
             redis_cluster=flag("REDIS_CLUSTER", {"": None, "auto": None, "1": True, "yes": True,
                                                  "0": False, "no": False}),
             stream_shards=integer("STREAM_SHARDS", 4, 1, 64),
