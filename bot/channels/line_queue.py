@@ -1,7 +1,8 @@
 """Durable LINE events: accepted into Redis before the webhook answers 200, then answered
 in order, per person, by dispatcher threads (or the worker process).
 
-  <prefix>:{<pid>}:line:seen:<webhookEventId>   SET NX EX — a redelivered event is dropped
+  <prefix>:{<pid>}:line:ev                      ZSET of event marks (seen, being answered)
+                                                by time, trimmed to 24 h — see _ENQUEUE
   <prefix>:{<pid>}:line:inbox                   ZSET by LINE's timestamp — the person's order;
                                                 members {"event_id", "sealed"}: the job (text,
                                                 reply token, address) sealed with Fernet, since
@@ -13,7 +14,7 @@ in order, per person, by dispatcher threads (or the worker process).
   <prefix>:{<pid>}:line:fail                    HASH event id → unexpected failures; a job
                                                 failing JOB_TRIES times is parked
 
-The seen key and the inbox share the person's hash tag, so one Lua call checks and enqueues
+The marks and the inbox share the person's hash tag, so one Lua call checks and enqueues
 atomically, also on Redis Cluster. The ticket lives in a shard (another slot, often another
 node), written in the same round trip but by its own command: a ticket only names a person,
 so one without inbox entries is drained empty and acknowledged; inbox entries without a
@@ -49,6 +50,7 @@ from bot.streams import Entry, Shards, StreamConsumer
 log = logs.get("line")
 GROUP = "line"
 SEEN_TTL_S = 24 * 3600
+MARKS_TTL_MS = SEEN_TTL_S * 1000
 INBOX_TTL_S = 24 * 3600
 JOB_TRIES = 3  # a job failing this often with an unexpected error is parked
 
@@ -62,24 +64,35 @@ if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[
 return 0
 """
 
-# Read the person's inbox and note, for each event, that we are about to answer it; return
-# each job with whether it had been noted before (a process died while answering it).
+# The person's event marks live in ONE sorted set, <prefix>:{<pid>}:line:ev, scored by when
+# they were written: "s<id>" (seen: a redelivery is dropped) and "t<id>" (being answered: a
+# retry after a crash checks LINE before sending). Marks older than MARKS_TTL_S are trimmed
+# on every write and the key's TTL is renewed, so de-duplication holds for 24 h after an
+# event while one small listpack replaces two keys per event.
+
+# Read the person's inbox and mark, for each event, that we are about to answer it; return
+# each job with whether it had been marked before (a process died while answering it).
+# ARGV: now (ms), marks TTL (ms).
 _TAKE = """
 local jobs = redis.call('zrange', KEYS[1], 0, -1)
 local out = {}
 for i, raw in ipairs(jobs) do
   local id = cjson.decode(raw)['event_id']
-  local before = redis.call('set', ARGV[1] .. id, '1', 'NX', 'GET', 'EX', ARGV[2])
+  local added = redis.call('zadd', KEYS[2], 'NX', ARGV[1], 't' .. id)
   out[#out + 1] = raw
-  out[#out + 1] = before and '1' or '0'
+  out[#out + 1] = added == 0 and '1' or '0'
 end
+if #jobs > 0 then redis.call('pexpire', KEYS[2], ARGV[2]) end
 return out
 """
 
+# ARGV: now (ms), marks TTL (ms), event id, LINE timestamp, inbox member, inbox TTL (s).
 _ENQUEUE = """
-if redis.call('set', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
-  redis.call('zadd', KEYS[2], ARGV[2], ARGV[3])
-  redis.call('expire', KEYS[2], ARGV[4])
+redis.call('zremrangebyscore', KEYS[1], '-inf', ARGV[1] - ARGV[2])
+if redis.call('zadd', KEYS[1], 'NX', ARGV[1], 's' .. ARGV[3]) == 1 then
+  redis.call('pexpire', KEYS[1], ARGV[2])
+  redis.call('zadd', KEYS[2], ARGV[4], ARGV[5])
+  redis.call('expire', KEYS[2], ARGV[6])
   return 1
 end
 return 0
@@ -114,6 +127,9 @@ class LineQueue:
     def inbox(self, pid: str) -> str:
         return self.store.key(pid, "line:inbox")
 
+    def marks(self, pid: str) -> str:
+        return self.store.key(pid, "line:ev")
+
     def consumer(self, name: str, home: int = 0) -> StreamConsumer:
         return StreamConsumer(self.redis, self.shards, GROUP, name, home=home)
 
@@ -129,11 +145,12 @@ class LineQueue:
         pipe = self.redis.pipeline(transaction=False)
         keys: list[str] = []
         members = [self.seal(job) for _, job in jobs]  # sealing is random: keep what was sent
+        now_ms = int(time.time() * 1000)
         for (pid, job), member in zip(jobs, members, strict=True):
-            seen = self.store.key(pid, f"line:seen:{job.event_id}")
-            script(pipe, _ENQUEUE, [seen, self.inbox(pid)], SEEN_TTL_S, job.timestamp_ms,
-                   member, INBOX_TTL_S)
-            keys.append(seen)
+            marks = self.marks(pid)
+            script(pipe, _ENQUEUE, [marks, self.inbox(pid)], now_ms, MARKS_TTL_MS,
+                   job.event_id, job.timestamp_ms, member, INBOX_TTL_S)
+            keys.append(marks)
         pids = list(dict.fromkeys(pid for pid, _ in jobs))
         for pid in pids:
             pipe.xadd(self.shards.of(pid), {"p": pid})
@@ -175,7 +192,7 @@ class LineQueue:
             pipe = self.redis.pipeline(transaction=False)
             for job, member in jobs:
                 pipe.zrem(self.inbox(pid), member)
-                pipe.delete(self.store.key(pid, f"line:seen:{job.event_id}"))
+                pipe.zrem(self.marks(pid), f"s{job.event_id}")
             pipe.execute()
         except redis.RedisError as exc:
             logs.event(log, "accept_take_back_failed", logging.ERROR, pid=pid[:16],
@@ -295,9 +312,16 @@ class Dispatcher:
         """
         store, inbox = self.queue.store, self.queue.inbox(pid)
         token = uuid.uuid4().hex
-        tried_prefix = store.key(pid, "line:try:")
-        session, (taken,) = store.lock_and_load(
-            pid, token, also=lambda p: script(p, _TAKE, [inbox], tried_prefix, SEEN_TTL_S))
+        marks = self.queue.marks(pid)
+
+        def take(pipe: Any) -> None:
+            script(pipe, _TAKE, [inbox, marks], int(time.time() * 1000), MARKS_TTL_MS)
+            if self.queue.wait is not None:
+                # The "being answered" marks reach a replica before anything is sent: after a
+                # failover the retry knows to check, so nothing is said twice.
+                self.queue.wait.add(pipe, [inbox])
+
+        session, (taken, *_) = store.lock_and_load(pid, token, also=take)
         pairs = list(zip(taken[0::2], taken[1::2], strict=True))
         turn = Turn(session=session)
         left = 0
