@@ -41,6 +41,7 @@ from bot.crypto import Sealer
 from bot.handoff.models import Case, CaseRequest, Channel, StaffMessage
 from bot.limits import LIMITED, ORIGIN
 from bot.redisconn import script
+from bot.streams import Shards
 
 log = logs.get("handoff")
 
@@ -113,7 +114,8 @@ class CaseStore:
     def __init__(self, client: redis.Redis, prefix: str, sealer: Sealer,
                  expire_after_s: int = 7 * 24 * 3600, keep_closed_s: int = 30 * 24 * 3600,
                  thread_max: int = 50, clock: Callable[[], float] = time.time,
-                 cases_per_origin_per_day: int = 0, urgent_alert_interval_s: int = 0):
+                 cases_per_origin_per_day: int = 0, urgent_alert_interval_s: int = 0,
+                 shards: int = 1):
         self.cases_per_origin_per_day = cases_per_origin_per_day  # 0: no limit
         self.urgent_alert_interval_s = urgent_alert_interval_s    # 0: every crisis alerts
         self.redis = client
@@ -123,11 +125,16 @@ class CaseStore:
         self.keep_closed_s = keep_closed_s
         self.thread_max = thread_max
         self.clock = clock
-        self.queue = f"{prefix}:handoff:queue"
+        self.queues = Shards(f"{prefix}:handoff:queue", shards)
+        self.queue = self.queues.names[0]
         self.open_index = f"{prefix}:handoff:open"
         self.unqueued = f"{prefix}:handoff:unqueued"
 
     # -- keys --------------------------------------------------------------------------------
+
+    def queue_of(self, number: str) -> str:
+        """The staff-queue shard of a case: one case's events stay in order in one stream."""
+        return self.queues.of(number)
 
     def case_key(self, number: str, what: str = "case") -> str:
         return f"{self.prefix}:{{case:{number}}}:{what}"
@@ -209,7 +216,7 @@ class CaseStore:
         if case.pid:
             pipe.set(self.pid_key(case.pid), case.number, ex=self.expire_after_s)
         pipe.zadd(self.open_index, {case.number: case.created_at})
-        pipe.xadd(self.queue, {"k": "opened", "n": case.number})
+        pipe.xadd(self.queue_of(case.number), {"k": "opened", "n": case.number})
         pipe.zrem(self.unqueued, case.number)
         pipe.execute()
 
@@ -307,7 +314,7 @@ class CaseStore:
         entry: dict[str, str] = {"k": kind, "n": number, **fields}
         if done:
             entry["done"] = ",".join(done)
-        entry_id = self.redis.xadd(self.queue, entry)
+        entry_id = self.redis.xadd(self.queue_of(number), entry)
         return entry_id.decode() if isinstance(entry_id, bytes) else entry_id
 
     def claim(self, number: str, staff_id: str) -> tuple[bool, Case | None]:
