@@ -296,6 +296,16 @@ class LocalCluster:
             time.sleep(0.2)
         raise ClusterFailed(f"the cluster was not healthy within {timeout:.0f} s")
 
+    def wait_primaries(self, count: int = 3, timeout: float = 30.0) -> bool:
+        """Wait until `count` live nodes are primaries (a replica took over) and all agree
+        the cluster is ok; False if that did not happen in time."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if len(self.primaries()) >= count and self.healthy():
+                return True
+            time.sleep(0.2)
+        return False
+
     def close(self) -> None:
         for proc in self.procs.values():
             if proc.poll() is None:

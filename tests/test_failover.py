@@ -75,8 +75,7 @@ def test_primary_killed_during_a_burst_every_accepted_event_answered_once(cluste
             cluster.kill(victim)
             for f in futures:
                 f.result()
-        cluster.wait_healthy(timeout=30)
-        assert len(cluster.primaries()) == 3, "the victim's replica took over"
+        assert cluster.wait_primaries(3, timeout=30), "the victim's replica took over"
         accepted = {eid for eid, s in statuses.items() if s == 200}
         assert len(accepted) >= 100, len(accepted)
         # LINE redelivers what did not get a 200.
