@@ -24,6 +24,7 @@ import tempfile
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis
 
@@ -47,15 +48,25 @@ class RedisTarget:
     source: str
     proc: subprocess.Popen | None = None
     workdir: str | None = None
-    client: redis.Redis = field(init=False)
+    cluster: LocalCluster | None = None
+    client: Any = field(init=False)
 
     def __post_init__(self) -> None:
-        self.client = redis.Redis.from_url(self.url, socket_timeout=10)
-        self.own_id = int(self.client.client_id())
+        from bot.redisconn import connect
+
+        self.client = connect(self.url, cluster=self.cluster is not None, socket_timeout=10)
+        self.own_id = -1 if self.cluster else int(self.client.client_id())
+
+    def nodes(self) -> list[redis.Redis]:
+        """Every live server: the one Redis, or each node of the local cluster."""
+        if self.cluster is None:
+            return [self.client]
+        return [self.cluster.node(p) for p, proc in self.cluster.procs.items()
+                if proc.poll() is None]
 
     @property
     def version(self) -> str:
-        return str(self.client.info("server").get("redis_version", "?"))
+        return str(self.nodes()[0].info("server").get("redis_version", "?"))
 
     def delete_prefix(self, prefix: str) -> int:
         deleted = 0
@@ -71,6 +82,8 @@ class RedisTarget:
 
     def close(self) -> None:
         self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()
         if self.proc is not None:
             self.proc.terminate()
             try:
@@ -81,7 +94,13 @@ class RedisTarget:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def choose(own: bool = False) -> RedisTarget:
+def choose(own: bool = False, cluster: bool = False) -> RedisTarget:
+    if cluster:
+        try:
+            local = start_cluster()
+        except ClusterFailed as exc:
+            raise SystemExit(f"bench: {exc}") from None
+        return RedisTarget(local.url, "local 3+3 Redis Cluster (throwaway)", cluster=local)
     env = os.environ.get("REDIS_URL")
     if env and not own:
         if not _answers(env):
@@ -117,14 +136,25 @@ class Snapshot:
 
 
 def snapshot(target: RedisTarget) -> Snapshot:
-    info = target.client.info("all")
-    at = time.perf_counter()
-    clients = target.client.client_list()
-    calls = {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in info.items()
-             if k.startswith("cmdstat_")}
-    return Snapshot(at=at, calls=calls, reads=int(info["total_reads_processed"]),
-                    connections=int(info["total_connections_received"]),
-                    cpu=float(info["used_cpu_sys"]) + float(info["used_cpu_user"]),
+    """INFO and CLIENT LIST of the Redis, summed over the nodes of a cluster."""
+    calls: dict[str, int] = {}
+    reads = connections = 0
+    cpu = 0.0
+    clients: list[dict] = []
+    at = 0.0
+    for node in target.nodes():
+        info = node.info("all")
+        at = time.perf_counter()
+        if target.cluster is None:
+            clients += node.client_list()
+        for k, v in info.items():
+            if k.startswith("cmdstat_"):
+                name = k.removeprefix("cmdstat_")
+                calls[name] = calls.get(name, 0) + int(v["calls"])
+        reads += int(info["total_reads_processed"])
+        connections += int(info["total_connections_received"])
+        cpu += float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+    return Snapshot(at=at, calls=calls, reads=reads, connections=connections, cpu=cpu,
                     clients=clients)
 
 
@@ -155,7 +185,9 @@ def usage(target: RedisTarget, before: Snapshot, after: Snapshot,
     calls = {k: v - before.calls.get(k, 0) for k, v in after.calls.items()
              if k not in OWN_COMMANDS and v - before.calls.get(k, 0) > 0}
     # The window holds the CLIENT LIST of `before` and the INFO of `after`: two reads.
-    round_trips = after.reads - before.reads - 2
+    # The window holds one INFO per node (and one CLIENT LIST on one Redis).
+    own_reads = 2 if target.cluster is None else len(target.nodes())
+    round_trips = after.reads - before.reads - own_reads
     ours = set(our_ports)
     window = after.at - before.at
     others = [c for c in after.clients
@@ -166,9 +198,11 @@ def usage(target: RedisTarget, before: Snapshot, after: Snapshot,
     ours_after = sum(1 for c in after.clients if _port(c) in ours)
     new_foreign = (after.connections - before.connections) - max(0, ours_after - ours_before)
     notes = []
-    if busy:
+    if target.cluster is not None:
+        notes.append("cluster: other clients not checked")
+    elif busy:
         notes.append(f"{len(busy)} other client(s) active")
-    if new_foreign > 0:
+    if new_foreign > 0 and target.cluster is None:
         notes.append(f"{new_foreign} other connection(s) opened")
     return Usage(calls=calls, round_trips=round_trips, cpu_s=after.cpu - before.cpu,
                  foreign=", ".join(notes))
@@ -176,7 +210,10 @@ def usage(target: RedisTarget, before: Snapshot, after: Snapshot,
 
 def calibrate(target: RedisTarget, pipelines: int = 50, size: int = 5) -> tuple[int, int]:
     """Check the round-trip method: `pipelines` pipelines of `size` commands from the bench
-    should count as `pipelines` reads. Returns (expected, counted)."""
+    should count as `pipelines` reads. Returns (expected, counted); (0, 0) on a cluster,
+    where a pipeline is one read per node it touches."""
+    if target.cluster is not None:
+        return 0, 0
     key = "tsunagu-bench-calibration"
 
     def reads() -> int:

@@ -58,13 +58,6 @@ def shard_of(name: str, shards: int) -> int:
     return zlib.crc32(name.encode()) % shards if shards > 1 else 0
 
 
-def close(client: Any) -> None:
-    try:
-        client.close()
-    except Exception as exc:  # closing is best effort
-        logs.event(log, "redis_close_failed", error=type(exc).__name__)
-
-
 class ReplicaWait:
     """Durable writes: after a write, `WAIT <replicas> <ms>` on every primary it touched, in the
     same pipeline (WAIT counts the writes of its own connection, and a cluster pipeline sends
