@@ -157,7 +157,10 @@ def _answer(step: Step, cookie: str | None = None) -> Any:
     """The replies as JSON; the visitor cookie (re-signed with the newest key) when one is
     kept — an over-limit answer sets none, since nothing was stored for it."""
     replies: list[Reply] = step.replies
-    resp = make_response(jsonify({"replies": [r.model_dump() for r in replies]}))
+    body: dict[str, Any] = {"replies": [r.model_dump() for r in replies]}
+    if step.quick_exit:  # 「けす」: the page may leave for a neutral site and clear itself
+        body["exit"] = True
+    resp = make_response(jsonify(body))
     if cookie is not None:
         resp.set_cookie(COOKIE, cookie, max_age=COOKIE_AGE, httponly=True, samesite="Strict",
                         secure=request.is_secure)  # is_secure sees the TLS proxy via ProxyFix
