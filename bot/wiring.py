@@ -131,7 +131,8 @@ def build_handoff(settings: Settings, client: redis.Redis, relay: StaffRelay | N
                       expire_after_s=expire_after_s,
                       cases_per_origin_per_day=settings.cases_per_address_per_day,
                       urgent_alert_interval_s=settings.urgent_alert_interval_s,
-                      shards=settings.stream_shards)
+                      shards=settings.stream_shards,
+                      backlog_alert_at=settings.queue_backlog_alert)
     notifiers: list[Notifier] = []
     slack: SlackNotifier | None = None
     verifier: SignatureVerifier | None = None

@@ -42,6 +42,7 @@ from bot.channels.line_events import Job
 from bot.channels.line_render import render
 from bot.crypto import Sealer
 from bot.handoff.worker import default_consumer
+from bot.limits import Backlog
 from bot.ports import Conversation, Event, LineSender
 from bot.redisconn import UNAVAILABLE, ReplicaWait, is_cluster, script
 from bot.store import LockTimeout, SessionStore, Turn
@@ -105,7 +106,8 @@ class NotDurable(Exception):
 
 class LineQueue:
     def __init__(self, client: redis.Redis, store: SessionStore, sealer: Sealer, shards: int = 4,
-                 wait: ReplicaWait | None = None, refuse_unreplicated: bool = False):
+                 wait: ReplicaWait | None = None, refuse_unreplicated: bool = False,
+                 backlog_alert_at: int = 1000):
         self.redis = client
         self.store = store
         self.sealer = sealer
@@ -113,6 +115,7 @@ class LineQueue:
         self.stream = self.shards.names[0]
         self.wait = wait
         self.refuse_unreplicated = refuse_unreplicated
+        self.backlog = Backlog("line", backlog_alert_at)  # never trimmed: see bot.limits
 
     def seal(self, job: Job) -> str:
         """An inbox member: the event id in clear (the Lua de-dup reads it), the rest sealed."""
@@ -155,8 +158,13 @@ class LineQueue:
         for pid in pids:
             pipe.xadd(self.shards.of(pid), {"p": pid})
             keys.append(self.shards.of(pid))
+        for name in self.shards:  # the backlog alarm watches the whole queue
+            pipe.xlen(name)
         waits = self.wait.add(pipe, keys) if self.wait is not None else 0
         results = pipe.execute(raise_on_error=False)
+        first = len(jobs) + len(pids)
+        self.backlog.note(sum(n for n in results[first:first + len(self.shards)]
+                              if isinstance(n, int)))
         stored = results[:len(jobs)]
         tickets = dict(zip(pids, results[len(jobs):len(jobs) + len(pids)], strict=True))
         for pid, result in tickets.items():
