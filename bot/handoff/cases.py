@@ -92,6 +92,18 @@ redis.call('pexpire', KEYS[1], left)
 return 1
 """
 
+# The same TTL rule for a delivery's bookkeeping (attempts noted, failed tries counted): never
+# longer than the case record. Returns SADD's answer (1: first attempt) or the new try count.
+_NOTE = """
+local out
+if ARGV[3] == 'count' then out = redis.call('hincrby', KEYS[1], ARGV[1], 1)
+else out = redis.call('sadd', KEYS[1], ARGV[1]) end
+local left = redis.call('pttl', KEYS[2])
+if left == -2 then left = 60000 elseif left < 0 then left = ARGV[2] end
+redis.call('pexpire', KEYS[1], left)
+return out
+"""
+
 
 class TooManyCases(Exception):
     """This client address opened its day's share of cases; the resident gets phone numbers."""
@@ -643,21 +655,15 @@ class CaseStore:
     def note_attempt(self, number: str, delivery: str) -> bool:
         """Note that `delivery` is being tried; True the first time (nothing can be out there
         yet), False when an earlier try may have got through (see SlackNotifier)."""
-        key = self.case_key(number, "sent")
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.sadd(key, f"try:{delivery}")
-        pipe.expire(key, self.open_ttl)
-        added, _ = pipe.execute()
-        return bool(added)
+        return bool(self.redis.eval(_NOTE, 2, self.case_key(number, "sent"),
+                                    self.case_key(number), f"try:{delivery}",
+                                    self.open_ttl * 1000, "add"))
 
     def count_try(self, number: str, marker: str) -> int:
         """One more failed try of a delivery; returns how many so far."""
-        key = self.case_key(number, "tries")
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hincrby(key, marker, 1)
-        pipe.expire(key, self.open_ttl)
-        tries, _ = pipe.execute()
-        return int(tries)
+        return int(self.redis.eval(_NOTE, 2, self.case_key(number, "tries"),
+                                   self.case_key(number), marker, self.open_ttl * 1000,
+                                   "count"))
 
     def was_delivered(self, number: str, marker: str) -> bool:
         return bool(self.redis.sismember(self.case_key(number, "sent"), marker))
