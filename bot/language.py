@@ -25,6 +25,12 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
+import yaml
+
+# libyaml's safe loader when the build has it (several times faster on the big vocabulary files,
+# which start-up reads), else PyYAML's own.
+SAFE_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
 DICTIONARY = "small"  # sudachidict_small: same normalised forms as core here, ~60% of its size
 
 # -- surface normalisation ------------------------------------------------------------------
@@ -194,5 +200,16 @@ def script_language(text: str) -> str:
     return ""
 
 
-__all__ = ["ALNUM", "DICTIONARY", "Analysis", "Token", "analyze", "fold_pattern", "lemma_form",
-           "normalize", "script_language", "warm_up"]
+__all__ = [
+    "ALNUM",
+    "DICTIONARY",
+    "SAFE_LOADER",
+    "Analysis",
+    "Token",
+    "analyze",
+    "fold_pattern",
+    "lemma_form",
+    "normalize",
+    "script_language",
+    "warm_up",
+]

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from bot.language import Analysis, analyze, normalize, script_language
+from bot.language import SAFE_LOADER, Analysis, analyze, normalize, script_language
 
 if TYPE_CHECKING:
     from bot.pack.loader import Pack
@@ -252,7 +252,7 @@ def _load_vocab(directory: Path) -> dict[str, Vocab]:
     for lang in LANGS:
         path = directory / f"triage.{lang}.yaml"
         try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+            data = yaml.load(path.read_text(encoding="utf-8"), Loader=SAFE_LOADER)
             out[lang] = Vocab.build(TriageFile.model_validate(data), lang)
         except FileNotFoundError:
             errors.append(f"{path.name}: file is missing")
