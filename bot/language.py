@@ -113,6 +113,7 @@ class Token:
 
 # Parts of speech that carry meaning (for example-sentence similarity); particles and
 # auxiliaries only glue.
+_KANA_ONLY = re.compile("[\u3041-\u309f]+")
 CONTENT_POS = frozenset({"名詞", "動詞", "形容詞", "形状詞", "副詞", "代名詞", "接頭辞", "接尾辞"})
 _SPLIT_TEXT = re.compile(r"[\s\u3000]+")
 
@@ -128,8 +129,12 @@ class Analysis:
 
     @property
     def reading(self) -> str:
-        """The whole message as read aloud (hiragana, folded): ふとうこう for 不登校."""
-        return "".join(t.reading for t in self.tokens)
+        """The parts typed in kana, as read aloud (folded): 「ふとうこうです」 → ふとうこうです,
+        to meet 不登校 (read ふとうこう). Words typed in kanji are left out ("|"): they meet
+        their vocabulary by lemma, and their readings would only collide (自閉症 じへいしょう
+        holds いしょ)."""
+        return "".join(t.reading if _KANA_ONLY.fullmatch(t.surface) else "|"
+                       for t in self.tokens)
 
     @property
     def content(self) -> frozenset[str]:

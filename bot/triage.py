@@ -146,7 +146,7 @@ def _word_cue(word: str, weight: float, lang: str, whole: bool = False) -> _Cue:
     # One word: its lemma; the surface as well, for what the analyser cuts differently (slang,
     # compounds); the reading for text typed in kana. A single character, or a reading under
     # three, would be found everywhere, so those count only as lemmas.
-    reading = analysed[0].reading
+    reading = "".join(t.reading for t in analysed[0].tokens)  # as read aloud, whole
     return _Cue(word, weight, first=first, surface=norm if len(norm) >= 2 else "",
                 reading=reading if len(reading) >= 3 else "")
 
