@@ -51,6 +51,7 @@ class Settings:
     cases_per_address_per_day: int = 5
     callback_refusals_per_minute: int = 30
     urgent_alert_interval_s: int = 600
+    queue_backlog_alert: int = 1000
     tenants_file: str | None = None
 
     @property
@@ -177,5 +178,6 @@ class Settings:
             cases_per_address_per_day=integer("CASES_PER_ADDRESS_PER_DAY", 5, 1, 10_000),
             callback_refusals_per_minute=integer("CALLBACK_REFUSALS_PER_MINUTE", 30, 1, 100_000),
             urgent_alert_interval_s=integer("URGENT_ALERT_INTERVAL_SECONDS", 600, 0, 86_400),
+            queue_backlog_alert=integer("QUEUE_BACKLOG_ALERT", 1000, 1, 10_000_000),
             tenants_file=tenants,
         )

@@ -130,7 +130,8 @@ def build_handoff(settings: Settings, client: redis.Redis, relay: StaffRelay | N
     cases = CaseStore(client, settings.key_prefix, Sealer(settings.secret_keys),
                       expire_after_s=expire_after_s,
                       cases_per_origin_per_day=settings.cases_per_address_per_day,
-                      urgent_alert_interval_s=settings.urgent_alert_interval_s)
+                      urgent_alert_interval_s=settings.urgent_alert_interval_s,
+                      backlog_alert_at=settings.queue_backlog_alert)
     notifiers: list[Notifier] = []
     slack: SlackNotifier | None = None
     verifier: SignatureVerifier | None = None

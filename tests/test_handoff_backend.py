@@ -708,3 +708,72 @@ def test_run_worker_refuses_without_a_shared_redis(settings: Settings, capsys) -
 def test_slack_text_becomes_plain_text() -> None:
     assert slack_to_plain("<@U123> 電話は <tel:0752221111|075-222-1111> &amp; <https://a.jp>") \
         == "電話は 075-222-1111 tel:0752221111 & https://a.jp"
+
+
+# -- case numbers are never reused while a key names them (security review, finding 5) ------
+
+
+def test_a_reply_in_an_old_thread_never_reaches_a_newer_case_with_the_same_number(
+        handoff: Handoff, http: FlaskClient, fake_slack, relays: Relays,
+        redis_client: redis.Redis) -> None:
+    fake, _ = fake_slack
+    open_case(handoff)
+    old = posted(handoff, fake)
+    cases = handoff.cases
+    thread = cases.thread_key(CHANNEL, old.slack_ts)
+    # The mapping never outlives the record that reserves the number ...
+    assert 0 < redis_client.pttl(thread) <= redis_client.pttl(cases.case_key(NUMBER))
+    cases.mark_delivered(NUMBER, "x:slack")
+    assert redis_client.pttl(cases.case_key(NUMBER, "sent")) <= redis_client.pttl(
+        cases.case_key(NUMBER))
+    assert click(http, "resolve", NUMBER, STAFF_A).status_code == 200
+    kept = redis_client.ttl(cases.case_key(NUMBER))
+    assert kept <= cases.keep_closed_s and 0 < redis_client.ttl(thread) <= kept
+    # ... and even if a mapping were left behind (as before: 37 days against 30), a newer case
+    # drawing the same number is not reached from the old thread.
+    redis_client.delete(cases.case_key(NUMBER))            # the old record's time is up
+    redis_client.set(thread, NUMBER)                       # a stale mapping
+    other = pseudonym(SECRET, "web", "b" * 32)
+    assert open_case(handoff, pid=other, message=None).number == NUMBER
+    assert post_event(http, staff_says(old, "この前の件ですが"), event_id="EvOld1"
+                      ).status_code == 200
+    assert relays.sent == []
+    new = posted(handoff, fake)
+    assert new.slack_ts != old.slack_ts
+    assert cases.case_for_thread(CHANNEL, old.slack_ts) is None
+    assert cases.case_for_thread(CHANNEL, new.slack_ts) == NUMBER
+
+
+# -- bounded (security review, finding 10) ---------------------------------------------------
+
+
+def test_the_staff_queue_is_never_trimmed_and_its_backlog_raises_an_alarm(
+        make_handoff, fake_slack, redis_client: redis.Redis, caplog) -> None:
+    caplog.set_level(logging.ERROR)
+    fake, _ = fake_slack
+    h: Handoff = make_handoff(queue_backlog_alert=10)
+    real_token, fake.token = fake.token, "xoxb-revoked"   # every call: invalid_auth
+    for i in range(12):
+        open_case(h, number=f"K-Q{i:03d}", pid=f"p{i}")
+    drain(h, lambda: False, turns=5)
+    assert redis_client.xlen(h.cases.queue) == 12          # nothing dropped
+    assert metric("tsunagu_queue_backlog", {"queue": "handoff"}) == 12
+    alarms = [r for r in caplog.records if "queue_backlog" in r.getMessage()]
+    assert alarms and alarms[0].levelno == logging.ERROR
+    fake.token = real_token                                 # the token is fixed: all delivered
+    assert drain(h, lambda: h.worker.pending() == 0 and len(fake.posts(thread=False)) == 12)
+
+
+def test_a_slack_rate_limit_is_not_slept_out_in_a_request(handoff: Handoff, http: FlaskClient,
+                                                          fake_slack) -> None:
+    fake, _ = fake_slack
+    open_case(handoff)
+    posted(handoff, fake)
+    fake.go_down(1, "ratelimited")
+    assert click(http, "claim", NUMBER, STAFF_A).status_code == 200
+    updates = fake.calls("chat.update", ok_only=False)
+    assert [c.status for c in updates] == [429]            # no retry inside the request
+    assert handoff.cases.get(NUMBER).claimed_by == STAFF_A
+    # The queue shows the claim in Slack afterwards.
+    assert drain(handoff, lambda: any(c.ok for c in fake.calls("chat.update", ok_only=False)))
+    assert drain(handoff, lambda: handoff.worker.pending() == 0)

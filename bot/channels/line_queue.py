@@ -36,6 +36,7 @@ from bot.channels.line_events import Job
 from bot.channels.line_render import render
 from bot.crypto import Sealer
 from bot.handoff.worker import default_consumer
+from bot.limits import Backlog
 from bot.ports import Conversation, Event, LineSender
 from bot.store import LockTimeout, SessionStore, Turn
 
@@ -80,11 +81,13 @@ return 0
 
 
 class LineQueue:
-    def __init__(self, client: redis.Redis, store: SessionStore, sealer: Sealer):
+    def __init__(self, client: redis.Redis, store: SessionStore, sealer: Sealer,
+                 backlog_alert_at: int = 1000):
         self.redis = client
         self.store = store
         self.sealer = sealer
         self.stream = f"{store.prefix}:line:work"
+        self.backlog = Backlog("line", backlog_alert_at)  # never trimmed: see bot.limits
 
     def seal(self, job: Job) -> str:
         """An inbox member: the event id in clear (the Lua de-dup reads it), the rest sealed."""
@@ -115,7 +118,9 @@ class LineQueue:
                       self.seal(job), INBOX_TTL_S)
         for pid in dict.fromkeys(pid for pid, _ in jobs):
             pipe.xadd(self.stream, {"p": pid})
+        pipe.xlen(self.stream)
         results = pipe.execute()
+        self.backlog.note(results[-1])
         return [bool(r) for r in results[: len(jobs)]]
 
 

@@ -2,13 +2,12 @@
 
 The answer itself is sent by the dispatcher, so a slow or hanging LINE API never holds the
 webhook past LINE's 2-second budget. When Redis is down nothing can be made durable; then the
-event is answered from a short-lived thread in degraded mode (crisis lines, hotlines, list).
+event is answered in degraded mode by a small bounded pool (crisis lines, hotlines, list).
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from typing import Any
 
@@ -88,7 +87,7 @@ def callback() -> Response:
                        duplicates=accepted.count(False))
         except REDIS_DOWN:
             metrics.REDIS_ERRORS.labels("line_webhook").inc()
-            threading.Thread(target=answer_all_degraded, args=(line, jobs), daemon=True).start()
+            line.degraded.submit(answer_all_degraded, line, jobs)
     return Response("OK", status=200, mimetype="text/plain")
 
 
