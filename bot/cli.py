@@ -60,16 +60,21 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    """One pack, or every pack under bot/content/ (and the common files they share)."""
+    from bot.pack.loader import pack_names
     from bot.validate import validate
 
-    errors = validate(args.pack)
-    for err in errors:
-        print(err)
-    if errors:
-        print(f"{len(errors)} problem(s) in content pack {args.pack!r}", file=sys.stderr)
-        return 1
-    print(f"content pack {args.pack!r} and flows: OK")
-    return 0
+    failed = 0
+    for name in [args.pack] if args.pack else pack_names():
+        errors = validate(name)
+        for err in errors:
+            print(f"{name}: {err}" if not args.pack else err)
+        if errors:
+            failed += 1
+            print(f"{len(errors)} problem(s) in content pack {name!r}", file=sys.stderr)
+        else:
+            print(f"content pack {name!r} and flows: OK")
+    return 1 if failed else 0
 
 
 def cmd_graph(args: argparse.Namespace) -> int:
@@ -88,10 +93,10 @@ def cmd_graph(args: argparse.Namespace) -> int:
 
 
 def cmd_eval_safety(args: argparse.Namespace) -> int:
-    from bot.pack.loader import resolve_pack_dir
+    from bot.pack.loader import crisis_file
     from bot.safety import CrisisDetector, evaluate
 
-    detector = CrisisDetector.from_file(resolve_pack_dir(args.pack) / "crisis.yaml")
+    detector = CrisisDetector.from_file(crisis_file(args.pack))
     report = evaluate(detector, Path(args.eval_set))
     print(report.format())
     return 0 if report.recall == 1.0 and report.false_positive_rate <= 0.05 else 1
@@ -112,21 +117,23 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from bot.pack.loader import default_pack_name
+
     parser = argparse.ArgumentParser(prog="python -m bot", description="tsunagu")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("chat", help="talk to the bot in this terminal; numbers pick choices")
-    p.add_argument("--pack", default="kyoto")
+    p.add_argument("--pack", default=default_pack_name())
     p.set_defaults(func=cmd_chat)
     p = sub.add_parser("validate", help="check a content pack and the flows; non-zero on error")
-    p.add_argument("pack", nargs="?", default="kyoto")
+    p.add_argument("pack", nargs="?", help="a pack name or folder (default: every pack)")
     p.set_defaults(func=cmd_validate)
     p = sub.add_parser("graph", help="write the flows as a Mermaid diagram")
-    p.add_argument("--pack", default="kyoto")
+    p.add_argument("--pack", default=default_pack_name())
     p.add_argument("--lang", default="ja", choices=["ja", "en"])
     p.add_argument("--out", help="file to write (default: standard output)")
     p.set_defaults(func=cmd_graph)
     p = sub.add_parser("eval-safety", help="crisis detection recall and false positives")
-    p.add_argument("--pack", default="kyoto")
+    p.add_argument("--pack", default=default_pack_name())
     p.add_argument("--eval-set", default=str(REPO / "tests" / "data" / "safety_eval.yaml"))
     p.set_defaults(func=cmd_eval_safety)
     p = sub.add_parser("worker", help="deliver handoff cases to staff (Slack, webhook)")

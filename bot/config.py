@@ -6,8 +6,10 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlparse
+
+from bot.pack.loader import default_pack_name
 
 DEFAULT_LINE_API = "https://api.line.me"
 DEFAULT_SLACK_API = "https://slack.com/api/"
@@ -22,7 +24,7 @@ class Settings:
     redis_url: str | None = None
     bot_secret_key: str = ""
     secret_is_ephemeral: bool = False
-    municipality: str = "kyoto"
+    municipality: str = field(default_factory=default_pack_name)
     session_ttl: int = 24 * 3600
     key_prefix: str = "tsunagu"
     line_channel_secret: str | None = None
@@ -95,7 +97,7 @@ class Settings:
             secret, ephemeral = secrets.token_hex(32), True
         elif len(secret) < 32:
             raise SettingsError("BOT_SECRET_KEY: must be at least 32 characters")
-        municipality = get("MUNICIPALITY") or "kyoto"
+        municipality = get("MUNICIPALITY") or default_pack_name()
         if not municipality.replace("_", "").replace("-", "").isalnum():
             raise SettingsError(f"MUNICIPALITY: not a content pack name: {municipality[:40]!r}")
         line_secret, line_token = get("LINE_CHANNEL_SECRET"), get("LINE_CHANNEL_ACCESS_TOKEN")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bot.flows.schema import FLOWS_DIR, FlowError, FlowSpec, load_flow
-from bot.pack.loader import Pack, PackError, load_pack, resolve_pack_dir
+from bot.pack.loader import Pack, PackError, crisis_file, load_pack
 from bot.pack.models import LANGS
 
 MAX_LABEL = 20  # LINE quick-reply label limit
@@ -31,7 +31,7 @@ def _label_errors(pack: Pack, flow: FlowSpec) -> list[str]:
     return errors
 
 
-def validate(pack_name: str = "kyoto", flows_dir: Path = FLOWS_DIR) -> list[str]:
+def validate(pack_name: str, flows_dir: Path = FLOWS_DIR) -> list[str]:
     errors: list[str] = []
     pack: Pack | None = None
     try:
@@ -44,13 +44,13 @@ def validate(pack_name: str = "kyoto", flows_dir: Path = FLOWS_DIR) -> list[str]
             flows.append(load_flow(path))
         except FlowError as exc:
             errors += str(exc).splitlines()
-    crisis = resolve_pack_dir(pack_name) / "crisis.yaml"
+    crisis = crisis_file(pack_name)
     try:
         from bot.safety import CrisisDetector
 
         CrisisDetector.from_file(crisis)
     except Exception as exc:  # report every kind of crisis-file failure, do not stop
-        errors.append(f"crisis.yaml: {exc}")
+        errors.append(f"{crisis.parent.name}/crisis.yaml: {exc}")
     if pack is not None:
         for flow in flows:
             for key in sorted(flow.message_keys()):

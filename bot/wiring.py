@@ -44,7 +44,7 @@ def redis_client(settings: Settings) -> redis.Redis:
 
 def build_engine(pack: Pack, handoff: bool = False) -> Engine:
     flows = load_flows()
-    detector = CrisisDetector.from_file(pack.root / "crisis.yaml")
+    detector = CrisisDetector.from_file(pack.crisis_file)
     return Engine(flows[FLOW], pack, detector, handoff=handoff)
 
 

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from bot.safety import CRISIS_KINDS, CrisisDetector, CrisisFileError, evaluate, normalize
 
 REPO = Path(__file__).parents[1]
-CRISIS = Path(__file__).parents[1] / "bot/content/kyoto/crisis.yaml"
+CRISIS = Path(__file__).parents[1] / "bot/content/common/crisis.yaml"
 EVAL = REPO / "tests" / "data" / "safety_eval.yaml"
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bot.pack.loader import CONTENT_ROOT
+from bot.pack.loader import COMMON, CONTENT_ROOT, pack_names
 from bot.validate import validate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -18,8 +18,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture
 def pack_copy(tmp_path: Path) -> Path:
+    """A copy of the Kyoto pack beside a copy of the common files, to break at will."""
     dest = tmp_path / "testpack"
     shutil.copytree(CONTENT_ROOT / "kyoto", dest)
+    shutil.copytree(CONTENT_ROOT / COMMON, tmp_path / COMMON)
     return dest
 
 
@@ -33,15 +35,48 @@ def _first_window_with(data, field):
     return next(w for w in data if w.get(field))
 
 
-def test_kyoto_pack_is_clean():
-    assert validate("kyoto") == []
+@pytest.mark.parametrize("name", pack_names())
+def test_every_pack_is_clean(name):
+    assert validate(name) == []
 
 
-def test_cli_validate_exits_zero_on_kyoto():
+def test_cli_validate_checks_every_pack():
     proc = subprocess.run([sys.executable, "-m", "bot", "validate"], cwd=REPO,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "OK" in proc.stdout
+    for name in pack_names():
+        assert f"content pack {name!r} and flows: OK" in proc.stdout
+
+
+def test_every_city_folder_is_a_pack_and_one_bad_pack_does_not_taint_another(tmp_path,
+                                                                              pack_copy):
+    shutil.copytree(CONTENT_ROOT / "kyoto", tmp_path / "otherpack")
+    _edit(pack_copy / "windows.yaml", lambda d: d[0]["categories"].append("astrology"))
+    assert pack_names(tmp_path) == ["otherpack", "testpack"]  # not common/
+    assert validate(str(tmp_path / "otherpack")) == []
+    assert any("astrology" in e for e in validate(str(pack_copy)))
+
+
+def test_a_pack_adds_and_overrides_sentences(pack_copy):
+    (pack_copy / "messages.ja.yaml").write_text("q:\n  age: 年代は？\nextra: 追加\n",
+                                                encoding="utf-8")
+    (pack_copy / "messages.en.yaml").write_text("q:\n  age: Age?\nextra: Added\n",
+                                                encoding="utf-8")
+    from bot.pack import load_pack
+
+    pack = load_pack(pack_copy)
+    assert pack.msg("q.age", "ja") == "年代は？" and pack.msg("extra", "en") == "Added"
+    assert pack.msg("q.whose", "ja") == load_pack("kyoto").msg("q.whose", "ja")
+
+
+def test_city_name_fills_shared_sentences():
+    from bot.pack import load_pack
+
+    for name in pack_names():
+        pack = load_pack(name)
+        for lang in ("ja", "en"):
+            assert pack.info.name.get(lang) in pack.msg("welcome.body", lang)
+            assert all("{city}" not in str(v) for v in pack.messages[lang].values())
 
 
 def test_phone_not_dialable(pack_copy):
@@ -78,14 +113,20 @@ def test_hours_that_do_not_parse(pack_copy):
 
 
 def test_message_missing_in_one_language(pack_copy):
-    _edit(pack_copy / "messages.en.yaml", lambda d: d["q"].pop("ward"))
+    _edit(pack_copy.parent / COMMON / "messages.en.yaml", lambda d: d["q"].pop("ward"))
     errors = validate(str(pack_copy))
     assert "messages.en.yaml: q.ward: missing (present in ja)" in errors
 
 
+def test_city_message_missing_in_one_language(pack_copy):
+    (pack_copy / "messages.ja.yaml").write_text("only_ja: だけ\n", encoding="utf-8")
+    errors = validate(str(pack_copy))
+    assert "messages.en.yaml: only_ja: missing (present in ja)" in errors
+
+
 def test_message_the_flow_needs_missing_in_both(pack_copy):
     for lang in ("ja", "en"):
-        _edit(pack_copy / f"messages.{lang}.yaml", lambda d: d["q"].pop("ward"))
+        _edit(pack_copy.parent / COMMON / f"messages.{lang}.yaml", lambda d: d["q"].pop("ward"))
     errors = validate(str(pack_copy))
     assert any("flows/handbook.yaml: message key 'q.ward'" in e for e in errors), errors
 
@@ -107,7 +148,7 @@ def test_category_without_window(pack_copy):
 
 def test_cli_validate_fails_with_every_error(pack_copy):
     _edit(pack_copy / "windows.yaml", lambda d: d[0]["categories"].append("astrology"))
-    _edit(pack_copy / "messages.ja.yaml", lambda d: d["q"].pop("age"))
+    _edit(pack_copy.parent / COMMON / "messages.ja.yaml", lambda d: d["q"].pop("age"))
     proc = subprocess.run([sys.executable, "-m", "bot", "validate", str(pack_copy)], cwd=REPO,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1

@@ -33,7 +33,7 @@ from slack_sdk.http_retry import ConnectionErrorRetryHandler, RateLimitErrorRetr
 
 from bot import logs
 from bot.handoff.models import Case, StaffMessage
-from bot.pack.loader import CONTENT_ROOT, flatten
+from bot.pack.loader import COMMON, CONTENT_ROOT, flatten
 
 if TYPE_CHECKING:
     from bot.handoff.cases import CaseStore
@@ -73,14 +73,16 @@ class Notifier(Protocol):
         """Deliver one queue event about `case`; raise to have it retried later."""
 
 
-def load_labels(municipality: str = "kyoto", overrides: Mapping[str, str] | None = None,
+def load_labels(municipality: str | None = None, overrides: Mapping[str, str] | None = None,
                 root: Path = CONTENT_ROOT) -> dict[str, str]:
-    """Staff wording, flat dotted keys: the city's file, else Kyoto's, plus overrides."""
-    path = root / municipality / STAFF_LABELS
-    if not path.is_file():
-        path = root / "kyoto" / STAFF_LABELS
-    with path.open(encoding="utf-8") as fh:
-        labels = {k: str(v) for k, v in flatten(yaml.safe_load(fh) or {}).items()}
+    """Staff wording, flat dotted keys: the common file, the city's own keys, then overrides."""
+    labels: dict[str, str] = {}
+    paths = [root / COMMON / STAFF_LABELS] + ([root / municipality / STAFF_LABELS]
+                                              if municipality else [])
+    for path in paths:
+        if path.is_file():
+            with path.open(encoding="utf-8") as fh:
+                labels.update({k: str(v) for k, v in flatten(yaml.safe_load(fh) or {}).items()})
     labels.update(overrides or {})
     return labels
 

@@ -1,6 +1,10 @@
 """Load a content pack from bot/content/<name>/, collecting every error with its file and field.
 
-A maintainer editing YAML wants the whole list of what is wrong at once, not the first failure.
+A content root holds `common/` (the language: sentences, synonyms, command words, crisis terms,
+staff wording — shared by every city) and one folder per city (windows, hotlines, categories,
+wards, office hours, and any sentence or word the city adds or overrides). A city's pack is
+common + its own files, merged here. A maintainer editing YAML wants the whole list of what is
+wrong at once, not the first failure.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from pydantic import TypeAdapter, ValidationError
 from bot.pack.models import LANGS, Category, Lang, PackInfo, Ward, WardsFile, Window
 
 CONTENT_ROOT = Path(__file__).resolve().parents[1] / "content"
+COMMON = "common"
+CITY_PLACEHOLDER = "{city}"
 
 
 class PackError(Exception):
@@ -39,6 +45,14 @@ class Pack:
     @property
     def name(self) -> str:
         return self.info.id
+
+    @property
+    def common(self) -> Path:
+        return common_dir(self.root)
+
+    @property
+    def crisis_file(self) -> Path:
+        return crisis_file(self.root)
 
     def msg(self, key: str, lang: Lang) -> Any:
         """A message by dotted key; missing keys were rejected at load, so this cannot fail."""
@@ -67,6 +81,30 @@ def resolve_pack_dir(name_or_path: str | Path) -> Path:
     if path.is_dir():
         return path.resolve()
     return CONTENT_ROOT / str(name_or_path)
+
+
+def common_dir(pack_dir: Path) -> Path:
+    """The language files shared by the packs beside this one (content root / common)."""
+    return pack_dir.parent / COMMON
+
+
+def crisis_file(pack_dir: str | Path) -> Path:
+    """A city's own crisis.yaml replaces the common one; most cities use the common terms."""
+    root = resolve_pack_dir(pack_dir)
+    own = root / "crisis.yaml"
+    return own if own.is_file() else common_dir(root) / "crisis.yaml"
+
+
+def default_pack_name(content_root: Path = CONTENT_ROOT) -> str:
+    """The pack served when MUNICIPALITY is unset: bot/content/default.yaml."""
+    with (content_root / "default.yaml").open(encoding="utf-8") as fh:
+        return str(yaml.safe_load(fh)["municipality"])
+
+
+def pack_names(content_root: Path = CONTENT_ROOT) -> list[str]:
+    """Every city pack under the content root (folders with a pack.yaml)."""
+    return sorted(p.name for p in content_root.iterdir()
+                  if p.is_dir() and p.name != COMMON and (p / "pack.yaml").is_file())
 
 
 def _read_yaml(path: Path, errors: list[str]) -> Any:
@@ -126,11 +164,36 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _load_messages(root: Path, errors: list[str]) -> dict[Lang, dict[str, Any]]:
+def _with_city(value: Any, city: str) -> Any:
+    """{city} in a shared sentence or word list becomes this pack's name."""
+    if isinstance(value, str):
+        return value.replace(CITY_PLACEHOLDER, city)
+    if isinstance(value, list):
+        return [_with_city(v, city) for v in value]
+    return value
+
+
+def _load_messages(root: Path, errors: list[str],
+                   info: PackInfo | None) -> dict[Lang, dict[str, Any]]:
+    """Common sentences, then the city's own file (optional) adding or overriding keys."""
     messages: dict[Lang, dict[str, Any]] = {}
     for lang in LANGS:
-        data = _read_yaml(root / f"messages.{lang}.yaml", errors)
-        messages[lang] = flatten(data) if isinstance(data, dict) else {}
+        table: dict[str, Any] = {}
+        common = common_dir(root) / f"messages.{lang}.yaml"
+        data = _read_yaml(common, errors)
+        if isinstance(data, dict):
+            table.update(flatten(data))
+        elif data is not None:
+            errors.append(f"{COMMON}/{common.name}: must be a mapping")
+        own = root / f"messages.{lang}.yaml"
+        if own.is_file():
+            data = _read_yaml(own, errors)
+            if isinstance(data, dict):
+                table.update(flatten(data))
+            elif data is not None:
+                errors.append(f"{own.name}: must be a mapping")
+        city = info.name.get(lang) if info is not None else ""
+        messages[lang] = {key: _with_city(value, city) for key, value in table.items()}
     keys = {lang: set(m) for lang, m in messages.items()}
     for lang in LANGS:
         for other in LANGS:
@@ -184,8 +247,10 @@ def load_pack(name_or_path: str | Path) -> Pack:
     cats_raw = _read_yaml(root / "categories.yaml", errors)
     cats = _validate_items(root / "categories.yaml", cats_raw, Category, errors)
     categories = {c.id: c for c in cats}
-    wards = _validate(root / "wards.yaml", _read_yaml(root / "wards.yaml", errors), WardsFile,
-                      errors)
+    # A city without wards (or districts) has no wards.yaml: the ward question is skipped.
+    wards_path = root / "wards.yaml"
+    wards = (_validate(wards_path, _read_yaml(wards_path, errors), WardsFile, errors)
+             if wards_path.is_file() else WardsFile(groups=[], wards=[]))
     windows: dict[str, Window] = {}
     for fname in ("windows.yaml", "hotlines.yaml"):
         raw = _read_yaml(root / fname, errors)
@@ -193,7 +258,7 @@ def load_pack(name_or_path: str | Path) -> Pack:
             if w.id in windows:
                 errors.append(f"{fname}: {w.id}: duplicate window id")
             windows[w.id] = w
-    messages = _load_messages(root, errors)
+    messages = _load_messages(root, errors, info)
     _cross_check(categories, wards, windows, errors)
     if errors or info is None or wards is None:
         raise PackError(errors or [f"{root}: pack could not be loaded"])
@@ -201,4 +266,5 @@ def load_pack(name_or_path: str | Path) -> Pack:
                 messages=messages)
 
 
-__all__ = ["CONTENT_ROOT", "Pack", "PackError", "flatten", "load_pack"]
+__all__ = ["CONTENT_ROOT", "Pack", "PackError", "crisis_file", "default_pack_name", "flatten",
+           "load_pack", "pack_names"]
