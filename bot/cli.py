@@ -116,6 +116,41 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return run_worker(settings)
 
 
+def cmd_stats(args: argparse.Namespace) -> int:
+    from datetime import date, timedelta
+
+    from bot import figures
+    from bot.config import Settings, SettingsError
+    from bot.pack import load_pack
+    from bot.wiring import redis_client
+
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"tsunagu: configuration error: {exc}", file=sys.stderr)
+        return 2
+    if settings.embedded_redis:
+        print("REDIS_URL: required for `python -m bot stats` (the figures live in Redis)",
+              file=sys.stderr)
+        return 2
+    try:
+        until = date.fromisoformat(args.until) if args.until else figures.today()
+        since = date.fromisoformat(args.since) if args.since else until - timedelta(days=30)
+    except ValueError as exc:
+        print(f"--since/--until: not a date (YYYY-MM-DD): {exc}", file=sys.stderr)
+        return 2
+    if since > until or (until - since).days > figures.KEEP_DAYS:
+        print(f"--since/--until: at most {figures.KEEP_DAYS} days, since <= until",
+              file=sys.stderr)
+        return 2
+    rows = figures.Figures(redis_client(settings), settings.key_prefix).read(since, until)
+    small = (load_pack(settings.municipality).msg("figures.small_cell", args.lang)
+             if args.publish else None)
+    write = {"csv": figures.to_csv, "json": figures.to_json, "table": figures.to_table}
+    sys.stdout.write(write[args.format](rows, small))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     from bot.pack.loader import default_pack_name
 
@@ -138,5 +173,15 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_eval_safety)
     p = sub.add_parser("worker", help="deliver handoff cases to staff (Slack, webhook)")
     p.set_defaults(func=cmd_worker)
+    p = sub.add_parser("stats", help="the city's anonymous figures (REDIS_URL)")
+    p.add_argument("--since", help="first date, YYYY-MM-DD (Asia/Tokyo; default: 30 days "
+                   "before --until)")
+    p.add_argument("--until", help="last date, YYYY-MM-DD (default: today in Asia/Tokyo)")
+    p.add_argument("--format", default="csv", choices=["csv", "json", "table"])
+    p.add_argument("--publish", action="store_true",
+                   help="show counts below 5 as 'fewer than 5' (for publication)")
+    p.add_argument("--lang", default="ja", choices=["ja", "en"],
+                   help="language of the small-cell wording")
+    p.set_defaults(func=cmd_stats)
     args = parser.parse_args(argv)
     return int(args.func(args))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,8 +16,10 @@ import redis
 
 from bot import logs, metrics
 from bot.engine import Engine, Incoming, Step
+from bot.figures import Figures
 from bot.replies import Text
-from bot.store import LockTimeout, SessionStore, pseudonym
+from bot.session import Session
+from bot.store import LockTimeout, SessionStore, Turn
 
 log = logs.get("conversation")
 REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError, LockTimeout)
@@ -28,17 +30,21 @@ def utcnow() -> datetime:
 
 
 class Conversations:
-    def __init__(self, engine: Engine, store: SessionStore, secret: str,
-                 clock: Callable[[], datetime] = utcnow, cases: Any = None):
+    def __init__(self, engine: Engine, store: SessionStore, secret: str | Sequence[str],
+                 clock: Callable[[], datetime] = utcnow, cases: Any = None,
+                 figures: Figures | None = None):
         self.engine = engine
         self.store = store
-        self.secret = secret
+        self.secrets = (secret,) if isinstance(secret, str) else tuple(secret)
+        self.secret = self.secrets[0]
         self.clock = clock
         self.cases = cases  # bot.handoff.cases.CaseStore when staff are connected
+        self.figures = figures  # the city's anonymous counts (bot.figures)
         self._outage = logs.Throttle(60.0)
 
     def pseudonym(self, channel: str, user_id: str) -> str:
-        return pseudonym(self.secret, channel, user_id)
+        """Newest key's pseudonym, or an older key's while the person has data under it."""
+        return self.store.find_pseudonym(self.secrets, channel, user_id)
 
     def handle(self, channel: str, user_id: str, incoming: Incoming) -> Step:
         pid = self.pseudonym(channel, user_id)
@@ -46,9 +52,11 @@ class Conversations:
         now = self.clock()
         try:
             with self.store.turn(pid) as turn:
-                step = self.engine.step(turn.session, incoming, now)
+                before = turn.session
+                step = self.engine.step(before, incoming, now)
                 self.after_step(pid, channel, user_id, step)
                 turn.keep(step.session)
+                self.record(turn, channel, before, step, incoming, now)
         except REDIS_DOWN as exc:
             metrics.REDIS_ERRORS.labels("conversation").inc()
             if self._outage.ready():
@@ -62,6 +70,12 @@ class Conversations:
                    state=step.session.state if step.session else None,
                    events=step.events, ms=round(elapsed * 1000, 2))
         return step
+
+    def record(self, turn: Turn, channel: str, before: Session | None, step: Step,
+               incoming: Incoming, now: datetime) -> None:
+        """Count the step in the city's figures, in the round trip that saves the session."""
+        if self.figures is not None:
+            turn.also(self.figures.writes_for(channel, before, step, incoming, now))
 
     def after_step(self, pid: str, channel: str, user_id: str, step: Step) -> None:
         """What a step asks of the handoff: open a case, relay text, forget an address.

@@ -8,7 +8,9 @@ import redis
 
 from bot import logs
 from bot.config import Settings
+from bot.crypto import Sealer
 from bot.engine import Engine
+from bot.figures import Figures
 from bot.flows import load_flows
 from bot.outbox import Outbox
 from bot.pack import Pack, load_pack
@@ -29,6 +31,7 @@ class Services:
     store: SessionStore
     conversations: Conversations
     outbox: Outbox
+    figures: Figures
 
 
 def redis_client(settings: Settings) -> redis.Redis:
@@ -54,6 +57,8 @@ def build(settings: Settings, client: redis.Redis | None = None) -> Services:
     client = client if client is not None else redis_client(settings)
     store = SessionStore(client, ttl_seconds=settings.session_ttl, prefix=settings.key_prefix,
                          lock_ms=settings.lock_ms)
-    conversations = Conversations(engine, store, settings.bot_secret_key)
+    figures = Figures(client, settings.key_prefix)
+    conversations = Conversations(engine, store, settings.secret_keys, figures=figures)
+    outbox = Outbox(client, store.key, Sealer(settings.secret_keys, "outbox"))
     return Services(settings=settings, redis=client, pack=pack, engine=engine, store=store,
-                    conversations=conversations, outbox=Outbox(client, store.key))
+                    conversations=conversations, outbox=outbox, figures=figures)

@@ -65,8 +65,7 @@ def test_questionnaire_to_results(walker: Walker):
     walker.tap("not_open")
     assert walker.question.state == "more"
     walker.tap("none")
-    assert walker.question.state == "ward"
-    walker.tap("sakyo")
+    walker.tap_ward("sakyo")
     walker.tap("phone")
     assert walker.question.state == "results"
     cards = walker.cards()
@@ -149,11 +148,12 @@ def test_more_stops_after_three_extra_worries(walker: Walker):
         assert walker.question.state == "more"
         assert "loneliness" not in [c.value for c in walker.question.choices]
         walker.tap(cat)
-    assert walker.question.state == "ward"
+    assert walker.question.state == ("ward" if walker.engine.pack.wards.wards else "contact")
     assert walker.session.concerns == ["loneliness", "disability", "foreign", "elderly"]
 
 
-def test_ward_question_pages(walker: Walker, pack):
+def test_ward_question_pages(kyoto_engine, kyoto_pack):
+    walker, pack = Walker(kyoto_engine), kyoto_pack
     walker.start()
     walker.tap("start")
     walker.tap("self")
@@ -172,6 +172,22 @@ def test_ward_question_pages(walker: Walker, pack):
     walker.tap(last)
     assert walker.session.answers["ward"] == last
     assert walker.question.state == "contact"
+
+
+def test_a_city_without_wards_never_asks_the_ward_question(walker: Walker, engine):
+    """The ward question lists the pack's wards; with none it is skipped and not counted."""
+    walker.start()
+    for value in ("start", "self", "skip", "loneliness"):
+        walker.tap(value)
+    asked = walker.session.asked
+    walker.tap("none")
+    has_wards = bool(engine.pack.wards.wards)
+    assert walker.question.state == ("ward" if has_wards else "contact")
+    assert walker.session.asked == asked + 1
+    if not has_wards:
+        assert "ward" not in walker.session.answers
+        walker.tap("phone")
+        assert walker.question.state == "results"
 
 
 def test_global_commands_work_in_any_state(walker: Walker, pack):
@@ -245,7 +261,7 @@ def test_english_run_through(walker: Walker, pack):
     assert walker.session.concerns == ["poverty"]
     walker.tap("yes")
     walker.tap("none")
-    walker.tap("outside")
+    walker.tap_ward("outside")
     walker.tap("mail")
     assert walker.question.state == "results"
     assert walker.question.text == pack.msg("results.next", "en")
@@ -327,9 +343,8 @@ def test_open_again_shows_the_current_question_without_moving(walker: Walker, pa
 
 
 def test_open_on_results_draws_the_results_again(walker: Walker):
-    walker.start()
-    for value in ("start", "self", "18_39", "loneliness", "none", "skip", "phone"):
-        walker.tap(value)
+    _to_contact(walker, "18_39")
+    walker.tap("phone")
     shown = walker.cards()
     walker.send(Incoming(kind="event", value="open"))
     assert walker.cards() == shown and walker.question.state == "results"
@@ -344,11 +359,19 @@ def test_open_with_a_language_starts_or_switches_in_it(walker: Walker, pack):
     assert walker.question.text == pack.msg("q.whose", "ja")
 
 
+def _to_contact(walker: Walker, age: str) -> None:
+    """A lonely person of this age, up to the question of how to talk (any city)."""
+    walker.start()
+    for value in ("start", "self", age, "loneliness", "none"):
+        walker.tap(value)
+    while walker.question.state != "contact":
+        walker.tap("skip")
+
+
 def _to_results_by_chat(engine, now):
     walker = Walker(engine, now=now)
-    walker.start()
-    for value in ("start", "self", "40_64", "loneliness", "none", "skip", "chat"):
-        walker.tap(value)
+    _to_contact(walker, "40_64")
+    walker.tap("chat")
     return walker
 
 
@@ -372,6 +395,7 @@ def test_chat_preference_with_staff_offers_a_person_and_says_when(pack, moment):
     assert when in said
     assert walker.question.choices[0].value == "cmd:human"
     if moment == "night":
-        lines = [c.id for c in walker.cards()]
-        assert "yorisoi_hotline" in lines
-        assert "kodomo_hotline_7333" not in lines  # a children's line, not for 40–64
+        lines = [engine.pack.windows[c.id] for c in walker.cards()]
+        assert any(w.hours and w.hours.always for w in lines)  # someone answers tonight
+        # ... and no line for another age band (no children's line for a 40–64-year-old)
+        assert all(not w.ages or "40_64" in w.ages for w in lines)

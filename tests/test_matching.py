@@ -12,7 +12,8 @@ def test_family_midlife_hikikomori_gets_the_hikikomori_window_first(pack):
     assert "primary:hikikomori" in found.windows[0].reasons
 
 
-def test_dv_in_danger_puts_110_and_the_dv_centre_first(pack):
+def test_dv_in_danger_puts_110_and_the_dv_centre_first(kyoto_pack):
+    pack = kyoto_pack
     found = match(pack, Answers(whose="self", age="18_39", concerns=("dv_abuse",),
                                 flags=frozenset({"danger_now"})))
     assert found.hotlines[0].window.id == "police_110"
@@ -26,7 +27,8 @@ def test_dv_not_in_danger_does_not_show_110(pack):
     assert not found.urgent
 
 
-def test_child_at_school_gets_7333_and_the_children_youth_window(pack):
+def test_child_at_school_gets_7333_and_the_children_youth_window(kyoto_pack):
+    pack = kyoto_pack
     found = match(pack, Answers(whose="self", age="u18", concerns=("children_youth",),
                                 flags=frozenset({"school"})))
     assert found.hotlines[0].window.id == "kodomo_hotline_7333"
@@ -35,7 +37,8 @@ def test_child_at_school_gets_7333_and_the_children_youth_window(pack):
     assert "children_youth" in top.categories and "school" in top.flags, window_ids
 
 
-def test_ward_brings_its_centre(pack):
+def test_ward_brings_its_centre(kyoto_pack):
+    pack = kyoto_pack
     found = match(pack, Answers(concerns=("loneliness",), ward="daigo"))
     assert found.centre is not None and found.centre.id == "centre_daigo"
 
@@ -62,8 +65,8 @@ def test_every_category_alone_finds_a_window(pack):
         assert found.windows or found.hotlines, cat
 
 
-def test_results_show_cards_with_tel_links_and_open_status(engine):
-    walker = Walker(engine, now=WEEKDAY_MORNING)
+def test_results_show_cards_with_tel_links_and_open_status(kyoto_engine):
+    walker = Walker(kyoto_engine, now=WEEKDAY_MORNING)
     walker.start()
     for value in ("start", "family", "40_64", "hikikomori", "long", "not_open", "none",
                   "sakyo", "phone"):
@@ -93,14 +96,13 @@ def _all_results(engine, now=WEEKDAY_MORNING):
                 walker.start()
                 for value in ("start", whose, age, concern):
                     walker.tap(value)
-                while walker.question.state not in ("ward", "results"):
+                while walker.question.state != "contact":
                     values = [c.value for c in walker.question.choices
                               if not c.value.startswith("cmd:")]
                     walker.tap("elderly" if walker.question.state == "more"
                                and "elderly" in values else
                                "none" if "none" in values else values[0])
-                for value in ("kita", "chat"):
-                    walker.tap(value)
+                walker.tap("chat")
                 cards = [c for r in walker.replies if isinstance(r, Cards) for c in r.cards]
                 yield (age, whose, concern), walker, cards
 
@@ -123,10 +125,12 @@ def test_no_window_for_another_age_band_in_any_answer(engine, pack):
             window = pack.windows[card.id]
             assert not window.ages or age in window.ages, (age, card.id)
             seen += bool(window.ages)
-    assert seen  # age-limited windows do appear where they fit
+    has_limited = any(w.ages for w in pack.windows.values())
+    assert seen or not has_limited  # age-limited windows do appear where they fit
 
 
-def test_a_midlife_person_gets_no_childrens_desk(pack):
+def test_a_midlife_person_gets_no_childrens_desk(kyoto_pack):
+    pack = kyoto_pack
     for concern in ("poverty", "loneliness"):
         found = match(pack, Answers(whose="self", age="40_64", concerns=(concern,)))
         ids = {m.window.id for m in [*found.windows, *found.hotlines]}

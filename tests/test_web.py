@@ -12,7 +12,8 @@ def _values(data):
     return q, [c["value"] for c in q["choices"]]
 
 
-def test_page_is_served_with_pack_texts(client, pack):
+def test_page_is_served_with_pack_texts(client, services):
+    pack = services.pack
     resp = client.get("/")
     assert resp.status_code == 200
     html = resp.get_data(as_text=True)
@@ -105,7 +106,8 @@ def test_metrics_count_without_personal_data(client):
 # --- the page opened again, language, データを消す (issue 10) ---
 
 
-def test_open_starts_in_the_asked_language_then_returns_to_the_place(client, pack):
+def test_open_starts_in_the_asked_language_then_returns_to_the_place(client, services):
+    pack = services.pack
     resp = client.post("/api/chat", json={"type": "open", "lang": "en"})
     assert resp.json["lang"] == "en" and not resp.json["resumed"]
     q, _ = _values(resp.json)
@@ -127,7 +129,8 @@ def test_forget_tells_the_page_to_clear(client):
     assert client.post("/api/chat", json={"type": "open"}).json["cleared"] is False
 
 
-def test_page_frame_follows_lang_and_carries_both_languages(client, pack):
+def test_page_frame_follows_lang_and_carries_both_languages(client, services):
+    pack = services.pack
     html = client.get("/?lang=en").get_data(as_text=True)
     assert '<html lang="en">' in html and pack.msg("web.title", "en") in html
     frame = json.loads(html.split('<script id="frame" type="application/json">')[1]

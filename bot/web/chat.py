@@ -133,7 +133,7 @@ def chat() -> Any:
     if step.session is not None:
         answer["lang"] = step.session.lang
     resp = make_response(jsonify(answer))
-    resp.set_cookie(COOKIE, visitor, max_age=COOKIE_AGE, httponly=True, samesite="Lax",
-                    secure=request.is_secure)
+    resp.set_cookie(COOKIE, visitor, max_age=COOKIE_AGE, httponly=True, samesite="Strict",
+                    secure=request.is_secure)  # is_secure sees the TLS proxy via ProxyFix
     resp.headers["Cache-Control"] = "no-store"
     return resp

@@ -102,6 +102,12 @@ def site(redis_url: str | None) -> Iterator[Site]:
 
 
 @pytest.fixture
+def pack(site: Site) -> Any:
+    """The served city's pack (the browser tests run once, against the default city)."""
+    return site.app.extensions["tsunagu"].pack
+
+
+@pytest.fixture
 def open_page(browser, site: Site, request) -> Iterator[Any]:
     """open_page(viewport, path="/") → a page in a fresh context (no cookies yet)."""
     contexts = []
