@@ -19,13 +19,14 @@ from transitions import EventData, Machine
 from bot.cards import card
 from bot.flows.schema import ChoiceSpec, FlowSpec, StateSpec
 from bot.handoff.models import CaseRequest
+from bot.language import Analysis, analyze, normalize, script_language
 from bot.pack.hours import is_open, next_opening
 from bot.pack.loader import Pack
 from bot.pack.matching import Answers, fits, match, rank
 from bot.pack.models import LANGS, Lang, Window
 from bot.replies import Cards, Choice, Question, Reply, Text
 from bot.session import Session
-from bot.textnorm import normalize
+from bot.triage import Result, triage
 
 CMD_PREFIX = "cmd:"
 PAGE_PREFIX = "page:"
@@ -35,28 +36,48 @@ RATE_LIMIT = 20  # messages a minute per person before the gentle flood note
 CASE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I: read aloud on the phone
 HANDOFF_STATES = ("handoff_consent", "handoff_message", "handoff_open")
 DECLINED = {"skip", "outside", "info"}
+TRIAGE = "triage"  # the state where understood free text is confirmed
+# Where free text is read for a worry: questions, the welcome, the results, the triage itself.
+LISTENING = ("question", "info", "results", "triage")
+FOREIGN_NOTES = ("zh", "ko", "vi", "th", "ru", "ne", "ar")
 SYNONYM_GROUP = {"categories": "cat", "wards": "ward"}
 
 
 class Detector(Protocol):
-    def detect(self, text: str) -> Any: ...
+    def detect(self, text: str | Analysis) -> Any: ...
 
 
 @dataclass(frozen=True)
 class Incoming:
-    """A tap (a choice value), free text, or a platform event (first_contact, sticker, media)."""
+    """A tap (a choice value), free text, or a platform event (first_contact, sticker, media).
 
-    kind: Literal["tap", "text", "event"]
+    Two kinds never come from a resident's channel, only from the staff side: "staff" (a staff
+    answer to relay, `value` its text) and the events "case_closed" / "case_expired". `lang`
+    is the language to answer in when the person has no session any more.
+    """
+
+    kind: Literal["tap", "text", "event", "staff"]
     value: str = ""
     state: str | None = None
-    lang: Lang | None = None  # a channel's own language request (the web page's ?lang=en)
+    lang: Lang | None = None
+
+    @property
+    def from_staff(self) -> bool:
+        """Sent by staff for the person, not by the person (not counted as their doing)."""
+        return self.kind == "staff" or (self.kind == "event"
+                                        and self.value in ("case_closed", "case_expired"))
 
 
 @dataclass
 class Step:
     """The outcome of one message. `session` None means: delete what is stored.
 
-    `handoff` asks the caller to open a staff case; `relay` is text for the open case's thread.
+    The typed signals are what callers act on (bot.service.Conversations.process); `events`
+    are labels for metrics and logs only, never a reason to do something:
+    `handoff` asks the caller to open a staff case; `relay` is text for the open case's thread;
+    `urgent` marks the open case urgent (crisis words in it); `forget` deletes everything that
+    leads back to the person (their case's address and text), beyond the session;
+    `resumed` says the answer shows a conversation already under way (the page was reopened).
     """
 
     session: Session | None
@@ -64,6 +85,9 @@ class Step:
     events: list[str] = field(default_factory=list)
     handoff: CaseRequest | None = None
     relay: str | None = None
+    urgent: bool = False
+    forget: bool = False
+    resumed: bool = False
 
 
 @dataclass(frozen=True)
@@ -112,6 +136,9 @@ class Engine:
         self.labels = {kind: dict(items) for kind, items in self.items.items()}
         self.machine = self._compile()
         self.command_words = self._command_words()
+        start = flow.states[flow.start]
+        # Where a confirmed worry continues when it was written before any question.
+        self.first_question = next((c.next for c in start.choices if c.next), flow.start)
 
     # -- compile (once) ------------------------------------------------------------------
     def _compile(self) -> Machine:
@@ -141,8 +168,11 @@ class Engine:
         machine.add_transition("open_directory", "*", "directory")
         if "handoff_consent" in spec.states:
             machine.add_transition("ask_consent", "*", "handoff_consent")
+        if TRIAGE in spec.states:
+            machine.add_transition("listen", "*", TRIAGE)
+        returns = ("directory", *(h for h in (*HANDOFF_STATES, TRIAGE) if h in spec.states))
         for name in spec.states:
-            for source in ("directory", *(h for h in HANDOFF_STATES if h in spec.states)):
+            for source in returns:
                 machine.add_transition("resume", source, name, conditions=[_value_is(name)])
         return machine
 
@@ -192,6 +222,9 @@ class Engine:
         name = state_name or session.state
         state = self.flow.states[name]
         opts: list[Option] = []
+        guess = session.guess or {}
+        if state.kind == TRIAGE and guess.get("mode") in ("confirm", "pick"):
+            return self._triage_options(session, state, guess)
         if state.choices_from:
             items = self.items[state.choices_from]
             if state.exclude_answered:
@@ -208,6 +241,8 @@ class Engine:
                 opts.append(Option(f"{PAGE_PREFIX}{page + 1}", self.t("common.next", session),
                                    page=page + 1))
         for choice in [*state.choices, *state.extra]:
+            if state.kind == TRIAGE:
+                break  # the full category list: its own yes/no/other are for the guesses
             if choice.command == "resume" and not session.resume:
                 continue
             value = f"{CMD_PREFIX}{choice.command}" if choice.command else choice.value
@@ -218,7 +253,7 @@ class Engine:
     @staticmethod
     def _page_size(state: StateSpec, n_items: int, reserve: int = 0) -> int:
         """All items when they fit in 13 with the fixed choices; else pages with ◀ ▶."""
-        fixed = len(state.choices) + len(state.extra) + reserve
+        fixed = reserve if state.kind == TRIAGE else len(state.choices) + len(state.extra) + reserve
         return n_items if n_items + fixed <= MAX_CHOICES else MAX_CHOICES - fixed - 2
 
     def ask(self, session: Session) -> Question:
@@ -230,7 +265,9 @@ class Engine:
             extra = [human] if all(o.command != "human" for o in self.options(session)) else []
         opts = self.options(session, reserve=len(extra)) + extra
         state = self.flow.states[session.state]
-        return Question(text=self.t(state.prompt, session), state=session.state,
+        text = self._triage_prompt(session) if state.kind == TRIAGE else self.t(state.prompt,
+                                                                                  session)
+        return Question(text=text, state=session.state,
                         choices=[Choice(label=o.label, value=o.value) for o in opts])
 
     def command_option(self, command: str, session: Session) -> Option:
@@ -251,11 +288,34 @@ class Engine:
 
     # -- the step ------------------------------------------------------------------------
     def step(self, session: Session | None, incoming: Incoming, now: datetime) -> Step:
+        """One message of one person: the new session, the replies and the signals.
+
+        Args:
+            session: what is stored for this person (None: a stranger, or forgotten).
+            incoming: the tap, text or event; kind "staff" and the case_* events come from
+                the staff side only (see Incoming).
+            now: the time the message is answered at (opening hours, rate limit).
+
+        Returns:
+            A Step. Pure: nothing is stored or sent here, and `session` is not modified
+            (a clone is returned), so a caller may run the same step again after a failed
+            delivery. Only the case number of a handoff is drawn at random.
+
+        Raises:
+            Nothing for any input a channel can produce; a bug raises as usual.
+
+        Ordering: the caller must hold the person's lock and give each message of that person
+        in the order it was received; the step reads and returns the whole session.
+        """
+        if incoming.from_staff:
+            return self._from_staff(session, incoming)
         is_new = session is None
         session = self.new_session() if session is None else session.clone()
         out = Step(session=session, replies=[])
         text = incoming.value if incoming.kind == "text" else ""
-        crisis = self.detector.detect(text) if text else None
+        # One analysis of the text serves crisis detection, triage and choice matching.
+        found = analyze(text) if text else None
+        crisis = self.detector.detect(found) if found is not None else None
         if crisis is not None:
             self._crisis(out, crisis.kind, now)
         elif self._flooded(session, now):
@@ -276,8 +336,13 @@ class Engine:
                 return self._open_case(out, text, now)
         if is_new and crisis is None and not (incoming.kind == "tap"
                                               and incoming.state == session.state):
-            # A stranger's first words get the welcome; a tap on the welcome's own choices
-            # (after データを消す, or an expired session) is simply taken.
+            # A stranger's first words: a worry they name is confirmed at once; otherwise the
+            # welcome. A tap on the welcome's own choices (after データを消す, or an expired
+            # session) is simply taken.
+            if found is not None and TRIAGE in self.flow.states:
+                heard = self._listen(out, found, now)
+                if heard is not None:
+                    return heard
             out.replies.append(self.ask(session))
             return out
         if incoming.kind == "tap":
@@ -287,11 +352,25 @@ class Engine:
                 out.events.append("stale")
                 return self._reask(out, "common.stale", crisis is not None)
             option = next((o for o in self.options(session) if o.value == incoming.value), None)
+        elif crisis is not None:
+            option = None
         else:
-            option = None if crisis is not None else self._understand(session, text)
-            if crisis is None:
-                out.events.append("text:understood" if option else "text:not_understood")
+            # A plain answer (a label, a synonym, a number) is taken; a sentence naming a worry
+            # is confirmed (bot/triage.py); a word inside a sentence still answers.
+            option = self._understand(session, text, exact=True)
+            if option is None and found is not None and self._listening(session):
+                heard = self._listen(out, found, now)
+                if heard is not None:
+                    heard.events.append("text:understood")
+                    return heard
+                option = self._understand(session, text)
+            elif option is None:
+                option = self._understand(session, text)
+            out.events.append("text:understood" if option else "text:not_understood")
         if option is None:
+            if text and not crisis and self.flow.states[session.state].kind == "info" \
+                    and TRIAGE in self.flow.states:
+                return self._offer(out, "none", [], {})
             return self._reask(out, "common.not_understood", crisis is not None)
         if option.page is not None:
             return self._page(out, option.value)
@@ -319,23 +398,156 @@ class Engine:
             return self.command_words.get(normalize(incoming.value))
         return None
 
-    def _understand(self, session: Session, text: str) -> Option | None:
-        """Free text → a choice, only when it clearly means one; else None (ask again)."""
+    def _understand(self, session: Session, text: str, exact: bool = False) -> Option | None:
+        """Free text → a choice, only when it clearly means one; else None (ask again).
+        `exact`: only the whole text as a label, synonym or number."""
         opts = self.options(session)
         norm = normalize(text)
         if norm.isdigit() and 1 <= int(norm) <= len(opts):
             return opts[int(norm) - 1]
-        exact: set[int] = set()
+        exact_hits: set[int] = set()
         contains: set[int] = set()
         for i, opt in enumerate(opts):
             for word in self._words_for(session, opt):
                 if word and norm == word:
-                    exact.add(i)
+                    exact_hits.add(i)
                 elif len(word) >= 2 and word in norm:
                     contains.add(i)
         # Two choices claiming the same words means the text is not clear: ask again.
-        found = exact or contains
+        found = exact_hits if exact else exact_hits or contains
         return opts[found.pop()] if len(found) == 1 else None
+
+    # -- free text understood (bot/triage.py) ------------------------------------------------
+    def _listening(self, session: Session) -> bool:
+        return TRIAGE in self.flow.states and \
+            self.flow.states[session.state].kind in LISTENING
+
+    def _listen(self, out: Step, found: Analysis, now: datetime) -> Step | None:
+        """Read free text for a worry. A step when it says something we act on: a note in the
+        resident's language, a confirmation, a choice among a few; None to carry on as before."""
+        session = out.session
+        assert session is not None
+        written = script_language(found.text)
+        if written in FOREIGN_NOTES:
+            out.events.append("lang_note")
+            out.replies.append(Text(text=self.t(f"triage.lang.{written}", session)))
+            out.replies.append(self.ask(session))
+            return out
+        if written in LANGS and written != session.lang:
+            session.lang = written  # typed in English (or Japanese): answer in it
+        result: Result = triage(found, session.lang, self.pack)
+        top = result.top if result.top in self.pack.categories else None
+        state = self.flow.states[session.state]
+        if top is not None and state.kind == "question" and state.choices_from == "categories":
+            option = next((o for o in self.options(session) if o.value == top), None)
+            if option is not None:  # the category question, answered in a sentence
+                return self._choose(out, option, now)
+        if top is not None:
+            return self._offer(out, "confirm", [top], result.slots)
+        several = [c for c in result.plausible if c in self.pack.categories]
+        if len(several) >= 2:
+            return self._offer(out, "pick", several, result.slots)
+        return None
+
+    def _offer(self, out: Step, mode: str, cats: list[str], slots: dict[str, str]) -> Step:
+        """Go to the triage state: confirm one worry, pick among a few, or among all."""
+        session = out.session
+        assert session is not None
+        back = (session.guess or {}).get("back") if session.state == TRIAGE else session.state
+        session.guess = {"mode": mode, "cats": cats, "slots": slots, "back": back}
+        self._move(session, "listen")
+        out.events.append(f"triage:{mode}")
+        out.replies.append(self.ask(session))
+        return out
+
+    def _triage_options(self, session: Session, state: StateSpec,
+                        guess: dict[str, Any]) -> list[Option]:
+        fixed = {c.value: c for c in state.extra}
+
+        def option(value: str) -> Option:
+            return Option(value, self.t(fixed[value].label, session), spec=fixed[value])
+
+        if guess["mode"] == "confirm":
+            return [option("yes"), option("no")]
+        return [Option(c, self.labels["categories"][c].get(session.lang))
+                for c in guess.get("cats", []) if c in self.labels["categories"]] + \
+            [option("other")]
+
+    def _triage_prompt(self, session: Session) -> str:
+        guess = session.guess or {}
+        mode = guess.get("mode", "all")
+        if mode == "confirm":
+            whose = guess.get("slots", {}).get("whose", "any")
+            what = self.t(f"triage.topic.{guess['cats'][0]}", session)
+            return self.t(f"triage.confirm.{whose}", session).format(what=what)
+        key = {"pick": "triage.several", "none": "triage.none"}.get(mode, "triage.which")
+        return self.t(key, session)
+
+    def _triage_choose(self, out: Step, value: str, now: datetime) -> Step:
+        session = out.session
+        assert session is not None
+        guess = session.guess or {}
+        if value in ("no", "other"):
+            slots = {} if value == "no" else guess.get("slots", {})
+            session.guess = {**guess, "mode": "all", "cats": [], "slots": slots}
+            out.replies.append(self.ask(session))
+            return out
+        category = (guess.get("cats") or [None])[0] if value == "yes" else value
+        if category not in self.pack.categories:
+            return self._reask(out, "common.not_understood", False)
+        return self._accept(out, category, guess.get("slots", {}), guess.get("back"), now)
+
+    def _accept(self, out: Step, category: str, slots: dict[str, str], back: str | None,
+                now: datetime) -> Step:
+        """The resident confirmed the worry: record it and every answer the text gave, and go
+        back to the questions, skipping the answered ones."""
+        session = out.session
+        assert session is not None
+        session.guess = None
+        if category not in session.concerns:
+            session.concerns = [*session.concerns, category]
+        skip = {"concerns"}
+        for key, value in slots.items():
+            if key == "ward" and self.pack.ward(value) is None:
+                continue
+            if key not in session.answers:
+                session.answers[key] = value
+                skip.add(key)
+        session.skip = sorted(skip)
+        out.events.append(f"triage:accept:{category}")
+        for state in self.flow.states.values():
+            crisis = state.crisis_by_value.get(category) if state.answer == "concerns" else None
+            if crisis and session.crisis != crisis:
+                self._crisis(out, crisis, now)
+        states = self.flow.states
+        target = back if back in states and states[back].kind == "question" else \
+            self.first_question
+        if target == back:
+            session.asked = max(0, session.asked - 1)  # the same question, counted once
+        self._move(session, "resume", value=target)
+        return self._entered(out, now)
+
+    def _skip_answered(self, out: Step, now: datetime) -> None:
+        """Pass the questions whose answer the resident's own words gave (session.skip)."""
+        session = out.session
+        assert session is not None
+        for _ in range(len(self.flow.states)):
+            state = self.flow.states[session.state]
+            if state.kind != "question" or state.repeat or state.answer not in session.skip:
+                return
+            session.skip = [k for k in session.skip if k != state.answer]
+            value = (session.concerns[0] if session.concerns else None) \
+                if state.answer == "concerns" else session.answers.get(state.answer or "")
+            if value is None:
+                return
+            spec = next((c for c in state.choices if c.value == value), None)
+            if spec is not None:
+                session.add_flags(spec.flags)
+            crisis = (spec.crisis if spec else None) or state.crisis_by_value.get(value)
+            if crisis and session.crisis != crisis:
+                self._crisis(out, crisis, now)
+            if not self._move(session, "answer", value=value):
+                return
 
     def _words_for(self, session: Session, opt: Option) -> list[str]:
         """The label in every language plus the pack's synonyms (`syn.<label key>`)."""
@@ -385,6 +597,8 @@ class Engine:
         value = option.value
         if state.kind == "directory":
             return self._directory_category(out, value, now)
+        if state.kind == TRIAGE:
+            return self._triage_choose(out, value, now)
         if state.kind == "handoff_message" and option.spec and option.spec.next:
             return self._open_case(out, None, now)
         if state.answer == "concerns":
@@ -404,6 +618,7 @@ class Engine:
     def _entered(self, out: Step, now: datetime) -> Step:
         session = out.session
         assert session is not None
+        self._skip_answered(out, now)
         state: StateSpec = self.flow.states[session.state]
         if self.skips(state) and self._move(session, "skip"):
             return self._entered(out, now)
@@ -481,8 +696,7 @@ class Engine:
             # rendered from the session alone; the results are computed again from the answers.
             if incoming.lang:
                 session.lang = incoming.lang
-            if session.state != self.flow.start:
-                out.events.append("resumed")
+            out.resumed = session.state != self.flow.start
             if self.flow.states[session.state].kind == "results":
                 out.replies += self._results(session, now)
             out.replies.append(self.ask(session))
@@ -514,6 +728,7 @@ class Engine:
         elif command == "forget":
             fresh = self.new_session(session.lang)
             out.session = None
+            out.forget = True
             out.replies.append(Text(text=self.t("forget.done", fresh)))
             if self.handoff:  # honest about what this cannot delete
                 out.replies.append(Text(text=self.t("forget_staff.kept", fresh)))
@@ -626,10 +841,16 @@ class Engine:
         out.replies.append(self.ask(session))
         return out
 
-    def case_number(self) -> str:
-        """A short number a person can read out on the phone, e.g. K-4F7Q."""
-        return f"{self.pack.info.case_prefix}-" + "".join(
-            secrets.choice(CASE_ALPHABET) for _ in range(4))
+    def case_number(self, seed: bytes | None = None) -> str:
+        """A short number a person can read out on the phone, e.g. K-4F7Q.
+
+        Random, or derived from `seed` (at least 4 bytes) so that a retried message gets the
+        same number again (bot.service)."""
+        if seed is None:
+            chars = [secrets.choice(CASE_ALPHABET) for _ in range(4)]
+        else:
+            chars = [CASE_ALPHABET[b % len(CASE_ALPHABET)] for b in seed[:4]]
+        return f"{self.pack.info.case_prefix}-" + "".join(chars)
 
     def staff_summary(self, session: Session) -> list[tuple[str, str]]:
         """The answers as staff read them (Japanese): (question, answer) pairs."""
@@ -664,11 +885,26 @@ class Engine:
         out.relay = text
         out.events.append("handoff:relay")
         if crisis:
+            out.urgent = True
             out.events.append("handoff:urgent")
         out.replies.append(Text(text=self.t("handoff.relayed", session)))
         out.replies.append(self.ask(session))
         return out
 
+    def _from_staff(self, session: Session | None, incoming: Incoming) -> Step:
+        """A staff answer, or the case closed or expired: said to the resident, with a way on.
+
+        A staff answer changes nothing stored (a person without a session keeps none); the
+        end of a case gives a fresh session (the rate count kept).
+        """
+        current = session.clone() if session is not None else self.new_session(
+            incoming.lang or "ja")
+        if incoming.kind == "staff":
+            return Step(session=session.clone() if session is not None else None,
+                        replies=self.staff_reply(current, incoming.value),
+                        events=["handoff:staff"])
+        fresh, replies = self.close_case(current, expired=incoming.value == "case_expired")
+        return Step(session=fresh, replies=replies, events=[f"handoff:{incoming.value}"])
     def case_refused(self, step: Step, now: datetime) -> None:
         """Too many cases from one address: no case; the phone windows instead, after any
         crisis reply — never a dead end."""
@@ -685,12 +921,15 @@ class Engine:
         """A staff answer, as the resident sees it: prefixed, with a way on."""
         return [Text(text=self.t("handoff.staff_prefix", session) + text), self.ask(session)]
 
-    def close_case(self, session: Session) -> tuple[Session, list[Reply]]:
-        """Staff resolved the case: tell the resident, and how to start again."""
+    def close_case(self, session: Session,
+                   expired: bool = False) -> tuple[Session, list[Reply]]:
+        """Staff resolved the case (or it expired unanswered): tell the resident, and how to
+        start again. The expiry notice may arrive days later on a shared phone, so its wording
+        says nothing of what the conversation was about."""
         fresh = self.new_session(session.lang)
         fresh.rate_minute, fresh.rate_count = session.rate_minute, session.rate_count
         replies: list[Reply] = [
-            Text(text=self.t("handoff.closed", fresh)),
+            Text(text=self.t("handoff.expired" if expired else "handoff.closed", fresh)),
             Question(text=self.t("stop.next", fresh), state=fresh.state,
                      choices=[Choice(label=o.label, value=o.value) for o in (
                          self.command_option("restart", fresh),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from bot.flows.schema import FLOWS_DIR, FlowError, FlowSpec, load_flow
@@ -34,6 +35,21 @@ def _label_errors(pack: Pack, flow: FlowSpec) -> list[str]:
     return errors
 
 
+def _triage_errors(pack: Pack) -> list[str]:
+    """The common free-text vocabulary fits this pack: its categories, and the words used to
+    confirm each one with the resident (triage.topic.<id>)."""
+    errors = []
+    for lang, vocab in pack.triage.items():
+        for cat in vocab.categories:
+            if cat.id not in pack.categories:
+                errors.append(f"common/triage.{lang}.yaml: categories.{cat.id}: not a category "
+                              f"of pack {pack.name!r}")
+    for cat in pack.categories:
+        if not pack.has_msg(f"triage.topic.{cat}"):
+            errors.append(f"messages: triage.topic.{cat} is missing (used to confirm free text)")
+    return errors
+
+
 def validate(pack_name: str, flows_dir: Path = FLOWS_DIR) -> list[str]:
     errors: list[str] = []
     pack: Pack | None = None
@@ -48,12 +64,12 @@ def validate(pack_name: str, flows_dir: Path = FLOWS_DIR) -> list[str]:
         except FlowError as exc:
             errors += str(exc).splitlines()
     crisis = crisis_file(pack_name)
-    try:
-        from bot.safety import CrisisDetector
+    from bot.safety import CrisisDetector, CrisisFileError
 
+    try:
         CrisisDetector.from_file(crisis)
-    except Exception as exc:  # report every kind of crisis-file failure, do not stop
-        errors.append(f"{crisis.parent.name}/crisis.yaml: {exc}")
+    except (CrisisFileError, OSError, ValueError, TypeError, re.error) as exc:
+        errors.append(f"{crisis.parent.name}/crisis.yaml: {exc}")  # with the others, go on
     if pack is not None:
         for flow in flows:
             for key in sorted(flow.message_keys()):
@@ -61,6 +77,7 @@ def validate(pack_name: str, flows_dir: Path = FLOWS_DIR) -> list[str]:
                     errors.append(f"flows/{flow.id}.yaml: message key {key!r} is not in "
                                   f"messages.ja.yaml and messages.en.yaml")
             errors += _label_errors(pack, flow)
+            errors += _triage_errors(pack)
             if pack.crisis_lines("self_harm") == []:
                 errors.append("hotlines.yaml: no hotline has crisis: [self_harm]")
     return errors
