@@ -915,7 +915,7 @@ class Engine:
         step.handoff = None
         step.replies = [*urgent, Text(text=self.t("handoff_limit.refused", session)),
                         *self._human(session, now), self.ask(session)]
-        step.events.append("handoff:refused")
+        step.events = [e for e in step.events if e != "handoff:open"] + ["handoff:refused"]
 
     def staff_reply(self, session: Session, text: str) -> list[Reply]:
         """A staff answer, as the resident sees it: prefixed, with a way on."""

@@ -82,7 +82,10 @@ def site(redis_url: str | None) -> Iterator[Site]:
     slack_server, slack_url = serve_slack(slack)
     settings = Settings(redis_url=redis_url, bot_secret_key=SECRET, key_prefix=prefix,
                         slack_bot_token=slack.token, slack_signing_secret=SIGNING,
-                        slack_staff_channel=CHANNEL, slack_api_base_url=slack_url + "/")
+                        slack_staff_channel=CHANNEL, slack_api_base_url=slack_url + "/",
+                        # every page comes from 127.0.0.1: the per-address limits (tested in
+                        # test_security_http) would otherwise answer these walks statelessly
+                        web_requests_per_minute=100_000, web_new_sessions_per_minute=100_000)
     app = create_app(settings, services=build(settings, client=client))
     handoff = app.extensions["tsunagu_handoff"]
     handoff.start_thread()

@@ -1,7 +1,8 @@
-// The web chat: sends taps and text to /api/chat and draws the channel-neutral replies.
+// The web chat: sends taps and text to api/chat (relative: a city may live under /c/<city>/)
+// and draws the channel-neutral replies.
 // All wording comes from the page (the content pack); this file holds none.
 //
-// Layout contract (checked by tests/test_browser.py): the log is the only scrolling area and
+// Layout contract (checked by tests/browser/): the log is the only scrolling area and
 // the input bar sits below it, so nothing is ever drawn under the bar. When a reply arrives,
 // it is shown whole if it fits (its choices included), else from its start.
 (function () {
@@ -151,7 +152,7 @@
   function send(body, opts) {
     pending = true;
     log.setAttribute("aria-busy", "true");
-    return fetch("/api/chat", {
+    return fetch("api/chat", {
       method: "POST", credentials: "same-origin",
       headers: { "Content-Type": "application/json" }, body: JSON.stringify(body)
     }).then(function (r) {
@@ -188,11 +189,12 @@
   });
 
   // Staff answers (after 担当者と話したい) arrive while the page is open: ask for them now and
-  // then, only while the page is visible. They wait on the server until a poll acknowledges them with the cursor it got.
+  // then, only while the page is visible. They wait on the server until a poll acknowledges
+  // them with the cursor it got.
   var cursor = 0;
   function poll() {
     if (document.visibilityState !== "visible" || pending) return;
-    fetch("/api/chat/poll?ack=" + cursor, { credentials: "same-origin" })
+    fetch("api/chat/poll?ack=" + cursor, { credentials: "same-origin" })
       .then(function (r) { return r.ok ? r.json() : { replies: [], cursor: cursor }; })
       .then(function (data) {
         if (data.cursor > cursor) {
