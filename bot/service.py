@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 
 import redis
 
-from bot import logs, metrics
+from bot import logs, metrics, phonesafe
 from bot.engine import Engine, Incoming, Step
 from bot.figures import Figures
 from bot.handoff.cases import TooManyCases
@@ -146,6 +146,7 @@ class Conversations:
     # -- side effects, in their fixed order --------------------------------------------------
 
     def _effects(self, event: Event, step: Step) -> None:
+        phonesafe.effects(self.cases, self.store, self.engine, event.pid, event.event_id, step)
         if self.cases is None:
             return
         if step.handoff is not None:

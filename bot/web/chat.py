@@ -40,8 +40,9 @@ def _services() -> Any:
 def frame_texts(pack: Any) -> dict[str, dict[str, str]]:
     """The page's own words (title, placeholder, send, emergency bar) in every language, so
     the frame can follow the conversation's language without a reload."""
-    return {lang: {key.split(".", 1)[1]: pack.msg(key, lang)
-                   for key in pack.messages[lang] if key.startswith("web.")}
+    return {lang: {**{key.split(".", 1)[1]: pack.msg(key, lang)
+                      for key in pack.messages[lang] if key.startswith("web.")},
+                   "exit": pack.msg("quick_exit.label", lang)}
             for lang in LANGS}
 
 
@@ -191,6 +192,8 @@ def _answer(step: Step, cookie: str | None = None) -> Any:
                               "cleared": step.forget, "resumed": step.resumed}
     if step.session is not None:
         answer["lang"] = step.session.lang
+    if step.quick_exit:  # 「けす」: the page leaves for a neutral site and clears itself
+        answer["exit"] = True
     resp = make_response(jsonify(answer))
     if cookie is not None:
         resp.set_cookie(COOKIE, cookie, max_age=COOKIE_AGE, httponly=True, samesite="Strict",

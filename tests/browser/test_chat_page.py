@@ -235,3 +235,36 @@ def test_axe_scan_is_not_blind(open_page):
         document.getElementById('log').appendChild(i); }""")
     with pytest.raises(AssertionError, match=r"color-contrast|image-alt"):
         axe_scan(page, "planted faults")
+
+
+@pytest.mark.parametrize("how", ["button", "typed"])
+def test_quick_exit_leaves_for_a_neutral_site_and_forgets(open_page, site, pack, how):
+    page = open_page(PHONE)
+    neutral = pack.msg("web.exit_url", "ja")
+    page.context.route(neutral + "**", lambda route: route.fulfill(
+        status=200, content_type="text/html", body="<html lang=ja><title>x</title></html>"))
+    for value in ("start", "family", "18_39"):
+        tap(page, value)
+    services = site.app.extensions["tsunagu"]
+    cookie = next(c["value"] for c in page.context.cookies() if c["name"] == "tsunagu_visitor")
+    pid = services.conversations.pseudonym("web", cookie.split(".")[0])
+    assert services.store.load(pid) is not None
+    if how == "button":
+        page.click("#exit")
+    else:
+        page.fill("#text", pack.msg("quick_exit.words", "ja")[0])
+        page.press("#text", "Enter")
+    page.wait_for_url(neutral + "**")
+    # The chat page is replaced in the history: Back does not return to the conversation.
+    assert page.evaluate("history.length") <= 2
+    # The server forgot it (the request outlives the page: keepalive) ...
+    for _ in range(100):
+        if services.store.load(pid) is None:
+            break
+        page.wait_for_timeout(50)
+    assert services.store.load(pid) is None
+    # ... so the chat opened again starts afresh, with no "continued" note.
+    page.goto(site.url + "/")
+    wait_for_turns(page, 1)
+    assert question(page) == pack.msg("welcome.body", "ja")
+    assert pack.msg("web.resumed", "ja") not in page.inner_text("#log")

@@ -15,6 +15,7 @@
   var form = document.getElementById("form");
   var input = document.getElementById("text");
   var pending = false;
+  var exitButton = document.getElementById("exit");
 
   function el(tag, cls, text) {
     var e = document.createElement(tag);
@@ -32,6 +33,9 @@
     document.title = T.title;
     document.getElementById("title").textContent = T.title;
     document.getElementById("lead").textContent = T.lead;
+    exitButton.textContent = T.exit;
+    exitButton.title = T.exit_hint;
+    document.getElementById("exit-hint").textContent = T.exit_hint;
     document.getElementById("sos").setAttribute("aria-label", T.emergency_nav);
     document.querySelectorAll("[data-frame]").forEach(function (e) {
       e.textContent = T[e.getAttribute("data-frame")];
@@ -159,6 +163,7 @@
       if (!r.ok) throw new Error(String(r.status));
       return r.json();
     }).then(function (data) {
+      if (data.exit) return leave();
       if (data.lang) setLang(data.lang);
       if (data.cleared) {
         log.textContent = "";
@@ -176,6 +181,23 @@
       log.removeAttribute("aria-busy");
     });
   }
+
+  // すぐに消す (typed 「けす」, or the button): clear the screen and leave for a neutral site,
+  // replacing this page in the history so that Back does not return to it. The server forgets
+  // the conversation (the request outlives the page: keepalive).
+  function leave() {
+    log.textContent = "";
+    input.value = "";
+    window.location.replace(T.exit_url);
+  }
+  exitButton.addEventListener("click", function () {
+    fetch("api/chat", {
+      method: "POST", credentials: "same-origin", keepalive: true,
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ type: "tap", value: "cmd:quick_exit" })
+    }).catch(function () {});
+    leave();
+  });
 
   form.addEventListener("submit", function (ev) {
     ev.preventDefault();
