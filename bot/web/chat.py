@@ -196,7 +196,10 @@ def _answer(step: Step, cookie: str | None = None) -> Any:
         answer["exit"] = True
     resp = make_response(jsonify(answer))
     if cookie is not None:
+        # Scoped to the city's path (/c/<city>/ when one server hosts several cities): each
+        # city signs its own cookie, so one city's must not overwrite another's.
         resp.set_cookie(COOKIE, cookie, max_age=COOKIE_AGE, httponly=True, samesite="Strict",
-                        secure=request.is_secure)  # is_secure sees the TLS proxy via ProxyFix
+                        secure=request.is_secure,  # is_secure sees the TLS proxy via ProxyFix
+                        path=request.script_root + "/")
     resp.headers["Cache-Control"] = "no-store"
     return resp
