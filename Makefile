@@ -57,8 +57,9 @@ graph: $(VENV)/.installed
 chat: $(VENV)/.installed
 	$(BIN)/python -m bot chat
 
+# `make bench BENCH_CLUSTER=1`: the same run against a throwaway local 3+3 Redis Cluster.
 bench: $(VENV)/.installed-bench
-	$(BIN)/python -m bench
+	BENCH_CLUSTER=$(BENCH_CLUSTER) $(BIN)/python -m bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -6,6 +6,7 @@ loopback."""
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -245,3 +246,38 @@ def _now():
     from tests.conftest import WEEKDAY_MORNING
 
     return WEEKDAY_MORNING
+
+
+def test_an_expired_case_is_a_neutral_notice_too(line_case, kyoto_pack):
+    app, _, line, send, number = line_case
+    handoff = app.extensions["tsunagu_handoff"]
+    before = len(line.delivered())
+    assert handoff.cases.expire_stale(now=time.time() + 30 * 24 * 3600,
+                                      before_forget=handoff.relay.expired) == [number]
+    pushed = pushes(line, before)
+    assert revealing(_all_text(pushed[-1].body["messages"])) == []
+    n = len(line.delivered())
+    send(lh.tap("welcome", "cmd:reveal", user=RAW_LINE_ID))
+    text = line.wait_for(n + 1)[-1].body["messages"][0]["text"]
+    assert kyoto_pack.msg("handoff.expired", "ja") in text
+
+
+def test_quick_exit_over_line_deletes_session_waiting_messages_and_case_address(
+        line_case, redis_client, key_prefix, kyoto_pack):
+    app, slack, line, send, number = line_case
+    before = len(line.delivered())
+    staff_reply(app, slack, number, "折り返しお電話します", 1)   # waits, sealed, for 「ひらく」
+    pushes(line, before)
+    mine = [k for k in redis_client.scan_iter(match=f"{key_prefix}:*")
+            if k.endswith((b":session", b":unseen"))]
+    assert len(mine) == 2
+    handoff = app.extensions["tsunagu_handoff"]
+    assert handoff.cases.address(number) is not None
+    n = len(line.delivered())
+    send(lh.text("けす", user=RAW_LINE_ID))
+    said = line.wait_for(n + 1)[-1].body["messages"][0]["text"]
+    assert kyoto_pack.msg("quick_exit.done", "ja").splitlines()[0] in said
+    assert wait(lambda: all(redis_client.exists(k) == 0 for k in mine)), [
+        k for k in mine if redis_client.exists(k)]
+    assert handoff.cases.address(number) is None
+    assert all(m.text == "" for m in handoff.cases.get(number).thread)
