@@ -127,8 +127,18 @@ UNAVAILABLE: tuple[type[Exception], ...] = (
     redis.exceptions.TryAgainError, redis.exceptions.RedisClusterException)
 
 
+def node_of(client: Any, key: str) -> dict[str, Any]:
+    """On a cluster, `target_nodes=` for a command on `key` whose keys redis-py cannot read
+    itself (EVAL in a pipeline, XREADGROUP: "movablekeys"), which would otherwise cost a
+    COMMAND GETKEYS round trip each time; on one Redis, nothing."""
+    if not isinstance(client, RedisCluster):
+        return {}
+    return {"target_nodes": client.get_node_from_key(key)}
+
+
 def script(pipe: Any, source: str, keys: list[str], *args: Any) -> Any:
     """Queue a Lua script in a pipeline, on one Redis or a cluster (whose pipeline has no
-    `eval`; EVAL's keys route it to their slot). EVAL rather than EVALSHA: a registered
-    Script costs an extra SCRIPT EXISTS round trip per pipeline."""
-    return pipe.execute_command("EVAL", source, len(keys), *keys, *args)
+    `eval`; the first key's slot routes it). EVAL rather than EVALSHA: a registered Script
+    costs an extra SCRIPT EXISTS round trip per pipeline."""
+    return pipe.execute_command("EVAL", source, len(keys), *keys, *args,
+                                **node_of(pipe, keys[0]))

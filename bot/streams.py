@@ -22,7 +22,7 @@ from typing import Any
 
 import redis
 
-from bot.redisconn import is_cluster, shard_of
+from bot.redisconn import is_cluster, node_of, shard_of
 
 
 def shard_names(base: str, count: int) -> list[str]:
@@ -129,9 +129,13 @@ class StreamConsumer:
         return self._one(home, start, count, block_ms)
 
     def _one(self, name: str, start: str, count: int, block_ms: int | None) -> list[Entry]:
+        args: list[Any] = ["GROUP", self.group, self.consumer, "COUNT", count]
+        if block_ms is not None:
+            args += ["BLOCK", block_ms]
         try:
-            return _entries(self.redis.xreadgroup(self.group, self.consumer, {name: start},
-                                                  count=count, block=block_ms))
+            # Routed by hand: XREADGROUP's keys are "movable" (see bot.redisconn.node_of).
+            return _entries(self.redis.execute_command("XREADGROUP", *args, "STREAMS", name,
+                                                       start, **node_of(self.redis, name)))
         except (redis.ConnectionError, redis.TimeoutError):
             if name == self.shards.names[self.home] and block_ms:
                 raise  # our own shard is down: the caller backs off
