@@ -128,7 +128,8 @@ def test_finding3_line_errors_open_one_case_and_relay_once(loop_app, redis_clien
     send(app, lh.tap("welcome", "cmd:human", user=RESIDENT))
     send(app, lh.tap("handoff_consent", "agree", user=RESIDENT))
     assert line.wait_for(3)
-    line.errors = [500] * 5   # the reply and every push of the first try fail
+    # The reply and every push of the first try fail (1 + 5 calls): the event is tried again.
+    line.errors = [500] * 6
     send(app, lh.tap("handoff_message", "send", user=RESIDENT))
     got = line.wait_for(4, timeout=30)
     assert len(got) == 4 and not line.errors
@@ -138,7 +139,7 @@ def test_finding3_line_errors_open_one_case_and_relay_once(loop_app, redis_clien
     assert handoff.cases.get(number) is not None                      # the one the receipt names
     assert wait(lambda: len(slack.posts(thread=False)) == 1)
     # The resident writes while LINE fails again: relayed to staff once.
-    line.errors = [500] * 5
+    line.errors = [500] * 6
     send(app, lh.text("夜になると不安です", user=RESIDENT))
     assert len(line.wait_for(5, timeout=30)) == 5
     said = [m for m in handoff.cases.get(number).thread if m.who == "resident"]
