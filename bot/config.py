@@ -40,6 +40,7 @@ class Settings:
     line_dispatch_threads: int = 4
     line_reclaim_idle_ms: int = 30_000
     lock_ms: int = 30_000
+    staff_report_token: str | None = None
 
     @property
     def embedded_redis(self) -> bool:
@@ -107,6 +108,10 @@ class Settings:
         log_level = (get("LOG_LEVEL") or "INFO").upper()
         if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise SettingsError(f"LOG_LEVEL: must be DEBUG, INFO, WARNING or ERROR: {log_level!r}")
+        report_token = get("STAFF_REPORT_TOKEN")
+        if report_token is not None and len(report_token) < 24:
+            raise SettingsError("STAFF_REPORT_TOKEN: must be at least 24 characters "
+                                "(e.g. `openssl rand -hex 24`)")
         return cls(
             redis_url=redis_url,
             bot_secret_key=secret,
@@ -127,4 +132,5 @@ class Settings:
             line_dispatch_threads=integer("LINE_DISPATCH_THREADS", 4, 1, 64),
             line_reclaim_idle_ms=integer("LINE_RECLAIM_IDLE_MS", 30_000, 100, 3_600_000),
             lock_ms=integer("PERSON_LOCK_MS", 30_000, 500, 600_000),
+            staff_report_token=report_token,
         )

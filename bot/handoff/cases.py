@@ -26,6 +26,7 @@ import random
 import re
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Literal
 
 import redis
@@ -33,6 +34,7 @@ from prometheus_client import Counter, Histogram
 
 from bot import logs
 from bot.crypto import Sealer
+from bot.figures import Figures, first_reply_bucket
 from bot.handoff.models import Case, CaseRequest, Channel, StaffMessage
 
 log = logs.get("handoff")
@@ -92,6 +94,11 @@ class CaseStore:
         self.clock = clock
         self.queue = f"{prefix}:handoff:queue"
         self.open_index = f"{prefix}:handoff:open"
+        self.figures = Figures(client, prefix)  # the city's anonymous counts
+
+    def _count(self, now: float, *cells: tuple[str, str]) -> None:
+        """Count a staff-side transition in the city's figures (a lost count is only lost)."""
+        self.figures.count(datetime.fromtimestamp(now, UTC), cells)
 
     # -- keys --------------------------------------------------------------------------------
 
@@ -218,6 +225,7 @@ class CaseStore:
         won, case = self._mutate(number, change)
         if won:
             CASES_CLAIMED.inc()
+            self._count(now, ("handoff_claimed", case.channel if case else "unknown"))
             logs.event(log, "case_claimed", number=number)
         return won, case
 
@@ -246,10 +254,16 @@ class CaseStore:
 
         changed, case = self._mutate(number, change)
         if changed and case is not None:
+            cells = []
             if flags["claimed"]:
                 CASES_CLAIMED.inc()
+                cells.append(("handoff_claimed", case.channel))
             if flags["first"]:
                 FIRST_STAFF_REPLY.observe(max(0.0, now - case.created_at))
+                cells.append(("handoff_first_reply",
+                              first_reply_bucket(max(0.0, now - case.created_at))))
+            if cells:
+                self._count(now, *cells)
             logs.event(log, "staff_replied", number=number, first=flags["first"])
         return case, changed and flags["claimed"]
 
@@ -351,6 +365,7 @@ class CaseStore:
             return None
         if changed:
             CASES_RESOLVED.inc()
+            self._count(now, ("handoff_resolved", case.channel))
             logs.event(log, "case_resolved", number=number)
             if before_forget is not None:
                 try:
@@ -384,6 +399,7 @@ class CaseStore:
             self._forget(case)
             if changed:
                 CASES_EXPIRED.inc()
+                self._count(now, ("handoff_expired", case.channel))
                 self.enqueue(number, "expired")
                 expired.append(number)
         if expired:
