@@ -6,10 +6,12 @@ the application made (PEP 562 module __getattr__).
 
 from __future__ import annotations
 
+import hmac
 import sys
 from typing import Any
 
-from flask import Flask, jsonify
+from flask import Flask, Response, abort, jsonify, request
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from bot import logs
 from bot.config import Settings, SettingsError
@@ -20,6 +22,40 @@ from bot.wiring import Services, build
 
 MAX_BODY = 1024 * 1024
 
+# The page loads its own script and stylesheet and talks only to this origin; its texts ride in
+# a JSON data block, which CSP does not execute. Nothing may frame it (clickjacking), and no
+# referrer leaves it (the page a resident came from, or ours, says something about them).
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
+                               "img-src 'self' data:; connect-src 'self'; form-action 'self'; "
+                               "base-uri 'none'; frame-ancestors 'none'",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+    "Permissions-Policy": "camera=(), microphone=(), geolocation=(), payment=(), usb=()",
+    "Cross-Origin-Opener-Policy": "same-origin",
+}
+LOOPBACK = ("127.0.0.1", "::1")
+
+
+def secure_headers(resp: Response) -> Response:
+    """Every response, whatever produced it (views, errors, static files)."""
+    for name, value in SECURITY_HEADERS.items():
+        resp.headers.setdefault(name, value)
+    if request.is_secure:
+        resp.headers.setdefault("Strict-Transport-Security", "max-age=31536000")
+    return resp
+
+
+def metrics_allowed(settings: Settings) -> bool:
+    """With METRICS_TOKEN: only `Authorization: Bearer <token>`. Without it: only a loopback
+    client that did not come through a proxy (a proxy adds X-Forwarded-For / Forwarded)."""
+    if settings.metrics_token:
+        given = request.headers.get("Authorization", "")
+        return hmac.compare_digest(given.encode(), f"Bearer {settings.metrics_token}".encode())
+    proxied = "X-Forwarded-For" in request.headers or "Forwarded" in request.headers
+    return request.remote_addr in LOOPBACK and not proxied
+
 
 def create_app(settings: Settings | None = None, services: Services | None = None,
                start_workers: bool = True) -> Flask:
@@ -28,6 +64,12 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     services = services or build(settings)
     app = Flask(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
+    if settings.trusted_proxies:
+        # remote_addr, scheme and host as the client used them, taken from the headers of
+        # exactly that many proxies in front of us (more would let a client forge them).
+        n = settings.trusted_proxies
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n)  # type: ignore[method-assign]
+    app.after_request(secure_headers)
     app.extensions["tsunagu"] = services
     if settings.secret_is_ephemeral:
         logs.event(logs.get("server"), "ephemeral_secret",
@@ -69,6 +111,8 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
 
     @app.get("/metrics")
     def metrics() -> Any:
+        if not metrics_allowed(settings):
+            abort(404)
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
         return generate_latest(), 200, {"Content-Type": CONTENT_TYPE_LATEST}

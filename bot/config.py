@@ -41,6 +41,21 @@ class Settings:
     line_reclaim_idle_ms: int = 30_000
     lock_ms: int = 30_000
     staff_report_token: str | None = None
+    previous_secret_keys: tuple[str, ...] = ()
+    trusted_proxies: int = 0
+    metrics_token: str | None = None
+    line_max_event_age_s: int = 3600
+    web_requests_per_minute: int = 120
+    web_new_sessions_per_minute: int = 10
+    cases_per_address_per_day: int = 5
+    callback_refusals_per_minute: int = 30
+    urgent_alert_interval_s: int = 600
+
+    @property
+    def secret_keys(self) -> tuple[str, ...]:
+        """Every key still accepted, newest first: seal and pseudonymise with the first, open
+        and look up with any (key rotation)."""
+        return (self.bot_secret_key, *self.previous_secret_keys)
 
     @property
     def embedded_redis(self) -> bool:
@@ -98,6 +113,16 @@ class Settings:
             secret, ephemeral = secrets.token_hex(32), True
         elif len(secret) < 32:
             raise SettingsError("BOT_SECRET_KEY: must be at least 32 characters")
+        previous = tuple(k.strip() for k in (get("BOT_SECRET_KEY_PREVIOUS") or "").split(",")
+                         if k.strip())
+        if previous and ephemeral:
+            raise SettingsError("BOT_SECRET_KEY_PREVIOUS: needs BOT_SECRET_KEY (the new key)")
+        if any(len(k) < 32 for k in previous):
+            raise SettingsError("BOT_SECRET_KEY_PREVIOUS: every key must be at least 32 "
+                                "characters (comma-separated, newest first)")
+        metrics_token = get("METRICS_TOKEN")
+        if metrics_token is not None and len(metrics_token) < 16:
+            raise SettingsError("METRICS_TOKEN: must be at least 16 characters")
         municipality = get("MUNICIPALITY") or default_pack_name()
         if not municipality.replace("_", "").replace("-", "").isalnum():
             raise SettingsError(f"MUNICIPALITY: not a content pack name: {municipality[:40]!r}")
@@ -109,8 +134,8 @@ class Settings:
         if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise SettingsError(f"LOG_LEVEL: must be DEBUG, INFO, WARNING or ERROR: {log_level!r}")
         report_token = get("STAFF_REPORT_TOKEN")
-        if report_token is not None and len(report_token) < 24:
-            raise SettingsError("STAFF_REPORT_TOKEN: must be at least 24 characters "
+        if report_token is not None and len(report_token) < 16:
+            raise SettingsError("STAFF_REPORT_TOKEN: must be at least 16 characters "
                                 "(e.g. `openssl rand -hex 24`)")
         return cls(
             redis_url=redis_url,
@@ -132,5 +157,15 @@ class Settings:
             line_dispatch_threads=integer("LINE_DISPATCH_THREADS", 4, 1, 64),
             line_reclaim_idle_ms=integer("LINE_RECLAIM_IDLE_MS", 30_000, 100, 3_600_000),
             lock_ms=integer("PERSON_LOCK_MS", 30_000, 500, 600_000),
+            previous_secret_keys=previous,
+            trusted_proxies=integer("TRUSTED_PROXIES", 0, 0, 5),
+            metrics_token=metrics_token,
+            # Below the 24 h de-duplication window, so a replayed event is always caught.
+            line_max_event_age_s=integer("LINE_MAX_EVENT_AGE_SECONDS", 3600, 60, 23 * 3600),
+            web_requests_per_minute=integer("WEB_REQUESTS_PER_MINUTE", 120, 1, 100_000),
+            web_new_sessions_per_minute=integer("WEB_NEW_SESSIONS_PER_MINUTE", 10, 1, 100_000),
+            cases_per_address_per_day=integer("CASES_PER_ADDRESS_PER_DAY", 5, 1, 10_000),
+            callback_refusals_per_minute=integer("CALLBACK_REFUSALS_PER_MINUTE", 30, 1, 100_000),
+            urgent_alert_interval_s=integer("URGENT_ALERT_INTERVAL_SECONDS", 600, 0, 86_400),
             staff_report_token=report_token,
         )

@@ -122,6 +122,8 @@ class Engine:
                 if choice.next:
                     machine.add_transition("answer", name, choice.next,
                                            conditions=[_value_is(choice.value)])
+            if self.skips(state):
+                machine.add_transition("skip", name, state.next)
             if state.choices_from and state.next:
                 for value, dest in state.next_by_value.items():
                     machine.add_transition("answer", name, dest, conditions=[_value_is(value)])
@@ -142,6 +144,11 @@ class Engine:
             for source in ("directory", *(h for h in HANDOFF_STATES if h in spec.states)):
                 machine.add_transition("resume", source, name, conditions=[_value_is(name)])
         return machine
+
+    def skips(self, state: StateSpec) -> bool:
+        """A question whose choices come from an empty list (the ward question of a city
+        without wards) is not asked: the flow goes on to its next state."""
+        return bool(state.choices_from and state.next and not self.items[state.choices_from])
 
     def _command_words(self) -> dict[str, str]:
         words: dict[str, str] = {}
@@ -397,6 +404,8 @@ class Engine:
         session = out.session
         assert session is not None
         state: StateSpec = self.flow.states[session.state]
+        if self.skips(state) and self._move(session, "skip"):
+            return self._entered(out, now)
         if state.kind == "question":
             session.asked += 1
         if state.kind == "results":
@@ -470,6 +479,8 @@ class Engine:
             fresh = self.new_session(session.lang)
             out.session = None
             out.replies.append(Text(text=self.t("forget.done", fresh)))
+            if self.handoff:  # honest about what this cannot delete
+                out.replies.append(Text(text=self.t("forget_staff.kept", fresh)))
             out.replies.append(self.ask(fresh))
         elif command in ("help", "privacy"):
             out.replies.append(Text(text=self.t(f"{command}.body", session)))
@@ -614,6 +625,18 @@ class Engine:
         out.replies.append(self.ask(session))
         return out
 
+    def case_refused(self, step: Step, now: datetime) -> None:
+        """Too many cases from one address: no case; the phone windows instead, after any
+        crisis reply — never a dead end."""
+        session = step.session
+        assert session is not None
+        session.case = None
+        urgent = [r for r in step.replies if getattr(r, "urgent", False)]
+        step.handoff = None
+        step.replies = [*urgent, Text(text=self.t("handoff_limit.refused", session)),
+                        *self._human(session, now), self.ask(session)]
+        step.events.append("handoff:refused")
+
     def staff_reply(self, session: Session, text: str) -> list[Reply]:
         """A staff answer, as the resident sees it: prefixed, with a way on."""
         return [Text(text=self.t("handoff.staff_prefix", session) + text), self.ask(session)]
@@ -631,10 +654,12 @@ class Engine:
         return fresh, replies
 
     # -- degraded mode (Redis unreachable) -------------------------------------------------
-    def degraded_step(self, incoming: Incoming, now: datetime) -> Step:
+    def degraded_step(self, incoming: Incoming, now: datetime,
+                      notice: str = "degraded.notice") -> Step:
         """Answer without any stored state: crisis lines, 24-hour lines and the directory.
 
-        The directory still works because a tap carries the state it belongs to.
+        The directory still works because a tap carries the state it belongs to. `notice` says
+        why (Redis down, or too many new conversations from one address).
         """
         session = self.new_session()
         if incoming.kind == "tap" and incoming.state == "directory":
@@ -647,7 +672,7 @@ class Engine:
             if crisis is not None:
                 self._crisis(step, crisis.kind, now)
             session.enter("directory")
-            step.replies.append(Text(text=self.t("degraded.notice", session)))
+            step.replies.append(Text(text=self.t(notice, session)))
             step.replies.append(self.cards("crisis.title", self._always_open_lines(), session,
                                            now))
             step.replies.append(self.ask(session))

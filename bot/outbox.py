@@ -1,7 +1,8 @@
 """Replies waiting for a web visitor: staff answers arrive while nobody is asking.
 
 The web chat has no push channel, so the page polls `GET /api/chat/poll`; what staff sent is
-kept here (one list per person, under their hash tag) until the page takes it, for a day.
+kept here (one list per person, under their hash tag) until the page takes it, for a day —
+sealed (Fernet), since it is what staff typed. Deleted with the session (データを消す).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Callable
 import redis
 from pydantic import TypeAdapter
 
+from bot.crypto import Sealer
 from bot.replies import Reply
 
 TTL_S = 24 * 3600
@@ -19,14 +21,16 @@ _REPLIES = TypeAdapter(list[Reply])
 
 
 class Outbox:
-    def __init__(self, client: redis.Redis, key: Callable[[str, str], str]):
+    def __init__(self, client: redis.Redis, key: Callable[[str, str], str], sealer: Sealer):
         self.redis = client
         self.key = key
+        self.sealer = sealer
 
     def push(self, pid: str, replies: list[Reply]) -> None:
         key = self.key(pid, "outbox")
         pipe = self.redis.pipeline(transaction=False)
-        pipe.rpush(key, json.dumps(_REPLIES.dump_python(replies), ensure_ascii=False))
+        pipe.rpush(key, self.sealer.seal(json.dumps(_REPLIES.dump_python(replies),
+                                                    ensure_ascii=False)))
         pipe.expire(key, TTL_S)
         pipe.execute()
 
@@ -38,5 +42,7 @@ class Outbox:
         batches, _ = pipe.execute()
         out: list[Reply] = []
         for raw in batches:
-            out += _REPLIES.validate_json(raw)
+            plain = self.sealer.open(raw)
+            if plain is not None:  # sealed with a key no longer configured: unreadable
+                out += _REPLIES.validate_json(plain)
         return out

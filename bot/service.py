@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,7 +19,7 @@ from bot.engine import Engine, Incoming, Step
 from bot.figures import Figures
 from bot.replies import Text
 from bot.session import Session
-from bot.store import LockTimeout, SessionStore, Turn, pseudonym
+from bot.store import LockTimeout, SessionStore, Turn
 
 log = logs.get("conversation")
 REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError, LockTimeout)
@@ -30,19 +30,21 @@ def utcnow() -> datetime:
 
 
 class Conversations:
-    def __init__(self, engine: Engine, store: SessionStore, secret: str,
+    def __init__(self, engine: Engine, store: SessionStore, secret: str | Sequence[str],
                  clock: Callable[[], datetime] = utcnow, cases: Any = None,
                  figures: Figures | None = None):
         self.engine = engine
         self.store = store
-        self.secret = secret
+        self.secrets = (secret,) if isinstance(secret, str) else tuple(secret)
+        self.secret = self.secrets[0]
         self.clock = clock
         self.cases = cases  # bot.handoff.cases.CaseStore when staff are connected
         self.figures = figures  # the city's anonymous counts (bot.figures)
         self._outage = logs.Throttle(60.0)
 
     def pseudonym(self, channel: str, user_id: str) -> str:
-        return pseudonym(self.secret, channel, user_id)
+        """Newest key's pseudonym, or an older key's while the person has data under it."""
+        return self.store.find_pseudonym(self.secrets, channel, user_id)
 
     def handle(self, channel: str, user_id: str, incoming: Incoming) -> Step:
         pid = self.pseudonym(channel, user_id)

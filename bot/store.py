@@ -2,7 +2,8 @@
 
 Keys (DESIGN.md):  <prefix>:{<pseudonym>}:session  and  <prefix>:{<pseudonym>}:lock.
 The pseudonym is HMAC-SHA256(BOT_SECRET_KEY, channel ":" platform_user_id): the raw platform id
-never reaches Redis, logs or staff.
+never reaches Redis, logs or staff. After a key rotation a person keeps the pseudonym of an
+older key while anything of theirs still lives under it (`SessionStore.find_pseudonym`).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import hashlib
 import hmac
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +26,10 @@ _RELEASE = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
 return 0
 """
+
+
+# What a person may have in Redis that a rotation must not orphan.
+LIVE_KEYS = ("session", "case", "line:inbox", "outbox")
 
 
 def pseudonym(secret: str, channel: str, user_id: str) -> str:
@@ -66,18 +71,36 @@ class SessionStore:
     def key(self, pid: str, what: str) -> str:
         return f"{self.prefix}:{{{pid}}}:{what}"
 
+    def find_pseudonym(self, secrets: Sequence[str], channel: str, user_id: str) -> str:
+        """The pseudonym under the newest key, unless the person still has a session, an open
+        case, queued LINE events or waiting replies under an older key (a rotation happened
+        while they were talking): then that one, until it expires. One round trip, and only
+        while older keys are configured."""
+        newest = pseudonym(secrets[0], channel, user_id)
+        if len(secrets) == 1:
+            return newest
+        candidates = [newest, *(pseudonym(s, channel, user_id) for s in secrets[1:])]
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            for pid in candidates:
+                pipe.exists(*(self.key(pid, what) for what in LIVE_KEYS))
+            counts = pipe.execute()
+        except redis.RedisError:
+            return newest  # the caller meets the outage itself and answers degraded
+        return next((pid for pid, n in zip(candidates, counts, strict=True) if n), newest)
+
     def load(self, pid: str) -> Session | None:
         raw = self.redis.get(self.key(pid, "session"))
         return Session.loads(raw) if raw else None
 
     def save(self, pid: str, session: Session | None) -> None:
         if session is None:
-            self.redis.delete(self.key(pid, "session"))
+            self.redis.delete(self.key(pid, "session"), self.key(pid, "outbox"))
         else:
             self.redis.set(self.key(pid, "session"), session.dumps(), ex=self.ttl)
 
     def delete(self, pid: str) -> None:
-        self.redis.delete(self.key(pid, "session"))
+        self.redis.delete(self.key(pid, "session"), self.key(pid, "outbox"))
 
     def lock_and_load(self, pid: str, token: str, wait_s: float = 5.0,
                       also: Callable[[Any], None] | None = None,
@@ -111,7 +134,8 @@ class SessionStore:
         session_key = self.key(pid, "session")
         if turn.changed:
             if turn.session is None:
-                pipe.delete(session_key)
+                # Delete-my-data / unfollow: the session and whatever waits for the person.
+                pipe.delete(session_key, self.key(pid, "outbox"))
             else:
                 pipe.set(session_key, turn.session.dumps(), ex=self.ttl)
         if also:

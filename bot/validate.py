@@ -13,7 +13,10 @@ MAX_LABEL = 20  # LINE quick-reply label limit
 
 def _label_errors(pack: Pack, flow: FlowSpec) -> list[str]:
     errors = []
-    labels = {c.label for s in flow.states.values() for c in [*s.choices, *s.extra]}
+    empty = {"categories": not pack.categories, "wards": not pack.wards.wards}
+    shown = [s for s in flow.states.values()  # a state listing nothing is skipped, never shown
+             if not (s.choices_from and empty[s.choices_from])]
+    labels = {c.label for s in shown for c in [*s.choices, *s.extra]}
     labels |= {c.label for c in flow.commands} | {"common.prev", "common.next"}
     for key in sorted(labels):
         if not pack.has_msg(key):

@@ -8,6 +8,7 @@ import redis
 
 from bot import logs
 from bot.config import Settings
+from bot.crypto import Sealer
 from bot.engine import Engine
 from bot.figures import Figures
 from bot.flows import load_flows
@@ -57,7 +58,7 @@ def build(settings: Settings, client: redis.Redis | None = None) -> Services:
     store = SessionStore(client, ttl_seconds=settings.session_ttl, prefix=settings.key_prefix,
                          lock_ms=settings.lock_ms)
     figures = Figures(client, settings.key_prefix)
-    conversations = Conversations(engine, store, settings.bot_secret_key, figures=figures)
+    conversations = Conversations(engine, store, settings.secret_keys, figures=figures)
+    outbox = Outbox(client, store.key, Sealer(settings.secret_keys, "outbox"))
     return Services(settings=settings, redis=client, pack=pack, engine=engine, store=store,
-                    conversations=conversations, outbox=Outbox(client, store.key),
-                    figures=figures)
+                    conversations=conversations, outbox=outbox, figures=figures)

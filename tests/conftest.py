@@ -20,6 +20,7 @@ import redis
 from bot.config import Settings
 from bot.engine import Engine, Incoming
 from bot.pack import Pack, load_pack
+from bot.pack.loader import pack_names
 from bot.wiring import build, build_engine
 from tests import line_helpers as lh
 from tests.fakes.line_api import FakeLine, serve
@@ -129,14 +130,26 @@ def client(app):
     return app.test_client()
 
 
-@pytest.fixture(scope="session")
-def pack() -> Pack:
-    return load_pack("kyoto")
+@pytest.fixture(scope="session", params=pack_names())
+def pack(request: pytest.FixtureRequest) -> Pack:
+    """Every content pack: a test of the flow, not of one city's content, runs for each city."""
+    return load_pack(request.param)
 
 
 @pytest.fixture(scope="session")
 def engine(pack: Pack) -> Engine:
     return build_engine(pack)
+
+
+@pytest.fixture(scope="session")
+def kyoto_pack() -> Pack:
+    """For tests about the Kyoto pack's own content (its windows, wards, numbers)."""
+    return load_pack("kyoto")
+
+
+@pytest.fixture(scope="session")
+def kyoto_engine(kyoto_pack: Pack) -> Engine:
+    return build_engine(kyoto_pack)
 
 
 @pytest.fixture
@@ -201,6 +214,16 @@ class Walker:
         q = self.question
         assert value in [c.value for c in q.choices], (value, [c.value for c in q.choices])
         return self.send(Incoming(kind="tap", value=value, state=q.state))
+
+    def tap_ward(self, ward: str) -> str | None:
+        """Answer the ward question with `ward` where the city has wards; a city without
+        wards never asks it (the flow is already at the next question). Returns the answer."""
+        if not self.engine.pack.wards.wards:
+            assert self.question.state != "ward"
+            return None
+        assert self.question.state == "ward"
+        self.tap(ward)
+        return ward
 
     def cards(self, kind: str | None = None):
         from bot.replies import Cards

@@ -65,8 +65,7 @@ def test_questionnaire_to_results(walker: Walker):
     walker.tap("not_open")
     assert walker.question.state == "more"
     walker.tap("none")
-    assert walker.question.state == "ward"
-    walker.tap("sakyo")
+    walker.tap_ward("sakyo")
     walker.tap("phone")
     assert walker.question.state == "results"
     cards = walker.cards()
@@ -149,11 +148,12 @@ def test_more_stops_after_three_extra_worries(walker: Walker):
         assert walker.question.state == "more"
         assert "loneliness" not in [c.value for c in walker.question.choices]
         walker.tap(cat)
-    assert walker.question.state == "ward"
+    assert walker.question.state == ("ward" if walker.engine.pack.wards.wards else "contact")
     assert walker.session.concerns == ["loneliness", "disability", "foreign", "elderly"]
 
 
-def test_ward_question_pages(walker: Walker, pack):
+def test_ward_question_pages(kyoto_engine, kyoto_pack):
+    walker, pack = Walker(kyoto_engine), kyoto_pack
     walker.start()
     walker.tap("start")
     walker.tap("self")
@@ -172,6 +172,22 @@ def test_ward_question_pages(walker: Walker, pack):
     walker.tap(last)
     assert walker.session.answers["ward"] == last
     assert walker.question.state == "contact"
+
+
+def test_a_city_without_wards_never_asks_the_ward_question(walker: Walker, engine):
+    """The ward question lists the pack's wards; with none it is skipped and not counted."""
+    walker.start()
+    for value in ("start", "self", "skip", "loneliness"):
+        walker.tap(value)
+    asked = walker.session.asked
+    walker.tap("none")
+    has_wards = bool(engine.pack.wards.wards)
+    assert walker.question.state == ("ward" if has_wards else "contact")
+    assert walker.session.asked == asked + 1
+    if not has_wards:
+        assert "ward" not in walker.session.answers
+        walker.tap("phone")
+        assert walker.question.state == "results"
 
 
 def test_global_commands_work_in_any_state(walker: Walker, pack):
@@ -245,7 +261,7 @@ def test_english_run_through(walker: Walker, pack):
     assert walker.session.concerns == ["poverty"]
     walker.tap("yes")
     walker.tap("none")
-    walker.tap("outside")
+    walker.tap_ward("outside")
     walker.tap("mail")
     assert walker.question.state == "results"
     assert walker.question.text == pack.msg("results.next", "en")

@@ -17,6 +17,16 @@ from tests.conftest import SECRET
 TYPED = "ふわりもこもこのぽてと"  # free text nobody may find in the figures
 
 
+@pytest.fixture
+def pack():
+    """The pack the test apps serve (the default one): these tests are about the figures of
+    one running city, not about every pack's flow."""
+    from bot.pack import load_pack
+    from bot.pack.loader import default_pack_name
+
+    return load_pack(default_pack_name())
+
+
 def totals(rows) -> Counter:
     out: Counter = Counter()
     for r in rows:

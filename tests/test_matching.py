@@ -12,7 +12,8 @@ def test_family_midlife_hikikomori_gets_the_hikikomori_window_first(pack):
     assert "primary:hikikomori" in found.windows[0].reasons
 
 
-def test_dv_in_danger_puts_110_and_the_dv_centre_first(pack):
+def test_dv_in_danger_puts_110_and_the_dv_centre_first(kyoto_pack):
+    pack = kyoto_pack
     found = match(pack, Answers(whose="self", age="18_39", concerns=("dv_abuse",),
                                 flags=frozenset({"danger_now"})))
     assert found.hotlines[0].window.id == "police_110"
@@ -26,7 +27,8 @@ def test_dv_not_in_danger_does_not_show_110(pack):
     assert not found.urgent
 
 
-def test_child_at_school_gets_7333_and_the_children_youth_window(pack):
+def test_child_at_school_gets_7333_and_the_children_youth_window(kyoto_pack):
+    pack = kyoto_pack
     found = match(pack, Answers(whose="self", age="u18", concerns=("children_youth",),
                                 flags=frozenset({"school"})))
     assert found.hotlines[0].window.id == "kodomo_hotline_7333"
@@ -35,7 +37,8 @@ def test_child_at_school_gets_7333_and_the_children_youth_window(pack):
     assert "children_youth" in top.categories and "school" in top.flags, window_ids
 
 
-def test_ward_brings_its_centre(pack):
+def test_ward_brings_its_centre(kyoto_pack):
+    pack = kyoto_pack
     found = match(pack, Answers(concerns=("loneliness",), ward="daigo"))
     assert found.centre is not None and found.centre.id == "centre_daigo"
 
@@ -62,8 +65,8 @@ def test_every_category_alone_finds_a_window(pack):
         assert found.windows or found.hotlines, cat
 
 
-def test_results_show_cards_with_tel_links_and_open_status(engine):
-    walker = Walker(engine, now=WEEKDAY_MORNING)
+def test_results_show_cards_with_tel_links_and_open_status(kyoto_engine):
+    walker = Walker(kyoto_engine, now=WEEKDAY_MORNING)
     walker.start()
     for value in ("start", "family", "40_64", "hikikomori", "long", "not_open", "none",
                   "sakyo", "phone"):

@@ -10,7 +10,8 @@ def _values(data):
     return q, [c["value"] for c in q["choices"]]
 
 
-def test_page_is_served_with_pack_texts(client, pack):
+def test_page_is_served_with_pack_texts(client, services):
+    pack = services.pack
     resp = client.get("/")
     assert resp.status_code == 200
     html = resp.get_data(as_text=True)

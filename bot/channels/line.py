@@ -25,6 +25,7 @@ class LineChannel:
     conversations: Conversations
     sealer: Sealer
     clock: Callable[[], datetime]
+    max_event_age_s: int = 3600   # older webhook events are ignored (replays)
 
     def stop(self) -> None:
         self.dispatcher.stop()
@@ -33,13 +34,14 @@ class LineChannel:
 
 def build_line(services, threads: int = 4, reclaim_idle_ms: int = 30_000) -> LineChannel:
     settings = services.settings
-    sealer = Sealer(settings.bot_secret_key, "line-address")
+    sealer = Sealer(settings.secret_keys, "line-address")
     api = LineApi(settings.line_api_base_url, settings.line_channel_access_token or "")
-    queue = LineQueue(services.redis, services.store)
+    queue = LineQueue(services.redis, services.store, Sealer(settings.secret_keys, "line-job"))
     clock = services.conversations.clock
     dispatcher = Dispatcher(queue, services.engine, api, sealer, clock, threads=threads,
                             reclaim_idle_ms=reclaim_idle_ms,
                             conversations=services.conversations)
     return LineChannel(parser=WebhookParser(settings.line_channel_secret or ""), api=api,
                        queue=queue, dispatcher=dispatcher, engine=services.engine,
-                       conversations=services.conversations, sealer=sealer, clock=clock)
+                       conversations=services.conversations, sealer=sealer, clock=clock,
+                       max_event_age_s=settings.line_max_event_age_s)

@@ -2,7 +2,10 @@
 in order, per person, by dispatcher threads (or the worker process).
 
   <prefix>:{<pid>}:line:seen:<webhookEventId>   SET NX EX — a redelivered event is dropped
-  <prefix>:{<pid>}:line:inbox                   ZSET by LINE's timestamp — the person's order
+  <prefix>:{<pid>}:line:inbox                   ZSET by LINE's timestamp — the person's order;
+                                                members {"event_id", "sealed"}: the job (text,
+                                                reply token, address) sealed with Fernet, since
+                                                it waits here as long as LINE is down
   <prefix>:line:work                            STREAM of person tickets, consumer group
                                                 "line": at-least-once, reclaimed if a
                                                 dispatcher dies (XAUTOCLAIM)
@@ -13,6 +16,7 @@ atomically, also on Redis Cluster.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -62,10 +66,21 @@ return 0
 
 
 class LineQueue:
-    def __init__(self, client: redis.Redis, store: SessionStore):
+    def __init__(self, client: redis.Redis, store: SessionStore, sealer: Sealer):
         self.redis = client
         self.store = store
+        self.sealer = sealer
         self.stream = f"{store.prefix}:line:work"
+
+    def seal(self, job: Job) -> str:
+        """An inbox member: the event id in clear (the Lua de-dup reads it), the rest sealed."""
+        return json.dumps({"event_id": job.event_id, "sealed": self.sealer.seal(job.dumps())},
+                          separators=(",", ":"))
+
+    def open(self, raw: bytes | str) -> Job | None:
+        """The job of an inbox member; None if it cannot be opened (a key no longer set)."""
+        plain = self.sealer.open(json.loads(raw)["sealed"])
+        return None if plain is None else Job.loads(plain)
 
     def inbox(self, pid: str) -> str:
         return self.store.key(pid, "line:inbox")
@@ -83,7 +98,7 @@ class LineQueue:
         for pid, job in jobs:
             seen = self.store.key(pid, f"line:seen:{job.event_id}")
             pipe.eval(_ENQUEUE, 2, seen, self.inbox(pid), SEEN_TTL_S, job.timestamp_ms,
-                      job.dumps(), INBOX_TTL_S)
+                      self.seal(job), INBOX_TTL_S)
         for pid in dict.fromkeys(pid for pid, _ in jobs):
             pipe.xadd(self.stream, {"p": pid})
         results = pipe.execute()
@@ -194,8 +209,11 @@ class Dispatcher:
         turn = Turn(session=session)
         try:
             for index, (raw, tried) in enumerate(pairs):
-                job = Job.loads(raw)
-                self._answer(pid, turn, job, retrying=tried in (b"1", "1"))
+                job = self.queue.open(raw)
+                if job is not None:
+                    self._answer(pid, turn, job, retrying=tried in (b"1", "1"))
+                else:
+                    logs.event(log, "job_unreadable", logging.ERROR, pid=pid[:16])
                 last = index == len(pairs) - 1
 
                 def after(pipe: Any, raw: bytes = raw, last: bool = last) -> None:

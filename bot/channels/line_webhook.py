@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 
 from flask import Blueprint, Response, current_app, request
@@ -48,7 +49,14 @@ def callback() -> Response:
     except (ValueError, KeyError, TypeError, AttributeError, ValidationError):
         return _bad("malformed body")
     jobs = []
+    oldest_ms = (time.time() - line.max_event_age_s) * 1000
     for event in events:
+        if event.timestamp < oldest_ms:
+            # Older than the window: a captured webhook replayed after the de-dup keys expired
+            # (or a redelivery too late to help). Signed, so 200, but never answered.
+            logs.event(log, "webhook_event_too_old", logging.WARNING,
+                       age_s=round(time.time() - event.timestamp / 1000))
+            continue
         translated, user_id = translate(event), user_id_of(event)
         if translated is None or user_id is None:
             continue

@@ -101,7 +101,7 @@ def build_handoff(settings: Settings, redis_client: redis.Redis, relay: Relay | 
                   expire_after_s: int = 7 * 24 * 3600) -> Handoff:
     """Assemble the handoff from settings. `pack` (default: settings.municipality's) gives
     category and ward names for staff; `labels` override staff.ja.yaml wording."""
-    cases = CaseStore(redis_client, settings.key_prefix, Sealer(settings.bot_secret_key),
+    cases = CaseStore(redis_client, settings.key_prefix, Sealer(settings.secret_keys),
                       expire_after_s=expire_after_s)
     notifiers: list[Notifier] = []
     slack: SlackNotifier | None = None

@@ -2,8 +2,10 @@
 
 Keys (DESIGN.md conventions; <p> is the key prefix):
 
-  <p>:{case:<number>}:case    the Case as JSON (anonymous: category ids, answers, ward, the
-                              consented message, the staff thread)
+  <p>:{case:<number>}:case    the Case as JSON, sealed (Fernet): anonymous (category ids,
+                              answers, ward) but holding what the resident and staff typed (the
+                              consented message, the thread) while the case is open; that text
+                              is erased when the case closes, the record kept for statistics
   <p>:{case:<number>}:addr    the platform address, sealed (Fernet); deleted on resolve, expiry
                               and delete-my-data, and it carries its own TTL so Redis drops it even
                               if no expirer ever runs
@@ -75,6 +77,14 @@ class CaseConflict(Exception):
     """A case kept changing under us for too long (a bug or a storm); the caller may retry."""
 
 
+def erase_text(case: Case) -> None:
+    """What people typed leaves the record when the case closes or the resident leaves; the
+    times, categories and who handled it stay (without the pseudonym) for the statistics."""
+    case.request.message = None
+    for message in case.thread:
+        message.text = ""
+
+
 def valid_number(number: str) -> bool:
     return bool(NUMBER_RE.fullmatch(number or ""))
 
@@ -126,7 +136,7 @@ class CaseStore:
         case = Case(number=request.number, channel=channel, pid=pid, created_at=now,
                     updated_at=now, request=request)
         created = self.redis.eval(_OPEN, 2, self.case_key(case.number),
-                                  self.case_key(case.number, "addr"), case.model_dump_json(),
+                                  self.case_key(case.number, "addr"), self._seal(case),
                                   self.open_ttl, self.sealer.seal(address), self.expire_after_s)
         if not created:
             logs.event(log, "case_number_taken", number=case.number)
@@ -145,8 +155,20 @@ class CaseStore:
     def get(self, number: str) -> Case | None:
         if not valid_number(number):
             return None
-        raw = self.redis.get(self.case_key(number))
-        return Case.model_validate_json(raw) if raw else None
+        return self._unseal(self.redis.get(self.case_key(number)))
+
+    def _seal(self, case: Case) -> str:
+        """The record at rest: sealed whole, so no typed text is ever readable in Redis."""
+        return self.sealer.seal(case.model_dump_json())
+
+    def _unseal(self, raw: bytes | str | None) -> Case | None:
+        if raw is None:
+            return None
+        plain = self.sealer.open(raw)
+        if plain is None:  # sealed with a key no longer configured: as good as gone
+            logs.event(log, "case_unreadable", logging.ERROR)
+            return None
+        return Case.model_validate_json(plain)
 
     def open_case_of(self, pid: str) -> str | None:
         """The number of this person's open case, so what they write goes to staff."""
@@ -181,20 +203,19 @@ class CaseStore:
             with self.redis.pipeline() as pipe:
                 try:
                     pipe.watch(key)
-                    raw = pipe.get(key)
-                    if raw is None:
+                    case = self._unseal(pipe.get(key))
+                    if case is None:
                         pipe.unwatch()
                         return False, None
-                    case = Case.model_validate_json(raw)
                     if not change(case):
                         pipe.unwatch()
                         return False, case
                     case.updated_at = self.clock()
                     pipe.multi()
                     if ttl is None:
-                        pipe.set(key, case.model_dump_json(), keepttl=True)
+                        pipe.set(key, self._seal(case), keepttl=True)
                     else:
-                        pipe.set(key, case.model_dump_json(), ex=ttl)
+                        pipe.set(key, self._seal(case), ex=ttl)
                     for what in delete:
                         pipe.delete(self.case_key(number, what))
                     pipe.execute()
@@ -296,7 +317,9 @@ class CaseStore:
         if not changed:
             return None
         if (who == "resident") if announce is None else announce:
-            self.enqueue(number, "message", at=repr(stamp["at"]))
+            # The entry carries the text, sealed: the record erases it when the case closes,
+            # yet a message written just before must still reach staff.
+            self.enqueue(number, "message", at=repr(stamp["at"]), t=self.sealer.seal(text))
         return case
 
     def mark_urgent(self, number: str) -> Case | None:
@@ -350,7 +373,8 @@ class CaseStore:
 
         `before_forget(case)` runs once, for the call that resolved the case, while the address
         still exists (to tell the resident the conversation ended). Its failure is logged and
-        does not keep the address. The record stays, without the pseudonym, for `keep_closed_s`.
+        does not keep the address. The record stays, without the pseudonym and without any
+        typed text, for `keep_closed_s`.
         """
         now = self.clock()
 
@@ -358,6 +382,7 @@ class CaseStore:
             if case.status not in OPEN_STATUSES:
                 return False
             case.status, case.resolved_at, case.resolved_by = "resolved", now, staff_id
+            erase_text(case)
             return True
 
         changed, case = self._mutate(number, change, ttl=self.keep_closed_s)
@@ -389,6 +414,7 @@ class CaseStore:
                 if case.status not in OPEN_STATUSES:
                     return False
                 case.status = "expired"
+                erase_text(case)
                 return True
 
             changed, case = self._mutate(number, change, ttl=self.keep_closed_s)
@@ -416,9 +442,7 @@ class CaseStore:
 
         def change(case: Case) -> bool:
             case.forgotten_at = case.forgotten_at or now
-            case.request.message = None
-            for message in case.thread:
-                message.text = ""
+            erase_text(case)
             return True
 
         _, case = self._mutate(number, change)

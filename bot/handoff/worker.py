@@ -138,6 +138,9 @@ class HandoffWorker:
         message: StaffMessage | None = None
         if kind == "message":
             message = next((m for m in case.thread if m.at == at and m.who == "resident"), None)
+            sealed = self.cases.sealer.open(fields["t"]) if fields.get("t") else None
+            if sealed and case.forgotten_at is None:  # the case may have closed since
+                message = StaffMessage(at=at, who="resident", text=sealed)
             if message is None or not message.text:  # trimmed, or deleted by データを消す
                 self._ack(entry_id)
                 return True

@@ -98,7 +98,7 @@ def chat() -> Any:
     step = _services().conversations.handle("web", visitor, incoming)
     replies: list[Reply] = step.replies
     resp = make_response(jsonify({"replies": [r.model_dump() for r in replies]}))
-    resp.set_cookie(COOKIE, visitor, max_age=COOKIE_AGE, httponly=True, samesite="Lax",
-                    secure=request.is_secure)
+    resp.set_cookie(COOKIE, visitor, max_age=COOKIE_AGE, httponly=True, samesite="Strict",
+                    secure=request.is_secure)  # is_secure sees the TLS proxy via ProxyFix
     resp.headers["Cache-Control"] = "no-store"
     return resp
