@@ -18,6 +18,14 @@ TOKEN = "report-token-" + "r" * 24
 
 
 @pytest.fixture
+def pack():
+    """The pack the test app serves (the default one)."""
+    from bot.pack import load_pack
+    from bot.pack.loader import default_pack_name
+
+    return load_pack(default_pack_name())
+
+@pytest.fixture
 def report_app(settings, services):
     s = replace(settings, staff_report_token=TOKEN)
     services.settings = s
