@@ -10,6 +10,7 @@ import hmac
 import sys
 from typing import Any
 
+import redis
 from flask import Flask, Response, abort, jsonify, request
 from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -92,13 +93,9 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
                    note="LINE_CHANNEL_SECRET/LINE_CHANNEL_ACCESS_TOKEN unset: web chat only")
     if settings.handoff_enabled:
         from bot.channels.slack import bp as slack_bp
-        from bot.channels.slack import build_handoff
-        from bot.handoff.relay import Relay
+        from bot.wiring import wire_handoff
 
-        relay = Relay(services, line)
-        handoff = build_handoff(settings, services.redis, relay=relay.staff_reply,
-                                relay_closed=relay.closed, pack=services.pack)
-        services.conversations.cases = handoff.cases
+        handoff = wire_handoff(services, line.api if line is not None else None)
         app.extensions["tsunagu_handoff"] = handoff
         app.register_blueprint(slack_bp)
         if settings.embedded_redis and start_workers:
@@ -126,7 +123,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         checks = {"content": bool(services.pack.windows)}
         try:
             checks["redis"] = bool(services.redis.ping())
-        except Exception:  # any failure to reach Redis means not ready
+        except (redis.RedisError, OSError):  # any failure to reach Redis means not ready
             checks["redis"] = False
         ok = all(checks.values())
         return jsonify({"status": "ok" if ok else "unavailable", "checks": checks}), (

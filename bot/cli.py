@@ -105,7 +105,7 @@ def cmd_eval_safety(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     from bot import logs
     from bot.config import Settings, SettingsError
-    from bot.handoff.worker import run_worker
+    from bot.wiring import run_worker
 
     try:
         settings = Settings.from_env()

@@ -40,6 +40,8 @@ class Settings:
     line_dispatch_threads: int = 4
     line_reclaim_idle_ms: int = 30_000
     lock_ms: int = 30_000
+    slack_staff_users: tuple[str, ...] = ()
+    slack_lead_users: tuple[str, ...] = ()
     staff_report_token: str | None = None
     previous_secret_keys: tuple[str, ...] = ()
     trusted_proxies: int = 0
@@ -130,6 +132,13 @@ class Settings:
         if bool(line_secret) != bool(line_token):
             missing = "LINE_CHANNEL_ACCESS_TOKEN" if line_secret else "LINE_CHANNEL_SECRET"
             raise SettingsError(f"{missing}: required when the other LINE setting is set")
+        def slack_users(name: str) -> tuple[str, ...]:
+            ids = tuple(u.strip() for u in (get(name) or "").split(",") if u.strip())
+            for user in ids:
+                if not (user[:1] in ("U", "W") and user.isalnum() and len(user) <= 20):
+                    raise SettingsError(f"{name}: not a Slack user id: {user[:20]!r}")
+            return ids
+
         log_level = (get("LOG_LEVEL") or "INFO").upper()
         if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise SettingsError(f"LOG_LEVEL: must be DEBUG, INFO, WARNING or ERROR: {log_level!r}")
@@ -157,6 +166,8 @@ class Settings:
             line_dispatch_threads=integer("LINE_DISPATCH_THREADS", 4, 1, 64),
             line_reclaim_idle_ms=integer("LINE_RECLAIM_IDLE_MS", 30_000, 100, 3_600_000),
             lock_ms=integer("PERSON_LOCK_MS", 30_000, 500, 600_000),
+            slack_staff_users=slack_users("SLACK_STAFF_USERS"),
+            slack_lead_users=slack_users("SLACK_LEAD_USERS"),
             previous_secret_keys=previous,
             trusted_proxies=integer("TRUSTED_PROXIES", 0, 0, 5),
             metrics_token=metrics_token,

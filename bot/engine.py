@@ -44,18 +44,34 @@ class Detector(Protocol):
 
 @dataclass(frozen=True)
 class Incoming:
-    """A tap (a choice value), free text, or a platform event (first_contact, sticker, media)."""
+    """A tap (a choice value), free text, or a platform event (first_contact, sticker, media).
 
-    kind: Literal["tap", "text", "event"]
+    Two kinds never come from a resident's channel, only from the staff side: "staff" (a staff
+    answer to relay, `value` its text) and the events "case_closed" / "case_expired". `lang`
+    is the language to answer in when the person has no session any more.
+    """
+
+    kind: Literal["tap", "text", "event", "staff"]
     value: str = ""
     state: str | None = None
+    lang: Lang | None = None
+
+    @property
+    def from_staff(self) -> bool:
+        """Sent by staff for the person, not by the person (not counted as their doing)."""
+        return self.kind == "staff" or (self.kind == "event"
+                                        and self.value in ("case_closed", "case_expired"))
 
 
 @dataclass
 class Step:
     """The outcome of one message. `session` None means: delete what is stored.
 
-    `handoff` asks the caller to open a staff case; `relay` is text for the open case's thread.
+    The typed signals are what callers act on (bot.service.Conversations.process); `events`
+    are labels for metrics and logs only, never a reason to do something:
+    `handoff` asks the caller to open a staff case; `relay` is text for the open case's thread;
+    `urgent` marks the open case urgent (crisis words in it); `forget` deletes everything that
+    leads back to the person (their case's address and text), beyond the session.
     """
 
     session: Session | None
@@ -63,6 +79,8 @@ class Step:
     events: list[str] = field(default_factory=list)
     handoff: CaseRequest | None = None
     relay: str | None = None
+    urgent: bool = False
+    forget: bool = False
 
 
 @dataclass(frozen=True)
@@ -250,6 +268,27 @@ class Engine:
 
     # -- the step ------------------------------------------------------------------------
     def step(self, session: Session | None, incoming: Incoming, now: datetime) -> Step:
+        """One message of one person: the new session, the replies and the signals.
+
+        Args:
+            session: what is stored for this person (None: a stranger, or forgotten).
+            incoming: the tap, text or event; kind "staff" and the case_* events come from
+                the staff side only (see Incoming).
+            now: the time the message is answered at (opening hours, rate limit).
+
+        Returns:
+            A Step. Pure: nothing is stored or sent here, and `session` is not modified
+            (a clone is returned), so a caller may run the same step again after a failed
+            delivery. Only the case number of a handoff is drawn at random.
+
+        Raises:
+            Nothing for any input a channel can produce; a bug raises as usual.
+
+        Ordering: the caller must hold the person's lock and give each message of that person
+        in the order it was received; the step reads and returns the whole session.
+        """
+        if incoming.from_staff:
+            return self._from_staff(session, incoming)
         is_new = session is None
         session = self.new_session() if session is None else session.clone()
         out = Step(session=session, replies=[])
@@ -478,6 +517,7 @@ class Engine:
         elif command == "forget":
             fresh = self.new_session(session.lang)
             out.session = None
+            out.forget = True
             out.replies.append(Text(text=self.t("forget.done", fresh)))
             if self.handoff:  # honest about what this cannot delete
                 out.replies.append(Text(text=self.t("forget_staff.kept", fresh)))
@@ -582,10 +622,16 @@ class Engine:
         out.replies.append(self.ask(session))
         return out
 
-    def case_number(self) -> str:
-        """A short number a person can read out on the phone, e.g. K-4F7Q."""
-        return f"{self.pack.info.case_prefix}-" + "".join(
-            secrets.choice(CASE_ALPHABET) for _ in range(4))
+    def case_number(self, seed: bytes | None = None) -> str:
+        """A short number a person can read out on the phone, e.g. K-4F7Q.
+
+        Random, or derived from `seed` (at least 4 bytes) so that a retried message gets the
+        same number again (bot.service)."""
+        if seed is None:
+            chars = [secrets.choice(CASE_ALPHABET) for _ in range(4)]
+        else:
+            chars = [CASE_ALPHABET[b % len(CASE_ALPHABET)] for b in seed[:4]]
+        return f"{self.pack.info.case_prefix}-" + "".join(chars)
 
     def staff_summary(self, session: Session) -> list[tuple[str, str]]:
         """The answers as staff read them (Japanese): (question, answer) pairs."""
@@ -620,11 +666,26 @@ class Engine:
         out.relay = text
         out.events.append("handoff:relay")
         if crisis:
+            out.urgent = True
             out.events.append("handoff:urgent")
         out.replies.append(Text(text=self.t("handoff.relayed", session)))
         out.replies.append(self.ask(session))
         return out
 
+    def _from_staff(self, session: Session | None, incoming: Incoming) -> Step:
+        """A staff answer, or the case closed or expired: said to the resident, with a way on.
+
+        A staff answer changes nothing stored (a person without a session keeps none); the
+        end of a case gives a fresh session (the rate count kept).
+        """
+        current = session.clone() if session is not None else self.new_session(
+            incoming.lang or "ja")
+        if incoming.kind == "staff":
+            return Step(session=session.clone() if session is not None else None,
+                        replies=self.staff_reply(current, incoming.value),
+                        events=["handoff:staff"])
+        fresh, replies = self.close_case(current, expired=incoming.value == "case_expired")
+        return Step(session=fresh, replies=replies, events=[f"handoff:{incoming.value}"])
     def case_refused(self, step: Step, now: datetime) -> None:
         """Too many cases from one address: no case; the phone windows instead, after any
         crisis reply — never a dead end."""
@@ -641,12 +702,15 @@ class Engine:
         """A staff answer, as the resident sees it: prefixed, with a way on."""
         return [Text(text=self.t("handoff.staff_prefix", session) + text), self.ask(session)]
 
-    def close_case(self, session: Session) -> tuple[Session, list[Reply]]:
-        """Staff resolved the case: tell the resident, and how to start again."""
+    def close_case(self, session: Session,
+                   expired: bool = False) -> tuple[Session, list[Reply]]:
+        """Staff resolved the case (or it expired unanswered): tell the resident, and how to
+        start again. The expiry notice may arrive days later on a shared phone, so its wording
+        says nothing of what the conversation was about."""
         fresh = self.new_session(session.lang)
         fresh.rate_minute, fresh.rate_count = session.rate_minute, session.rate_count
         replies: list[Reply] = [
-            Text(text=self.t("handoff.closed", fresh)),
+            Text(text=self.t("handoff.expired" if expired else "handoff.closed", fresh)),
             Question(text=self.t("stop.next", fresh), state=fresh.state,
                      choices=[Choice(label=o.label, value=o.value) for o in (
                          self.command_option("restart", fresh),

@@ -219,8 +219,8 @@ class Figures:
         must not cost the resident their answer)."""
         try:
             counts = tally(channel, before, step, incoming, hour=tokyo_day(now)[1])
-        except Exception:
-            log.exception("figures_tally_failed")
+        except Exception as exc:
+            logs.failure("figures.tally", exc)
             return None
         if not counts:
             return None

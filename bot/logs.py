@@ -9,7 +9,12 @@ import sys
 import time
 from typing import Any
 
+from prometheus_client import Counter
+
 _FIELDS = "tsunagu_fields"
+FAILURES = Counter("tsunagu_failures_total", "Unexpected failures, by place (no personal data)",
+                   ["where"])
+_failure_log = logging.getLogger("tsunagu.failure")
 
 
 class JsonFormatter(logging.Formatter):
@@ -43,6 +48,20 @@ def get(name: str) -> logging.Logger:
 def event(logger: logging.Logger, name: str, level: int = logging.INFO, **fields: Any) -> None:
     """Log one event with structured fields (pseudonyms, states, counts; no typed text)."""
     logger.log(level, name, extra={_FIELDS: fields})
+
+
+def failure(where: str, exc: BaseException, level: int = logging.ERROR, **fields: Any) -> None:
+    """The one thing `except Exception` does in bot/: name the place and the exception type.
+
+    Never the message or the traceback: an exception's text may quote what a person typed, a
+    platform id or a token (safety rule 3). `where` is a fixed, dotted place name such as
+    "line.deliver"; it is also the label of the one failure counter. `fields` may add
+    pseudonyms, case numbers, counts — like any structured log line.
+    """
+    FAILURES.labels(where).inc()
+    _failure_log.log(level, "failure", extra={_FIELDS: {"where": where,
+                                                         "error": type(exc).__name__,
+                                                         **fields}})
 
 
 class Throttle:

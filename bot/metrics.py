@@ -6,7 +6,12 @@ beside the case store in bot/handoff/cases.py.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from prometheus_client import Counter, Histogram
+
+if TYPE_CHECKING:
+    from bot.engine import Step
 
 EVENTS = Counter("tsunagu_events_total", "Messages and events received", ["channel", "kind"])
 ANSWERS = Counter("tsunagu_answers_total", "Answers sent", ["channel", "via"])
@@ -20,9 +25,11 @@ DEGRADED = Counter("tsunagu_degraded_answers_total", "Answers given without Redi
                    ["channel"])
 
 
-def record_step(channel: str, kind: str, events: list[str]) -> None:
+def record_step(channel: str, kind: str, step: Step) -> None:
+    """Count one answered message from what its step says (metrics read the step; nothing
+    reads the metrics to decide what to do)."""
     EVENTS.labels(channel, kind).inc()
-    for event in events:
+    for event in step.events:
         if event.startswith("crisis:"):
             CRISIS.labels(event.split(":", 1)[1]).inc()
         elif event == "degraded":

@@ -9,6 +9,7 @@ priority and the rule id are settled.
 
 from __future__ import annotations
 
+import logging
 import re
 import unicodedata
 from collections.abc import Iterable, Iterator
@@ -18,6 +19,8 @@ from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from bot import logs
 
 CRISIS_KINDS = ("self_harm", "violence", "child_harm")
 # When several kinds match, the most specific danger chooses the lines offered: a child at risk,
@@ -125,7 +128,8 @@ def _first_chars(source: str) -> frozenset[str] | None:
         return None
     try:
         chars, nullable = _first(_sre_parser.parse(source))
-    except Exception:  # an unusual construct: let the entry run everywhere
+    except Exception as exc:  # an unusual construct: let the entry run everywhere
+        logs.failure("safety.first_chars", exc, logging.DEBUG)
         return None
     return None if chars is None or nullable else frozenset(chars)
 

@@ -1,37 +1,46 @@
-"""One message of one person, end to end: pseudonymise, lock, step the engine, save, log.
+"""One message of one person, end to end: step, side effects, deliver, save, record, log.
 
-Every channel (web chat, LINE, the terminal) goes through here, so storage, ordering, degraded
-mode and logging are written once.
+Every channel goes through `Conversations.process` — the web chat (`handle`), the LINE
+dispatcher, the degraded mode when Redis is down, and staff answers relayed to a resident — so
+the order of the work, its idempotence, metrics and logging are written once.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any
 
 import redis
 
 from bot import logs, metrics
 from bot.engine import Engine, Incoming, Step
 from bot.figures import Figures
+from bot.ports import Cases, Deliver, Event
 from bot.replies import Text
-from bot.session import Session
 from bot.store import LockTimeout, SessionStore, Turn
 
 log = logs.get("conversation")
 REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError, LockTimeout)
+NUMBER_TRIES = 8
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def respond(step: Step) -> str:
+    """Deliver for request/response channels: the replies go back in the HTTP response."""
+    return "response"
+
+
 class Conversations:
     def __init__(self, engine: Engine, store: SessionStore, secret: str | Sequence[str],
-                 clock: Callable[[], datetime] = utcnow, cases: Any = None,
+                 clock: Callable[[], datetime] = utcnow, cases: Cases | None = None,
                  figures: Figures | None = None):
         self.engine = engine
         self.store = store
@@ -46,75 +55,151 @@ class Conversations:
         """Newest key's pseudonym, or an older key's while the person has data under it."""
         return self.store.find_pseudonym(self.secrets, channel, user_id)
 
-    def handle(self, channel: str, user_id: str, incoming: Incoming) -> Step:
+    def outage(self, where: str, exc: BaseException) -> None:
+        """Redis is unreachable: count it, and say so at most once a minute."""
+        metrics.REDIS_ERRORS.labels(where).inc()
+        if self._outage.ready():
+            logs.event(log, "redis_unavailable", logging.WARNING, error=type(exc).__name__)
+
+    def handle(self, channel: str, user_id: str, incoming: Incoming,
+               event_id: str | None = None) -> Step:
+        """A request/response channel (web chat, terminal): lock, process, save, unlock.
+
+        Args:
+            channel: "web" or another request/response channel name.
+            user_id: the platform's id for the person (pseudonymised here, kept only sealed
+                as a case's address).
+            incoming: what they sent.
+            event_id: unique per message; a fresh one when the channel has none.
+
+        Returns:
+            The Step, its replies to be sent in the response. When Redis is unreachable the
+            degraded step (crisis lines, 24-hour lines, the list), nothing stored.
+
+        Raises:
+            Nothing for Redis outages (degraded mode); other failures propagate.
+
+        Ordering: one message of a person at a time (their lock, `SessionStore.turn`).
+        """
         pid = self.pseudonym(channel, user_id)
-        started = time.perf_counter()
-        now = self.clock()
+        event = Event(channel=channel, pid=pid, incoming=incoming,
+                      event_id=event_id or uuid.uuid4().hex, address=user_id)
         try:
             with self.store.turn(pid) as turn:
-                before = turn.session
-                step = self.engine.step(before, incoming, now)
-                self.after_step(pid, channel, user_id, step)
-                turn.keep(step.session)
-                self.record(turn, channel, before, step, incoming, now)
+                return self.process(event, turn, respond)
         except REDIS_DOWN as exc:
-            metrics.REDIS_ERRORS.labels("conversation").inc()
-            if self._outage.ready():
-                logs.event(log, "redis_unavailable", logging.WARNING, error=type(exc).__name__)
-            step = self.engine.degraded_step(incoming, now)
-        metrics.record_step(channel, incoming.kind, step.events)
-        elapsed = time.perf_counter() - started
-        metrics.LATENCY.labels(channel).observe(elapsed)
-        metrics.ANSWERS.labels(channel, "response").inc()
-        logs.event(log, "message", channel=channel, pid=pid[:16], kind=incoming.kind,
-                   state=step.session.state if step.session else None,
-                   events=step.events, ms=round(elapsed * 1000, 2))
+            self.outage("conversation", exc)
+            return self.process(event, None, respond)
+
+    def process(self, event: Event, turn: Turn | None, deliver: Deliver) -> Step:
+        """Step the engine, do what the step asks, deliver, keep the session, record, log.
+
+        Args:
+            event: the message, with an `event_id` stable across retries of it.
+            turn: the person's loaded session under their lock (the caller holds the lock and
+                saves `turn` after this returns); None when Redis is unreachable: a degraded
+                step, no side effects, nothing kept.
+            deliver: sends the step's replies; returns how (a metrics label).
+
+        Returns:
+            The Step that was delivered; `turn` holds its session.
+
+        Raises:
+            Whatever `deliver` raises (e.g. DeliveryPending): then the session is not kept,
+            and the caller may run `process` again with the same event. Redis errors from the
+            side effects propagate too.
+
+        Ordering: the work is always in this order — step; side effects: open a case, relay
+        to the case (with urgency), forget the person's case data; deliver; keep the
+        session (with the city's figures, saved in the same round trip); metrics; log.
+        Each side effect is idempotent per `event.event_id`: a retry
+        after a failed delivery opens no second case (the case number derives from the event
+        id) and relays no message twice (the thread knows the event id).
+        """
+        started = time.perf_counter()
+        now = self.clock()
+        if turn is None:
+            step = self.engine.degraded_step(event.incoming, now)
+        else:
+            step = self.engine.step(turn.session, event.incoming, now)
+            self._effects(event, step)
+        via = deliver(step)
+        if turn is not None:
+            before = turn.session
+            if step.session is not None or step.forget:
+                # No session and no forget (a staff answer to someone without a session):
+                # nothing stored changes.
+                turn.keep(step.session)
+            if self.figures is not None and not event.incoming.from_staff:
+                turn.also(self.figures.writes_for(event.channel, before, step, event.incoming,
+                                                  now))
+        self._record(event, step, via, started)
         return step
 
-    def record(self, turn: Turn, channel: str, before: Session | None, step: Step,
-               incoming: Incoming, now: datetime) -> None:
-        """Count the step in the city's figures, in the round trip that saves the session."""
-        if self.figures is not None:
-            turn.also(self.figures.writes_for(channel, before, step, incoming, now))
+    def forget(self, pid: str, turn: Turn) -> None:
+        """Delete everything of this person (LINE unfollow, an unreadable address)."""
+        turn.keep(None)
+        if self.cases is not None:
+            self.cases.delete_for(pid)
 
-    def after_step(self, pid: str, channel: str, user_id: str, step: Step) -> None:
-        """What a step asks of the handoff: open a case, relay text, forget an address.
+    # -- side effects, in their fixed order --------------------------------------------------
 
-        Runs before the session is saved and before the answer is sent, so a receipt is never
-        shown for a case that was not stored.
-        """
+    def _effects(self, event: Event, step: Step) -> None:
         if self.cases is None:
             return
         if step.handoff is not None:
-            self._open_case(pid, channel, user_id, step)
+            self._open_case(event, step)
         session = step.session
         if step.relay and session is not None and session.case:
-            if self.cases.add_message(session.case, "resident", step.relay) is None:
+            case = self.cases.add_message(session.case, "resident", step.relay,
+                                          key=event.event_id, urgent=step.urgent)
+            if case is None:
                 # The case was closed or expired meanwhile: nobody would read this. Say so
                 # (after any crisis reply) and let the person start again.
                 fresh, replies = self.engine.close_case(session)
                 urgent = [r for r in step.replies if getattr(r, "urgent", False)]
                 step.session, step.replies, step.relay = fresh, [*urgent, *replies], None
                 step.events.append("handoff:gone")
-            elif "handoff:urgent" in step.events:
-                self.cases.mark_urgent(session.case)
-        if "command:forget" in step.events:
-            self.cases.delete_for(pid)
+        if step.forget:
+            self.cases.delete_for(event.pid)
 
-    def _open_case(self, pid: str, channel: str, user_id: str, step: Step) -> None:
+    def case_number(self, event: Event, attempt: int) -> str:
+        """The case number for this event: the same on every retry of the event."""
+        seed = hmac.new(self.secret.encode(), f"case:{event.pid}:{event.event_id}:{attempt}"
+                        .encode(), hashlib.sha256).digest()
+        return self.engine.case_number(seed)
+
+    def _open_case(self, event: Event, step: Step) -> None:
         request = step.handoff
-        assert request is not None and step.session is not None
-        for _ in range(8):
-            if self.cases.open(request, channel, pid, user_id) is not None:
+        assert request is not None and step.session is not None and self.cases is not None
+        if event.address is None:
+            raise ValueError("a case needs the person's address")
+        drawn = request.number
+        for attempt in range(NUMBER_TRIES):
+            # A taken number (1 in a million) is another person's case: draw the next one.
+            request = request.model_copy(update={"number": self.case_number(event, attempt)})
+            if self.cases.open(request, event.channel, event.pid, event.address) is not None:  # type: ignore[arg-type]
                 break
-            # The number is taken (1 in a million): draw another, and say the new one.
-            fresh = self.engine.case_number()
-            step.replies = [r.model_copy(update={"text": r.text.replace(request.number, fresh)})
-                            if isinstance(r, Text) else r for r in step.replies]
-            request = request.model_copy(update={"number": fresh})
         else:
             raise RuntimeError("could not draw a free case number")
+        step.replies = [r.model_copy(update={"text": r.text.replace(drawn, request.number)})
+                        if isinstance(r, Text) else r for r in step.replies]
         step.handoff = request
         step.session.case = request.number
-        logs.event(log, "case_opened", pid=pid[:16], number=request.number,
+        logs.event(log, "case_opened", pid=event.pid[:16], number=request.number,
                    urgent=request.urgent)
+
+    # -- metrics and the log line ------------------------------------------------------------
+
+    def _record(self, event: Event, step: Step, via: str, started: float) -> None:
+        elapsed = time.perf_counter() - started
+        metrics.record_step(event.channel, event.incoming.kind, step)
+        metrics.ANSWERS.labels(event.channel, via).inc()
+        waited = elapsed
+        if event.received is not None:
+            waited = max(0.0, self.clock().timestamp() - event.received)
+        metrics.LATENCY.labels(event.channel).observe(waited)
+        logs.event(log, "message", channel=event.channel, pid=event.pid[:16],
+                   kind=event.incoming.kind, via=via,
+                   state=step.session.state if step.session else None,
+                   events=step.events, ms=round(elapsed * 1000, 2))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from bot.flows.schema import FLOWS_DIR, FlowError, FlowSpec, load_flow
@@ -48,12 +49,12 @@ def validate(pack_name: str, flows_dir: Path = FLOWS_DIR) -> list[str]:
         except FlowError as exc:
             errors += str(exc).splitlines()
     crisis = crisis_file(pack_name)
-    try:
-        from bot.safety import CrisisDetector
+    from bot.safety import CrisisDetector, CrisisFileError
 
+    try:
         CrisisDetector.from_file(crisis)
-    except Exception as exc:  # report every kind of crisis-file failure, do not stop
-        errors.append(f"{crisis.parent.name}/crisis.yaml: {exc}")
+    except (CrisisFileError, OSError, ValueError, TypeError, re.error) as exc:
+        errors.append(f"{crisis.parent.name}/crisis.yaml: {exc}")  # with the others, go on
     if pack is not None:
         for flow in flows:
             for key in sorted(flow.message_keys()):

@@ -103,6 +103,8 @@ def test_nothing_readable_during_an_open_case(loop_app, redis_client, key_prefix
     number = _web_case(web, first)
     assert wait(lambda: handoff.cases.get(number).slack_ts is not None)
     assert staff_reply(app, slack, number, staff_text, 1).status_code == 200
+    # Relayed by the handoff worker (queued at once, answered to Slack at once).
+    assert wait(lambda: list(redis_client.scan_iter(match=f"{key_prefix}:*:outbox")))
     web.post("/api/chat", json={"type": "text", "text": second})
     assert wait(lambda: any(second in json.dumps(c.body, ensure_ascii=False)
                             for c in slack.posts(thread=True)))
@@ -138,7 +140,7 @@ def test_delete_my_data_empties_the_outbox_and_says_what_stays(loop_app, redis_c
     number = _web_case(web, "相談したいです")
     assert wait(lambda: handoff.cases.get(number).slack_ts is not None)
     staff_reply(app, slack, number, "お返事をお待ちしています", 1)  # never polled
-    assert list(redis_client.scan_iter(match=f"{key_prefix}:*:outbox"))
+    assert wait(lambda: list(redis_client.scan_iter(match=f"{key_prefix}:*:outbox")))
     resp = web.post("/api/chat", json={"type": "text", "text": "データを消す"})
     texts = [r.get("text") for r in resp.json["replies"]]
     assert pack.msg("forget.done", "ja") in texts

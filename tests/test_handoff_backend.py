@@ -21,15 +21,16 @@ from flask.testing import FlaskClient
 from prometheus_client import REGISTRY
 from slack_sdk.signature import SignatureVerifier
 
-from bot.channels.slack import Handoff, bp, build_handoff, slack_to_plain
+from bot.channels.slack import bp, slack_to_plain
 from bot.config import Settings, SettingsError
 from bot.crypto import Sealer
 from bot.handoff.cases import CaseStore
-from bot.handoff.models import Case, CaseRequest
+from bot.handoff.models import Case, CaseRequest, StaffMessage
 from bot.handoff.notify import WebhookError, WebhookNotifier
-from bot.handoff.worker import GROUP, run_worker
+from bot.handoff.worker import GROUP
 from bot.logs import JsonFormatter
 from bot.store import pseudonym
+from bot.wiring import Handoff, build_handoff, run_worker
 from tests.conftest import SECRET
 from tests.fakes.http import serve_json
 from tests.fakes.slack_api import FakeSlack, serve
@@ -91,21 +92,26 @@ def fake_slack() -> Iterator[tuple[FakeSlack, str]]:
 
 @dataclass
 class Relays:
-    """The callbacks server.py provides; records what would reach the resident."""
+    """A bot.ports.StaffRelay that records what would reach the resident."""
 
     cases: CaseStore | None = None
     sent: list[tuple[str, str]] = field(default_factory=list)
-    closed: list[tuple[Case, str | None]] = field(default_factory=list)
+    ended: list[tuple[Case, str | None]] = field(default_factory=list)
+    timed_out: list[tuple[Case, str | None]] = field(default_factory=list)
     fail: bool = False
 
-    def relay(self, case: Case, text: str) -> None:
+    def staff_reply(self, case: Case, message: StaffMessage) -> None:
         if self.fail:
             raise ConnectionError("LINE is down")
-        self.sent.append((case.number, text))
+        self.sent.append((case.number, message.text))
 
-    def relay_closed(self, case: Case) -> None:
+    def closed(self, case: Case) -> None:
         assert self.cases is not None
-        self.closed.append((case, self.cases.address(case.number)))
+        self.ended.append((case, self.cases.address(case.number)))
+
+    def expired(self, case: Case) -> None:
+        assert self.cases is not None
+        self.timed_out.append((case, self.cases.address(case.number)))
 
 
 @pytest.fixture
@@ -121,9 +127,8 @@ def make_handoff(settings: Settings, redis_client: redis.Redis, fake_slack, rela
     def make(**overrides: Any) -> Handoff:
         s = replace(settings, slack_bot_token=fake.token, slack_signing_secret=SIGNING,
                     slack_staff_channel=CHANNEL, slack_api_base_url=url, **overrides)
-        h = build_handoff(s, redis_client, relays.relay, relays.relay_closed,
-                          consumer_name="worker-b", reclaim_idle_ms=50, block_ms=10,
-                          retry_base_s=0.01)
+        h = build_handoff(s, redis_client, relays, consumer_name="worker-b",
+                          reclaim_idle_ms=50, block_ms=10, retry_base_s=0.01)
         relays.cases = h.cases
         built.append(h)
         return h
@@ -532,6 +537,9 @@ def test_a_staff_reply_in_the_thread_reaches_the_resident_once(
     text = "はじめまして。&lt;無理せず&gt; <https://example.jp/soudan|相談窓口> をご覧ください"
     assert post_event(http, staff_says(case, text), event_id="Ev1001").status_code == 200
     expected = "はじめまして。<無理せず> 相談窓口 https://example.jp/soudan をご覧ください"
+    # Recorded and queued at once; the worker relays it to the resident.
+    assert relays.sent == [] and handoff.cases.get(NUMBER).thread[0].text == expected
+    assert drain(handoff, lambda: bool(relays.sent) and handoff.worker.pending() == 0)
     assert relays.sent == [(NUMBER, expected)]
     stored = handoff.cases.get(NUMBER)
     assert stored.first_staff_reply_at is not None
@@ -542,10 +550,12 @@ def test_a_staff_reply_in_the_thread_reaches_the_resident_once(
 
     # Slack retries the same event: ignored.
     assert post_event(http, staff_says(case, text), event_id="Ev1001").status_code == 200
+    assert drain(handoff, lambda: handoff.worker.pending() == 0)
     assert len(relays.sent) == 1 and len(handoff.cases.get(NUMBER).thread) == 1
     # A second reply is relayed but is not the first reply any more.
     post_event(http, staff_says(case, "お返事お待ちしています", ts="1700000200.000001"),
                event_id="Ev1002")
+    assert drain(handoff, lambda: len(relays.sent) == 2)
     assert relays.sent[-1] == (NUMBER, "お返事お待ちしています")
     assert handoff.cases.get(NUMBER).first_staff_reply_at == stored.first_staff_reply_at
     assert metric("tsunagu_handoff_first_staff_reply_seconds_count") == replies + 1
@@ -577,6 +587,9 @@ def test_a_reply_that_cannot_be_delivered_is_reported_in_the_thread(
     case = posted(handoff, fake)
     relays.fail = True
     post_event(http, staff_says(case, "こんにちは"), event_id="Ev3001")
+    # Retried by the worker, then given up on (parked) and staff are told in the thread.
+    assert drain(handoff, lambda: len(fake.posts(thread=True)) == 1
+                 and handoff.worker.pending() == 0)
     notes = fake.posts(thread=True)
     assert len(notes) == 1 and "届けられませんでした" in notes[0].body["text"]
     handoff.cases.resolve(NUMBER, STAFF_A)
@@ -621,14 +634,14 @@ def test_claim_and_resolve_buttons(http: FlaskClient, handoff: Handoff, fake_sla
     assert note.body["user"] == STAFF_B and f"<@{STAFF_A}>" in note.body["text"]
 
     assert click(http, "resolve", NUMBER, STAFF_A).status_code == 200
-    ((closed, address_then),) = relays.closed
+    ((closed, address_then),) = relays.ended
     assert closed.number == NUMBER and closed.pid == PID and address_then == RAW_ID
     assert handoff.cases.address(NUMBER) is None and handoff.cases.open_case_of(PID) is None
     update = fake.calls("chat.update")[-1].body
     assert not block(update["blocks"], "actions")
     assert "対応完了" in json.dumps(update["blocks"], ensure_ascii=False)
     assert click(http, "resolve", NUMBER, STAFF_B).status_code == 200   # a late double click
-    assert len(relays.closed) == 1
+    assert len(relays.ended) == 1
     # The queued claimed/resolved events reach Slack again harmlessly, then the queue is empty.
     assert drain(handoff, lambda: handoff.worker.pending() == 0)
 
@@ -653,7 +666,7 @@ def test_the_whole_loop_leaks_no_platform_id_and_logs_no_typed_text(
     click(http, "claim", NUMBER, STAFF_B)
     click(http, "resolve", NUMBER, STAFF_A)
     assert drain(h, lambda: h.worker.pending() == 0 and len(rec.accepted()) >= 5)
-    assert relays.sent == [(NUMBER, "お話を聞かせてください")] and len(relays.closed) == 1
+    assert relays.sent == [(NUMBER, "お話を聞かせてください")] and len(relays.ended) == 1
 
     slack_text = fake.everything()
     webhook_text = "\n".join(raw.decode() for _, raw, _ in rec.got)

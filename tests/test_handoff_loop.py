@@ -62,6 +62,26 @@ def staff_reply(app, slack: FakeSlack, number: str, text: str, n: int):
     return post_event(app.test_client(), event, event_id=f"Ev{number}{n}")
 
 
+class Poller:
+    """Polls like the page does: each poll acknowledges the previous one's cursor."""
+
+    def __init__(self, web):
+        self.web, self.cursor = web, 0
+
+    def next(self, timeout: float = 30.0) -> list[dict]:
+        got: list[dict] = []
+
+        def ready() -> bool:
+            data = self.web.get(f"/api/chat/poll?ack={self.cursor}").json
+            if data["replies"]:
+                got.extend(data["replies"])
+                self.cursor = data["cursor"]
+            return bool(got)
+
+        wait(ready, timeout)
+        return got
+
+
 def test_whole_loop_over_the_web_chat(loop_app, caplog):
     app, slack, _ = loop_app
     caplog.set_level(logging.DEBUG)
@@ -85,18 +105,19 @@ def test_whole_loop_over_the_web_chat(loop_app, caplog):
     assert number in json.dumps(root.body, ensure_ascii=False)
     # Staff answer in the thread → the page receives 「相談員より: …」.
     assert staff_reply(app, slack, number, "お話を聞かせてください", 1).status_code == 200
-    polled = web.get("/api/chat/poll").json["replies"]
+    poller = Poller(web)
+    polled = poller.next()
     assert polled[0]["text"] == "相談員より: お話を聞かせてください"
     # The resident writes again → it goes to the thread.
     web.post("/api/chat", json={"type": "text", "text": "ありがとうございます"})
     assert wait(lambda: any("ありがとうございます" in json.dumps(c.body, ensure_ascii=False)
                             for c in slack.posts(thread=True)))
     assert staff_reply(app, slack, number, "明日お電話しますか？", 2).status_code == 200
-    assert web.get("/api/chat/poll").json["replies"][0]["text"].endswith("明日お電話しますか？")
+    assert poller.next()[0]["text"].endswith("明日お電話しますか？")
     # 対応完了 → the resident is told, and the address is gone.
     assert click(app.test_client(), "claim", number, STAFF_A).status_code == 200
     assert click(app.test_client(), "resolve", number, STAFF_A).status_code == 200
-    closed = web.get("/api/chat/poll").json["replies"]
+    closed = poller.next()
     assert closed and "終了" in closed[0]["text"]
     assert handoff.cases.address(number) is None
     assert handoff.cases.get(number).status == "resolved"
@@ -135,6 +156,7 @@ def test_whole_loop_over_line_and_no_raw_id_anywhere(loop_app, caplog, redis_cli
     assert wait(lambda: handoff.cases.get(number).slack_ts is not None)
     # Staff → resident by LINE push, prefixed.
     assert staff_reply(app, slack, number, "はじめまして。担当の者です", 1).status_code == 200
+    assert wait(lambda: any(r.path.endswith("/push") for r in line.delivered()))
     pushed = [r for r in line.delivered() if r.path.endswith("/push")]
     assert pushed and pushed[-1].body["to"] == RAW_LINE_ID
     assert pushed[-1].body["messages"][0]["text"] == "相談員より: はじめまして。担当の者です"

@@ -18,6 +18,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+import urllib3
 from linebot.v3.messaging import ApiClient, ApiException, Configuration
 
 from bot import logs
@@ -27,6 +28,8 @@ RETRY_NAMESPACE = uuid.UUID("6f1c1e52-8a55-4d0e-9f57-7d1b1b0c2a11")
 REPLY_TOKEN_TTL_S = 50.0  # LINE's tokens expire; stay well inside their life
 TIMEOUT = (2.0, 5.0)      # connect, read
 RETRYABLE = {429, 500, 502, 503, 504}
+# What a call may raise besides ApiException: urllib3's timeouts and connection errors.
+NETWORK = (urllib3.exceptions.HTTPError, OSError)
 
 
 class DeliveryPending(Exception):
@@ -42,6 +45,11 @@ class LineApi:
     def __post_init__(self) -> None:
         self.host = self.base_url.rstrip("/")
         self.client = ApiClient(Configuration(host=self.host, access_token=self.access_token))
+
+    def worst_case_s(self) -> float:
+        """How long one delivery can take at most without a deadline: a reply and every push
+        attempt timing out, plus the backoff pauses (~46 s with the defaults)."""
+        return sum(TIMEOUT) * (2 + len(self.backoff)) + sum(self.backoff)
 
     def _post(self, path: str, body: dict[str, Any], timeout: tuple[float, float] = TIMEOUT,
               retry_key: str | None = None) -> None:
@@ -59,20 +67,25 @@ class LineApi:
         return str(uuid.uuid5(RETRY_NAMESPACE, event_id))
 
     def deliver(self, user_id: str, event_id: str, reply_token: str | None, age_s: float,
-                messages: list[dict], retrying: bool = False) -> str:
+                messages: list[dict], retrying: bool = False,
+                deadline: float | None = None) -> str:
         """Send the answer once; return how ('reply', 'push', 'already'). Raise
         DeliveryPending when LINE does not take it now.
 
         `retrying`: a process died while answering this event. A fresh token that LINE now
         refuses (400) was then used by that process, so the answer was delivered: pushing
         would say it twice. A token that still works means it was not.
+        `deadline` (time.monotonic()): no call or pause runs past it — the caller's person
+        lock expires then, and another process must not answer the same person meanwhile.
+        `event_id` is the idempotency key: the push's X-Line-Retry-Key derives from it.
         """
         if not messages:
             return "none"
         if reply_token and age_s < REPLY_TOKEN_TTL_S:
             try:
                 self._post("/v2/bot/message/reply",
-                           {"replyToken": reply_token, "messages": messages})
+                           {"replyToken": reply_token, "messages": messages},
+                           timeout=self._timeout(deadline))
                 return "reply"
             except ApiException as exc:
                 if exc.status == 400 and retrying:
@@ -82,16 +95,26 @@ class LineApi:
                     logs.event(log, "reply_failed", logging.WARNING, status=exc.status)
                 # 400 (token used or expired) or a server error: fall through to push, whose
                 # retry key makes it safe to repeat.
-            except Exception as exc:  # timeouts and connection errors from urllib3
+            except NETWORK as exc:
                 logs.event(log, "reply_failed", logging.WARNING, error=type(exc).__name__)
-        return self._push(user_id, event_id, messages)
+        return self._push(user_id, event_id, messages, deadline)
 
-    def _push(self, user_id: str, event_id: str, messages: list[dict]) -> str:
+    @staticmethod
+    def _timeout(deadline: float | None) -> tuple[float, float]:
+        if deadline is None:
+            return TIMEOUT
+        left = deadline - time.monotonic()
+        if left <= 0.05:
+            raise DeliveryPending("no time left under the lock")
+        return min(TIMEOUT[0], left), min(TIMEOUT[1], left)
+
+    def _push(self, user_id: str, event_id: str, messages: list[dict],
+              deadline: float | None = None) -> str:
         key = self.retry_key(event_id)
         for attempt, pause in enumerate((*self.backoff, None)):
             try:
                 self._post("/v2/bot/message/push", {"to": user_id, "messages": messages},
-                           retry_key=key)
+                           retry_key=key, timeout=self._timeout(deadline))
                 return "push"
             except ApiException as exc:
                 if exc.status == 409:  # this retry key was accepted before: delivered
@@ -101,10 +124,11 @@ class LineApi:
                     return "rejected"
                 logs.event(log, "push_retry", logging.WARNING, status=exc.status,
                            attempt=attempt)
-            except Exception as exc:
+            except NETWORK as exc:
                 logs.event(log, "push_retry", logging.WARNING, error=type(exc).__name__,
                            attempt=attempt)
-            if pause is None:
+            if pause is None or (deadline is not None
+                                 and time.monotonic() + pause + 0.1 > deadline):
                 break
             time.sleep(pause)
         raise DeliveryPending(event_id)
@@ -114,5 +138,5 @@ class LineApi:
         try:
             self._post("/v2/bot/chat/loading/start",
                        {"chatId": user_id, "loadingSeconds": seconds}, timeout=(1.0, 1.0))
-        except Exception as exc:
+        except (ApiException, *NETWORK) as exc:
             logs.event(log, "loading_failed", logging.INFO, error=type(exc).__name__)

@@ -9,6 +9,8 @@ in order, per person, by dispatcher threads (or the worker process).
   <prefix>:line:work                            STREAM of person tickets, consumer group
                                                 "line": at-least-once, reclaimed if a
                                                 dispatcher dies (XAUTOCLAIM)
+  <prefix>:{<pid>}:line:fail                    HASH event id → unexpected failures; a job
+                                                failing JOB_TRIES times is parked
 
 The seen key and the inbox share the person's hash tag, so one Lua call checks and enqueues
 atomically, also on Redis Cluster.
@@ -26,20 +28,32 @@ from datetime import datetime
 from typing import Any
 
 import redis
+from prometheus_client import Counter
 
-from bot import logs, metrics
-from bot.channels.line_api import DeliveryPending, LineApi
+from bot import logs
+from bot.channels.line_api import DeliveryPending
 from bot.channels.line_events import Job
 from bot.channels.line_render import render
 from bot.crypto import Sealer
-from bot.engine import Engine
 from bot.handoff.worker import default_consumer
+from bot.ports import Conversation, Event, LineSender
 from bot.store import LockTimeout, SessionStore, Turn
 
 log = logs.get("line")
 GROUP = "line"
 SEEN_TTL_S = 24 * 3600
 INBOX_TTL_S = 24 * 3600
+JOB_TRIES = 3  # a job failing this often with an unexpected error is parked
+
+JOBS_PARKED = Counter("tsunagu_line_jobs_parked", "LINE events given up on after repeated "
+                      "unexpected failures (the person got the degraded answer instead)")
+
+# Extend the person's lock if we still hold it (before each further job of a drain): a
+# dispatcher whose lock expired must stop, not answer alongside the next one.
+_RENEW = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end
+return 0
+"""
 
 # Read the person's inbox and note, for each event, that we are about to answer it; return
 # each job with whether it had been noted before (a process died while answering it).
@@ -108,23 +122,23 @@ class LineQueue:
 class Dispatcher:
     """Answers queued LINE events. Threads share one LineApi and one compiled engine."""
 
-    def __init__(self, queue: LineQueue, engine: Engine, api: LineApi, sealer: Sealer,
-                 clock: Callable[[], datetime], threads: int = 4,
+    def __init__(self, queue: LineQueue, conversations: Conversation, api: LineSender,
+                 sealer: Sealer, clock: Callable[[], datetime], threads: int = 4,
                  reclaim_idle_ms: int = 30_000, block_ms: int = 1000,
-                 conversations: Any = None):
+                 job_tries: int = JOB_TRIES):
         self.queue = queue
-        self.conversations = conversations  # bot.service.Conversations: handoff hooks
-        self.engine = engine
+        self.conversations = conversations
+        self.engine = conversations.engine  # type: ignore[attr-defined]
         self.api = api
         self.sealer = sealer
         self.clock = clock
         self.threads = threads
         self.reclaim_idle_ms = reclaim_idle_ms
         self.block_ms = block_ms
+        self.job_tries = job_tries
         self.consumer = default_consumer()
         self._stop = threading.Event()
         self._workers: list[threading.Thread] = []
-        self._outage = logs.Throttle(60.0)
 
     def start(self) -> None:
         for i in range(self.threads):
@@ -152,17 +166,14 @@ class Dispatcher:
             except redis.ResponseError as exc:
                 need_group = "NOGROUP" in str(exc)
                 if not need_group:
-                    log.exception("dispatch_error")
+                    logs.failure("line.dispatch", exc)
                 self._stop.wait(0.2)
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 need_group = True
-                metrics.REDIS_ERRORS.labels("line_dispatch").inc()
-                if self._outage.ready():
-                    logs.event(log, "redis_unavailable", logging.WARNING,
-                               error=type(exc).__name__)
+                self.conversations.outage("line_dispatch", exc)  # type: ignore[attr-defined]
                 self._stop.wait(1.0)
-            except Exception:
-                log.exception("dispatch_error")
+            except Exception as exc:
+                logs.failure("line.dispatch", exc)
                 self._stop.wait(0.5)
 
     def poll_once(self) -> int:
@@ -194,11 +205,31 @@ class Dispatcher:
             # Left unacknowledged: reclaimed and retried after `reclaim_idle_ms`.
             logs.event(log, "delivery_pending", logging.WARNING, pid=pid[:16])
 
+    def _deadline(self) -> float:
+        """When an answer must be out: well before the person's lock expires."""
+        return time.monotonic() + self.queue.store.lock_ms / 1000 * 0.8
+
     def drain(self, pid: str, ack: bytes | None = None) -> int:
         """Answer every queued event of one person, oldest first, under their lock.
 
-        Lock, session, inbox and the "being answered" marks travel in one round trip; each
-        answer is committed with the removal of its job (and, for the last, the unlock).
+        Args:
+            pid: the person's pseudonym (their inbox and lock share its hash tag).
+            ack: the stream ticket to acknowledge once the inbox is empty.
+
+        Returns:
+            How many events were taken from the inbox (answered or parked).
+
+        Raises:
+            DeliveryPending: LINE did not take an answer; that job and later ones stay in
+                the inbox, the ticket unacknowledged (reclaimed later). LockTimeout: the
+                person's lock is held, or was lost during the drain. Redis errors propagate.
+
+        Ordering: lock, session, inbox and the "being answered" marks travel in one round
+        trip; each answer is committed with the removal of its job, after its delivery;
+        before each further job the lock is renewed (lost → stop). No delivery runs past the
+        lock (`LineApi.deliver` deadline). A job failing with an unexpected error is skipped
+        — later events, a crisis answer included, are answered — and parked after
+        `job_tries` failures, the person then getting the degraded answer.
         """
         store, inbox = self.queue.store, self.queue.inbox(pid)
         token = uuid.uuid4().hex
@@ -207,62 +238,120 @@ class Dispatcher:
             pid, token, also=lambda p: p.eval(_TAKE, 1, inbox, tried_prefix, SEEN_TTL_S))
         pairs = list(zip(taken[0::2], taken[1::2], strict=True))
         turn = Turn(session=session)
+        left = 0
+        done = 0
         try:
+            deadline = self._deadline()
             for index, (raw, tried) in enumerate(pairs):
+                if index:
+                    deadline = self._renew(pid, token)
                 job = self.queue.open(raw)
-                if job is not None:
-                    self._answer(pid, turn, job, retrying=tried in (b"1", "1"))
-                else:
-                    logs.event(log, "job_unreadable", logging.ERROR, pid=pid[:16])
+                remove = True
+                try:
+                    if job is None:  # sealed with a key no longer configured
+                        logs.event(log, "job_unreadable", logging.ERROR, pid=pid[:16])
+                    else:
+                        self._answer(pid, turn, job, retrying=tried in (b"1", "1"),
+                                     deadline=deadline)
+                except (DeliveryPending, LockTimeout, redis.RedisError):
+                    raise
+                except Exception as exc:
+                    logs.failure("line.job", exc, pid=pid[:16])
+                    assert job is not None
+                    turn.changed = False
+                    remove = self._failed(pid, job, deadline)
+                    left += 0 if remove else 1
                 last = index == len(pairs) - 1
+                finished = last and not left
 
-                def after(pipe: Any, raw: bytes = raw, last: bool = last) -> None:
-                    pipe.zrem(inbox, raw)
-                    if last:
+                def after(pipe: Any, raw: bytes = raw, remove: bool = remove,
+                          finished: bool = finished) -> None:
+                    if remove:
+                        pipe.zrem(inbox, raw)
+                    if finished:
                         self._ack(pipe, ack)
 
                 store.commit(pid, turn, token if last else None, also=after)
                 turn.changed = False
+                done += remove
             if not pairs:
                 store.commit(pid, turn, token, also=lambda p: self._ack(p, ack))
         except BaseException:
             store.commit(pid, Turn(session=None), token)
             raise
-        return len(pairs)
+        return done
 
-    def _ack(self, pipe, entry_id: bytes | None) -> None:
+    def _renew(self, pid: str, token: str) -> float:
+        lock_ms = self.queue.store.lock_ms
+        if not self.queue.redis.eval(_RENEW, 1, self.queue.store.key(pid, "lock"), token,
+                                     lock_ms):
+            raise LockTimeout(pid)
+        return self._deadline()
+
+    def _ack(self, pipe: Any, entry_id: bytes | None) -> None:
         if entry_id is not None:
             pipe.xack(self.queue.stream, GROUP, entry_id)
             pipe.xdel(self.queue.stream, entry_id)
 
-    def _answer(self, pid: str, turn: Turn, job: Job, retrying: bool = False) -> None:
+    def _failed(self, pid: str, job: Job, deadline: float) -> bool:
+        """An unexpected failure answering `job`: count it; park the job (True: remove it
+        from the inbox) after `job_tries`, answering in degraded mode instead."""
+        key = self.queue.store.key(pid, "line:fail")
+        pipe = self.queue.redis.pipeline(transaction=True)
+        pipe.hincrby(key, job.event_id, 1)
+        pipe.expire(key, INBOX_TTL_S)
+        tries, _ = pipe.execute()
+        if int(tries) < self.job_tries:
+            return False
+        self.queue.redis.hdel(key, job.event_id)
+        JOBS_PARKED.inc()
+        logs.event(log, "job_parked", logging.ERROR, pid=pid[:16], tries=int(tries))
         user_id = self.sealer.open(job.sealed_user)
-        now = self.clock()
+        if user_id is not None and job.kind != "unfollow":
+            try:
+                answer_degraded(self.conversations, self.api, pid, user_id, job, deadline)
+            except Exception as again:
+                logs.failure("line.job_parked_answer", again, pid=pid[:16])
+        return True
+
+    def _answer(self, pid: str, turn: Turn, job: Job, retrying: bool = False,
+                deadline: float | None = None) -> None:
+        user_id = self.sealer.open(job.sealed_user)
         if job.kind == "unfollow" or user_id is None:
-            turn.keep(None)
-            if self.conversations is not None and self.conversations.cases is not None:
-                self.conversations.cases.delete_for(pid)
+            self.conversations.forget(pid, turn)
             logs.event(log, "unfollow" if user_id else "unreadable_address", pid=pid[:16])
             return
+        now = self.clock()
         age_s = max(0.0, now.timestamp() - job.timestamp_ms / 1000)
         if age_s > 2.0:
-            self.api.show_loading(user_id)
-        before, incoming = turn.session, job.incoming()
-        step = self.engine.step(before, incoming, now)
-        if self.conversations is not None:
-            self.conversations.after_step(pid, "line", user_id, step)
-        pack = self.engine.pack
-        lang = (step.session or turn.session or self.engine.new_session()).lang
-        messages = render(step.replies, pack.msg("web.call", lang), pack.msg("web.open_site", lang))
-        how = self.api.deliver(user_id, job.event_id, job.reply_token, age_s, messages,
-                               retrying=retrying)
-        turn.keep(step.session)
-        if self.conversations is not None:
-            self.conversations.record(turn, "line", before, step, incoming, now)
-        metrics.record_step("line", job.kind, step.events)
-        metrics.ANSWERS.labels("line", how).inc()
-        metrics.LATENCY.labels("line").observe(max(0.0, self.clock().timestamp()
-                                                   - job.timestamp_ms / 1000))
-        logs.event(log, "answered", pid=pid[:16], via=how, events=step.events,
-                   state=step.session.state if step.session else None,
-                   age_ms=round(age_s * 1000))
+            self.api.show_loading(user_id)  # type: ignore[attr-defined]
+        event = Event(channel="line", pid=pid, incoming=job.incoming(), event_id=job.event_id,
+                      address=user_id, received=job.timestamp_ms / 1000)
+
+        def deliver(step: Any) -> str:
+            lang = (step.session or turn.session or self.engine.new_session()).lang
+            return self.api.deliver(user_id, job.event_id, job.reply_token, age_s,
+                                    line_messages(self.engine, step.replies, lang),
+                                    retrying=retrying, deadline=deadline)
+
+        self.conversations.process(event, turn, deliver)
+
+
+def line_messages(engine: Any, replies: list, lang: str) -> list[dict]:
+    pack = engine.pack
+    return render(replies, pack.msg("web.call", lang), pack.msg("web.open_site", lang))
+
+
+def answer_degraded(conversations: Conversation, api: LineSender, pid: str, user_id: str,
+                    job: Job, deadline: float | None = None) -> None:
+    """Answer one event without stored state (Redis down, or the job is parked): crisis
+    lines, the 24-hour lines and the list, through the same `process` as every answer."""
+    engine = conversations.engine  # type: ignore[attr-defined]
+    event = Event(channel="line", pid=pid, incoming=job.incoming(), event_id=job.event_id,
+                  address=user_id, received=job.timestamp_ms / 1000)
+
+    def deliver(step: Any) -> str:
+        return api.deliver(user_id, job.event_id, job.reply_token, 0.0,
+                           line_messages(engine, step.replies, "ja"), deadline=deadline)
+
+    conversations.process(event, None, deliver)

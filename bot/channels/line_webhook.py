@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from bot import logs, metrics
 from bot.channels.line_events import Job, translate, user_id_of
-from bot.channels.line_render import render
+from bot.channels.line_queue import answer_degraded
 from bot.service import REDIS_DOWN
 
 log = logs.get("line")
@@ -72,27 +72,22 @@ def callback() -> Response:
                        duplicates=accepted.count(False))
         except REDIS_DOWN:
             metrics.REDIS_ERRORS.labels("line_webhook").inc()
-            threading.Thread(target=answer_degraded, args=(line, jobs), daemon=True).start()
+            threading.Thread(target=answer_all_degraded, args=(line, jobs), daemon=True).start()
     return Response("OK", status=200, mimetype="text/plain")
 
 
-def answer_degraded(line: Any, jobs: list[tuple[str, Job]]) -> None:
-    engine = line.engine
+def answer_all_degraded(line: Any, jobs: list[tuple[str, Job]]) -> None:
+    """Redis is down: answer each event statelessly (crisis lines, 24-hour lines, list)."""
     for pid, job in jobs:
         if job.kind == "unfollow":
             continue
         user_id = line.sealer.open(job.sealed_user)
-        step = engine.degraded_step(job.incoming(), line.clock())
-        messages = render(step.replies, engine.pack.msg("web.call", "ja"),
-                          engine.pack.msg("web.open_site", "ja"))
+        if user_id is None:
+            continue
         try:
-            how = line.api.deliver(user_id, job.event_id, job.reply_token, 0.0, messages)
-            logs.event(log, "answered", pid=pid[:16], via=how, events=step.events)
-            metrics.record_step("line", job.kind, step.events)
-            metrics.ANSWERS.labels("line", how).inc()
-        except Exception as exc:
-            logs.event(log, "degraded_delivery_failed", logging.ERROR, pid=pid[:16],
-                       error=type(exc).__name__)
+            answer_degraded(line.conversations, line.api, pid, user_id, job)
+        except Exception as exc:  # the degraded mode's own: one person's failure, not all
+            logs.failure("line.degraded", exc, pid=pid[:16])
 
 
-__all__ = ["WebhookParser", "answer_degraded", "bp"]
+__all__ = ["WebhookParser", "answer_all_degraded", "bp"]

@@ -13,6 +13,8 @@ Keys (DESIGN.md conventions; <p> is the key prefix):
                               after a partial failure does not post to Slack twice
   <p>:{<pid>}:case            the number of this person's open case (the dialogue asks it)
   <p>:handoff:open            ZSET number → created_at: the open cases, for expiry
+  <p>:handoff:unqueued        ZSET number → time: cases being stored and not yet queued; a
+                              case left here by a crash is queued by the worker's sweep
   <p>:handoff:queue           STREAM of staff-side events (see bot.handoff.worker)
   <p>:handoff:slack:<channel>:<ts>   the case whose Slack message is <ts> (staff replies)
 
@@ -28,6 +30,7 @@ import random
 import re
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
 
@@ -44,7 +47,7 @@ log = logs.get("handoff")
 NUMBER_RE = re.compile(r"[A-Z0-9][A-Z0-9-]{1,31}")
 OPEN_STATUSES = ("new", "claimed")
 EventKind = Literal["opened", "message", "urgent", "claimed", "resolved", "expired",
-                    "forgotten"]
+                    "forgotten", "reply", "undelivered"]
 
 CASES_OPENED = Counter("tsunagu_handoff_cases_opened", "Handoff cases opened", ["channel"])
 CASES_CLAIMED = Counter("tsunagu_handoff_cases_claimed", "Handoff cases claimed by staff")
@@ -71,6 +74,17 @@ _DEL_IF = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
 return 0
 """
+
+
+@dataclass(frozen=True)
+class StaffReply:
+    """What recording a staff message did: `recorded` (now or by an earlier try of the same
+    message), `claimed_now` (the answer claimed a new case), `refused` (claimed by another)."""
+
+    case: Case | None
+    recorded: bool
+    claimed_now: bool = False
+    refused: bool = False
 
 
 class CaseConflict(Exception):
@@ -104,6 +118,7 @@ class CaseStore:
         self.clock = clock
         self.queue = f"{prefix}:handoff:queue"
         self.open_index = f"{prefix}:handoff:open"
+        self.unqueued = f"{prefix}:handoff:unqueued"
         self.figures = Figures(client, prefix)  # the city's anonymous counts
 
     def _count(self, now: float, *cells: tuple[str, str]) -> None:
@@ -129,28 +144,72 @@ class CaseStore:
     # -- opening and reading -----------------------------------------------------------------
 
     def open(self, request: CaseRequest, channel: Channel, pid: str, address: str) -> Case | None:
-        """Store a new case and queue it for staff; None if the number is taken (pick another)."""
+        """Store a new case and queue it for staff; None if the number is another case's.
+
+        The same person asking again with the same number (a retried message) gets the stored
+        case back and nothing is queued twice. The case (with its sealed address) is written
+        in one slot, then indexed and queued; it is noted in `unqueued` before the write and
+        removed with the queueing, so a process dying in between leaves a note that
+        `requeue_stranded` (the worker) turns into the missing queue entry.
+        """
         if not valid_number(request.number):
             raise ValueError("case number must be upper-case letters, digits and '-'")
         now = self.clock()
         case = Case(number=request.number, channel=channel, pid=pid, created_at=now,
                     updated_at=now, request=request)
-        created = self.redis.eval(_OPEN, 2, self.case_key(case.number),
-                                  self.case_key(case.number, "addr"), self._seal(case),
-                                  self.open_ttl, self.sealer.seal(address), self.expire_after_s)
-        if not created:
+        stored: Case | None = None
+        noted = self.redis.zadd(self.unqueued, {case.number: now}, nx=True)
+        created = int(self.redis.eval(
+            _OPEN, 2, self.case_key(case.number), self.case_key(case.number, "addr"),
+            self._seal(case), self.open_ttl, self.sealer.seal(address), self.expire_after_s))
+        if created == 0:
+            stored = self.get(case.number)
+            if stored is not None and pid and stored.pid == pid \
+                    and stored.status in OPEN_STATUSES:
+                created = 2  # this person's case: a retry of the same request
+        if created == 0:
+            if noted:
+                self.redis.zrem(self.unqueued, case.number)
             logs.event(log, "case_number_taken", number=case.number)
             return None
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.set(self.pid_key(pid), case.number, ex=self.expire_after_s)
-        pipe.zadd(self.open_index, {case.number: now})
-        pipe.xadd(self.queue, {"k": "opened", "n": case.number})
-        pipe.execute()
+        if created == 2:
+            stored = stored or case
+            if noted:  # the first try queued it (and removed its note): nothing more to do
+                self.redis.zrem(self.unqueued, case.number)
+            else:      # the first try died between storing and queueing
+                self._queue_opened(stored)
+            return stored
+        self._queue_opened(case)
         CASES_OPENED.labels(channel=channel).inc()
         logs.event(log, "case_opened", number=case.number, channel=channel,
                    urgent=request.urgent, categories=len(request.categories),
                    with_message=bool(request.message))
         return case
+
+    def _queue_opened(self, case: Case) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        if case.pid:
+            pipe.set(self.pid_key(case.pid), case.number, ex=self.expire_after_s)
+        pipe.zadd(self.open_index, {case.number: case.created_at})
+        pipe.xadd(self.queue, {"k": "opened", "n": case.number})
+        pipe.zrem(self.unqueued, case.number)
+        pipe.execute()
+
+    def requeue_stranded(self, older_than_s: float = 60.0) -> list[str]:
+        """Queue the cases a dying process stored but never queued (see `open`)."""
+        cutoff = self.clock() - older_than_s
+        found = []
+        for raw in self.redis.zrangebyscore(self.unqueued, "-inf", cutoff, start=0, num=100):
+            number = raw.decode() if isinstance(raw, bytes) else raw
+            case = self.get(number)
+            if case is None or case.status not in OPEN_STATUSES:
+                self.redis.zrem(self.unqueued, number)  # never stored: nothing to deliver
+                continue
+            self._queue_opened(case)
+            found.append(number)
+        if found:
+            logs.event(log, "cases_requeued", logging.WARNING, count=len(found))
+        return found
 
     def get(self, number: str) -> Case | None:
         if not valid_number(number):
@@ -250,27 +309,35 @@ class CaseStore:
             logs.event(log, "case_claimed", number=number)
         return won, case
 
-    def staff_reply(self, number: str, staff_id: str,
-                    text: str) -> tuple[Case | None, bool]:
-        """Record a staff message; an unclaimed case becomes claimed by whoever answers first.
+    def staff_reply(self, number: str, staff_id: str, text: str, message_id: str = "",
+                    lead: bool = False) -> StaffReply:
+        """Record a staff message once per `message_id`; an unclaimed case becomes claimed by
+        whoever answers first.
 
-        Returns (case, claimed_now). A closed or data-deleted case is returned unchanged, so the
-        caller can tell staff the reply cannot reach anyone.
+        A claimed case takes answers only from the staff member who claimed it, or from a
+        `lead`; anyone else is refused (`refused`), nothing recorded. A closed or data-deleted
+        case is returned unchanged, so the caller can tell staff the reply cannot reach anyone.
         """
         now = self.clock()
-        flags = {"claimed": False, "first": False}
+        flags: dict[str, bool] = {}
 
         def change(case: Case) -> bool:
+            flags.update(claimed=False, first=False, refused=False, again=False)
             if case.status not in OPEN_STATUSES or case.forgotten_at is not None:
                 return False
-            flags["claimed"] = flags["first"] = False
+            if message_id and any(m.id == message_id for m in case.thread):
+                flags["again"] = True
+                return False
+            if case.status == "claimed" and case.claimed_by != staff_id and not lead:
+                flags["refused"] = True
+                return False
             if case.status == "new":
                 case.status, case.claimed_by, case.claimed_at = "claimed", staff_id, now
                 flags["claimed"] = True
             if case.first_staff_reply_at is None:
                 case.first_staff_reply_at = now
                 flags["first"] = True
-            self._append(case, "staff", text, now)
+            self._append(case, "staff", text, now, message_id)
             return True
 
         changed, case = self._mutate(number, change)
@@ -286,40 +353,58 @@ class CaseStore:
             if cells:
                 self._count(now, *cells)
             logs.event(log, "staff_replied", number=number, first=flags["first"])
-        return case, changed and flags["claimed"]
+        return StaffReply(case=case, recorded=changed or flags.get("again", False),
+                          claimed_now=changed and flags.get("claimed", False),
+                          refused=flags.get("refused", False))
 
-    def _append(self, case: Case, who: str, text: str, now: float) -> float:
+    def _append(self, case: Case, who: str, text: str, now: float, key: str = "") -> float:
         """Append to the thread with a unique, increasing time (it identifies the message)."""
         at = now
         if case.thread and at <= case.thread[-1].at:
             at = case.thread[-1].at + 1e-6
-        case.thread.append(StaffMessage(at=at, who=who, text=text))  # type: ignore[arg-type]
+        case.thread.append(StaffMessage(at=at, who=who, text=text, id=key))  # type: ignore[arg-type]
         del case.thread[: -self.thread_max]
         return at
 
     def add_message(self, number: str, who: Literal["resident", "staff", "system"], text: str,
-                    announce: bool | None = None) -> Case | None:
-        """Append to the case thread (last `thread_max` kept).
+                    announce: bool | None = None, key: str | None = None,
+                    urgent: bool = False) -> Case | None:
+        """Append to the case thread (last `thread_max` kept), once per `key`.
 
         A resident's message is queued for staff (posted in the Slack thread by the worker), so
-        a Slack outage delays it but does not lose it. None if the case is closed or gone.
+        a Slack outage delays it but does not lose it; `urgent` (crisis words) marks the case
+        urgent in the same write and announces it again. A second call with the same `key` (a
+        retried message) changes and queues nothing and returns the case. None if the case is
+        closed or gone.
         """
         now = self.clock()
         stamp: dict[str, float] = {}
+        again: dict[str, bool] = {}
 
         def change(case: Case) -> bool:
+            again["yes"] = False
             if case.status not in OPEN_STATUSES:
                 return False
-            stamp["at"] = self._append(case, who, text, now)
+            if key and any(m.id == key for m in case.thread):
+                again["yes"] = True
+                return False
+            stamp["at"] = self._append(case, who, text, now, key or "")
+            if urgent:
+                case.request.urgent = True
             return True
 
         changed, case = self._mutate(number, change)
+        if again.get("yes"):
+            return case
         if not changed:
             return None
         if (who == "resident") if announce is None else announce:
             # The entry carries the text, sealed: the record erases it when the case closes,
             # yet a message written just before must still reach staff.
             self.enqueue(number, "message", at=repr(stamp["at"]), t=self.sealer.seal(text))
+        if urgent:
+            self.enqueue(number, "urgent")
+            logs.event(log, "case_urgent", number=number)
         return case
 
     def mark_urgent(self, number: str) -> Case | None:
@@ -368,18 +453,25 @@ class CaseStore:
         return stored
 
     def resolve(self, number: str, staff_id: str,
-                before_forget: Callable[[Case], None] | None = None) -> Case | None:
+                before_forget: Callable[[Case], None] | None = None,
+                may: Callable[[Case], bool] | None = None) -> Case | None:
         """claimed/new → resolved; then the address and the pid index are deleted.
 
         `before_forget(case)` runs once, for the call that resolved the case, while the address
         still exists (to tell the resident the conversation ended). Its failure is logged and
         does not keep the address. The record stays, without the pseudonym and without any
-        typed text, for `keep_closed_s`.
+        typed text, for `keep_closed_s`. `may(case)` False refuses (claim semantics,
+        bot.handoff.staff): the open case comes back unchanged.
         """
         now = self.clock()
+        refused: dict[str, bool] = {}
 
         def change(case: Case) -> bool:
+            refused["yes"] = False
             if case.status not in OPEN_STATUSES:
+                return False
+            if may is not None and not may(case):
+                refused["yes"] = True
                 return False
             case.status, case.resolved_at, case.resolved_by = "resolved", now, staff_id
             erase_text(case)
@@ -388,21 +480,31 @@ class CaseStore:
         changed, case = self._mutate(number, change, ttl=self.keep_closed_s)
         if case is None:
             return None
+        if refused.get("yes"):
+            return case
         if changed:
             CASES_RESOLVED.inc()
             self._count(now, ("handoff_resolved", case.channel))
             logs.event(log, "case_resolved", number=number)
             if before_forget is not None:
-                try:
-                    before_forget(case.model_copy(deep=True))
-                except Exception as exc:
-                    logs.event(log, "resolve_notice_failed", logging.ERROR, number=number,
-                               error=type(exc).__name__)
+                self._before_forget(before_forget, case)
             self.enqueue(number, "resolved")
         return self._forget(case) or case
 
-    def expire_stale(self, now: float | None = None) -> list[str]:
-        """Cases open longer than `expire_after_s` → expired, their address deleted."""
+    @staticmethod
+    def _before_forget(call: Callable[[Case], None], case: Case) -> None:
+        try:
+            call(case.model_copy(deep=True))
+        except Exception as exc:
+            logs.failure("handoff.notice_before_forget", exc, number=case.number)
+
+    def expire_stale(self, now: float | None = None,
+                     before_forget: Callable[[Case], None] | None = None) -> list[str]:
+        """Cases open longer than `expire_after_s` → expired, their address deleted.
+
+        `before_forget(case)` runs once per expired case while its address still exists, to
+        tell the resident (phone-safe wording); its failure is logged and does not keep the
+        address."""
         now = self.clock() if now is None else now
         cutoff = now - self.expire_after_s
         numbers = [n.decode() if isinstance(n, bytes) else n
@@ -422,6 +524,8 @@ class CaseStore:
                 self.redis.delete(self.case_key(number, "addr"))
                 self.redis.zrem(self.open_index, number)
                 continue
+            if changed and before_forget is not None and case.pid:
+                self._before_forget(before_forget, case)
             self._forget(case)
             if changed:
                 CASES_EXPIRED.inc()
@@ -455,6 +559,15 @@ class CaseStore:
         return stored
 
     # -- delivery bookkeeping (bot.handoff.worker) -------------------------------------------
+
+    def count_try(self, number: str, marker: str) -> int:
+        """One more failed try of a delivery; returns how many so far."""
+        key = self.case_key(number, "tries")
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hincrby(key, marker, 1)
+        pipe.expire(key, self.open_ttl)
+        tries, _ = pipe.execute()
+        return int(tries)
 
     def was_delivered(self, number: str, marker: str) -> bool:
         return bool(self.redis.sismember(self.case_key(number, "sent"), marker))

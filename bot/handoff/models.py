@@ -30,6 +30,8 @@ class StaffMessage(BaseModel):
     at: float
     who: Literal["resident", "staff", "system"]
     text: str
+    id: str = ""   # the event it came from (a LINE/web event id, a Slack event id): recorded
+                   # once, and the key of its delivery (a LINE retry key)
 
 
 class Case(BaseModel):

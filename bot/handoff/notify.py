@@ -53,6 +53,11 @@ _TRANSIENT_SLACK = {"service_unavailable", "internal_error", "fatal_error", "req
                     "ratelimited", "rate_limited"}
 
 
+# Everything `transient` below may call passing: Slack's API errors, network and HTTP errors
+# (urllib's URLError and HTTPError are OSErrors). Anything else is a bug and propagates.
+_MAYBE_TRANSIENT = (SlackApiError, OSError, http.client.HTTPException)
+
+
 class NotifierError(Exception):
     """This event could not be delivered by this notifier (the reason is in str())."""
 
@@ -117,7 +122,7 @@ def _retry(call: Callable[[], T], attempts: int, backoff_s: float,
             return call()
         except NotifierError:
             raise
-        except Exception as exc:
+        except _MAYBE_TRANSIENT as exc:
             if not transient(exc):
                 raise
             last = exc
@@ -173,6 +178,8 @@ class SlackNotifier:
         elif kind == "urgent":
             self.post_thread(case, self.label("urgent_again"), broadcast=True)
             self.update_case(case)
+        elif kind == "undelivered":  # a staff answer the relay gave up on
+            self.post_thread(case, self.labels["not_delivered"])
         else:  # claimed, resolved, expired, forgotten: the message shows the new state
             self.update_case(case)
 
@@ -222,7 +229,7 @@ class SlackNotifier:
 
     def tell(self, channel: str, user: str, text: str) -> None:
         """An ephemeral note to one staff member (e.g. the case is already taken)."""
-        self._call("chat_postEphemeral", 1, channel=channel, user=user, text=text)
+        self._call("chat_postEphemeral", 1, channel=channel, user=user, text=_cut(text, 3900))
 
     # -- rendering -----------------------------------------------------------------------------
 

@@ -10,22 +10,27 @@ entries left pending by a worker that died are taken over with XAUTOCLAIM after
 `reclaim_idle_ms`. Per-entry delivery markers (CaseStore.mark_delivered) keep a retry caused by
 one notifier (say the webhook) from posting to the others (Slack) twice.
 
-`python -m bot worker` runs `run_worker(settings)`; with the embedded Redis the web process runs
-the same loop in a thread instead (Handoff.start_thread).
+Besides the notifiers (towards staff), the worker carries staff answers towards the resident:
+an entry of kind "reply" names a staff message recorded in the case thread; the relay sends it
+(LINE push keyed by the message id, or the web outbox) and it is marked delivered by that id.
+A reply that keeps failing is parked after `relay_tries` passes, and staff are told in the thread
+("undelivered"). The same loop sweeps cases stored but never queued (a crash in between) and
+expires stale cases, telling their residents.
+
+`python -m bot worker` runs `bot.wiring.run_worker(settings)`; with the embedded Redis the web
+process runs the same loop in a thread instead (Handoff.start_thread).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import signal
 import socket
-import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import redis
 from prometheus_client import Counter
@@ -41,20 +46,20 @@ from bot.handoff.cases import (
     CaseStore,
     valid_number,
 )
-from bot.handoff.models import StaffMessage
+from bot.handoff.models import Case, StaffMessage
 from bot.handoff.notify import Notifier, NotifierDown, NotifierError
-
-if TYPE_CHECKING:
-    from bot.config import Settings
+from bot.ports import StaffRelay
 
 log = logs.get("handoff")
 GROUP = "notifiers"
 
 DELIVERIES = Counter("tsunagu_handoff_deliveries", "Queue events handed to a notifier",
                      ["notifier", "outcome"])
+RELAYS_PARKED = Counter("tsunagu_handoff_relays_parked",
+                        "Staff answers given up on after repeated failures (staff told)")
 
 __all__ = ["CASES_CLAIMED", "CASES_EXPIRED", "CASES_OPENED", "CASES_RESOLVED", "DELIVERIES",
-           "FIRST_STAFF_REPLY", "GROUP", "HandoffWorker", "run_worker"]
+           "FIRST_STAFF_REPLY", "GROUP", "HandoffWorker"]
 
 
 def _text(value: Any) -> str:
@@ -72,7 +77,8 @@ class HandoffWorker:
                  consumer_name: str | None = None, reclaim_idle_ms: int = 30_000,
                  block_ms: int = 1000, batch: int = 16, retry_base_s: float = 0.5,
                  retry_max_s: float = 60.0, expire_every_s: float = 60.0,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, relay: StaffRelay | None = None,
+                 relay_tries: int = 5):
         self.redis = client
         self.cases = cases
         self.notifiers = notifiers
@@ -84,6 +90,8 @@ class HandoffWorker:
         self.retry_max_s = retry_max_s
         self.expire_every_s = expire_every_s
         self.clock = clock
+        self.relay = relay
+        self.relay_tries = relay_tries
         self.stream = cases.queue
         self._failures = 0           # consecutive passes with a failed delivery
         self._retry_at = 0.0         # when our own pending entries are tried again
@@ -135,6 +143,8 @@ class HandoffWorker:
             logs.event(log, "queue_case_gone", logging.WARNING, entry=eid, number=number)
             self._ack(entry_id)
             return True
+        if kind == "reply":
+            return self._reply(entry_id, case, fields.get("m", ""))
         message: StaffMessage | None = None
         if kind == "message":
             message = next((m for m in case.thread if m.at == at and m.who == "resident"), None)
@@ -155,16 +165,20 @@ class HandoffWorker:
                 continue
             try:
                 notifier.notify(kind, case, message=message, delivery=eid)
-            except Exception as exc:
+            except NotifierError as exc:
                 ok = False
                 if isinstance(exc, NotifierDown):
                     down.add(notifier.name)
                 DELIVERIES.labels(notifier=notifier.name, outcome="failed").inc()
-                # Only our own NotifierError texts are safe to log (error codes, HTTP status);
-                # other exceptions may quote case data.
+                # Only our own NotifierError texts are safe to log (error codes, HTTP status).
                 logs.event(log, "delivery_failed", logging.WARNING, notifier=notifier.name,
                            kind=kind, number=number, error=type(exc).__name__,
-                           reason=str(exc)[:120] if isinstance(exc, NotifierError) else None)
+                           reason=str(exc)[:120])
+                continue
+            except Exception as exc:  # a bug or a surprise: may quote case data, so no text
+                ok = False
+                DELIVERIES.labels(notifier=notifier.name, outcome="failed").inc()
+                logs.failure(f"handoff.notify.{notifier.name}", exc, kind=kind, number=number)
                 continue
             DELIVERIES.labels(notifier=notifier.name, outcome="ok").inc()
             self.cases.mark_delivered(number, marker)
@@ -172,6 +186,35 @@ class HandoffWorker:
             self._ack(entry_id)
             logs.event(log, "delivered", kind=kind, number=number)
         return ok
+
+    def _reply(self, entry_id: Any, case: Case, message_id: str) -> bool:
+        """A staff answer → the resident, once per message id; parked after `relay_tries`."""
+        number, marker = case.number, f"reply:{message_id}"
+        message = next((m for m in case.thread if m.id == message_id and m.who == "staff"),
+                       None)
+        if (message is None or case.status not in ("new", "claimed")
+                or case.forgotten_at is not None or self.cases.was_delivered(number, marker)):
+            self._ack(entry_id)  # trimmed, closed, forgotten (staff were told), or done
+            return True
+        try:
+            if self.relay is None:
+                raise RuntimeError("no relay wired: staff answers cannot reach residents")
+            self.relay.staff_reply(case, message)
+        except Exception as exc:
+            tries = self.cases.count_try(number, marker)
+            logs.failure("handoff.relay", exc, logging.WARNING, number=number, tries=tries)
+            if tries < self.relay_tries:
+                return False
+            self.cases.mark_delivered(number, marker)
+            self.cases.enqueue(number, "undelivered")
+            RELAYS_PARKED.inc()
+            logs.event(log, "staff_reply_parked", logging.ERROR, number=number, tries=tries)
+            self._ack(entry_id)
+            return True
+        self.cases.mark_delivered(number, marker)
+        self._ack(entry_id)
+        logs.event(log, "staff_reply_relayed", number=number, channel=case.channel)
+        return True
 
     def _deliver_all(self, entries: list, down: set[str]) -> tuple[int, int]:
         done = failed = 0
@@ -243,7 +286,8 @@ class HandoffWorker:
             self.reclaim()
         if now - self._last_expire >= self.expire_every_s:
             self._last_expire = now
-            self.cases.expire_stale()
+            self.cases.requeue_stranded()
+            self.cases.expire_stale(before_forget=self.relay.expired if self.relay else None)
         if now >= self._retry_at:
             self.retry_pending()
         wait_ms = self.block_ms if block_ms is None else block_ms
@@ -265,35 +309,7 @@ class HandoffWorker:
                                error=type(exc).__name__)
                 stop.wait(delay)
                 delay = min(delay * 2, 30.0)
-            except Exception:
-                log.exception("handoff_worker_error")
+            except Exception as exc:
+                logs.failure("handoff.worker", exc)
                 stop.wait(delay)
                 delay = min(delay * 2, 30.0)
-
-
-def run_worker(settings: Settings, stop: threading.Event | None = None) -> int:
-    """`python -m bot worker`: deliver handoff cases to staff until SIGTERM/SIGINT."""
-    from bot.channels.slack import build_handoff
-
-    logs.setup(settings.log_level)
-    if settings.embedded_redis:
-        print("REDIS_URL: required for `python -m bot worker` (with the embedded Redis the "
-              "web process runs the handoff worker itself)", file=sys.stderr)
-        return 2
-    assert settings.redis_url is not None
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=10.0,
-                                  socket_connect_timeout=2.0, health_check_interval=30)
-    handoff = build_handoff(settings, client)
-    if not handoff.notifiers:
-        print("SLACK_BOT_TOKEN or HANDOFF_WEBHOOK_URL: set at least one to notify staff",
-              file=sys.stderr)
-        return 2
-    stop = stop or threading.Event()
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: stop.set())
-    logs.event(log, "handoff_worker_started", consumer=handoff.worker.consumer,
-               notifiers=[n.name for n in handoff.notifiers])
-    handoff.worker.run(stop)
-    logs.event(log, "handoff_worker_stopped", consumer=handoff.worker.consumer)
-    return 0

@@ -73,17 +73,26 @@ def _visitor() -> str | None:
 
 @bp.get("/api/chat/poll")
 def poll() -> Any:
-    """Staff answers that arrived since the page last asked (the web has no push)."""
+    """Staff answers that arrived since the page last asked (the web has no push).
+
+    `?ack=<cursor>`: the cursor of the previous poll's answer — those replies reached the page
+    and are deleted now; the answer repeats any not acknowledged yet, with a new cursor.
+    """
+    raw_ack = request.args.get("ack", "0")
+    if not raw_ack.isascii() or not raw_ack.isdigit() or len(raw_ack) > 18:
+        return _bad("ack must be a cursor from a previous poll")
+    ack = int(raw_ack)
     visitor = _visitor()
     if visitor is None:
-        return jsonify({"replies": []})
+        return jsonify({"replies": [], "cursor": ack})
     services = _services()
     pid = services.conversations.pseudonym("web", visitor)
     try:
-        replies = services.outbox.take(pid)
+        replies, cursor = services.outbox.take(pid, ack)
     except REDIS_DOWN:
-        replies = []
-    resp = make_response(jsonify({"replies": [r.model_dump() for r in replies]}))
+        replies, cursor = [], ack
+    resp = make_response(jsonify({"replies": [r.model_dump() for r in replies],
+                                  "cursor": cursor}))
     resp.headers["Cache-Control"] = "no-store"
     return resp
 

@@ -88,11 +88,18 @@
 
   // Staff answers (after 担当者と話したい) arrive while the page is open: ask for them now and
   // then, only while the page is visible.
+  // Staff answers wait on the server until a poll acknowledges them with the cursor it got.
+  var cursor = 0;
   function poll() {
     if (document.visibilityState !== "visible") return;
-    fetch("/api/chat/poll", { credentials: "same-origin" })
-      .then(function (r) { return r.ok ? r.json() : { replies: [] }; })
-      .then(function (data) { if (data.replies.length) draw(data.replies); })
+    fetch("/api/chat/poll?ack=" + cursor, { credentials: "same-origin" })
+      .then(function (r) { return r.ok ? r.json() : { replies: [], cursor: cursor }; })
+      .then(function (data) {
+        if (data.cursor > cursor) {
+          if (data.replies.length) draw(data.replies);
+          cursor = data.cursor;
+        }
+      })
       .catch(function () {});
   }
   setInterval(poll, 5000);
