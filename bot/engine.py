@@ -29,6 +29,7 @@ from bot.textnorm import normalize
 
 CMD_PREFIX = "cmd:"
 PAGE_PREFIX = "page:"
+WRONG_PREFIX = "wrong:"  # a tap on a card's "this number did not work" + the window id
 MAX_CHOICES = 13  # LINE's quick-reply limit; the web follows the same rule
 MAX_CARDS = 10
 RATE_LIMIT = 20  # messages a minute per person before the gentle flood note
@@ -108,6 +109,10 @@ def _value_in(values: frozenset[str]) -> Callable[[EventData], bool]:
     return lambda event: event.kwargs["value"] in values
 
 
+def _channel_not_in(channels: list[str]) -> Callable[[EventData], bool]:
+    return lambda event: event.kwargs["session"].channel not in channels
+
+
 def _below(limit: int) -> Callable[[EventData], bool]:
     return lambda event: len(event.kwargs["session"].concerns) - 1 < limit
 
@@ -142,6 +147,9 @@ class Engine:
                                            conditions=[_value_is(choice.value)])
             if self.skips(state):
                 machine.add_transition("skip", name, state.next)
+            elif state.channels and state.otherwise:
+                machine.add_transition("skip", name, state.otherwise,
+                                       conditions=[_channel_not_in(state.channels)])
             if state.choices_from and state.next:
                 for value, dest in state.next_by_value.items():
                     machine.add_transition("answer", name, dest, conditions=[_value_is(value)])
@@ -250,6 +258,12 @@ class Engine:
         return Question(text=self.t(state.prompt, session), state=session.state,
                         choices=[Choice(label=o.label, value=o.value) for o in opts])
 
+    def entry_question(self, state: str, lang: Lang) -> Question:
+        """The question of an entry state, for a message we send first (the follow-up)."""
+        session = self.new_session(lang)
+        session.enter(state)
+        return self.ask(session)
+
     def command_option(self, command: str, session: Session) -> Option:
         spec = next(c for c in self.flow.commands if c.id == command)
         return Option(f"{CMD_PREFIX}{command}", self.t(spec.label, session), command=command)
@@ -267,7 +281,8 @@ class Engine:
                      cards=[card(self.pack, w, session.lang, now) for w in windows[:MAX_CARDS]])
 
     # -- the step ------------------------------------------------------------------------
-    def step(self, session: Session | None, incoming: Incoming, now: datetime) -> Step:
+    def step(self, session: Session | None, incoming: Incoming, now: datetime,
+             channel: str | None = None) -> Step:
         """One message of one person: the new session, the replies and the signals.
 
         Args:
@@ -275,6 +290,8 @@ class Engine:
             incoming: the tap, text or event; kind "staff" and the case_* events come from
                 the staff side only (see Incoming).
             now: the time the message is answered at (opening hours, rate limit).
+            channel: where the message came from ("web", "line"); some states are offered
+                on one channel only (a LINE push needs LINE).
 
         Returns:
             A Step. Pure: nothing is stored or sent here, and `session` is not modified
@@ -291,6 +308,13 @@ class Engine:
             return self._from_staff(session, incoming)
         is_new = session is None
         session = self.new_session() if session is None else session.clone()
+        if channel:
+            session.channel = channel
+        if (incoming.kind == "tap" and incoming.state in self.flow.entries
+                and incoming.state != session.state):
+            # The answer to a question we sent first (the follow-up): take it where it belongs.
+            session.enter(incoming.state)
+            is_new = False
         out = Step(session=session, replies=[])
         text = incoming.value if incoming.kind == "text" else ""
         crisis = self.detector.detect(text) if text else None
@@ -306,6 +330,8 @@ class Engine:
         command = self._command_of(incoming)
         if command:
             return self._command(out, command, now)
+        if incoming.kind == "tap" and incoming.value.startswith(WRONG_PREFIX):
+            return self._wrong_number(out, incoming.value[len(WRONG_PREFIX):])
         if text and session.case:
             return self._relay(out, text, crisis is not None)
         if text and self.flow.states[session.state].kind == "handoff_message":
@@ -336,6 +362,18 @@ class Engine:
         if option.command:
             return self._command(out, option.command, now)
         return self._choose(out, option, now)
+
+    def _wrong_number(self, out: Step, window_id: str) -> Step:
+        """A card's number did not work or was wrong: thank them, tell staff (the service
+        reads the event), and let them go on where they were."""
+        session = out.session
+        assert session is not None
+        if window_id not in self.pack.windows:
+            return self._reask(out, "common.not_understood", False)
+        out.events.append(f"wrong_number:{window_id}")
+        out.replies.append(Text(text=self.t("wrong_number.thanks", session)))
+        out.replies.append(self.ask(session))
+        return out
 
     def _flooded(self, session: Session, now: datetime) -> bool:
         """Count this message; past the limit, say so once, then stay quiet for the minute.
@@ -443,7 +481,7 @@ class Engine:
         session = out.session
         assert session is not None
         state: StateSpec = self.flow.states[session.state]
-        if self.skips(state) and self._move(session, "skip"):
+        if (self.skips(state) or state.channels) and self._move(session, "skip"):
             return self._entered(out, now)
         if state.kind == "question":
             session.asked += 1

@@ -20,6 +20,7 @@ import redis
 from bot import logs, metrics
 from bot.engine import Engine, Incoming, Step
 from bot.figures import Figures
+from bot.followup import Followups
 from bot.ports import Cases, Deliver, Event
 from bot.replies import Text
 from bot.store import LockTimeout, SessionStore, Turn
@@ -41,7 +42,7 @@ def respond(step: Step) -> str:
 class Conversations:
     def __init__(self, engine: Engine, store: SessionStore, secret: str | Sequence[str],
                  clock: Callable[[], datetime] = utcnow, cases: Cases | None = None,
-                 figures: Figures | None = None):
+                 figures: Figures | None = None, followups: Followups | None = None):
         self.engine = engine
         self.store = store
         self.secrets = (secret,) if isinstance(secret, str) else tuple(secret)
@@ -49,6 +50,7 @@ class Conversations:
         self.clock = clock
         self.cases = cases  # bot.handoff.cases.CaseStore when staff are connected
         self.figures = figures  # the city's anonymous counts (bot.figures)
+        self.followups = followups  # the 3-day follow-up on LINE (bot.followup)
         self._outage = logs.Throttle(60.0)
 
     def pseudonym(self, channel: str, user_id: str) -> str:
@@ -121,7 +123,7 @@ class Conversations:
         if turn is None:
             step = self.engine.degraded_step(event.incoming, now)
         else:
-            step = self.engine.step(turn.session, event.incoming, now)
+            step = self.engine.step(turn.session, event.incoming, now, channel=event.channel)
             self._effects(event, step)
         via = deliver(step)
         if turn is not None:
@@ -133,6 +135,8 @@ class Conversations:
             if self.figures is not None and not event.incoming.from_staff:
                 turn.also(self.figures.writes_for(event.channel, before, step, event.incoming,
                                                   now))
+            if self.followups is not None and not event.incoming.from_staff:
+                turn.also(self.followups.writes_for(event, before, step, now))
         self._record(event, step, via, started)
         return step
 
@@ -141,6 +145,8 @@ class Conversations:
         turn.keep(None)
         if self.cases is not None:
             self.cases.delete_for(pid)
+        if self.followups is not None:
+            turn.also(self.followups.cancel_writes(pid))
 
     # -- side effects, in their fixed order --------------------------------------------------
 

@@ -26,6 +26,7 @@ class Session(BaseModel):
     case: str | None = None
     rate_minute: int = 0
     rate_count: int = 0
+    channel: str | None = None  # where the conversation happens (some states are LINE-only)
 
     def dumps(self) -> str:
         return self.model_dump_json(exclude_defaults=True)

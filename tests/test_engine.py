@@ -74,8 +74,8 @@ def test_questionnaire_to_results(walker: Walker):
     assert walker.session.asked <= 10
     assert walker.session.answers["whose"] == "family"
     assert walker.session.flags == ["hiki_long", "not_open"]
-    assert [c.value for c in walker.question.choices] == ["cmd:human", "cmd:restart",
-                                                         "cmd:directory"]
+    assert [c.value for c in walker.question.choices] == [
+        "yes", "no", "unsure", "cmd:human", "cmd:restart", "cmd:directory"]
 
 
 def test_free_text_matches_a_choice_when_clear(walker: Walker):
@@ -264,7 +264,7 @@ def test_english_run_through(walker: Walker, pack):
     walker.tap_ward("outside")
     walker.tap("mail")
     assert walker.question.state == "results"
-    assert walker.question.text == pack.msg("results.next", "en")
+    assert walker.question.text == pack.msg("feedback.ask", "en")
     for card in walker.cards():
         assert card.name == pack.windows[card.id].name.en
         if card.status:

@@ -48,7 +48,8 @@ def test_full_questionnaire_over_line(line_app):
     uris = [b["action"]["uri"] for bub in flex["contents"]["contents"]
             for b in (bub.get("footer") or {}).get("contents", [])]
     assert any(u.startswith("tel:") for u in uris)
-    assert last_quick_values(got[-1]) == ["cmd:human", "cmd:restart", "cmd:directory"]
+    assert last_quick_values(got[-1]) == ["yes", "no", "unsure", "cmd:human", "cmd:restart",
+                                        "cmd:directory"]
 
 
 def test_question_numbers_let_pc_users_type(line_app):

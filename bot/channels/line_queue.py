@@ -41,6 +41,7 @@ from bot.store import LockTimeout, SessionStore, Turn
 
 log = logs.get("line")
 GROUP = "line"
+FOLLOWUP_EVERY_S = 30.0
 SEEN_TTL_S = 24 * 3600
 INBOX_TTL_S = 24 * 3600
 JOB_TRIES = 3  # a job failing this often with an unexpected error is parked
@@ -152,7 +153,7 @@ class Dispatcher:
             t.join(timeout)
 
     def _run(self) -> None:
-        last_reclaim = 0.0
+        last_reclaim = last_followup = 0.0
         need_group = True
         while not self._stop.is_set():
             try:
@@ -162,6 +163,9 @@ class Dispatcher:
                 if time.monotonic() - last_reclaim > self.reclaim_idle_ms / 2000:
                     last_reclaim = time.monotonic()
                     self.reclaim()
+                if time.monotonic() - last_followup > FOLLOWUP_EVERY_S:
+                    last_followup = time.monotonic()
+                    self.send_followups()
                 self.poll_once()
             except redis.ResponseError as exc:
                 need_group = "NOGROUP" in str(exc)
@@ -175,6 +179,19 @@ class Dispatcher:
             except Exception as exc:
                 logs.failure("line.dispatch", exc)
                 self._stop.wait(0.5)
+
+    def send_followups(self) -> int:
+        """Push the 3-day follow-ups that are due (bot.followup); leases keep threads and
+        processes from sending one twice."""
+        followups = getattr(self.conversations, "followups", None)
+        if followups is None:
+            return 0
+
+        def push(user_id: str, event_id: str, messages: list[dict]) -> str:
+            return self.api.deliver(user_id, event_id, None, 0.0, messages)
+
+        return followups.send_due(self.engine, push, line_messages, self.clock(),
+                                  figures=getattr(self.conversations, "figures", None))
 
     def poll_once(self) -> int:
         got = self.queue.redis.xreadgroup(GROUP, self.consumer, {self.queue.stream: ">"},
