@@ -16,6 +16,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from bot import logs
 from bot.config import Settings, SettingsError
+from bot.limits import Limits
 from bot.pack import PackError
 from bot.web.chat import bp as webchat
 from bot.web.report import bp as staff_report
@@ -72,6 +73,8 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n)  # type: ignore[method-assign]
     app.after_request(secure_headers)
     app.extensions["tsunagu"] = services
+    app.extensions["tsunagu_limits"] = Limits(services.redis, settings.key_prefix,
+                                              settings.bot_secret_key)
     if settings.secret_is_ephemeral:
         logs.event(logs.get("server"), "ephemeral_secret",
                    note="BOT_SECRET_KEY is unset: using a random key for this process")

@@ -1,4 +1,5 @@
-"""The command line: chat in a terminal, validate content, draw the flow, evaluate safety."""
+"""The command line: chat in a terminal, validate content, draw the flow, evaluate safety and
+triage, explain what a text is understood as."""
 
 from __future__ import annotations
 
@@ -92,14 +93,45 @@ def cmd_graph(args: argparse.Namespace) -> int:
     return 0
 
 
+SAFETY_SETS = [REPO / "tests" / "data" / "safety_eval.yaml",
+               REPO / "tests" / "data" / "safety_eval_fresh.yaml"]
+
+
 def cmd_eval_safety(args: argparse.Namespace) -> int:
     from bot.pack.loader import crisis_file
     from bot.safety import CrisisDetector, evaluate
 
     detector = CrisisDetector.from_file(crisis_file(args.pack))
-    report = evaluate(detector, Path(args.eval_set))
+    paths = [Path(p) for p in args.eval_set] if args.eval_set else \
+        [p for p in SAFETY_SETS if p.exists()]
+    report = evaluate(detector, *paths)
     print(report.format())
     return 0 if report.recall == 1.0 and report.false_positive_rate <= 0.05 else 1
+
+
+def cmd_eval_triage(args: argparse.Namespace) -> int:
+    from bot.pack import load_pack
+    from bot.service import utcnow
+    from bot.triage_eval import evaluate_triage
+    from bot.wiring import build_engine
+
+    engine = build_engine(load_pack(args.pack))
+    report = evaluate_triage(engine, Path(args.eval_set), utcnow())
+    print(report.format(verbose=args.verbose))
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from bot.pack import load_pack
+    from bot.pack.loader import crisis_file
+    from bot.safety import CrisisDetector
+    from bot.triage import explain
+
+    pack = load_pack(args.pack)
+    detector = CrisisDetector.from_file(crisis_file(args.pack))
+    for text in args.text:
+        print(explain(text, pack, detector, args.lang))
+    return 0
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -169,8 +201,19 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_graph)
     p = sub.add_parser("eval-safety", help="crisis detection recall and false positives")
     p.add_argument("--pack", default=default_pack_name())
-    p.add_argument("--eval-set", default=str(REPO / "tests" / "data" / "safety_eval.yaml"))
+    p.add_argument("--eval-set", action="append",
+                   help="evaluation file (repeatable; default: tests/data/safety_eval*.yaml)")
     p.set_defaults(func=cmd_eval_safety)
+    p = sub.add_parser("eval-triage", help="free text → category: accuracy, precision/recall")
+    p.add_argument("--pack", default=default_pack_name())
+    p.add_argument("--eval-set", default=str(REPO / "tests" / "data" / "triage_eval.yaml"))
+    p.add_argument("-v", "--verbose", action="store_true", help="list every miss")
+    p.set_defaults(func=cmd_eval_triage)
+    p = sub.add_parser("explain", help="what the bot understands of a text, and why")
+    p.add_argument("text", nargs="+")
+    p.add_argument("--pack", default=default_pack_name())
+    p.add_argument("--lang", default="ja", choices=["ja", "en"])
+    p.set_defaults(func=cmd_explain)
     p = sub.add_parser("worker", help="deliver handoff cases to staff (Slack, webhook)")
     p.set_defaults(func=cmd_worker)
     p = sub.add_parser("stats", help="the city's anonymous figures (REDIS_URL)")

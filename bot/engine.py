@@ -19,13 +19,14 @@ from transitions import EventData, Machine
 from bot.cards import card
 from bot.flows.schema import ChoiceSpec, FlowSpec, StateSpec
 from bot.handoff.models import CaseRequest
+from bot.language import Analysis, analyze, normalize, script_language
 from bot.pack.hours import is_open, next_opening
 from bot.pack.loader import Pack
 from bot.pack.matching import Answers, match, rank
 from bot.pack.models import LANGS, Lang, Window
 from bot.replies import Cards, Choice, Question, Reply, Text
 from bot.session import Session
-from bot.textnorm import normalize
+from bot.triage import Result, triage
 
 CMD_PREFIX = "cmd:"
 PAGE_PREFIX = "page:"
@@ -36,11 +37,15 @@ RATE_LIMIT = 20  # messages a minute per person before the gentle flood note
 CASE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I: read aloud on the phone
 HANDOFF_STATES = ("handoff_consent", "handoff_message", "handoff_open")
 DECLINED = {"skip", "outside", "info"}
+TRIAGE = "triage"  # the state where understood free text is confirmed
+# Where free text is read for a worry: questions, the welcome, the results, the triage itself.
+LISTENING = ("question", "info", "results", "triage")
+FOREIGN_NOTES = ("zh", "ko", "vi", "th", "ru", "ne", "ar")
 SYNONYM_GROUP = {"categories": "cat", "wards": "ward"}
 
 
 class Detector(Protocol):
-    def detect(self, text: str) -> Any: ...
+    def detect(self, text: str | Analysis) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -134,6 +139,9 @@ class Engine:
         self.labels = {kind: dict(items) for kind, items in self.items.items()}
         self.machine = self._compile()
         self.command_words = self._command_words()
+        start = flow.states[flow.start]
+        # Where a confirmed worry continues when it was written before any question.
+        self.first_question = next((c.next for c in start.choices if c.next), flow.start)
 
     # -- compile (once) ------------------------------------------------------------------
     def _compile(self) -> Machine:
@@ -166,8 +174,11 @@ class Engine:
         machine.add_transition("open_directory", "*", "directory")
         if "handoff_consent" in spec.states:
             machine.add_transition("ask_consent", "*", "handoff_consent")
+        if TRIAGE in spec.states:
+            machine.add_transition("listen", "*", TRIAGE)
+        returns = ("directory", *(h for h in (*HANDOFF_STATES, TRIAGE) if h in spec.states))
         for name in spec.states:
-            for source in ("directory", *(h for h in HANDOFF_STATES if h in spec.states)):
+            for source in returns:
                 machine.add_transition("resume", source, name, conditions=[_value_is(name)])
         return machine
 
@@ -217,6 +228,9 @@ class Engine:
         name = state_name or session.state
         state = self.flow.states[name]
         opts: list[Option] = []
+        guess = session.guess or {}
+        if state.kind == TRIAGE and guess.get("mode") in ("confirm", "pick"):
+            return self._triage_options(session, state, guess)
         if state.choices_from:
             items = self.items[state.choices_from]
             if state.exclude_answered:
@@ -233,6 +247,8 @@ class Engine:
                 opts.append(Option(f"{PAGE_PREFIX}{page + 1}", self.t("common.next", session),
                                    page=page + 1))
         for choice in [*state.choices, *state.extra]:
+            if state.kind == TRIAGE:
+                break  # the full category list: its own yes/no/other are for the guesses
             if choice.command == "resume" and not session.resume:
                 continue
             value = f"{CMD_PREFIX}{choice.command}" if choice.command else choice.value
@@ -243,7 +259,7 @@ class Engine:
     @staticmethod
     def _page_size(state: StateSpec, n_items: int, reserve: int = 0) -> int:
         """All items when they fit in 13 with the fixed choices; else pages with ◀ ▶."""
-        fixed = len(state.choices) + len(state.extra) + reserve
+        fixed = reserve if state.kind == TRIAGE else len(state.choices) + len(state.extra) + reserve
         return n_items if n_items + fixed <= MAX_CHOICES else MAX_CHOICES - fixed - 2
 
     def ask(self, session: Session) -> Question:
@@ -255,7 +271,9 @@ class Engine:
             extra = [human] if all(o.command != "human" for o in self.options(session)) else []
         opts = self.options(session, reserve=len(extra)) + extra
         state = self.flow.states[session.state]
-        return Question(text=self.t(state.prompt, session), state=session.state,
+        text = self._triage_prompt(session) if state.kind == TRIAGE else self.t(state.prompt,
+                                                                                  session)
+        return Question(text=text, state=session.state,
                         choices=[Choice(label=o.label, value=o.value) for o in opts])
 
     def entry_question(self, state: str, lang: Lang) -> Question:
@@ -317,7 +335,9 @@ class Engine:
             is_new = False
         out = Step(session=session, replies=[])
         text = incoming.value if incoming.kind == "text" else ""
-        crisis = self.detector.detect(text) if text else None
+        # One analysis of the text serves crisis detection, triage and choice matching.
+        found = analyze(text) if text else None
+        crisis = self.detector.detect(found) if found is not None else None
         if crisis is not None:
             self._crisis(out, crisis.kind, now)
         elif self._flooded(session, now):
@@ -340,8 +360,13 @@ class Engine:
                 return self._open_case(out, text, now)
         if is_new and crisis is None and not (incoming.kind == "tap"
                                               and incoming.state == session.state):
-            # A stranger's first words get the welcome; a tap on the welcome's own choices
-            # (after データを消す, or an expired session) is simply taken.
+            # A stranger's first words: a worry they name is confirmed at once; otherwise the
+            # welcome. A tap on the welcome's own choices (after データを消す, or an expired
+            # session) is simply taken.
+            if found is not None and TRIAGE in self.flow.states:
+                heard = self._listen(out, found, now)
+                if heard is not None:
+                    return heard
             out.replies.append(self.ask(session))
             return out
         if incoming.kind == "tap":
@@ -351,11 +376,25 @@ class Engine:
                 out.events.append("stale")
                 return self._reask(out, "common.stale", crisis is not None)
             option = next((o for o in self.options(session) if o.value == incoming.value), None)
+        elif crisis is not None:
+            option = None
         else:
-            option = None if crisis is not None else self._understand(session, text)
-            if crisis is None:
-                out.events.append("text:understood" if option else "text:not_understood")
+            # A plain answer (a label, a synonym, a number) is taken; a sentence naming a worry
+            # is confirmed (bot/triage.py); a word inside a sentence still answers.
+            option = self._understand(session, text, exact=True)
+            if option is None and found is not None and self._listening(session):
+                heard = self._listen(out, found, now)
+                if heard is not None:
+                    heard.events.append("text:understood")
+                    return heard
+                option = self._understand(session, text)
+            elif option is None:
+                option = self._understand(session, text)
+            out.events.append("text:understood" if option else "text:not_understood")
         if option is None:
+            if text and not crisis and self.flow.states[session.state].kind == "info" \
+                    and TRIAGE in self.flow.states:
+                return self._offer(out, "none", [], {})
             return self._reask(out, "common.not_understood", crisis is not None)
         if option.page is not None:
             return self._page(out, option.value)
@@ -395,23 +434,156 @@ class Engine:
             return self.command_words.get(normalize(incoming.value))
         return None
 
-    def _understand(self, session: Session, text: str) -> Option | None:
-        """Free text → a choice, only when it clearly means one; else None (ask again)."""
+    def _understand(self, session: Session, text: str, exact: bool = False) -> Option | None:
+        """Free text → a choice, only when it clearly means one; else None (ask again).
+        `exact`: only the whole text as a label, synonym or number."""
         opts = self.options(session)
         norm = normalize(text)
         if norm.isdigit() and 1 <= int(norm) <= len(opts):
             return opts[int(norm) - 1]
-        exact: set[int] = set()
+        exact_hits: set[int] = set()
         contains: set[int] = set()
         for i, opt in enumerate(opts):
             for word in self._words_for(session, opt):
                 if word and norm == word:
-                    exact.add(i)
+                    exact_hits.add(i)
                 elif len(word) >= 2 and word in norm:
                     contains.add(i)
         # Two choices claiming the same words means the text is not clear: ask again.
-        found = exact or contains
+        found = exact_hits if exact else exact_hits or contains
         return opts[found.pop()] if len(found) == 1 else None
+
+    # -- free text understood (bot/triage.py) ------------------------------------------------
+    def _listening(self, session: Session) -> bool:
+        return TRIAGE in self.flow.states and \
+            self.flow.states[session.state].kind in LISTENING
+
+    def _listen(self, out: Step, found: Analysis, now: datetime) -> Step | None:
+        """Read free text for a worry. A step when it says something we act on: a note in the
+        resident's language, a confirmation, a choice among a few; None to carry on as before."""
+        session = out.session
+        assert session is not None
+        written = script_language(found.text)
+        if written in FOREIGN_NOTES:
+            out.events.append("lang_note")
+            out.replies.append(Text(text=self.t(f"triage.lang.{written}", session)))
+            out.replies.append(self.ask(session))
+            return out
+        if written in LANGS and written != session.lang:
+            session.lang = written  # typed in English (or Japanese): answer in it
+        result: Result = triage(found, session.lang, self.pack)
+        top = result.top if result.top in self.pack.categories else None
+        state = self.flow.states[session.state]
+        if top is not None and state.kind == "question" and state.choices_from == "categories":
+            option = next((o for o in self.options(session) if o.value == top), None)
+            if option is not None:  # the category question, answered in a sentence
+                return self._choose(out, option, now)
+        if top is not None:
+            return self._offer(out, "confirm", [top], result.slots)
+        several = [c for c in result.plausible if c in self.pack.categories]
+        if len(several) >= 2:
+            return self._offer(out, "pick", several, result.slots)
+        return None
+
+    def _offer(self, out: Step, mode: str, cats: list[str], slots: dict[str, str]) -> Step:
+        """Go to the triage state: confirm one worry, pick among a few, or among all."""
+        session = out.session
+        assert session is not None
+        back = (session.guess or {}).get("back") if session.state == TRIAGE else session.state
+        session.guess = {"mode": mode, "cats": cats, "slots": slots, "back": back}
+        self._move(session, "listen")
+        out.events.append(f"triage:{mode}")
+        out.replies.append(self.ask(session))
+        return out
+
+    def _triage_options(self, session: Session, state: StateSpec,
+                        guess: dict[str, Any]) -> list[Option]:
+        fixed = {c.value: c for c in state.extra}
+
+        def option(value: str) -> Option:
+            return Option(value, self.t(fixed[value].label, session), spec=fixed[value])
+
+        if guess["mode"] == "confirm":
+            return [option("yes"), option("no")]
+        return [Option(c, self.labels["categories"][c].get(session.lang))
+                for c in guess.get("cats", []) if c in self.labels["categories"]] + \
+            [option("other")]
+
+    def _triage_prompt(self, session: Session) -> str:
+        guess = session.guess or {}
+        mode = guess.get("mode", "all")
+        if mode == "confirm":
+            whose = guess.get("slots", {}).get("whose", "any")
+            what = self.t(f"triage.topic.{guess['cats'][0]}", session)
+            return self.t(f"triage.confirm.{whose}", session).format(what=what)
+        key = {"pick": "triage.several", "none": "triage.none"}.get(mode, "triage.which")
+        return self.t(key, session)
+
+    def _triage_choose(self, out: Step, value: str, now: datetime) -> Step:
+        session = out.session
+        assert session is not None
+        guess = session.guess or {}
+        if value in ("no", "other"):
+            slots = {} if value == "no" else guess.get("slots", {})
+            session.guess = {**guess, "mode": "all", "cats": [], "slots": slots}
+            out.replies.append(self.ask(session))
+            return out
+        category = (guess.get("cats") or [None])[0] if value == "yes" else value
+        if category not in self.pack.categories:
+            return self._reask(out, "common.not_understood", False)
+        return self._accept(out, category, guess.get("slots", {}), guess.get("back"), now)
+
+    def _accept(self, out: Step, category: str, slots: dict[str, str], back: str | None,
+                now: datetime) -> Step:
+        """The resident confirmed the worry: record it and every answer the text gave, and go
+        back to the questions, skipping the answered ones."""
+        session = out.session
+        assert session is not None
+        session.guess = None
+        if category not in session.concerns:
+            session.concerns = [*session.concerns, category]
+        skip = {"concerns"}
+        for key, value in slots.items():
+            if key == "ward" and self.pack.ward(value) is None:
+                continue
+            if key not in session.answers:
+                session.answers[key] = value
+                skip.add(key)
+        session.skip = sorted(skip)
+        out.events.append(f"triage:accept:{category}")
+        for state in self.flow.states.values():
+            crisis = state.crisis_by_value.get(category) if state.answer == "concerns" else None
+            if crisis and session.crisis != crisis:
+                self._crisis(out, crisis, now)
+        states = self.flow.states
+        target = back if back in states and states[back].kind == "question" else \
+            self.first_question
+        if target == back:
+            session.asked = max(0, session.asked - 1)  # the same question, counted once
+        self._move(session, "resume", value=target)
+        return self._entered(out, now)
+
+    def _skip_answered(self, out: Step, now: datetime) -> None:
+        """Pass the questions whose answer the resident's own words gave (session.skip)."""
+        session = out.session
+        assert session is not None
+        for _ in range(len(self.flow.states)):
+            state = self.flow.states[session.state]
+            if state.kind != "question" or state.repeat or state.answer not in session.skip:
+                return
+            session.skip = [k for k in session.skip if k != state.answer]
+            value = (session.concerns[0] if session.concerns else None) \
+                if state.answer == "concerns" else session.answers.get(state.answer or "")
+            if value is None:
+                return
+            spec = next((c for c in state.choices if c.value == value), None)
+            if spec is not None:
+                session.add_flags(spec.flags)
+            crisis = (spec.crisis if spec else None) or state.crisis_by_value.get(value)
+            if crisis and session.crisis != crisis:
+                self._crisis(out, crisis, now)
+            if not self._move(session, "answer", value=value):
+                return
 
     def _words_for(self, session: Session, opt: Option) -> list[str]:
         """The label in every language plus the pack's synonyms (`syn.<label key>`)."""
@@ -461,6 +633,8 @@ class Engine:
         value = option.value
         if state.kind == "directory":
             return self._directory_category(out, value, now)
+        if state.kind == TRIAGE:
+            return self._triage_choose(out, value, now)
         if state.kind == "handoff_message" and option.spec and option.spec.next:
             return self._open_case(out, None, now)
         if state.answer == "concerns":
@@ -480,6 +654,7 @@ class Engine:
     def _entered(self, out: Step, now: datetime) -> Step:
         session = out.session
         assert session is not None
+        self._skip_answered(out, now)
         state: StateSpec = self.flow.states[session.state]
         if (self.skips(state) or state.channels) and self._move(session, "skip"):
             return self._entered(out, now)
@@ -734,7 +909,7 @@ class Engine:
         step.handoff = None
         step.replies = [*urgent, Text(text=self.t("handoff_limit.refused", session)),
                         *self._human(session, now), self.ask(session)]
-        step.events.append("handoff:refused")
+        step.events = [e for e in step.events if e != "handoff:open"] + ["handoff:refused"]
 
     def staff_reply(self, session: Session, text: str) -> list[Reply]:
         """A staff answer, as the resident sees it: prefixed, with a way on."""

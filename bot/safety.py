@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import logging
 import re
-import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from bot import logs
+from bot.language import ALNUM, Analysis, analyze, fold_pattern, lemma_form, normalize
 
 CRISIS_KINDS = ("self_harm", "violence", "child_harm")
 # When several kinds match, the most specific danger chooses the lines offered: a child at risk,
@@ -28,49 +28,9 @@ CRISIS_KINDS = ("self_harm", "violence", "child_harm")
 # decide the kind only when no other entry matched.
 PRIORITY = ("child_harm", "violence", "self_harm")
 
-# -- normalisation --------------------------------------------------------------------------
-# Stretching marks, dropped so a stretched word matches its plain form: the long-vowel mark and
-# the small vowels a i u e o, in both scripts.
-_STRETCH = "\u30fc" + "".join(chr(c) for c in (*range(0x3041, 0x304A, 2),
-                                               *range(0x30A1, 0x30AA, 2)))
-_KANA = {k: k - 0x60 for k in range(0x30A1, 0x30F7)}  # katakana -> hiragana
-_PATTERN_FOLD: dict[int, int | None] = {**_KANA, **dict.fromkeys(map(ord, _STRETCH))}
-# Apostrophes go too, so "don't" and "dont" are one word.
-_TEXT_FOLD: dict[int, int | None] = {**_PATTERN_FOLD,
-                                     **dict.fromkeys(map(ord, "'`\u00b4\u2018\u2019"))}
-# Runs of characters the fold tables change: folding only them is several times faster than
-# translating the whole text.
-_FOLDABLE = re.compile("[\u3041\u3043\u3045\u3047\u3049\u30a1-\u30fc'`\u00b4\u2018\u2019]+")
-_PUNCT = re.compile(r"[\W_]+")
-# A space not between two Latin letters or digits (written to start with the literal space).
-_LONE_SPACE = re.compile(r" (?:(?![a-z0-9])|(?<![a-z0-9] ))")
-_REPEAT = re.compile(r"(.)\1\1+")
-_ALNUM = frozenset("abcdefghijklmnopqrstuvwxyz0123456789")
-
-
-def normalize(text: str) -> str:
-    """The one form every term, pattern and message is matched in, so that the ways people
-    type on phones (half-width kana, katakana for emphasis, stretched words, stray spaces and
-    emoji) all meet the same terms.
-
-    NFKC (half-width kana to full width, full-width letters and digits to ASCII); lower case;
-    katakana to hiragana; the long-vowel mark and the small vowels a i u e o dropped, in both
-    scripts (a stretched word is the plain word); apostrophes dropped; spaces, punctuation and
-    emoji dropped, except one space between two Latin words or numbers, which keeps English
-    word edges; a character repeated three or more times squeezed to one (doubles stay).
-    """
-    folded = _FOLDABLE.sub(_fold_run, unicodedata.normalize("NFKC", text).lower())
-    return _REPEAT.sub(r"\1", _LONE_SPACE.sub("", _PUNCT.sub(" ", folded)))
-
-
-def _fold_run(found: re.Match[str]) -> str:
-    return found.group().translate(_TEXT_FOLD)
-
-
-def _fold_pattern(source: str) -> str:
-    """Patterns are written naturally (katakana, full-width letters) but run on normalised text:
-    fold their kana the same way. Case is left alone: regex escapes such as \\S depend on it."""
-    return unicodedata.normalize("NFKC", source).translate(_PATTERN_FOLD)
+# -- normalisation: bot/language.py (one layer for crisis, triage and choices) ------------
+_ALNUM = ALNUM
+_fold_pattern = fold_pattern
 
 
 def _term_source(norm: str) -> str:
@@ -222,6 +182,9 @@ class Exclusion(BaseModel):
     id: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$")
     term: str | None = None
     regex: str | None = None
+    # "lemmas": match on the dictionary forms (bot/language.py), so that 殴られる, なぐられてる and
+    # 殴られている are one entry; "surface" (default): on the normalised text as typed.
+    form: Literal["surface", "lemmas"] = "surface"
 
     @model_validator(mode="after")
     def _one_of(self) -> Exclusion:
@@ -290,22 +253,53 @@ class CrisisFileError(ValueError):
     """crisis.yaml cannot be used; the message names each broken entry."""
 
 
-def _vocab_sources(vocab: dict[str, list[str]]) -> dict[str, str]:
-    sources = {}
-    for name, words in vocab.items():
-        norms = sorted({n for n in map(normalize, words) if n}, key=lambda n: (-len(n), n))
-        sources[name] = "(?:" + "|".join(map(re.escape, norms)) + ")"
-    return sources
+# In a pattern on lemmas, {gap} stands for up to four words in between.
+LEMMA_GAP = r"(?: \S+){0,4}"
 
 
-def _entry_source(entry: Exclusion, vocab: dict[str, str]) -> tuple[str, bool]:
-    """(regex source over normalised text, is it a literal term). Raises ValueError."""
+@dataclass(frozen=True)
+class Vocab:
+    """The word lists as regex alternatives: on the surface, and as lemma forms."""
+
+    surface: dict[str, str]
+    lemmas: dict[str, str]
+
+
+def _alternatives(forms: Iterable[str]) -> str:
+    return "(?:" + "|".join(map(re.escape, sorted({f for f in forms if f},
+                                                 key=lambda n: (-len(n), n)))) + ")"
+
+
+def _vocab_sources(vocab: dict[str, list[str]]) -> Vocab:
+    return Vocab(surface={name: _alternatives(map(normalize, words))
+                          for name, words in vocab.items()},
+                 lemmas={name: _alternatives(map(lemma_form, words))
+                         for name, words in vocab.items()})
+
+
+def _entry_source(entry: Exclusion, vocabs: Vocab) -> tuple[str, bool]:
+    """(regex source over normalised text or lemmas, is it a literal term). Raises ValueError.
+
+    On lemmas, an entry matches whole words only: the source is wrapped in word edges."""
+    if entry.form == "lemmas":
+        if entry.term is not None:
+            form = lemma_form(entry.term)
+            if not form:
+                raise ValueError(f"term {entry.term!r} has no words")
+            return f"(?<= ){re.escape(form)}(?= )", True
+        source, _ = _regex_source(entry, {**vocabs.lemmas, "gap": LEMMA_GAP})
+        return f"(?<= )(?:{source})(?= )", False
+    vocab = vocabs.surface
     if entry.term is not None:
         norm = normalize(entry.term)
         if len(norm) < 2:
             raise ValueError(f"term {entry.term!r} is {len(norm)} character(s) once normalised; "
                              f"write at least two")
         return _term_source(norm), True
+    return _regex_source(entry, vocab)
+
+
+def _regex_source(entry: Exclusion, vocab: dict[str, str]) -> tuple[str, bool]:
     raw = entry.regex or ""
     if re.search(r"\(\?P|\\[1-9]", raw):
         raise ValueError(f"regex {raw!r}: named groups and back-references are not supported")
@@ -341,12 +335,13 @@ class _Rule:
     id: str
     regex: re.Pattern[str]
     finder: re.Pattern[str]  # finds where `regex` matches, quickly (see _dispatch)
+    on: str = "surface"
 
     @classmethod
-    def build(cls, kind: str, id: str, source: str) -> _Rule:
+    def build(cls, kind: str, id: str, source: str, on: str = "surface") -> _Rule:
         first = _first_chars(source)
         finder = source if first is None else _dispatch(first, _uncapture(source))
-        return cls(kind, id, re.compile(source), re.compile(finder))
+        return cls(kind, id, re.compile(source), re.compile(finder), on)
 
     def matches(self, text: str) -> Iterator[re.Match[str]]:
         """Every match, one per start position (overlapping ones included)."""
@@ -364,18 +359,18 @@ class CrisisDetector:
     def __init__(self, spec: CrisisFile):
         self.version = spec.version
         vocab = _vocab_sources(spec.vocab)
-        sources: list[str] = []
+        sources: dict[str, list[str]] = {"surface": [], "lemmas": []}
         specific: list[_Rule] = []
         generic: list[_Rule] = []
         for kind in PRIORITY:
             for entry in spec.kinds.get(kind, []):
                 source = _entry_source(entry, vocab)[0]
-                sources.append(source)
-                rule = _Rule.build(kind, entry.id, source)
+                sources[entry.form].append(source)
+                rule = _Rule.build(kind, entry.id, source, entry.form)
                 (generic if entry.generic else specific).append(rule)
-        self._gate = _gate(sources)
+        self._gates = {on: _gate(found) for on, found in sources.items()}
         self._rules = (*specific, *generic)
-        self._exclusions = tuple(_Rule.build("", e.id, _entry_source(e, vocab)[0])
+        self._exclusions = tuple(_Rule.build("", e.id, _entry_source(e, vocab)[0], e.form)
                                  for e in spec.exclusions)
 
     @classmethod
@@ -391,24 +386,30 @@ class CrisisDetector:
             raise CrisisFileError("\n".join(_describe(path.name, e) for e in exc.errors())) \
                 from None
 
-    def detect(self, text: str) -> CrisisMatch | None:
-        """The first entry (by kind priority, then file order) matching outside exclusions."""
+    def detect(self, text: str | Analysis) -> CrisisMatch | None:
+        """The first entry (by kind priority, then file order) matching outside exclusions,
+        on the normalised surface or on the lemmas. Takes text or its Analysis (so the engine
+        analyses a message once for triage and crisis alike)."""
         if not text:
             return None
-        norm = normalize(text)
-        if not any(gate.search(norm) for gate in self._gate):
+        found = text if isinstance(text, Analysis) else analyze(text)
+        texts = {"surface": found.norm, "lemmas": found.lemmas}
+        if not any(gate.search(texts[on]) for on, gates in self._gates.items() for gate in gates):
             return None
-        return self._scan(norm)
+        return self._scan(found)
 
-    def _scan(self, norm: str) -> CrisisMatch | None:
-        """Entry by entry: the first match that no exclusion covers."""
-        covers: list[tuple[int, int]] | None = None
+    def _scan(self, found: Analysis) -> CrisisMatch | None:
+        """Entry by entry: the first match that no exclusion (on the same text) covers."""
+        texts = {"surface": found.norm, "lemmas": found.lemmas}
+        covers: dict[str, list[tuple[int, int]]] | None = None
         for rule in self._rules:
-            for found in rule.matches(norm):
+            for match in rule.matches(texts[rule.on]):
                 if covers is None:
-                    covers = [m.span() for ex in self._exclusions for m in ex.matches(norm)]
-                start, end = found.span()
-                if not any(a <= start and end <= b for a, b in covers):
+                    covers = {on: [] for on in texts}
+                    for ex in self._exclusions:
+                        covers[ex.on] += [m.span() for m in ex.matches(texts[ex.on])]
+                start, end = match.span()
+                if not any(a <= start and end <= b for a, b in covers[rule.on]):
                     return CrisisMatch(kind=rule.kind, rule=rule.id)
         return None
 
@@ -450,18 +451,23 @@ class EvalReport:
         return "\n".join(lines)
 
 
-def evaluate(detector: CrisisDetector, eval_path: Path) -> EvalReport:
+def evaluate(detector: CrisisDetector, *eval_paths: Path) -> EvalReport:
     """Recall on the `risk` phrasings (and whether the kind is right), false positives on the
-    `ordinary` ones. A risk item's `kind` may be a list of acceptable kinds."""
-    data = yaml.safe_load(Path(eval_path).read_text(encoding="utf-8"))
-    risk, ordinary = data["risk"], data["ordinary"]
+    `ordinary` ones, over one or more evaluation files. A risk item's `kind` may be a list of
+    acceptable kinds; an ordinary item is a string or {text: ...}."""
+    risk: list[dict[str, Any]] = []
+    ordinary: list[str] = []
+    for eval_path in eval_paths:
+        data = yaml.safe_load(Path(eval_path).read_text(encoding="utf-8"))
+        risk += data["risk"]
+        ordinary += [o["text"] if isinstance(o, dict) else o for o in data["ordinary"]]
     misses: list[str] = []
     wrong: list[str] = []
     for item in risk:
         expected = item["kind"] if isinstance(item["kind"], list) else [item["kind"]]
         unknown = set(expected) - set(CRISIS_KINDS)
         if unknown:
-            raise ValueError(f"{eval_path}: {item['text']!r} expects unknown kind(s) {unknown}")
+            raise ValueError(f"{item['text']!r} expects unknown kind(s) {unknown}")
         found = detector.detect(str(item["text"]))
         if found is None:
             misses.append(str(item["text"]))

@@ -21,6 +21,7 @@ from bot import logs, metrics
 from bot.engine import Engine, Incoming, Step
 from bot.figures import Figures
 from bot.followup import Followups
+from bot.handoff.cases import TooManyCases
 from bot.ports import Cases, Deliver, Event
 from bot.replies import Text
 from bot.store import LockTimeout, SessionStore, Turn
@@ -184,7 +185,13 @@ class Conversations:
         for attempt in range(NUMBER_TRIES):
             # A taken number (1 in a million) is another person's case: draw the next one.
             request = request.model_copy(update={"number": self.case_number(event, attempt)})
-            if self.cases.open(request, event.channel, event.pid, event.address) is not None:  # type: ignore[arg-type]
+            try:
+                opened = self.cases.open(request, event.channel, event.pid,  # type: ignore[arg-type]
+                                         event.address)
+            except TooManyCases:  # this web address opened its day's share (bot.limits)
+                self.engine.case_refused(step, self.clock())
+                return
+            if opened is not None:
                 break
         else:
             raise RuntimeError("could not draw a free case number")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from bot.pack.models import Lang
@@ -26,6 +28,11 @@ class Session(BaseModel):
     case: str | None = None
     rate_minute: int = 0
     rate_count: int = 0
+    # Free text understood, awaiting the resident's tap (bot/triage.py): {"mode": confirm |
+    # pick | all | none, "cats": [...], "slots": {...}, "back": state}. `skip`: answers the
+    # text gave, whose questions are skipped.
+    guess: dict[str, Any] | None = None
+    skip: list[str] = Field(default_factory=list)
     channel: str | None = None  # where the conversation happens (some states are LINE-only)
 
     def dumps(self) -> str:
@@ -39,7 +46,8 @@ class Session(BaseModel):
         """A copy the engine may change; cheaper than a deep copy (all leaves are immutable)."""
         return self.model_copy(update={"answers": dict(self.answers),
                                        "concerns": list(self.concerns),
-                                       "flags": list(self.flags), "history": list(self.history)})
+                                       "flags": list(self.flags), "history": list(self.history),
+                                       "skip": list(self.skip)})
 
     def enter(self, state: str) -> None:
         self.state = state

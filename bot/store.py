@@ -135,7 +135,7 @@ class SessionStore:
         if turn.changed:
             if turn.session is None:
                 # Delete-my-data / unfollow: the session and whatever waits for the person.
-                pipe.delete(session_key, self.key(pid, "outbox"))
+                pipe.delete(session_key, self.key(pid, "outbox"), self.key(pid, "outbox:n"))
             else:
                 pipe.set(session_key, turn.session.dumps(), ex=self.ttl)
         if also:

@@ -35,6 +35,21 @@ def _label_errors(pack: Pack, flow: FlowSpec) -> list[str]:
     return errors
 
 
+def _triage_errors(pack: Pack) -> list[str]:
+    """The common free-text vocabulary fits this pack: its categories, and the words used to
+    confirm each one with the resident (triage.topic.<id>)."""
+    errors = []
+    for lang, vocab in pack.triage.items():
+        for cat in vocab.categories:
+            if cat.id not in pack.categories:
+                errors.append(f"common/triage.{lang}.yaml: categories.{cat.id}: not a category "
+                              f"of pack {pack.name!r}")
+    for cat in pack.categories:
+        if not pack.has_msg(f"triage.topic.{cat}"):
+            errors.append(f"messages: triage.topic.{cat} is missing (used to confirm free text)")
+    return errors
+
+
 def validate(pack_name: str, flows_dir: Path = FLOWS_DIR) -> list[str]:
     errors: list[str] = []
     pack: Pack | None = None
@@ -62,6 +77,7 @@ def validate(pack_name: str, flows_dir: Path = FLOWS_DIR) -> list[str]:
                     errors.append(f"flows/{flow.id}.yaml: message key {key!r} is not in "
                                   f"messages.ja.yaml and messages.en.yaml")
             errors += _label_errors(pack, flow)
+            errors += _triage_errors(pack)
             if pack.crisis_lines("self_harm") == []:
                 errors.append("hotlines.yaml: no hotline has crisis: [self_harm]")
     return errors

@@ -131,7 +131,9 @@ def build_handoff(settings: Settings, client: redis.Redis, relay: StaffRelay | N
     `wire_handoff`); `pack` (default: settings.municipality's) gives category and ward names
     for staff; `labels` override staff.ja.yaml wording."""
     cases = CaseStore(client, settings.key_prefix, Sealer(settings.secret_keys),
-                      expire_after_s=expire_after_s)
+                      expire_after_s=expire_after_s,
+                      cases_per_origin_per_day=settings.cases_per_address_per_day,
+                      urgent_alert_interval_s=settings.urgent_alert_interval_s)
     notifiers: list[Notifier] = []
     slack: SlackNotifier | None = None
     verifier: SignatureVerifier | None = None

@@ -13,11 +13,15 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bot.language import analyze
 from bot.safety import CRISIS_KINDS, CrisisDetector, CrisisFileError, evaluate, normalize
 
 REPO = Path(__file__).parents[1]
 CRISIS = Path(__file__).parents[1] / "bot/content/common/crisis.yaml"
 EVAL = REPO / "tests" / "data" / "safety_eval.yaml"
+# Written fresh for issue 9, independently of crisis.yaml: conjugations, kana, indirect wishes,
+# preparation, farewells, acts, a parent hurting a sibling; hyperbole, fiction, idioms.
+FRESH = REPO / "tests" / "data" / "safety_eval_fresh.yaml"
 
 
 @functools.cache
@@ -32,7 +36,7 @@ def detector() -> CrisisDetector:
 
 @pytest.fixture(scope="module")
 def report(detector):
-    return evaluate(detector, EVAL)
+    return evaluate(detector, EVAL, FRESH)
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +61,24 @@ def test_evaluation_set_is_large_and_well_formed(eval_set):
     assert all(isinstance(text, str) for text in ordinary)
     texts = [item["text"] for item in risk] + ordinary
     assert len(texts) == len(set(texts)), "a phrasing is listed twice"
+
+
+def test_the_fresh_set_is_large_and_counted(report):
+    fresh = yaml.safe_load(FRESH.read_text(encoding="utf-8"))
+    assert len(fresh["risk"]) >= 160 and len(fresh["ordinary"]) >= 160
+    assert report.n_risk >= 294 + len(fresh["risk"])
+    assert report.n_ordinary >= 205 + len(fresh["ordinary"])
+
+
+@pytest.mark.parametrize("text", ["殴られる", "なぐられてる", "殴られています", "彼にけられる",
+                                  "おとうさんがいもうとをたたく", "自分の体を傷つけてしまう"])
+def test_conjugations_and_kana_are_caught_on_lemmas(detector, text):
+    assert detector.detect(text) is not None
+
+
+@pytest.mark.parametrize("text", ["肩を叩かれた", "ネットで叩かれてる", "頭を殴られたような衝撃"])
+def test_lemma_matches_keep_their_exclusions(detector, text):
+    assert detector.detect(text) is None
 
 
 def test_every_risk_phrasing_is_caught(report):
@@ -168,7 +190,7 @@ def test_the_fast_gate_never_hides_a_match(detector, eval_set):
     texts = [item["text"] for item in eval_set["risk"]] + eval_set["ordinary"]
     texts += ["最近仕事がつらくて眠れない。" * 5 + "もう死にたい", "a" * 300, "死" * 50]
     for text in texts:
-        assert detector.detect(text) == detector._scan(normalize(text)), text
+        assert detector.detect(text) == detector._scan(analyze(text)), text
 
 
 # Pieces of crisis words, their everyday neighbours and normalisation traps, mixed with any text.
@@ -186,7 +208,7 @@ _MESSAGES = st.lists(st.one_of(st.sampled_from(_PIECES), st.text(max_size=3)), m
 def test_random_text_gate_agrees_and_normalize_is_idempotent(text):
     detector = _shared_detector()
     norm = normalize(text)
-    assert detector.detect(text) == detector._scan(norm)
+    assert detector.detect(text) == detector._scan(analyze(text))
     assert normalize(norm) == norm
 
 

@@ -30,6 +30,7 @@ class LineChannel:
     sealer: Sealer
     clock: Callable[[], datetime]
     max_event_age_s: int = 3600   # older webhook events are ignored (replays)
+    refusals_per_minute: int = 30  # unsigned/forged requests per address before 429
 
     def stop(self) -> None:
         self.dispatcher.stop()
@@ -49,4 +50,5 @@ def build_line(services: Services, threads: int = 4,
     return LineChannel(parser=WebhookParser(settings.line_channel_secret or ""), api=api,
                        queue=queue, dispatcher=dispatcher, engine=services.engine,
                        conversations=services.conversations, sealer=sealer, clock=clock,
-                       max_event_age_s=settings.line_max_event_age_s)
+                       max_event_age_s=settings.line_max_event_age_s,
+                       refusals_per_minute=settings.callback_refusals_per_minute)

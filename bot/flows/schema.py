@@ -36,7 +36,7 @@ class ChoiceSpec(Spec):
 
 class StateSpec(Spec):
     kind: Literal["question", "info", "results", "directory", "handoff_consent",
-                  "handoff_message", "handoff_open"] = "question"
+                  "handoff_message", "handoff_open", "triage"] = "question"
     prompt: str
     answer: str | None = None
     choices: list[ChoiceSpec] = Field(default_factory=list)

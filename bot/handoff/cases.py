@@ -41,6 +41,7 @@ from bot import logs
 from bot.crypto import Sealer
 from bot.figures import Figures, first_reply_bucket
 from bot.handoff.models import Case, CaseRequest, Channel, StaffMessage
+from bot.limits import LIMITED, ORIGIN
 
 log = logs.get("handoff")
 
@@ -76,6 +77,10 @@ return 0
 """
 
 
+class TooManyCases(Exception):
+    """This client address opened its day's share of cases; the resident gets phone numbers."""
+
+
 @dataclass(frozen=True)
 class StaffReply:
     """What recording a staff message did: `recorded` (now or by an earlier try of the same
@@ -108,7 +113,10 @@ class CaseStore:
 
     def __init__(self, client: redis.Redis, prefix: str, sealer: Sealer,
                  expire_after_s: int = 7 * 24 * 3600, keep_closed_s: int = 30 * 24 * 3600,
-                 thread_max: int = 50, clock: Callable[[], float] = time.time):
+                 thread_max: int = 50, clock: Callable[[], float] = time.time,
+                 cases_per_origin_per_day: int = 0, urgent_alert_interval_s: int = 0):
+        self.cases_per_origin_per_day = cases_per_origin_per_day  # 0: no limit
+        self.urgent_alert_interval_s = urgent_alert_interval_s    # 0: every crisis alerts
         self.redis = client
         self.prefix = prefix
         self.sealer = sealer
@@ -154,6 +162,7 @@ class CaseStore:
         """
         if not valid_number(request.number):
             raise ValueError("case number must be upper-case letters, digits and '-'")
+        self._check_origin()
         now = self.clock()
         case = Case(number=request.number, channel=channel, pid=pid, created_at=now,
                     updated_at=now, request=request)
@@ -185,6 +194,21 @@ class CaseStore:
                    urgent=request.urgent, categories=len(request.categories),
                    with_message=bool(request.message))
         return case
+
+    def _check_origin(self) -> None:
+        """Count a case against the web request's client address (bot.limits.ORIGIN); past
+        `cases_per_origin_per_day`, TooManyCases — staff are not flooded by one script."""
+        origin = ORIGIN.get()
+        if origin is None or not self.cases_per_origin_per_day:
+            return
+        key = f"{self.prefix}:limit:cases:{origin}:{int(self.clock() // 86400)}"
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.incr(key)
+        pipe.expire(key, 86400 + 1)
+        count, _ = pipe.execute()
+        if count > self.cases_per_origin_per_day:
+            LIMITED.labels("cases").inc()
+            raise TooManyCases(origin[:8])
 
     def _queue_opened(self, case: Case) -> None:
         pipe = self.redis.pipeline(transaction=False)
@@ -403,9 +427,17 @@ class CaseStore:
             # yet a message written just before must still reach staff.
             self.enqueue(number, "message", at=repr(stamp["at"]), t=self.sealer.seal(text))
         if urgent:
-            self.enqueue(number, "urgent")
-            logs.event(log, "case_urgent", number=number)
+            self._announce_urgent(number)
         return case
+
+    def _announce_urgent(self, number: str) -> None:
+        """The resident got the crisis reply already; staff get one announcement (an @here in
+        the thread) per case per `urgent_alert_interval_s`, not one per message: the messages
+        themselves still reach the thread."""
+        if self.urgent_alert_interval_s <= 0 or self.redis.set(
+                self.case_key(number, "alerted"), "1", nx=True, ex=self.urgent_alert_interval_s):
+            self.enqueue(number, "urgent")
+        logs.event(log, "case_urgent", number=number)
 
     def mark_urgent(self, number: str) -> Case | None:
         """Crisis words in an open case: make it urgent and announce it again in its thread."""
@@ -417,8 +449,7 @@ class CaseStore:
 
         changed, case = self._mutate(number, change)
         if changed:
-            self.enqueue(number, "urgent")
-            logs.event(log, "case_urgent", number=number)
+            self._announce_urgent(number)
         return case if changed else None
 
     def set_slack_message(self, number: str, channel: str, ts: str) -> Case | None:

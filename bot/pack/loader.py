@@ -41,6 +41,8 @@ class Pack:
     wards: WardsFile
     windows: dict[str, Window]
     messages: dict[Lang, dict[str, Any]] = field(repr=False)
+    # Free-text vocabulary shared by every city (bot/content/common/triage.<lang>.yaml).
+    triage: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def name(self) -> str:
@@ -259,11 +261,23 @@ def load_pack(name_or_path: str | Path) -> Pack:
                 errors.append(f"{fname}: {w.id}: duplicate window id")
             windows[w.id] = w
     messages = _load_messages(root, errors, info)
+    triage = _load_triage(common_dir(root), errors)
     _cross_check(categories, wards, windows, errors)
     if errors or info is None or wards is None:
         raise PackError(errors or [f"{root}: pack could not be loaded"])
     return Pack(root=root, info=info, categories=categories, wards=wards, windows=windows,
-                messages=messages)
+                messages=messages, triage=triage)
+
+
+def _load_triage(common: Path, errors: list[str]) -> dict[str, Any]:
+    """The common triage vocabulary (bot/triage.py), checked with the pack."""
+    from bot.triage import TriageError, load_vocab
+
+    try:
+        return load_vocab(common)
+    except TriageError as exc:
+        errors += [f"common/{line}" for line in str(exc).splitlines()]
+        return {}
 
 
 __all__ = ["CONTENT_ROOT", "Pack", "PackError", "crisis_file", "default_pack_name", "flatten",

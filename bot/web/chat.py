@@ -1,17 +1,26 @@
 """The web chat channel: a page and a JSON endpoint, translating requests into engine input.
 
 The visitor is anonymous: a random id in an HttpOnly cookie stands in for a platform user id
-and is pseudonymised like any other before it reaches Redis.
+and is pseudonymised like any other before it reaches Redis. The cookie is signed (HMAC with
+BOT_SECRET_KEY), so a script cannot mint visitors of its own: a request without a valid cookie
+is a new conversation, and new conversations per client address are limited (bot.limits); over
+the limit the answer is stateless — crisis lines, 24-hour lines, the window list — and nothing
+is stored.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import secrets
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from flask import Blueprint, current_app, jsonify, make_response, render_template, request
 
-from bot.engine import Incoming
+from bot.engine import Incoming, Step
+from bot.limits import ORIGIN, Limits
 from bot.replies import Reply
 from bot.service import REDIS_DOWN
 
@@ -64,11 +73,34 @@ def parse(body: Any) -> Incoming | str:
     return "type must be start, text or tap"
 
 
-def _visitor() -> str | None:
-    visitor = request.cookies.get(COOKIE)
-    if not visitor or len(visitor) != 32 or not visitor.isalnum():
+def _signature(secret: str, visitor: str) -> str:
+    return hmac.new(secret.encode(), f"visitor:{visitor}".encode(), hashlib.sha256
+                    ).hexdigest()[:32]
+
+
+def _visitor(keys: Sequence[str]) -> str | None:
+    """The visitor id of a cookie this server signed (with any accepted key), else None."""
+    raw = request.cookies.get(COOKIE, "")
+    visitor, _, signature = raw.partition(".")
+    if len(visitor) != 32 or not visitor.isalnum() or len(signature) != 32:
         return None
-    return visitor
+    if any(hmac.compare_digest(signature, _signature(k, visitor)) for k in keys):
+        return visitor
+    return None
+
+
+def _limits() -> Limits | None:
+    return current_app.extensions.get("tsunagu_limits")
+
+
+@contextmanager
+def _origin(tag: str | None) -> Iterator[None]:
+    """Let a case opened by this request count against the client address (bot.limits)."""
+    token = ORIGIN.set(tag)
+    try:
+        yield
+    finally:
+        ORIGIN.reset(token)
 
 
 @bp.get("/api/chat/poll")
@@ -82,10 +114,10 @@ def poll() -> Any:
     if not raw_ack.isascii() or not raw_ack.isdigit() or len(raw_ack) > 18:
         return _bad("ack must be a cursor from a previous poll")
     ack = int(raw_ack)
-    visitor = _visitor()
+    services = _services()
+    visitor = _visitor(services.settings.secret_keys)
     if visitor is None:
         return jsonify({"replies": [], "cursor": ack})
-    services = _services()
     pid = services.conversations.pseudonym("web", visitor)
     try:
         replies, cursor = services.outbox.take(pid, ack)
@@ -103,11 +135,31 @@ def chat() -> Any:
     incoming = parse(body)
     if isinstance(incoming, str):
         return _bad(incoming)
-    visitor = _visitor() or secrets.token_hex(16)
-    step = _services().conversations.handle("web", visitor, incoming)
+    services = _services()
+    settings = services.settings
+    visitor = _visitor(settings.secret_keys)
+    limits, tag = _limits(), None
+    if limits is not None:
+        tag = limits.tag(request.remote_addr)
+        allowed = limits.hit("web", tag, settings.web_requests_per_minute)
+        if allowed and visitor is None:
+            allowed = limits.hit("web_new", tag, settings.web_new_sessions_per_minute)
+        if not allowed:
+            return _answer(services.engine.degraded_step(
+                incoming, services.conversations.clock(), notice="limited.notice"))
+    visitor = visitor or secrets.token_hex(16)
+    with _origin(tag):
+        step = services.conversations.handle("web", visitor, incoming)
+    return _answer(step, f"{visitor}.{_signature(settings.secret_keys[0], visitor)}")
+
+
+def _answer(step: Step, cookie: str | None = None) -> Any:
+    """The replies as JSON; the visitor cookie (re-signed with the newest key) when one is
+    kept — an over-limit answer sets none, since nothing was stored for it."""
     replies: list[Reply] = step.replies
     resp = make_response(jsonify({"replies": [r.model_dump() for r in replies]}))
-    resp.set_cookie(COOKIE, visitor, max_age=COOKIE_AGE, httponly=True, samesite="Strict",
-                    secure=request.is_secure)  # is_secure sees the TLS proxy via ProxyFix
+    if cookie is not None:
+        resp.set_cookie(COOKIE, cookie, max_age=COOKIE_AGE, httponly=True, samesite="Strict",
+                        secure=request.is_secure)  # is_secure sees the TLS proxy via ProxyFix
     resp.headers["Cache-Control"] = "no-store"
     return resp

@@ -1,0 +1,389 @@
+"""Triage: free text → the support categories it is about, with evidence, and the answers it
+already gives (whose worry, age band, how long, ward, preferred channel).
+
+Deterministic and explainable: every point of a score comes from a vocabulary entry a city can
+read and edit (bot/content/common/triage.<lang>.yaml), and `python -m bot explain` prints them.
+The engine calls `triage(text, lang, pack)`; this module does no I/O after loading.
+
+How a category scores:
+  - `words`: words written naturally; one matches when its dictionary form appears as whole
+    words among the message's lemmas (so every conjugation and spelling meets it), or when its
+    normalised surface appears in the message. Entries are `word` (weight 1) or `word: weight`.
+  - `patterns`: regular expressions on the normalised surface (weight 2 unless `word: weight`).
+  - `negative`: words that cancel the category (a topic mentioned in passing).
+  - `examples`: sentences; a message sharing their rarer content words earns a small bonus
+    (up to 1 point), so an unlisted phrasing of a listed situation still counts.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from bot.language import Analysis, analyze, lemma_form, normalize, script_language
+
+if TYPE_CHECKING:
+    from bot.pack.loader import Pack
+
+COMMON_DIR = Path(__file__).resolve().parent / "content" / "common"
+LANGS = ("ja", "en")
+CONFIDENT = 2.0  # the least score that names a category on its own
+RATIO = 1.5  # ... and by how much it must lead the next one
+PLAUSIBLE = 1.5  # the least score for a category offered among two or three
+EXAMPLE_BONUS = 1.0
+
+Weighted = str | dict[str, float]
+
+
+def _weighted(items: list[Weighted], default: float) -> list[tuple[str, float]]:
+    out = []
+    for item in items:
+        if isinstance(item, dict):
+            out += [(str(k), float(v)) for k, v in item.items()]
+        else:
+            out.append((str(item), default))
+    return out
+
+
+class CategoryVocab(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    words: list[Weighted] = Field(default_factory=list)
+    patterns: list[Weighted] = Field(default_factory=list)
+    negative: list[str] = Field(default_factory=list)
+    examples: list[str] = Field(default_factory=list)
+
+    @field_validator("patterns")
+    @classmethod
+    def _compile(cls, patterns: list[Weighted]) -> list[Weighted]:
+        for source, _ in _weighted(patterns, 2.0):
+            try:
+                re.compile(source)
+            except re.error as exc:
+                raise ValueError(f"pattern {source!r} does not compile: {exc}") from None
+        return patterns
+
+
+class SlotVocab(BaseModel):
+    """Words (or patterns, for age and duration) that give an answer: value → list."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    whose: dict[str, list[str]] = Field(default_factory=dict)
+    # Words after a family word that make it the actor, not the person of concern (夫に, 夫から).
+    agent_particles: list[str] = Field(default_factory=list)
+    age: dict[str, list[str]] = Field(default_factory=dict)
+    hiki_duration: dict[str, list[str]] = Field(default_factory=dict)
+    contact: dict[str, list[str]] = Field(default_factory=dict)
+
+
+class TriageFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: int = Field(ge=1)
+    categories: dict[str, CategoryVocab]
+    slots: SlotVocab = Field(default_factory=SlotVocab)
+
+
+class TriageError(ValueError):
+    """A triage vocabulary file cannot be used; the message names file and field."""
+
+
+# -- compiled -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Cue:
+    text: str  # as written (shown by explain)
+    weight: float
+    lemma: re.Pattern[str] | None  # on Analysis.lemmas
+    surface: re.Pattern[str] | None  # on Analysis.norm
+
+    def find(self, found: Analysis) -> bool:
+        return bool((self.lemma and self.lemma.search(found.lemmas))
+                    or (self.surface and self.surface.search(found.norm)))
+
+
+def _word_cue(word: str, weight: float, lang: str, whole: bool = False) -> _Cue:
+    norm = normalize(word)
+    if lang == "en":  # English: a word start, any ending (debt, debts; lonely, loneliness)
+        edge = r"(?<![a-z0-9])" + re.escape(norm).replace(r"\ ", " ?")
+        return _Cue(word, weight, None, re.compile(edge + (r"(?![a-z0-9])" if whole else "")))
+    form = lemma_form(word)
+    lemma = re.compile(f"(?<= ){re.escape(form)}(?= )") if form else None
+    # The surface as well, for what the analyser cuts differently (slang, compounds); a single
+    # character would be found everywhere, so it counts only as a lemma.
+    surface = re.compile(re.escape(norm)) if len(norm) >= 2 else None
+    return _Cue(word, weight, lemma, surface)
+
+
+def _pattern_cue(source: str, weight: float) -> _Cue:
+    from bot.language import fold_pattern
+
+    return _Cue(source, weight, None, re.compile(fold_pattern(source)))
+
+
+@dataclass
+class _Category:
+    id: str
+    cues: list[_Cue]
+    negative: list[_Cue]
+    examples: list[frozenset[str]]
+
+
+# Lemmas too common to say anything about a worry (be, do, become, thing, I, ...).
+_STOP = frozenset(map(normalize, (
+    "居る", "為る", "有る", "成る", "事", "物", "私", "自分", "今", "何", "其の", "此の", "其れ",
+    "此れ", "良い", "無い", "言う", "思う", "出来る", "所", "時", "人", "方", "様", "的", "さん",
+    "御", "行く", "来る", "見る", "貰う", "呉れる", "最近", "毎日", "とても", "凄い", "本当",
+    "ちょっと", "もう", "まだ", "一寸", "ずっと", "分かる", "感じ", "気", "相談", "困る",
+    "do", "be", "i", "my", "the", "a", "to", "is", "and", "of", "it", "me", "have", "in",
+)))
+
+
+@dataclass
+class Vocab:
+    """One language's triage vocabulary, compiled."""
+
+    lang: str
+    categories: list[_Category]
+    whose: list[tuple[str, _Cue]]
+    agent_particles: frozenset[str]
+    age: list[tuple[str, _Cue]]
+    hiki_duration: list[tuple[str, _Cue]]
+    contact: list[tuple[str, _Cue]]
+    idf: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, spec: TriageFile, lang: str) -> Vocab:
+        cats = []
+        docs: list[frozenset[str]] = []
+        for cid, cv in spec.categories.items():
+            cues = [_word_cue(w, x, lang) for w, x in _weighted(cv.words, 1.0)]
+            cues += [_pattern_cue(p, x) for p, x in _weighted(cv.patterns, 2.0)]
+            examples = [_content(analyze(e)) for e in cv.examples]
+            docs += examples
+            cats.append(_Category(cid, cues, [_word_cue(w, 0, lang) for w in cv.negative],
+                                  examples))
+        df: dict[str, int] = {}
+        for doc in docs:
+            for lemma in doc:
+                df[lemma] = df.get(lemma, 0) + 1
+        idf = {lemma: math.log((1 + len(docs)) / (1 + n)) + 1 for lemma, n in df.items()}
+        slots = spec.slots
+
+        def values(table: dict[str, list[str]], patterns: bool) -> list[tuple[str, _Cue]]:
+            return [(value, _pattern_cue(w, 1) if patterns else _word_cue(w, 1, lang, True))
+                    for value, words in table.items() for w in words]
+
+        return cls(lang=lang, categories=cats, whose=values(slots.whose, False),
+                   agent_particles=frozenset(map(normalize, slots.agent_particles)),
+                   age=values(slots.age, True), hiki_duration=values(slots.hiki_duration, True),
+                   contact=values(slots.contact, True), idf=idf)
+
+
+def _content(found: Analysis) -> frozenset[str]:
+    return frozenset(found.content - _STOP)
+
+
+def load_vocab(directory: Path = COMMON_DIR) -> dict[str, Vocab]:
+    """Read and compile triage.<lang>.yaml; raise TriageError naming every problem."""
+    out: dict[str, Vocab] = {}
+    errors: list[str] = []
+    for lang in LANGS:
+        path = directory / f"triage.{lang}.yaml"
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+            out[lang] = Vocab.build(TriageFile.model_validate(data), lang)
+        except FileNotFoundError:
+            errors.append(f"{path.name}: file is missing")
+        except yaml.YAMLError as exc:
+            errors.append(f"{path.name}: not valid YAML: {exc}")
+        except ValidationError as exc:
+            errors += [f"{path.name}: {'.'.join(map(str, e['loc']))}: {e['msg']}"
+                       for e in exc.errors()]
+    if errors:
+        raise TriageError("\n".join(errors))
+    return out
+
+
+# -- the function -------------------------------------------------------------------------------
+@dataclass
+class Result:
+    """What the text is about, best first, and why; `slots` are answers the text gives."""
+
+    lang: str  # the language the text is written in ("" when it cannot be told)
+    scores: list[tuple[str, float]]  # every category with a positive score, best first
+    evidence: dict[str, list[str]]  # category → the vocabulary entries that matched
+    slots: dict[str, str]
+
+    @property
+    def top(self) -> str | None:
+        """The category the text clearly names, or None."""
+        if not self.scores or self.scores[0][1] < CONFIDENT:
+            return None
+        if len(self.scores) > 1 and self.scores[0][1] < RATIO * self.scores[1][1]:
+            return None
+        return self.scores[0][0]
+
+    @property
+    def plausible(self) -> list[str]:
+        """Two or three categories that fit about as well, when no single one is clear."""
+        if self.top is not None:
+            return [self.top]
+        best = self.scores[0][1] if self.scores else 0
+        return [c for c, s in self.scores[:3] if s >= PLAUSIBLE and s * 2 >= best]
+
+
+def triage(text: str | Analysis, lang: str, pack: Pack | None = None,
+           vocab: dict[str, Vocab] | None = None) -> Result:
+    """Score the categories for `text` and read the slots it fills.
+
+    `lang` is the conversation's language; text plainly written in the other one is read with
+    that language's vocabulary. Vocabulary comes from the pack (or `vocab`, for tests)."""
+    found = text if isinstance(text, Analysis) else analyze(text)
+    tables = vocab if vocab is not None else (pack.triage if pack is not None else {})
+    written = script_language(found.text)
+    use = written if written in tables else lang if lang in tables else "ja"
+    table = tables[use]
+    scores: dict[str, float] = {}
+    evidence: dict[str, list[str]] = {}
+    content = _content(found)
+    for cat in table.categories:
+        if any(neg.find(found) for neg in cat.negative):
+            continue
+        score = 0.0
+        hits: list[str] = []
+        for cue in cat.cues:
+            if cue.find(found):
+                score += cue.weight
+                hits.append(f"{cue.text} (+{cue.weight:g})")
+        if cat.examples and content:
+            best = max(sum(table.idf.get(x, 1.0) for x in content & ex) /
+                       max(1.0, sum(table.idf.get(x, 1.0) for x in ex)) for ex in cat.examples)
+            if best > 0:
+                bonus = round(EXAMPLE_BONUS * best, 2)
+                score += bonus
+                hits.append(f"examples (+{bonus:g})")
+        if score > 0:
+            scores[cat.id] = round(score, 2)
+            evidence[cat.id] = hits
+    ranked = sorted(scores.items(), key=lambda kv: -kv[1])
+    return Result(lang=written, scores=ranked, evidence=evidence,
+                  slots=_slots(found, table, pack))
+
+
+def _slots(found: Analysis, table: Vocab, pack: Pack | None) -> dict[str, str]:
+    slots: dict[str, str] = {}
+    whose = _whose(found, table)
+    if whose:
+        slots["whose"] = whose
+    for name, cues in (("age", table.age), ("hiki_duration", table.hiki_duration),
+                       ("contact", table.contact)):
+        value = next((v for v, cue in cues if cue.find(found)), None)
+        if value:
+            slots[name] = value
+    ward = _ward(found, pack)
+    if ward:
+        slots["ward"] = ward
+    return slots
+
+
+def _whose(found: Analysis, table: Vocab) -> str | None:
+    """Whose worry: someone else named as the subject (息子が, 母の) wins over the writer; a
+    family word followed by に/から is the one doing it (夫に殴られる: the writer's worry)."""
+    others: list[str] = []
+    mine = False
+    for value, cue in table.whose:
+        if not cue.find(found):
+            continue
+        if value == "self":
+            mine = True
+        elif not _only_agent(found, cue, table.agent_particles):
+            others.append(value)
+        elif value == "family":  # 夫に殴られる: someone at home hurts the writer
+            mine = True
+    if others:
+        return others[0]
+    return "self" if mine else None
+
+
+def _only_agent(found: Analysis, cue: _Cue, particles: frozenset[str]) -> bool:
+    if not particles:
+        return False
+    tokens = found.tokens
+    seen = False
+    for i, token in enumerate(tokens):
+        if cue.lemma is not None and cue.lemma.search(f" {token.lemma} "):
+            seen = True
+            after = tokens[i + 1].surface if i + 1 < len(tokens) else ""
+            if after not in particles:
+                return False
+    return seen
+
+
+def _ward(found: Analysis, pack: Pack | None) -> str | None:
+    """A ward (or branch office area) named in the text, from the pack's wards.yaml names."""
+    if pack is None:
+        return None
+    names = _WARD_NAMES.get(pack.root)
+    if names is None:
+        names = _WARD_NAMES[pack.root] = _ward_names(pack)
+    for name, ward_id in names:
+        if name in found.norm:
+            return ward_id
+    return None
+
+
+_WARD_NAMES: dict[Path, list[tuple[str, str]]] = {}
+
+
+def _ward_names(pack: Pack) -> list[tuple[str, str]]:
+    """(normalised name, ward id): branch areas first (深草 before 伏見区), then wards with and
+    without 区, then the pack's ward synonyms; one character alone (北) is too little."""
+    branches, heads = [], []
+    for ward in pack.wards.wards:
+        names = [ward.name.en.removesuffix(" Ward")]
+        key = f"syn.ward.{ward.id}"
+        if pack.has_msg(key):
+            names += [str(w) for w in pack.msg(key, "ja")]
+        branch = re.search(r"(\S+?)支所", ward.name.ja)
+        if branch:
+            branches.append((branch.group(1), ward.id))
+            branches.append((branch.group(1).split("(")[0], ward.id))
+        head = re.split(r"[（( ]", ward.name.ja)[0]
+        heads += [(head, ward.id), (head.removesuffix("区"), ward.id)]
+        heads += [(n, ward.id) for n in names]
+    out = []
+    for name, ward_id in [*branches, *heads]:
+        norm = normalize(name)
+        if len(norm) >= 2 and (norm, ward_id) not in out:
+            out.append((norm, ward_id))
+    return out
+
+
+def explain(text: str, pack: Pack, detector: Any, lang: str = "ja") -> str:
+    """What the bot understands of `text`, for staff: forms, matches, slots, crisis verdict."""
+    found = analyze(text)
+    result = triage(found, lang, pack)
+    crisis = detector.detect(found)
+    lines = [f"normalised: {found.norm}",
+             f"lemmas:     {found.lemmas.strip()}",
+             f"written in: {result.lang or '?'}"]
+    if result.scores:
+        lines.append("categories:")
+        for cid, score in result.scores:
+            lines.append(f"  {cid:<15} {score:5.2f}  " + ", ".join(result.evidence[cid]))
+    else:
+        lines.append("categories: none")
+    verdict = ("confident: " + result.top if result.top else
+               "several: " + ", ".join(result.plausible) if result.plausible else "nothing fits")
+    lines.append(f"decision:   {verdict}")
+    lines.append("slots:      " + (", ".join(f"{k}={v}" for k, v in result.slots.items())
+                                   or "none"))
+    lines.append("crisis:     " + (f"{crisis.kind} ({crisis.rule})" if crisis else "no"))
+    return "\n".join(lines)

@@ -1,0 +1,207 @@
+"""Free text understood: the triage function, and the dialogue around it (confirm in one tap,
+fill the answers the text gave, skip their questions)."""
+
+from __future__ import annotations
+
+import pytest
+
+from bot.engine import Incoming
+from bot.replies import Cards, Question, Text
+from bot.triage import TriageError, load_vocab, triage
+from tests.conftest import WEEKDAY_MORNING, Walker
+
+
+# -- the function -----------------------------------------------------------------------------
+@pytest.mark.parametrize(("text", "category"), [
+    ("夫が仕事を辞めてから何年も家にこもっている", "hikikomori"),
+    ("毎日ひとりでさびしい", "loneliness"),
+    ("水道代が払えない", "poverty"),
+    ("I can't read Japanese", "foreign"),
+    ("80代の母の介護に疲れました", "elderly"),
+])
+def test_the_issue_sentences_name_their_category(pack, text, category):
+    assert triage(text, "ja", pack).top == category
+
+
+def test_nothing_is_named_in_a_greeting(pack):
+    result = triage("こんにちは", "ja", pack)
+    assert result.top is None and result.plausible == []
+
+
+def test_evidence_names_the_vocabulary_entries(pack):
+    result = triage("息子がひきこもっている", "ja", pack)
+    assert any("引きこもる" in hit or "ひきこもり" in hit for hit in result.evidence["hikikomori"])
+
+
+@pytest.mark.parametrize(("text", "slots"), [
+    ("40代の息子が10年以上ひきこもっています", {"whose": "family", "age": "40_64",
+                                               "hiki_duration": "long"}),
+    ("中学生の娘が学校に行けない", {"whose": "family", "age": "u18"}),
+    ("80代の父の介護", {"whose": "family", "age": "65_plus"}),
+    ("高校に行けていない", {"age": "u18"}),
+    ("半年ほど部屋から出てこない", {"hiki_duration": "long"}),
+    ("伏見区に住んでいて、電話で相談したい", {"ward": "fushimi", "contact": "phone"}),
+    ("夫に殴られる", {"whose": "self"}),
+    ("友人がお金に困っている", {"whose": "friend"}),
+])
+def test_slots_read_from_the_text(pack, text, slots):
+    if "ward" in slots and pack.ward(slots["ward"]) is None:  # a city without that ward
+        slots = {k: v for k, v in slots.items() if k != "ward"}
+    found = triage(text, "ja", pack).slots
+    assert {k: found.get(k) for k in slots} == slots
+
+
+def test_vocabulary_errors_name_the_file_and_field(tmp_path):
+    (tmp_path / "triage.ja.yaml").write_text(
+        "version: 1\ncategories:\n  poverty:\n    patterns: ['(']\n", encoding="utf-8")
+    (tmp_path / "triage.en.yaml").write_text("version: 1\ncategories: {}\n", encoding="utf-8")
+    with pytest.raises(TriageError, match=r"triage\.ja\.yaml: categories\.poverty\.patterns"):
+        load_vocab(tmp_path)
+
+
+# -- the dialogue -----------------------------------------------------------------------------
+def _texts(walker: Walker) -> list[str]:
+    return [r.text for r in walker.replies if isinstance(r, Text)]
+
+
+def test_first_message_naming_a_worry_is_confirmed_in_one_tap(walker: Walker, pack):
+    walker.text("40代の息子が10年以上ひきこもっています")
+    q = walker.question
+    assert q.state == "triage"
+    assert pack.msg("triage.topic.hikikomori", "ja") in q.text
+    assert q.text.startswith("ご家族の")
+    assert [c.value for c in q.choices] == ["yes", "no"]
+    assert pack.msg("common.not_understood", "ja") not in _texts(walker)
+    walker.tap("yes")
+    # whose, age, concern and duration came from the text: straight to the contact question
+    assert walker.question.state == "hiki_contact"
+    assert walker.session.answers == {"whose": "family", "age": "40_64", "hiki_duration": "long"}
+    assert walker.session.concerns == ["hikikomori"]
+    assert walker.session.flags == ["hiki_long"]
+    assert walker.session.asked == 1
+
+
+def test_confirmed_path_reaches_results_with_fewer_questions(walker: Walker):
+    walker.text("40代の息子が10年以上ひきこもっています。伏見区です")
+    walker.tap("yes")
+    walker.tap("open")
+    walker.tap("none")
+    assert walker.question.state == "contact"  # the ward was in the text
+    walker.tap("phone")
+    assert walker.question.state == "results"
+    assert walker.session.asked == 3
+    assert walker.cards()
+
+
+def test_no_leads_to_the_category_question(walker: Walker, pack):
+    walker.text("毎日ひとりでさびしい")
+    walker.tap("no")
+    q = walker.question
+    assert q.state == "triage"
+    assert {c.value for c in q.choices} == set(pack.categories)
+    walker.tap("poverty")
+    assert walker.session.concerns == ["poverty"]
+    assert walker.question.state == "whose"
+
+
+def test_free_text_mid_flow_is_confirmed_and_returns_to_the_question(walker: Walker):
+    walker.start()
+    walker.tap("start")
+    walker.text("うちの母が認知症で困っています")
+    assert walker.question.state == "triage"
+    walker.tap("yes")
+    # back at whose → answered by the text (母) → the age question
+    assert walker.question.state == "age"
+    assert walker.session.answers["whose"] == "family"
+    walker.tap("65_plus")
+    assert walker.question.state == "more"  # the concern question was answered too
+    assert walker.session.concerns == ["elderly"]
+
+
+def test_plain_answers_still_pick_the_choice(walker: Walker):
+    walker.start()
+    walker.tap("start")
+    walker.text("自分")
+    assert walker.question.state == "age"
+    walker.text("40代")
+    assert walker.session.answers["age"] == "40_64"
+    assert walker.question.state == "concern"
+
+
+def test_english_text_switches_to_english(walker: Walker, pack):
+    walker.text("I feel so lonely, I have no one to talk to")
+    assert walker.session.lang == "en"
+    assert walker.question.state == "triage"
+    assert walker.question.text.startswith("So this is about")
+    assert [c.label for c in walker.question.choices] == [pack.msg("triage.yes", "en"),
+                                                          pack.msg("triage.no", "en")]
+
+
+@pytest.mark.parametrize(("text", "lang"), [("我需要帮助，我没有钱", "zh"), ("도와주세요", "ko"),
+                                             ("Tôi cần giúp đỡ", "vi")])
+def test_other_languages_get_a_note_in_their_language(walker: Walker, pack, text, lang):
+    walker.text(text)
+    assert pack.msg(f"triage.lang.{lang}", "ja") in _texts(walker)
+    assert walker.session.lang == "ja"
+    assert walker.question.choices
+
+
+def test_several_fits_are_offered_with_something_else(walker: Walker):
+    walker.start()
+    walker.tap("start")
+    walker.tap("self")
+    walker.tap("skip")
+    walker.text("家賃")
+    values = [c.value for c in walker.question.choices]
+    assert {"poverty", "homeless"} <= set(values) and values[-1] == "other"
+    walker.tap("homeless")
+    assert walker.session.concerns == ["homeless"]
+
+
+def test_nothing_fits_at_the_welcome_gets_a_kind_answer_with_categories(walker: Walker, pack):
+    walker.start()
+    walker.text("ええと")
+    q = walker.question
+    assert q.state == "triage" and q.text == pack.msg("triage.none", "ja")
+    assert {c.value for c in q.choices} == set(pack.categories)
+    assert pack.msg("common.not_understood", "ja") not in _texts(walker)
+    assert all("番号を送" not in t for t in [*_texts(walker), q.text])
+
+
+def test_crisis_still_comes_first_in_the_same_reply(walker: Walker):
+    walker.start()
+    walker.tap("start")
+    walker.text("もう消えてしまいたい")
+    first = walker.replies[0]
+    assert isinstance(first, Text) and first.urgent
+    assert any(isinstance(r, Cards) and r.urgent for r in walker.replies)
+
+
+def test_confirmed_suicide_worry_brings_the_crisis_lines(walker: Walker, engine):
+    session = engine.new_session()
+    session.guess = {"mode": "confirm", "cats": ["suicide"], "slots": {}, "back": "welcome"}
+    session.enter("triage")
+    step = engine.step(session, Incoming("tap", "yes", "triage"), WEEKDAY_MORNING)
+    assert any(e == "crisis:self_harm" for e in step.events)
+    assert isinstance(step.replies[0], Text) and step.replies[0].urgent
+
+
+def test_confirm_choices_are_normal_taps(walker: Walker):
+    walker.text("水道代が払えない")
+    q = walker.question
+    assert isinstance(q, Question) and all(c.value in ("yes", "no") for c in q.choices)
+    walker.send(Incoming("text", "はい"))  # typed instead of tapped
+    assert walker.session.concerns == ["poverty"]
+
+
+def test_stale_confirmation_tap_is_not_trusted(walker: Walker):
+    walker.text("水道代が払えない")
+    walker.tap("yes")
+    walker.send(Incoming("tap", "yes", "triage"))
+    assert walker.session.concerns == ["poverty"]
+    assert walker.question.state == "whose"
+
+
+def test_typed_text_is_not_kept_in_the_session(walker: Walker):
+    walker.text("40代の息子が10年以上ひきこもっています")
+    assert "息子" not in walker.session.dumps()
