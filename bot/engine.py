@@ -24,13 +24,12 @@ from bot.pack.hours import is_open, next_opening
 from bot.pack.loader import Pack
 from bot.pack.matching import Answers, match, rank
 from bot.pack.models import LANGS, Lang, Window
-from bot.replies import Cards, Choice, Question, Reply, Text
+from bot.replies import WRONG_PREFIX, Cards, Choice, Question, Reply, Text
 from bot.session import Session
 from bot.triage import Result, triage
 
 CMD_PREFIX = "cmd:"
 PAGE_PREFIX = "page:"
-WRONG_PREFIX = "wrong:"  # a tap on a card's "this number did not work" + the window id
 MAX_CHOICES = 13  # LINE's quick-reply limit; the web follows the same rule
 MAX_CARDS = 10
 RATE_LIMIT = 20  # messages a minute per person before the gentle flood note

@@ -14,12 +14,13 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 import redis
 
 from bot import logs, metrics
 from bot.engine import Engine, Incoming, Step
-from bot.figures import Figures
+from bot.figures import Figures, tokyo_day
 from bot.followup import Followups
 from bot.handoff.cases import TooManyCases
 from bot.ports import Cases, Deliver, Event
@@ -138,8 +139,30 @@ class Conversations:
                                                   now))
             if self.followups is not None and not event.incoming.from_staff:
                 turn.also(self.followups.writes_for(event, before, step, now))
+            if self.cases is not None:
+                turn.also(self._wrong_numbers(step, now))
         self._record(event, step, via, started)
         return step
+
+    def _wrong_numbers(self, step: Step, now: datetime) -> Callable[[Any], None] | None:
+        """A card's number reported as not working: queue it for staff (a content problem,
+        no case, nothing about the person), in the session's round trip."""
+        reports = []
+        for name in step.events:
+            if name.startswith("wrong_number:"):
+                window = self.engine.pack.windows.get(name.split(":", 1)[1])
+                if window is not None:
+                    reports.append({"k": "wrong_number", "w": window.id,
+                                    "name": window.name.ja, "phone": window.phone or "",
+                                    "d": tokyo_day(now)[0]})
+        if not reports or self.cases is None:
+            return None
+        queue = self.cases.queue  # type: ignore[attr-defined]
+
+        def enqueue(pipe: Any) -> None:
+            for report in reports:
+                pipe.xadd(queue, report)
+        return enqueue
 
     def forget(self, pid: str, turn: Turn) -> None:
         """Delete everything of this person (LINE unfollow, an unreadable address)."""

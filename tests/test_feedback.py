@@ -5,6 +5,7 @@ the loopback fake of LINE."""
 from __future__ import annotations
 
 import json
+import time
 from datetime import timedelta
 
 import pytest
@@ -14,6 +15,7 @@ from bot.followup import ASK_STATE
 from bot.service import utcnow
 from tests import line_helpers as lh
 from tests.test_figures import Web, around_today, totals
+from tests.test_handoff_loop import loop_app as staff_loop_app
 
 USER = "U" + "f" * 32
 # The push is read on a lock screen: nothing in it may say what it is about.
@@ -21,6 +23,9 @@ REVEALING = ("相談", "支援", "窓口", "悩み", "ひきこもり", "DV", "�
              "support", "counsel", "abuse", "suicide")
 PATH = [("welcome", "start"), ("whose", "self"), ("age", "18_39"), ("concern", "loneliness"),
         ("more", "none"), ("ward", "skip"), ("contact", "phone")]
+
+
+loop_app = staff_loop_app  # the whole-loop app (LINE, Slack fakes) as a fixture here
 
 
 @pytest.fixture
@@ -221,3 +226,33 @@ def test_wrong_number_report_is_counted_per_window(app, services, pack):
     got = totals(services.figures.read(*around_today()))
     assert got["wrong_number", card["id"]] == 1
     assert sum(n for (m, _), n in got.items() if m == "wrong_number") == 1
+
+
+def test_wrong_number_reaches_staff_once_a_day_per_window(loop_app, pack):
+    """Over LINE: the card's button → counted, and staff get one Slack note per window and
+    day, naming the window (a content problem), nothing about the person."""
+    from tests.test_handoff_loop import wait
+
+    app, slack, fake = loop_app
+    line = Line(app, fake, user="U" + "e" * 32)
+    body = line.to_results()
+    flex = next(m for m in body["messages"] if m["type"] == "flex")
+    buttons = [b for bub in flex["contents"]["contents"]
+               for b in (bub.get("footer") or {}).get("contents", [])
+               if b["action"]["type"] == "postback"]
+    assert buttons
+    assert buttons[0]["action"]["label"] == pack.msg("wrong_number.button", "ja")[:20]
+    data = json.loads(buttons[0]["action"]["data"])
+    window = data["v"].split(":", 1)[1]
+    before = len(slack.posts())
+    line.send(lh.postback(buttons[0]["action"]["data"], user=line.user))
+    line.send(lh.postback(buttons[0]["action"]["data"], user=line.user))  # again: counted
+    assert wait(lambda: len(slack.posts()) > before)
+    time.sleep(0.5)
+    notes = slack.posts()[before:]
+    assert len(notes) == 1
+    text = notes[0].body["text"]
+    assert pack.windows[window].name.ja in text and window in text
+    assert line.user not in slack.everything()
+    got = totals(app.extensions["tsunagu"].figures.read(*around_today()))
+    assert got["wrong_number", window] == 2

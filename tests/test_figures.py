@@ -291,3 +291,16 @@ def test_every_measure_is_listed_in_the_readme():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
     for measure in figures.MEASURES:
         assert f"| `{measure}` |" in readme, measure
+
+
+def test_counting_adds_no_round_trip_per_message(redis_url):
+    """Counted in the pipeline that saves the session: the same round trips with or without
+    figures (bench/roundtrips.py prints the figures for a larger run)."""
+    if not redis_url:
+        pytest.skip("needs a Redis server")
+    from bench.roundtrips import run
+
+    with_n, with_trips = run(redis_url, 3, counting=True)
+    without_n, without_trips = run(redis_url, 3, counting=False)
+    assert with_n == without_n > 0
+    assert with_trips == without_trips

@@ -356,7 +356,8 @@ class Dispatcher:
 
 def line_messages(engine: Any, replies: list, lang: str) -> list[dict]:
     pack = engine.pack
-    return render(replies, pack.msg("web.call", lang), pack.msg("web.open_site", lang))
+    return render(replies, pack.msg("web.call", lang), pack.msg("web.open_site", lang),
+                  pack.msg("wrong_number.button", lang))
 
 
 def answer_degraded(conversations: Conversation, api: LineSender, pid: str, user_id: str,

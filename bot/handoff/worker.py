@@ -52,6 +52,7 @@ from bot.ports import StaffRelay
 
 log = logs.get("handoff")
 GROUP = "notifiers"
+WRONG_NUMBER = "wrong_number"  # a content problem, not a case: {k, w: window, name, phone, d}
 
 DELIVERIES = Counter("tsunagu_handoff_deliveries", "Queue events handed to a notifier",
                      ["notifier", "outcome"])
@@ -127,6 +128,8 @@ class HandoffWorker:
         eid = _text(entry_id)
         fields = {_text(k): _text(v) for k, v in (fields or {}).items()}
         kind, number = fields.get("k", ""), fields.get("n", "")
+        if kind == WRONG_NUMBER:
+            return self._content(entry_id, eid, fields, down)
         if not kind or not valid_number(number):
             logs.event(log, "queue_entry_malformed", logging.ERROR, entry=eid)
             self._ack(entry_id)
@@ -185,6 +188,46 @@ class HandoffWorker:
         if ok:
             self._ack(entry_id)
             logs.event(log, "delivered", kind=kind, number=number)
+        return ok
+
+    def _content(self, entry_id: Any, eid: str, fields: dict[str, str], down: set[str]) -> bool:
+        """A wrong-number report (bot/figures.py counts them all): staff hear of a window at
+        most once a day, so one resident tapping again and again does not flood the channel.
+        The day's marker holds the first entry's id, so that entry's own retries still go out.
+        """
+        window = fields.get("w", "")
+        if not window or len(window) > 100:
+            self._ack(entry_id)
+            return True
+        marker = f"{self.cases.prefix}:handoff:wrong:{window}:{fields.get('d', '')}"
+        if not self.redis.set(marker, eid, nx=True, ex=2 * 86400) and _text(
+                self.redis.get(marker) or b"") != eid:
+            self._ack(entry_id)  # already told today
+            return True
+        report = {"window": window, "name": fields.get("name", ""),
+                  "phone": fields.get("phone", "")}
+        ok = True
+        for notifier in self.notifiers:
+            tell = getattr(notifier, "content_problem", None)
+            if tell is None:
+                continue
+            if notifier.name in down:
+                ok = False
+                continue
+            try:
+                tell(report, delivery=eid)
+            except NotifierError as exc:
+                ok = False
+                if isinstance(exc, NotifierDown):
+                    down.add(notifier.name)
+                logs.event(log, "delivery_failed", logging.WARNING, notifier=notifier.name,
+                           kind=WRONG_NUMBER, error=type(exc).__name__, reason=str(exc)[:120])
+            except Exception as exc:
+                ok = False
+                logs.failure(f"handoff.notify.{notifier.name}", exc, kind=WRONG_NUMBER)
+        if ok:
+            self._ack(entry_id)
+            logs.event(log, "delivered", kind=WRONG_NUMBER, window=window)
         return ok
 
     def _reply(self, entry_id: Any, case: Case, message_id: str) -> bool:

@@ -42,6 +42,7 @@ def index() -> Any:
     lang = "en" if request.args.get("lang") == "en" else "ja"
     texts = {key.split(".", 1)[1]: services.pack.msg(key, lang)
              for key in services.pack.messages[lang] if key.startswith("web.")}
+    texts["wrong_number"] = services.pack.msg("wrong_number.button", lang)
     return render_template("index.html", t=texts, lang=lang)
 
 

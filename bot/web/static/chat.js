@@ -18,7 +18,7 @@
     if (last && log.children.length > 2) last.scrollIntoView({ block: "end" });
   }
 
-  function drawCard(c) {
+  function drawCard(c, urgent) {
     var d = el("div", "card");
     d.appendChild(el("h3", null, c.name));
     d.appendChild(el("p", null, c.summary));
@@ -33,6 +33,17 @@
                   var pm = el("p"); pm.appendChild(m); d.appendChild(pm); }
     if (c.url) { var u = el("a", null, T.open_site); u.href = c.url; u.rel = "noopener";
                  u.target = "_blank"; var pu = el("p"); pu.appendChild(u); d.appendChild(pu); }
+    if (c.tel && !urgent && T.wrong_number) {
+      // "This number did not work / was wrong": counted per window and sent to staff.
+      var w = el("button", "wrong", T.wrong_number);
+      w.type = "button";
+      w.addEventListener("click", function () {
+        w.disabled = true;
+        log.appendChild(el("div", "msg me", T.wrong_number));
+        send({ type: "tap", value: "wrong:" + c.id, state: null });
+      });
+      d.appendChild(w);
+    }
     return d;
   }
 
@@ -44,7 +55,7 @@
       } else if (r.type === "cards") {
         var box = el("section", "cards" + (r.urgent ? " urgent" : ""));
         box.appendChild(el("h2", null, r.title));
-        r.cards.forEach(function (c) { box.appendChild(drawCard(c)); });
+        r.cards.forEach(function (c) { box.appendChild(drawCard(c, r.urgent)); });
         log.appendChild(box);
       } else if (r.type === "question") {
         log.appendChild(el("div", "msg", r.text));
