@@ -137,9 +137,8 @@ class Followups:
                 try:
                     how = push(address, f"followup:{pid}:{record['d']}",
                                render(engine, [engine.entry_question(ASK_STATE, lang)], lang))
-                except Exception as exc:
-                    logs.event(log, "followup_pending", logging.WARNING,
-                               error=type(exc).__name__)
+                except Exception as exc:  # LINE down: the lease runs out, it is tried again
+                    logs.failure("followup.push", exc, logging.WARNING, pid=pid[:16])
                     continue
                 pipe = self.redis.pipeline(transaction=False)
                 pipe.delete(self.key(pid))

@@ -101,13 +101,7 @@ def saved(redis_client, key: str, present: bool = True) -> bool:
 
 
 def send_at(app, when) -> int:
-    dispatcher = dispatcher_of(app)
-    real = dispatcher.clock
-    dispatcher.clock = lambda: when
-    try:
-        return dispatcher.send_followups()
-    finally:
-        dispatcher.clock = real
+    return dispatcher_of(app).send_followups(now=when)
 
 
 def test_web_feedback_is_one_optional_tap_and_no_follow_up_offer(app, services, pack):

@@ -180,7 +180,7 @@ class Dispatcher:
                 logs.failure("line.dispatch", exc)
                 self._stop.wait(0.5)
 
-    def send_followups(self) -> int:
+    def send_followups(self, now: datetime | None = None) -> int:
         """Push the 3-day follow-ups that are due (bot.followup); leases keep threads and
         processes from sending one twice."""
         followups = getattr(self.conversations, "followups", None)
@@ -190,7 +190,7 @@ class Dispatcher:
         def push(user_id: str, event_id: str, messages: list[dict]) -> str:
             return self.api.deliver(user_id, event_id, None, 0.0, messages)
 
-        return followups.send_due(self.engine, push, line_messages, self.clock(),
+        return followups.send_due(self.engine, push, line_messages, now or self.clock(),
                                   figures=getattr(self.conversations, "figures", None))
 
     def poll_once(self) -> int:
