@@ -7,7 +7,9 @@ the application made (PEP 562 module __getattr__).
 from __future__ import annotations
 
 import hmac
+import os
 import sys
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import redis
@@ -59,9 +61,76 @@ def metrics_allowed(settings: Settings) -> bool:
     return request.remote_addr in LOOPBACK and not proxied
 
 
+def redis_answers(client: Any) -> bool:
+    try:
+        return bool(client.ping())
+    except (redis.RedisError, OSError):  # any failure to reach Redis means not ready
+        return False
+
+
+def ops_routes(app: Flask, settings: Settings, ready: Callable[[], dict[str, Any]]) -> None:
+    """/metrics, /healthz and /readyz (200 when every check is true, else 503 naming it)."""
+
+    @app.get("/metrics")
+    def metrics() -> Any:
+        if not metrics_allowed(settings):
+            abort(404)
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return generate_latest(), 200, {"Content-Type": CONTENT_TYPE_LATEST}
+
+    @app.get("/healthz")
+    def healthz() -> Any:
+        return jsonify({"status": "ok"})
+
+    @app.get("/readyz")
+    def readyz() -> Any:
+        checks = ready()
+        ok = all(checks.values())
+        return jsonify({"status": "ok" if ok else "unavailable", "checks": checks}), (
+            200 if ok else 503)
+
+
+def create_cities_app(settings: Settings, env: Mapping[str, str] | None = None,
+                      client: Any = None, start_workers: bool = True) -> Flask:
+    """TSUNAGU_TENANTS: every city's own app under /c/<city>/, LINE's shared /callback routed
+    by destination, and the operations endpoints at the root (bot/tenants.py)."""
+    from bot.tenants import CityDispatcher, disabled, load_cities
+    from bot.wiring import redis_client
+
+    logs.setup(settings.log_level)
+    env = os.environ if env is None else env
+    client = client if client is not None else redis_client(settings)
+    apps: dict[str, Flask] = {}
+    destinations: dict[str, str] = {}
+    for city in load_cities(settings, env):
+        try:
+            apps[city.id] = create_app(city.settings, build(city.settings, client=client),
+                                       start_workers)
+        except (SettingsError, PackError) as exc:
+            disabled(city.id, exc)
+            continue
+        if city.spec.line and city.spec.line.destination:
+            destinations[city.spec.line.destination] = city.id
+        logs.event(logs.get("server"), "city_ready", city=city.id, pack=city.settings.municipality)
+    root = Flask(__name__, static_folder=None)
+    root.config["MAX_CONTENT_LENGTH"] = MAX_BODY
+    root.after_request(secure_headers)
+    root.extensions["tsunagu_cities"] = apps
+
+    def ready() -> dict[str, Any]:
+        return {"redis": redis_answers(client), "cities": bool(apps)}
+
+    ops_routes(root, settings, ready)
+    root.wsgi_app = CityDispatcher(root.wsgi_app, apps, destinations)  # type: ignore[method-assign]
+    return root
+
+
 def create_app(settings: Settings | None = None, services: Services | None = None,
                start_workers: bool = True) -> Flask:
     settings = settings or Settings.from_env()
+    if settings.tenants_file and services is None:
+        return create_cities_app(settings, start_workers=start_workers)
     logs.setup(settings.log_level)
     services = services or build(settings)
     app = Flask(__name__, static_folder=None)
@@ -109,29 +178,10 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
                    note="SLACK_BOT_TOKEN/HANDOFF_WEBHOOK_URL unset: the talk-to-a-person "
                    "command gives phone numbers")
 
-    @app.get("/metrics")
-    def metrics() -> Any:
-        if not metrics_allowed(settings):
-            abort(404)
-        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+    def ready() -> dict[str, bool]:
+        return {"content": bool(services.pack.windows), "redis": redis_answers(services.redis)}
 
-        return generate_latest(), 200, {"Content-Type": CONTENT_TYPE_LATEST}
-
-    @app.get("/healthz")
-    def healthz() -> Any:
-        return jsonify({"status": "ok"})
-
-    @app.get("/readyz")
-    def readyz() -> Any:
-        checks = {"content": bool(services.pack.windows)}
-        try:
-            checks["redis"] = bool(services.redis.ping())
-        except (redis.RedisError, OSError):  # any failure to reach Redis means not ready
-            checks["redis"] = False
-        ok = all(checks.values())
-        return jsonify({"status": "ok" if ok else "unavailable", "checks": checks}), (
-            200 if ok else 503)
-
+    ops_routes(app, settings, ready)
     return app
 
 

@@ -145,6 +145,16 @@ def cmd_worker(args: argparse.Namespace) -> int:
         print(f"tsunagu: configuration error: {exc}", file=sys.stderr)
         return 2
     logs.setup(settings.log_level)
+    if settings.tenants_file:
+        import os
+
+        from bot.tenants import run_city_workers
+
+        try:
+            return run_city_workers(settings, os.environ, run_worker)
+        except SettingsError as exc:
+            print(f"tsunagu: configuration error: {exc}", file=sys.stderr)
+            return 2
     return run_worker(settings)
 
 

@@ -52,6 +52,7 @@ class Settings:
     cases_per_address_per_day: int = 5
     callback_refusals_per_minute: int = 30
     urgent_alert_interval_s: int = 600
+    tenants_file: str | None = None
 
     @property
     def secret_keys(self) -> tuple[str, ...]:
@@ -132,6 +133,9 @@ class Settings:
         if bool(line_secret) != bool(line_token):
             missing = "LINE_CHANNEL_ACCESS_TOKEN" if line_secret else "LINE_CHANNEL_SECRET"
             raise SettingsError(f"{missing}: required when the other LINE setting is set")
+        tenants = get("TSUNAGU_TENANTS")
+        if tenants is not None and not os.path.isfile(tenants):
+            raise SettingsError(f"TSUNAGU_TENANTS: no such file: {tenants[:80]!r}")
         def slack_users(name: str) -> tuple[str, ...]:
             ids = tuple(u.strip() for u in (get(name) or "").split(",") if u.strip())
             for user in ids:
@@ -178,5 +182,6 @@ class Settings:
             cases_per_address_per_day=integer("CASES_PER_ADDRESS_PER_DAY", 5, 1, 10_000),
             callback_refusals_per_minute=integer("CALLBACK_REFUSALS_PER_MINUTE", 30, 1, 100_000),
             urgent_alert_interval_s=integer("URGENT_ALERT_INTERVAL_SECONDS", 600, 0, 86_400),
+            tenants_file=tenants,
             staff_report_token=report_token,
         )

@@ -1,4 +1,4 @@
-// The web chat: sends taps and text to /api/chat and draws the channel-neutral replies.
+// The web chat: sends taps and text to api/chat (relative: a city may live under /c/<city>/) and draws the channel-neutral replies.
 // All wording comes from the page (the content pack); this file holds none.
 (function () {
   "use strict";
@@ -78,7 +78,7 @@
   }
 
   function send(body) {
-    return fetch("/api/chat", {
+    return fetch("api/chat", {
       method: "POST", credentials: "same-origin",
       headers: { "Content-Type": "application/json" }, body: JSON.stringify(body)
     }).then(function (r) {
@@ -103,7 +103,7 @@
   var cursor = 0;
   function poll() {
     if (document.visibilityState !== "visible") return;
-    fetch("/api/chat/poll?ack=" + cursor, { credentials: "same-origin" })
+    fetch("api/chat/poll?ack=" + cursor, { credentials: "same-origin" })
       .then(function (r) { return r.ok ? r.json() : { replies: [], cursor: cursor }; })
       .then(function (data) {
         if (data.cursor > cursor) {

@@ -1,0 +1,251 @@
+"""Several cities in one deployment (TSUNAGU_TENANTS): each city's web path, LINE channel and
+Slack channel reach only that city's pack, sessions and cases; a bad city stops only itself."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from urllib.parse import urlencode
+
+import pytest
+import yaml
+
+from bot.config import Settings, SettingsError
+from bot.tenants import read_tenants
+from tests import line_helpers as lh
+from tests.conftest import SECRET
+from tests.fakes.line_api import FakeLine
+from tests.fakes.line_api import serve as serve_line
+from tests.fakes.slack_api import FakeSlack
+from tests.fakes.slack_api import serve as serve_slack
+from tests.test_handoff_backend import signed
+
+KYOTO_BOT, NAGA_BOT = "U" + "1" * 32, "U" + "2" * 32
+SECRETS = {"KYOTO_LINE_SECRET": "kyoto-line-secret-0123456789",
+           "NAGA_LINE_SECRET": "nagaokakyo-line-secret-0123456789",
+           "KYOTO_SIGNING": "kyoto-slack-signing-0123456789",
+           "NAGA_SIGNING": "nagaokakyo-slack-signing-0123456789"}
+CHANNELS = {"kyoto": "CKYOTO001", "nagaokakyo": "CNAGAOKA1"}
+
+
+def tenants_yaml(path: Path, **broken: str) -> Path:
+    cities = []
+    for city, bot, secret, signing in (("kyoto", KYOTO_BOT, "KYOTO_LINE_SECRET", "KYOTO_SIGNING"),
+                                       ("nagaokakyo", NAGA_BOT, "NAGA_LINE_SECRET",
+                                        "NAGA_SIGNING")):
+        cities.append({
+            "id": city, "pack": broken.get(city, city),
+            "line": {"secret_env": secret, "token_env": "LINE_TOKEN", "destination": bot},
+            "slack": {"channel": CHANNELS[city], "token_env": "SLACK_TOKEN",
+                      "signing_secret_env": signing}})
+    path.write_text(yaml.safe_dump({"cities": cities}), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def fakes():
+    line, slack = FakeLine(), FakeSlack()
+    line_server, line_url = serve_line(line)
+    slack_server, slack_url = serve_slack(slack)
+    yield line, line_url, slack, slack_url
+    line_server.shutdown()
+    slack_server.shutdown()
+
+
+def make_app(tmp_path, redis_url, key_prefix, redis_client, fakes, env=None, **broken):
+    from server import create_cities_app
+
+    _line, line_url, slack, slack_url = fakes
+    settings = Settings(redis_url=redis_url, bot_secret_key=SECRET, key_prefix=key_prefix,
+                        line_api_base_url=line_url, slack_api_base_url=slack_url + "/",
+                        line_reclaim_idle_ms=500, lock_ms=5000,
+                        tenants_file=str(tenants_yaml(tmp_path / "tenants.yaml", **broken)))
+    env = {**SECRETS, "LINE_TOKEN": "tok", "SLACK_TOKEN": slack.token} if env is None else env
+    return create_cities_app(settings, env=env, client=redis_client)
+
+
+@pytest.fixture
+def cities(tmp_path, redis_url, key_prefix, redis_client, fakes):
+    app = make_app(tmp_path, redis_url, key_prefix, redis_client, fakes)
+    yield app, fakes
+    for city_app in app.extensions["tsunagu_cities"].values():
+        city_app.extensions["tsunagu_line"].stop()
+        handoff = city_app.extensions.get("tsunagu_handoff")
+        if handoff is not None:
+            handoff.stop()
+
+
+def chat(web, city: str, **body):
+    resp = web.post(f"/c/{city}/api/chat", json=body)
+    assert resp.status_code == 200, resp.get_data(as_text=True)
+    return resp.json["replies"]
+
+
+def walk_to_results(web, city: str, concern: str) -> list[dict]:
+    replies = chat(web, city, type="start")
+    for value in ("start", "self", "40_64", concern, "none", "skip", "phone"):
+        question = replies[-1]
+        if value == "skip" and question["state"] != "ward":
+            continue
+        replies = chat(web, city, type="tap", value=value, state=question["state"])
+    assert replies[-1]["state"] == "results"
+    return [c for r in replies if r["type"] == "cards" for c in r["cards"]]
+
+
+def test_each_city_has_its_own_page_and_windows(cities):
+    app, _ = cities
+    web = app.test_client()
+    kyoto, naga = web.get("/c/kyoto/"), web.get("/c/nagaokakyo/")
+    assert "京都市" in kyoto.get_data(as_text=True)
+    assert "長岡京市" in naga.get_data(as_text=True)
+    assert "京都市" not in naga.get_data(as_text=True)
+    assert web.get("/c/kyoto").status_code == 308
+    assert web.get("/c/kyoto").headers["Location"].endswith("/c/kyoto/")
+    assert web.get("/c/nagaokakyo/static/chat.js").status_code == 200
+    assert "/c/nagaokakyo/static/chat.js" in naga.get_data(as_text=True)
+    assert web.get("/c/osaka/").status_code == 404
+    assert web.get("/").status_code == 404  # no city at the root: nothing to guess
+    assert web.get("/readyz").json["checks"] == {"redis": True, "cities": True}
+    naga_ids = {c["id"] for c in walk_to_results(web, "nagaokakyo", "reoffending")}
+    kyoto_ids = {c["id"] for c in walk_to_results(web, "kyoto", "reoffending")}
+    assert "fukushi_nandemo" in naga_ids and "fukushi_nandemo" not in kyoto_ids
+    assert naga_ids.isdisjoint(kyoto_ids - {"yorisoi_hotline"})
+
+
+def test_one_resident_in_two_cities_has_two_separate_sessions(cities, redis_client,
+                                                              key_prefix):
+    app, _ = cities
+    web = app.test_client()  # one browser, one visitor cookie, two cities
+    chat(web, "kyoto", type="start")
+    chat(web, "kyoto", type="tap", value="start", state="welcome")
+    chat(web, "kyoto", type="tap", value="self", state="whose")
+    naga = chat(web, "nagaokakyo", type="start")
+    assert naga[-1]["state"] == "welcome" and "長岡京市" in naga[-1]["text"]
+    kyoto_again = chat(web, "kyoto", type="tap", value="skip", state="age")
+    assert kyoto_again[-1]["state"] == "concern"
+    keys = [k.decode() for k in redis_client.scan_iter(match=f"{key_prefix}:*", count=500)]
+    assert keys
+    assert all(k.startswith((f"{key_prefix}:kyoto:", f"{key_prefix}:nagaokakyo:"))
+               for k in keys), keys
+    # The same visitor has a different pseudonym in each city.
+    pids = {k.split("{")[1].split("}")[0] for k in keys if ":session" in k}
+    assert len(pids) == 2, keys
+
+
+def line_post(web, path: str, events: list[dict], secret: str, destination: str):
+    body = json.dumps({"destination": destination, "events": events}, ensure_ascii=False)
+    return web.post(path, data=body.encode(), content_type="application/json",
+                    headers={"X-Line-Signature": lh.sign(body, secret)})
+
+
+def test_a_signed_webhook_reaches_only_its_own_city(cities, redis_client, key_prefix):
+    app, (line, *_) = cities
+    web = app.test_client()
+    kyoto_secret, naga_secret = SECRETS["KYOTO_LINE_SECRET"], SECRETS["NAGA_LINE_SECRET"]
+    user = "U" + "ab" * 16
+    # Kyoto's channel, signed with Kyoto's secret, on another city's path or destination: 400.
+    assert line_post(web, "/c/nagaokakyo/callback", [lh.event("follow", user=user)],
+                     kyoto_secret, KYOTO_BOT).status_code == 400
+    assert line_post(web, "/callback", [lh.event("follow", user=user)],
+                     kyoto_secret, NAGA_BOT).status_code == 400
+    assert line_post(web, "/callback", [lh.event("follow", user=user)],
+                     kyoto_secret, "U" + "9" * 32).status_code == 404
+    def people(city: str) -> list[bytes]:  # keys of a person: sessions, inboxes, de-dup
+        return list(redis_client.scan_iter(match=f"{key_prefix}:{city}:{{*", count=500))
+
+    assert people("nagaokakyo") == []
+    # Each city's own: answered with its own pack, by path or by destination.
+    assert line_post(web, "/c/kyoto/callback", [lh.event("follow", user=user)],
+                     kyoto_secret, KYOTO_BOT).status_code == 200
+    assert line_post(web, "/callback", [lh.event("follow", user=user)],
+                     naga_secret, NAGA_BOT).status_code == 200
+    got = line.wait_for(2)
+    welcomes = [r.body["messages"][0]["text"] for r in got]
+    assert any("京都市" in w for w in welcomes) and any("長岡京市" in w for w in welcomes)
+    assert people("nagaokakyo") and people("kyoto")
+
+
+def click(web, city: str, action: str, number: str, secret: str):
+    payload = {"type": "block_actions", "user": {"id": "U0STAFFAAA"},
+               "channel": {"id": CHANNELS[city]},
+               "container": {"type": "message", "channel_id": CHANNELS[city]},
+               "actions": [{"type": "button", "action_id": action, "value": number,
+                            "block_id": f"case:{number}"}]}
+    body = urlencode({"payload": json.dumps(payload)})
+    return web.post(f"/c/{city}/slack/interactions", data=body, headers={
+        **signed(body, secret=secret), "Content-Type": "application/x-www-form-urlencoded"})
+
+
+def test_a_case_reaches_only_its_own_citys_staff(cities):
+    app, (_, _, slack, _) = cities
+    web = app.test_client()
+    walk_to_results(web, "nagaokakyo", "loneliness")
+    chat(web, "nagaokakyo", type="tap", value="cmd:human", state="results")
+    chat(web, "nagaokakyo", type="tap", value="agree", state="handoff_consent")
+    receipt = " ".join(r.get("text", "") for r in chat(web, "nagaokakyo", type="text",
+                                                       text="話を聞いてほしいです"))
+    number = next(w for w in receipt.replace("。", " ").split() if w.startswith("N-"))
+    naga = app.extensions["tsunagu_cities"]["nagaokakyo"].extensions["tsunagu_handoff"]
+    kyoto = app.extensions["tsunagu_cities"]["kyoto"].extensions["tsunagu_handoff"]
+    naga.start_thread()
+    kyoto.start_thread()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and naga.cases.get(number).slack_ts is None:
+        time.sleep(0.05)
+    posted = slack.posts(thread=False)
+    assert [p.body["channel"] for p in posted] == [CHANNELS["nagaokakyo"]]
+    assert kyoto.cases.get(number) is None
+    # Kyoto's staff cannot claim it: not through Kyoto's app, not with Kyoto's secret on
+    # Nagaokakyo's app.
+    click(web, "kyoto", "claim", number, SECRETS["KYOTO_SIGNING"])
+    assert click(web, "nagaokakyo", "claim", number,
+                 SECRETS["KYOTO_SIGNING"]).status_code == 401
+    assert naga.cases.get(number).status == "new"
+    assert click(web, "nagaokakyo", "claim", number,
+                 SECRETS["NAGA_SIGNING"]).status_code == 200
+    assert naga.cases.get(number).status == "claimed"
+
+
+def test_a_city_with_bad_configuration_stops_alone(tmp_path, redis_url, key_prefix,
+                                                   redis_client, fakes, caplog):
+    caplog.set_level(logging.INFO, logger="tsunagu")
+    _, _, slack, _ = fakes
+    env = {**SECRETS, "LINE_TOKEN": "tok", "SLACK_TOKEN": slack.token}
+    del env["NAGA_LINE_SECRET"]
+    app = make_app(tmp_path, redis_url, key_prefix, redis_client, fakes, env=env)
+    try:
+        web = app.test_client()
+        assert web.get("/c/nagaokakyo/").status_code == 404
+        assert "京都市" in web.get("/c/kyoto/").get_data(as_text=True)
+        lines = [r for r in caplog.records if r.getMessage() == "city_disabled"]
+        assert len(lines) == 1
+        fields = json.dumps(lines[0].__dict__, default=str)
+        assert "nagaokakyo" in fields and "NAGA_LINE_SECRET" in fields
+    finally:
+        for city_app in app.extensions["tsunagu_cities"].values():
+            city_app.extensions["tsunagu_line"].stop()
+
+
+def test_an_unknown_pack_stops_only_that_city(tmp_path, redis_url, key_prefix, redis_client,
+                                              fakes, caplog):
+    caplog.set_level(logging.INFO, logger="tsunagu")
+    app = make_app(tmp_path, redis_url, key_prefix, redis_client, fakes, kyoto="atlantis")
+    try:
+        assert list(app.extensions["tsunagu_cities"]) == ["nagaokakyo"]
+        lines = [r for r in caplog.records if r.getMessage() == "city_disabled"]
+        assert len(lines) == 1 and "kyoto" in json.dumps(lines[0].__dict__, default=str)
+    finally:
+        for city_app in app.extensions["tsunagu_cities"].values():
+            city_app.extensions["tsunagu_line"].stop()
+
+
+def test_a_malformed_tenants_file_stops_start_up_naming_the_variable(tmp_path):
+    path = tmp_path / "tenants.yaml"
+    path.write_text("cities:\n  - id: Kyoto City\n    pack: kyoto\n", encoding="utf-8")
+    assert Settings.from_env({"TSUNAGU_TENANTS": str(path)}).tenants_file == str(path)
+    with pytest.raises(SettingsError, match=r"^TSUNAGU_TENANTS: cities\.0\.id"):
+        read_tenants(path)
+    with pytest.raises(SettingsError, match=r"^TSUNAGU_TENANTS: no such file"):
+        Settings.from_env({"TSUNAGU_TENANTS": str(tmp_path / "missing.yaml")})
