@@ -14,7 +14,7 @@ from bot import figures
 from bot.followup import ASK_STATE
 from bot.service import utcnow
 from tests import line_helpers as lh
-from tests.test_figures import Web, around_today, totals
+from tests.test_figures import Web, around_today, settled, totals
 from tests.test_handoff_loop import loop_app as staff_loop_app
 
 USER = "U" + "f" * 32
@@ -158,7 +158,7 @@ def test_follow_up_is_scheduled_sent_once_and_answered(line_app, pack, redis_cli
     line.count = len(fake.delivered())
     state, _ = quick(line.tap(ASK_STATE, "reached"))
     assert state == "followup_thanks"
-    got = totals(services.figures.read(*around_today()))
+    got = settled(services.figures, ("followup_answer", "reached"), 1)
     assert got["followup_optin", "yes"] == 1 and got["feedback", "yes"] == 1
     assert got["followup_answer", "reached"] == 1
     # followup_sent lands on the (future) day it was sent.
@@ -248,5 +248,5 @@ def test_wrong_number_reaches_staff_once_a_day_per_window(loop_app, pack):
     text = notes[0].body["text"]
     assert pack.windows[window].name.ja in text and window in text
     assert line.user not in slack.everything()
-    got = totals(app.extensions["tsunagu"].figures.read(*around_today()))
+    got = settled(app.extensions["tsunagu"].figures, ("wrong_number", window), 2)
     assert got["wrong_number", window] == 2
