@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from bot.pack.hours import is_open
+from bot.pack.hours import is_open, next_opening
 from bot.pack.loader import Pack
 from bot.pack.models import WEEKDAYS, Hours, Lang, Window
 from bot.replies import Card
@@ -34,27 +34,59 @@ def hours_text(pack: Pack, hours: Hours, lang: Lang) -> str:
         parts = [pack.msg("hours.period", lang).format(
                     days=_days_text(pack, p.days, lang), start=_clock(p.start),
                     end=_clock(p.end)) for p in hours.weekly]
+        for m in hours.monthly:
+            key = "hours.monthly_next_day" if m.next_day else "hours.monthly"
+            parts.append(pack.msg(key, lang).format(day=m.day, start=_clock(m.start),
+                                                    end=_clock(m.end)))
         text = pack.msg("hours.period_separator", lang).join(parts)
-        if hours.holidays == "closed" and hours.closed_dates:
-            text += pack.msg("hours.closed_holidays_and_new_year", lang)
-        elif hours.holidays == "closed":
-            text += pack.msg("hours.closed_holidays", lang)
+        if hours.weekly and hours.holidays == "closed":
+            key = "closed_holidays_and_new_year" if hours.closed_dates else "closed_holidays"
+            text += pack.msg(f"hours.{key}", lang)
     if hours.note:
         text += " " + hours.note.get(lang)
     return text
 
 
-def card(pack: Pack, window: Window, lang: Lang, now: datetime) -> Card:
+def opens_text(pack: Pack, opening: datetime, lang: Lang) -> str:
+    """When a closed line opens next, e.g. "11月24日（火）16:00から"."""
+    weekday = pack.msg(f"hours.day.{WEEKDAYS[opening.weekday()]}", lang)
+    return pack.msg("hours.opens_at", lang).format(
+        month=opening.month, day=opening.day, weekday=weekday,
+        time=f"{opening.hour}:{opening.minute:02d}")
+
+
+def status_text(pack: Pack, hours: Hours, lang: Lang, now: datetime,
+                open_now: bool | None = None) -> str:
+    """「いま受付中」, or 「受付時間外」 with when it opens next (within a month)."""
+    if open_now is None:
+        open_now = is_open(hours, now)
+    if open_now:
+        return pack.msg("hours.status_open", lang)
+    opening = next_opening(hours, now)
+    if opening is None:
+        return pack.msg("hours.status_closed", lang)
+    return pack.msg("hours.status_closed_until", lang).format(
+        opens=opens_text(pack, opening, lang))
+
+
+def card(pack: Pack, window: Window, lang: Lang, now: datetime,
+         live: bool = False) -> Card:
+    """A window as a card. `live` marks 24-hour lines 「いま受付中」 too (crisis replies, where
+    what matters is that the line answers now), instead of 「いつでも受付」."""
     open_now = is_open(window.hours, now) if window.hours else None
     if window.hours is None:
         status = None
-    elif window.hours.always:
+    elif window.hours.always and not live:
         status = pack.msg("hours.status_always", lang)
     else:
-        status = pack.msg("hours.status_open" if open_now else "hours.status_closed", lang)
+        status = status_text(pack, window.hours, lang, now, open_now)
+    summary = window.summary.get(lang)
+    if window.address is not None:
+        summary += "\n" + pack.msg("card.address", lang).format(
+            address=window.address.get(lang))
     return Card(
         id=window.id, kind=window.kind, name=window.name.get(lang),
-        summary=window.summary.get(lang), phone=window.phone, tel=window.tel,
+        summary=summary, phone=window.phone, tel=window.tel,
         hours=hours_text(pack, window.hours, lang) if window.hours else None,
         open_now=open_now, status=status, url=window.url, mail=window.mail,
     )

@@ -78,6 +78,17 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_windows(args: argparse.Namespace) -> int:
+    from bot.pack import load_pack
+    from bot.pack.audit import report
+
+    if not args.check:
+        print("usage: python -m bot windows --check [--pack PACK]", file=sys.stderr)
+        return 2
+    sys.stdout.write(report(load_pack(args.pack)))
+    return 0
+
+
 def cmd_graph(args: argparse.Namespace) -> int:
     from bot.flows import load_flows
     from bot.graph import mermaid
@@ -204,6 +215,11 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("validate", help="check a content pack and the flows; non-zero on error")
     p.add_argument("pack", nargs="?", help="a pack name or folder (default: every pack)")
     p.set_defaults(func=cmd_validate)
+    p = sub.add_parser("windows", help="list windows and lines with source and confirmed date")
+    p.add_argument("--check", action="store_true",
+                   help="every window and line, oldest confirmation first")
+    p.add_argument("--pack", default=default_pack_name())
+    p.set_defaults(func=cmd_windows)
     p = sub.add_parser("graph", help="write the flows as a Mermaid diagram")
     p.add_argument("--pack", default=default_pack_name())
     p.add_argument("--lang", default="ja", choices=["ja", "en"])

@@ -86,6 +86,9 @@ class Step:
     relay: str | None = None
     urgent: bool = False
     forget: bool = False
+    reveal: bool = False  # show what the neutral notices stood for (bot.phonesafe)
+    unseen: list[tuple[str, str]] = field(default_factory=list)  # what a notice stands for
+    quick_exit: bool = False  # the web page may leave for a neutral site and clear itself
 
 
 @dataclass(frozen=True)
@@ -250,6 +253,9 @@ class Engine:
                 break  # the full category list: its own yes/no/other are for the guesses
             if choice.command == "resume" and not session.resume:
                 continue
+            if choice.command == "direct_on" and session.direct:
+                opts.append(self.command_option("direct_off", session))
+                continue
             value = f"{CMD_PREFIX}{choice.command}" if choice.command else choice.value
             opts.append(Option(value, self.t(choice.label, session), spec=choice,
                                command=choice.command))
@@ -268,6 +274,9 @@ class Engine:
         if session.crisis:
             human = self.command_option("human", session)
             extra = [human] if all(o.command != "human" for o in self.options(session)) else []
+        if session.unseen:  # a neutral notice is waiting to be opened (bot.phonesafe)
+            extra.append(Option(f"{CMD_PREFIX}reveal", self.t("notice.open", session),
+                                command="reveal"))
         opts = self.options(session, reserve=len(extra)) + extra
         state = self.flow.states[session.state]
         text = self._triage_prompt(session) if state.kind == TRIAGE else self.t(state.prompt,
@@ -293,9 +302,10 @@ class Engine:
                        flags=frozenset(session.flags), ward=get("ward"), contact=get("contact"))
 
     def cards(self, title: str, windows: list[Window], session: Session, now: datetime,
-              urgent: bool = False) -> Cards:
+              urgent: bool = False, live: bool = False) -> Cards:
         return Cards(title=self.t(title, session), urgent=urgent,
-                     cards=[card(self.pack, w, session.lang, now) for w in windows[:MAX_CARDS]])
+                     cards=[card(self.pack, w, session.lang, now, live=live)
+                            for w in windows[:MAX_CARDS]])
 
     # -- the step ------------------------------------------------------------------------
     def step(self, session: Session | None, incoming: Incoming, now: datetime,
@@ -427,7 +437,7 @@ class Engine:
     def _command_of(self, incoming: Incoming) -> str | None:
         if incoming.kind == "tap" and incoming.value.startswith(CMD_PREFIX):
             command = incoming.value[len(CMD_PREFIX):]
-            known = {c.id for c in self.flow.commands} | {"lang_switch", "resume"}
+            known = {c.id for c in self.flow.commands} | {"lang_switch", "resume", "reveal"}
             return command if command in known else None
         if incoming.kind == "text":
             return self.command_words.get(normalize(incoming.value))
@@ -688,11 +698,20 @@ class Engine:
         session = out.session
         assert session is not None
         session.crisis = kind
-        lines = self.pack.crisis_lines(kind)
+        lines = self.crisis_lines(kind, now)
         out.replies.append(Text(text=self.t(f"crisis.lead.{kind}", session), urgent=True))
-        out.replies.append(self.cards("crisis.title", lines, session, now, urgent=True))
+        out.replies.append(self.cards("crisis.title", lines, session, now, urgent=True,
+                                      live=True))
         out.replies.append(Text(text=self.t("crisis.after", session), urgent=True))
         out.events.append(f"crisis:{kind}")
+
+    def crisis_lines(self, kind: str, now: datetime) -> list[Window]:
+        """The crisis lines by the clock: those open now first (the 24-hour lines always are),
+        then those closed now, which the cards mark with when they open. A line whose hours
+        are unknown (it connects to a local office with its own hours) is left out: nobody in
+        crisis should dial a number that may not answer."""
+        lines = [w for w in self.pack.crisis_lines(kind) if w.hours is not None]
+        return sorted(lines, key=lambda w: not is_open(w.hours, now))  # stable: keeps rank
 
     def _event(self, out: Step, incoming: Incoming, now: datetime, is_new: bool) -> Step:
         session = out.session
@@ -734,6 +753,25 @@ class Engine:
             if self.handoff:  # honest about what this cannot delete
                 out.replies.append(Text(text=self.t("forget_staff.kept", fresh)))
             out.replies.append(self.ask(fresh))
+        elif command == "quick_exit":
+            # Like データを消す, at once and for everything: the caller deletes the session and
+            # the open case's address (`forget`); the reply says how to clear the phone.
+            fresh = self.new_session(session.lang)
+            out.session = None
+            out.forget = out.quick_exit = True
+            out.replies.append(Text(text=self.t("quick_exit.done", fresh)))
+            out.replies.append(Question(
+                text=self.t("quick_exit.next", fresh), state=fresh.state,
+                choices=[Choice(label=o.label, value=o.value)
+                         for o in (self.command_option("restart", fresh),)]))
+        elif command == "reveal":
+            # The service puts the waiting staff messages before this (bot.phonesafe.reveal).
+            out.reveal = True
+            out.replies.append(self.ask(session))
+        elif command in ("direct_on", "direct_off"):
+            session.direct = command == "direct_on"
+            out.replies.append(Text(text=self.t(f"phonesafe.{command}_done", session)))
+            out.replies.append(self.ask(session))
         elif command in ("help", "privacy"):
             out.replies.append(Text(text=self.t(f"{command}.body", session)))
             out.replies.append(self.ask(session))
@@ -893,11 +931,24 @@ class Engine:
         current = session.clone() if session is not None else self.new_session(
             incoming.lang or "ja")
         if incoming.kind == "staff":
-            return Step(session=session.clone() if session is not None else None,
-                        replies=self.staff_reply(current, incoming.value),
-                        events=["handoff:staff"])
-        fresh, replies = self.close_case(current, expired=incoming.value == "case_expired")
-        return Step(session=fresh, replies=replies, events=[f"handoff:{incoming.value}"])
+            if current.direct:
+                return Step(session=session.clone() if session is not None else None,
+                            replies=self.staff_reply(current, incoming.value),
+                            events=["handoff:staff"])
+            # Phone-safe (issue 11): a neutral notice; the text waits for 「ひらく」.
+            current.unseen = True
+            return Step(session=current if session is not None else None,
+                        replies=self.notice(current), events=["handoff:staff", "notice"],
+                        unseen=[("staff", incoming.value)])
+        expired = incoming.value == "case_expired"
+        fresh, replies = self.close_case(current, expired=expired)
+        step = Step(session=fresh, replies=replies, events=[f"handoff:{incoming.value}"])
+        if not current.direct:
+            fresh.unseen = True
+            step.replies, step.unseen = self.notice(fresh), [
+                ("expired" if expired else "closed", "")]
+            step.events.append("notice")
+        return step
     def case_refused(self, step: Step, now: datetime) -> None:
         """Too many cases from one address: no case; the phone windows instead, after any
         crisis reply — never a dead end."""
@@ -914,6 +965,25 @@ class Engine:
         """A staff answer, as the resident sees it: prefixed, with a way on."""
         return [Text(text=self.t("handoff.staff_prefix", session) + text), self.ask(session)]
 
+    def notice(self, session: Session) -> list[Reply]:
+        """The neutral notice that stands for a staff message on the phone (issue 11): nothing
+        an onlooker could read into; tapping 「ひらく」 shows the content, by reply."""
+        return [Question(text=self.t("notice.text", session), state=session.state,
+                         choices=[Choice(label=self.t("notice.open", session),
+                                         value=f"{CMD_PREFIX}reveal")])]
+
+    def revealed(self, session: Session, items: list[tuple[str, str]]) -> list[Reply]:
+        """What neutral notices stood for, in order: staff messages, the end of the case."""
+        replies: list[Reply] = []
+        for kind, text in items:
+            if kind == "staff":
+                replies.append(Text(text=self.t("handoff.staff_prefix", session) + text))
+            elif kind in ("closed", "expired"):
+                replies.append(Text(text=self.t(f"handoff.{kind}", session)))
+        if not replies:
+            replies.append(Text(text=self.t("notice.none", session)))
+        return replies
+
     def close_case(self, session: Session,
                    expired: bool = False) -> tuple[Session, list[Reply]]:
         """Staff resolved the case (or it expired unanswered): tell the resident, and how to
@@ -921,6 +991,7 @@ class Engine:
         says nothing of what the conversation was about."""
         fresh = self.new_session(session.lang)
         fresh.rate_minute, fresh.rate_count = session.rate_minute, session.rate_count
+        fresh.direct, fresh.unseen = session.direct, session.unseen
         replies: list[Reply] = [
             Text(text=self.t("handoff.expired" if expired else "handoff.closed", fresh)),
             Question(text=self.t("stop.next", fresh), state=fresh.state,

@@ -18,7 +18,7 @@ from typing import Any
 
 import redis
 
-from bot import logs, metrics
+from bot import logs, metrics, phonesafe
 from bot.engine import Engine, Incoming, Step
 from bot.figures import Figures, tokyo_day
 from bot.followup import Followups
@@ -175,6 +175,7 @@ class Conversations:
     # -- side effects, in their fixed order --------------------------------------------------
 
     def _effects(self, event: Event, step: Step) -> None:
+        phonesafe.effects(self.cases, self.store, self.engine, event.pid, event.event_id, step)
         if self.cases is None:
             return
         if step.handoff is not None:

@@ -29,7 +29,7 @@ return 0
 
 
 # What a person may have in Redis that a rotation must not orphan.
-LIVE_KEYS = ("session", "case", "line:inbox", "outbox")
+LIVE_KEYS = ("session", "case", "line:inbox", "outbox", "unseen")
 
 
 def pseudonym(secret: str, channel: str, user_id: str) -> str:
@@ -95,12 +95,14 @@ class SessionStore:
 
     def save(self, pid: str, session: Session | None) -> None:
         if session is None:
-            self.redis.delete(self.key(pid, "session"), self.key(pid, "outbox"))
+            self.redis.delete(self.key(pid, "session"), self.key(pid, "outbox"),
+                              self.key(pid, "unseen"))
         else:
             self.redis.set(self.key(pid, "session"), session.dumps(), ex=self.ttl)
 
     def delete(self, pid: str) -> None:
-        self.redis.delete(self.key(pid, "session"), self.key(pid, "outbox"))
+        self.redis.delete(self.key(pid, "session"), self.key(pid, "outbox"),
+                          self.key(pid, "unseen"))
 
     def lock_and_load(self, pid: str, token: str, wait_s: float = 5.0,
                       also: Callable[[Any], None] | None = None,
@@ -135,7 +137,8 @@ class SessionStore:
         if turn.changed:
             if turn.session is None:
                 # Delete-my-data / unfollow: the session and whatever waits for the person.
-                pipe.delete(session_key, self.key(pid, "outbox"), self.key(pid, "outbox:n"))
+                pipe.delete(session_key, self.key(pid, "outbox"), self.key(pid, "outbox:n"),
+                            self.key(pid, "unseen"))
             else:
                 pipe.set(session_key, turn.session.dumps(), ex=self.ttl)
         if also:

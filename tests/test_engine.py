@@ -75,7 +75,7 @@ def test_questionnaire_to_results(walker: Walker):
     assert walker.session.answers["whose"] == "family"
     assert walker.session.flags == ["hiki_long", "not_open"]
     assert [c.value for c in walker.question.choices] == [
-        "yes", "no", "unsure", "cmd:human", "cmd:restart", "cmd:directory"]
+        "yes", "no", "unsure", "cmd:human", "cmd:restart", "cmd:directory", "cmd:quick_exit"]
 
 
 def test_free_text_matches_a_choice_when_clear(walker: Walker):

@@ -82,7 +82,8 @@ def dispatcher_of(app):
 
 def opt_in(line: Line) -> None:
     assert quick(line.to_results()) == ("results", ["yes", "no", "unsure", "cmd:human",
-                                                    "cmd:restart", "cmd:directory"])
+                                                    "cmd:restart", "cmd:directory",
+                                                    "cmd:quick_exit"])
     state, values = quick(line.tap("results", "yes"))
     assert (state, values) == ("followup_offer", ["yes", "no"])
     state, _ = quick(line.tap("followup_offer", "yes"))

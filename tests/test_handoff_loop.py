@@ -103,6 +103,9 @@ def test_whole_loop_over_the_web_chat(loop_app, caplog):
     assert wait(lambda: handoff.cases.get(number).slack_ts is not None)
     root = slack.posts(thread=False)[0]
     assert number in json.dumps(root.body, ensure_ascii=False)
+    # This resident chooses staff messages in full (the default, a neutral notice first, is
+    # tested in tests/test_phonesafe.py).
+    web.post("/api/chat", json={"type": "tap", "value": "cmd:direct_on", "state": "handoff_open"})
     # Staff answer in the thread → the page receives 「相談員より: …」.
     assert staff_reply(app, slack, number, "お話を聞かせてください", 1).status_code == 200
     poller = Poller(web)
@@ -154,6 +157,9 @@ def test_whole_loop_over_line_and_no_raw_id_anywhere(loop_app, caplog, redis_cli
     number = receipt.split("受付番号は ")[1][:6]
     handoff = app.extensions["tsunagu_handoff"]
     assert wait(lambda: handoff.cases.get(number).slack_ts is not None)
+    # Staff messages in full, by the resident's choice (default: tests/test_phonesafe.py).
+    send(lh.tap("handoff_open", "cmd:direct_on", user=RAW_LINE_ID))
+    assert len(line.wait_for(12)) == 12
     # Staff → resident by LINE push, prefixed.
     assert staff_reply(app, slack, number, "はじめまして。担当の者です", 1).status_code == 200
     assert wait(lambda: any(r.path.endswith("/push") for r in line.delivered()))

@@ -49,7 +49,7 @@ def test_full_questionnaire_over_line(line_app):
             for b in (bub.get("footer") or {}).get("contents", [])]
     assert any(u.startswith("tel:") for u in uris)
     assert last_quick_values(got[-1]) == ["yes", "no", "unsure", "cmd:human", "cmd:restart",
-                                        "cmd:directory"]
+                                        "cmd:directory", "cmd:quick_exit"]
 
 
 def test_question_numbers_let_pc_users_type(line_app):

@@ -117,8 +117,9 @@ def test_each_city_has_its_own_page_and_windows(cities):
 def test_one_resident_in_two_cities_has_two_separate_sessions(cities, redis_client,
                                                               key_prefix):
     app, _ = cities
-    web = app.test_client()  # one browser, one visitor cookie, two cities
-    chat(web, "kyoto", type="start")
+    web = app.test_client()  # one browser, two cities: a cookie for each city's path
+    first = web.post("/c/kyoto/api/chat", json={"type": "start"})
+    assert "Path=/c/kyoto/" in first.headers["Set-Cookie"]
     chat(web, "kyoto", type="tap", value="start", state="welcome")
     chat(web, "kyoto", type="tap", value="self", state="whose")
     naga = chat(web, "nagaokakyo", type="start")
@@ -129,9 +130,14 @@ def test_one_resident_in_two_cities_has_two_separate_sessions(cities, redis_clie
     assert keys
     assert all(k.startswith((f"{key_prefix}:kyoto:", f"{key_prefix}:nagaokakyo:"))
                for k in keys), keys
-    # The same visitor has a different pseudonym in each city.
+    # Two conversations, two pseudonyms (each city keys its own).
     pids = {k.split("{")[1].split("}")[0] for k in keys if ":session" in k}
     assert len(pids) == 2, keys
+    # And the same platform id has a different pseudonym in each city.
+    services = {c: a.extensions["tsunagu"] for c, a in app.extensions["tsunagu_cities"].items()}
+    user = "U" + "ab" * 16
+    assert (services["kyoto"].conversations.pseudonym("line", user)
+            != services["nagaokakyo"].conversations.pseudonym("line", user))
 
 
 def line_post(web, path: str, events: list[dict], secret: str, destination: str):

@@ -10,9 +10,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 FLOWS_DIR = Path(__file__).resolve().parent
 COMMANDS = ("restart", "stop", "help", "directory", "lang_en", "lang_ja", "lang_switch",
-            "forget", "privacy", "human", "resume")
+            "forget", "privacy", "human", "resume", "quick_exit", "reveal", "direct_on",
+            "direct_off")
 CommandId = Literal["restart", "stop", "help", "directory", "lang_en", "lang_ja", "lang_switch",
-                    "forget", "privacy", "human", "resume"]
+                    "forget", "privacy", "human", "resume", "quick_exit", "reveal", "direct_on",
+                    "direct_off"]
 
 
 class Spec(BaseModel):

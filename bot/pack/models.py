@@ -7,6 +7,7 @@ so a maintainer can check it against where it came from.
 from __future__ import annotations
 
 import re
+from datetime import date
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -22,7 +23,8 @@ Channel = Literal["phone", "mail", "visit", "home_visit", "chat", "web"]
 # Dialable forms in Japan: area-coded numbers, free dial / navi dial, # short numbers, 3-digit
 # emergency and abuse numbers. Anything else is a typo or a number written without area code.
 PHONE_RE = re.compile(
-    r"^(0\d{1,4}-\d{1,4}-\d{3,4}|0120-\d{2,3}-\d{3,4}|0570-\d{2,3}-\d{3,4}|#\d{4}|1\d{2})$"
+    r"^(0\d{1,4}-\d{1,4}-\d{3,4}|0120-\d{2,3}-\d{3,4}|0120-\d-\d{5}|0570-\d{2,3}-\d{3,4}"
+    r"|#\d{4}|1\d{2})$"
 )
 HHMM_RE = re.compile(r"^([01]\d|2[0-4]):[0-5]\d$")
 MMDD_RE = re.compile(r"^(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])$")
@@ -62,11 +64,40 @@ class Period(Strict):
         return self
 
 
+class MonthlyPeriod(Strict):
+    """A day of every month, e.g. the 10th from 8:00 to 8:00 the next day (`next_day: true`).
+
+    Monthly periods are kept whatever the weekday, holidays or closed dates: they are the
+    extra hours a line adds on that day of the month.
+    """
+
+    day: int = Field(ge=1, le=31)
+    start: str
+    end: str
+    next_day: bool = False
+
+    @field_validator("start", "end")
+    @classmethod
+    def _hhmm(cls, value: str) -> str:
+        if not HHMM_RE.match(value):
+            raise ValueError(f"time {value!r} is not HH:MM")
+        return value
+
+    @model_validator(mode="after")
+    def _order(self) -> MonthlyPeriod:
+        if not self.next_day and self.start >= self.end:
+            raise ValueError(f"period starts at {self.start} but ends at {self.end} "
+                             "(say next_day: true if it ends the next day)")
+        return self
+
+
 class Hours(Strict):
-    """Opening hours in Asia/Tokyo. `always` means every day, all day (24-hour lines)."""
+    """Opening hours in Asia/Tokyo. `always` means every day, all day (24-hour lines);
+    `weekly` periods by weekday; `monthly` periods on a day of every month."""
 
     always: bool = False
     weekly: list[Period] = Field(default_factory=list)
+    monthly: list[MonthlyPeriod] = Field(default_factory=list)
     holidays: Literal["closed", "open"] = "closed"
     closed_dates: list[str] = Field(default_factory=list)
     note: I18n | None = None
@@ -82,8 +113,9 @@ class Hours(Strict):
 
     @model_validator(mode="after")
     def _some_hours(self) -> Hours:
-        if self.always == bool(self.weekly):
-            raise ValueError("hours need either always: true or a weekly list, not both")
+        if self.always == bool(self.weekly or self.monthly):
+            raise ValueError("hours need either always: true or weekly/monthly periods, "
+                             "not both")
         return self
 
 
@@ -103,11 +135,22 @@ class Window(Strict):
     phone: str | None = None
     mail: str | None = None
     url: str | None = None
+    address: I18n | None = None
     hours: Hours | None = None
     ward: str | None = None
     rank: int = 0
     crisis: list[str] = Field(default_factory=list)
     source: str = Field(min_length=3)
+    # The day someone last checked phone, hours and address against `source` (for seeds: the
+    # seed's own date). `python -m bot windows --check` lists the oldest first.
+    confirmed: date | None = None
+    # For staff only (never rendered to a resident): caveats, what to re-check.
+    note: str | None = None
+
+    @property
+    def reachable(self) -> bool:
+        """Can a resident who is shown this window reach it? (phone, mail, web or address)"""
+        return bool(self.phone or self.mail or self.url or self.address)
 
     @field_validator("id")
     @classmethod

@@ -158,9 +158,15 @@ def _answer(step: Step, cookie: str | None = None) -> Any:
     """The replies as JSON; the visitor cookie (re-signed with the newest key) when one is
     kept — an over-limit answer sets none, since nothing was stored for it."""
     replies: list[Reply] = step.replies
-    resp = make_response(jsonify({"replies": [r.model_dump() for r in replies]}))
+    body: dict[str, Any] = {"replies": [r.model_dump() for r in replies]}
+    if step.quick_exit:  # 「けす」: the page may leave for a neutral site and clear itself
+        body["exit"] = True
+    resp = make_response(jsonify(body))
     if cookie is not None:
+        # Scoped to the city's path (/c/<city>/ when one server hosts several cities): each
+        # city signs its own cookie, so one city's must not overwrite another's.
         resp.set_cookie(COOKIE, cookie, max_age=COOKIE_AGE, httponly=True, samesite="Strict",
-                        secure=request.is_secure)  # is_secure sees the TLS proxy via ProxyFix
+                        secure=request.is_secure,  # is_secure sees the TLS proxy via ProxyFix
+                        path=request.script_root + "/")
     resp.headers["Cache-Control"] = "no-store"
     return resp
