@@ -42,6 +42,12 @@ class Settings:
     lock_ms: int = 30_000
     slack_staff_users: tuple[str, ...] = ()
     slack_lead_users: tuple[str, ...] = ()
+    # --- Redis Cluster and durability (issue 13) ---
+    redis_cluster: bool | None = None    # None: ask the server on connect
+    stream_shards: int = 4
+    redis_wait_replicas: int | None = None   # None: 1 when the primaries have replicas
+    redis_wait_ms: int = 200
+    redis_wait_refuse: bool = False      # no replica acknowledged in time: 500 (LINE redelivers)
     staff_report_token: str | None = None
     previous_secret_keys: tuple[str, ...] = ()
     trusted_proxies: int = 0
@@ -52,6 +58,7 @@ class Settings:
     cases_per_address_per_day: int = 5
     callback_refusals_per_minute: int = 30
     urgent_alert_interval_s: int = 600
+    queue_backlog_alert: int = 1000
     tenants_file: str | None = None
 
     @property
@@ -143,6 +150,13 @@ class Settings:
                     raise SettingsError(f"{name}: not a Slack user id: {user[:20]!r}")
             return ids
 
+        def flag(name: str, choices: dict[str, bool | None]) -> bool | None:
+            raw = (get(name) or "").lower()
+            if raw not in choices:
+                raise SettingsError(f"{name}: must be one of {', '.join(sorted(choices))}")
+            return choices[raw]
+
+        wait_replicas = get("REDIS_WAIT_REPLICAS")
         log_level = (get("LOG_LEVEL") or "INFO").upper()
         if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise SettingsError(f"LOG_LEVEL: must be DEBUG, INFO, WARNING or ERROR: {log_level!r}")
@@ -172,6 +186,14 @@ class Settings:
             lock_ms=integer("PERSON_LOCK_MS", 30_000, 500, 600_000),
             slack_staff_users=slack_users("SLACK_STAFF_USERS"),
             slack_lead_users=slack_users("SLACK_LEAD_USERS"),
+            redis_cluster=flag("REDIS_CLUSTER", {"": None, "auto": None, "1": True, "yes": True,
+                                                 "0": False, "no": False}),
+            stream_shards=integer("STREAM_SHARDS", 4, 1, 64),
+            redis_wait_replicas=(None if wait_replicas in (None, "auto")
+                                 else integer("REDIS_WAIT_REPLICAS", 0, 0, 5)),
+            redis_wait_ms=integer("REDIS_WAIT_MS", 200, 1, 5000),
+            redis_wait_refuse=bool(flag("REDIS_WAIT_TIMEOUT", {"": False, "accept": False,
+                                                               "refuse": True})),
             previous_secret_keys=previous,
             trusted_proxies=integer("TRUSTED_PROXIES", 0, 0, 5),
             metrics_token=metrics_token,
@@ -182,6 +204,7 @@ class Settings:
             cases_per_address_per_day=integer("CASES_PER_ADDRESS_PER_DAY", 5, 1, 10_000),
             callback_refusals_per_minute=integer("CALLBACK_REFUSALS_PER_MINUTE", 30, 1, 100_000),
             urgent_alert_interval_s=integer("URGENT_ALERT_INTERVAL_SECONDS", 600, 0, 86_400),
+            queue_backlog_alert=integer("QUEUE_BACKLOG_ALERT", 1000, 1, 10_000_000),
             tenants_file=tenants,
             staff_report_token=report_token,
         )

@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import time
 from collections.abc import Callable
 from contextvars import ContextVar
 
 import redis
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
+
+from bot import logs
 
 # The address tag of the web request being answered, so that CaseStore.open can count the
 # cases one address opens (LINE requests carry none: one LINE account is one person).
@@ -73,3 +76,29 @@ class Limits:
         except redis.RedisError:
             return False
         return raw is not None and int(raw) >= limit
+
+
+QUEUE_BACKLOG = Gauge("tsunagu_queue_backlog", "Entries waiting in a queue stream", ["queue"])
+_log = logs.get("limits")
+
+
+class Backlog:
+    """The length of a queue stream, watched instead of trimmed.
+
+    Our streams hold only undelivered work (an entry is deleted when it is acknowledged), so
+    XADD MAXLEN would silently drop a case or a resident's message while, say, Slack refuses
+    our token. Growth is bounded upstream (per-address and per-person limits); here it is made
+    visible: a gauge, and one ERROR log line a minute while the length is past `alert_at` —
+    the dead-letter alarm an operator acts on.
+    """
+
+    def __init__(self, queue: str, alert_at: int = 1000):
+        self.queue = queue
+        self.alert_at = alert_at
+        self._throttle = logs.Throttle(60.0)
+
+    def note(self, length: int) -> None:
+        QUEUE_BACKLOG.labels(self.queue).set(length)
+        if length >= self.alert_at and self._throttle.ready():
+            logs.event(_log, "queue_backlog", logging.ERROR, queue=self.queue, length=length,
+                       alert_at=self.alert_at)

@@ -16,19 +16,18 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-import redis
-
 from bot import logs, metrics, phonesafe
 from bot.engine import Engine, Incoming, Step
 from bot.figures import Figures, tokyo_day
 from bot.followup import Followups
 from bot.handoff.cases import TooManyCases
 from bot.ports import Cases, Deliver, Event
+from bot.redisconn import UNAVAILABLE
 from bot.replies import Text
 from bot.store import LockTimeout, SessionStore, Turn
 
 log = logs.get("conversation")
-REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError, LockTimeout)
+REDIS_DOWN = (*UNAVAILABLE, LockTimeout)
 NUMBER_TRIES = 8
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from linebot.v3 import WebhookParser
 
@@ -13,10 +15,37 @@ from bot.channels.line_api import LineApi
 from bot.channels.line_queue import Dispatcher, LineQueue
 from bot.crypto import Sealer
 from bot.engine import Engine
+from bot.redisconn import ReplicaWait
 from bot.service import Conversations
 
 if TYPE_CHECKING:
     from bot.wiring import Services
+
+
+class DegradedAnswers:
+    """Answers LINE events while Redis is down, off the webhook's thread — but bounded: at
+    most `workers` threads, at most `backlog` webhooks waiting. Past that the webhook's own
+    thread answers (the server's thread count bounds those), never a new thread per webhook."""
+
+    def __init__(self, workers: int = 4, backlog: int = 64):
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="line-degraded")
+        self._slots = threading.BoundedSemaphore(backlog)
+
+    def submit(self, answer: Callable[..., None], *args: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            answer(*args)
+            return
+
+        def run() -> None:
+            try:
+                answer(*args)
+            finally:
+                self._slots.release()
+
+        self._pool.submit(run)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 @dataclass
@@ -31,9 +60,11 @@ class LineChannel:
     clock: Callable[[], datetime]
     max_event_age_s: int = 3600   # older webhook events are ignored (replays)
     refusals_per_minute: int = 30  # unsigned/forged requests per address before 429
+    degraded: DegradedAnswers = field(default_factory=DegradedAnswers)
 
     def stop(self) -> None:
         self.dispatcher.stop()
+        self.degraded.close()
         self.api.close()
 
 
@@ -43,7 +74,12 @@ def build_line(services: Services, threads: int = 4,
     settings = services.settings
     sealer = Sealer(settings.secret_keys, "line-address")
     api = LineApi(settings.line_api_base_url, settings.line_channel_access_token or "")
-    queue = LineQueue(services.redis, services.store, Sealer(settings.secret_keys, "line-job"))
+    queue = LineQueue(services.redis, services.store, Sealer(settings.secret_keys, "line-job"),
+                      shards=settings.stream_shards,
+                      wait=ReplicaWait(services.redis, settings.redis_wait_replicas,
+                                       settings.redis_wait_ms),
+                      refuse_unreplicated=settings.redis_wait_refuse,
+                      backlog_alert_at=settings.queue_backlog_alert)
     clock = services.conversations.clock
     dispatcher = Dispatcher(queue, services.conversations, api, sealer, clock,
                             threads=threads, reclaim_idle_ms=reclaim_idle_ms)

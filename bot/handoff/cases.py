@@ -18,6 +18,11 @@ Keys (DESIGN.md conventions; <p> is the key prefix):
   <p>:handoff:queue           STREAM of staff-side events (see bot.handoff.worker)
   <p>:handoff:slack:<channel>:<ts>   the case whose Slack message is <ts> (staff replies)
 
+A case number is reserved by its record (SET NX on open) for as long as the record lives, and
+no other key naming the number outlives the record: the Slack thread mapping and the delivery
+markers take the record's remaining time, and follow it when a closed record is kept 30 days.
+A reply in an old thread is also checked against the record's own message (case_for_thread).
+
 Changes to one case go through WATCH/MULTI on its single key, so two staff clicking "claim" at
 once get exactly one winner, also on Redis Cluster (one key, one slot). Metrics are counted
 after the transaction that made the change commits, so every transition counts once.
@@ -41,7 +46,9 @@ from bot import logs
 from bot.crypto import Sealer
 from bot.figures import Figures, first_reply_bucket
 from bot.handoff.models import Case, CaseRequest, Channel, StaffMessage
-from bot.limits import LIMITED, ORIGIN
+from bot.limits import LIMITED, ORIGIN, Backlog
+from bot.redisconn import script
+from bot.streams import Shards
 
 log = logs.get("handoff")
 
@@ -74,6 +81,17 @@ return 0
 _DEL_IF = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
 return 0
+"""
+
+
+# Add a delivery marker; the set lives as long as the case record (one slot), never longer,
+# so no key names a number after the record that reserves it is gone.
+_MARK = """
+redis.call('sadd', KEYS[1], ARGV[1])
+local left = redis.call('pttl', KEYS[2])
+if left == -2 then left = 60000 elseif left < 0 then left = ARGV[2] end
+redis.call('pexpire', KEYS[1], left)
+return 1
 """
 
 
@@ -114,9 +132,11 @@ class CaseStore:
     def __init__(self, client: redis.Redis, prefix: str, sealer: Sealer,
                  expire_after_s: int = 7 * 24 * 3600, keep_closed_s: int = 30 * 24 * 3600,
                  thread_max: int = 50, clock: Callable[[], float] = time.time,
-                 cases_per_origin_per_day: int = 0, urgent_alert_interval_s: int = 0):
+                 cases_per_origin_per_day: int = 0, urgent_alert_interval_s: int = 0,
+                 backlog_alert_at: int = 1000, shards: int = 1):
         self.cases_per_origin_per_day = cases_per_origin_per_day  # 0: no limit
         self.urgent_alert_interval_s = urgent_alert_interval_s    # 0: every crisis alerts
+        self.backlog = Backlog("handoff", backlog_alert_at)        # never trimmed: watched
         self.redis = client
         self.prefix = prefix
         self.sealer = sealer
@@ -124,7 +144,8 @@ class CaseStore:
         self.keep_closed_s = keep_closed_s
         self.thread_max = thread_max
         self.clock = clock
-        self.queue = f"{prefix}:handoff:queue"
+        self.queues = Shards(f"{prefix}:handoff:queue", shards)
+        self.queue = self.queues.names[0]
         self.open_index = f"{prefix}:handoff:open"
         self.unqueued = f"{prefix}:handoff:unqueued"
         self.figures = Figures(client, prefix)  # the city's anonymous counts
@@ -134,6 +155,10 @@ class CaseStore:
         self.figures.count(datetime.fromtimestamp(now, UTC), cells)
 
     # -- keys --------------------------------------------------------------------------------
+
+    def queue_of(self, number: str) -> str:
+        """The staff-queue shard of a case: one case's events stay in order in one stream."""
+        return self.queues.of(number)
 
     def case_key(self, number: str, what: str = "case") -> str:
         return f"{self.prefix}:{{case:{number}}}:{what}"
@@ -215,9 +240,11 @@ class CaseStore:
         if case.pid:
             pipe.set(self.pid_key(case.pid), case.number, ex=self.expire_after_s)
         pipe.zadd(self.open_index, {case.number: case.created_at})
-        pipe.xadd(self.queue, {"k": "opened", "n": case.number})
+        pipe.xadd(self.queue_of(case.number), {"k": "opened", "n": case.number})
         pipe.zrem(self.unqueued, case.number)
-        pipe.execute()
+        for name in self.queues:
+            pipe.xlen(name)
+        self.backlog.note(sum(pipe.execute()[-len(self.queues):]))
 
     def requeue_stranded(self, older_than_s: float = 60.0) -> list[str]:
         """Queue the cases a dying process stored but never queued (see `open`)."""
@@ -268,8 +295,21 @@ class CaseStore:
         return self.sealer.open(token.decode() if isinstance(token, bytes) else token)
 
     def case_for_thread(self, channel: str, ts: str) -> str | None:
+        """The case whose Slack message is `ts` — only if that case still names this message.
+
+        A number is reserved by its record, and the mapping never outlives the record; the
+        check makes sure anyway that a reply in an old thread can never reach a newer case
+        that drew the same number.
+        """
         raw = self.redis.get(self.thread_key(channel, ts))
-        return raw.decode() if isinstance(raw, bytes) else raw
+        number = raw.decode() if isinstance(raw, bytes) else raw
+        if number is None:
+            return None
+        case = self.get(number)
+        if case is None or case.slack_ts != ts or (case.slack_channel or channel) != channel:
+            logs.event(log, "thread_of_another_case", logging.WARNING, number=number)
+            return None
+        return number
 
     # -- changes -----------------------------------------------------------------------------
 
@@ -283,7 +323,7 @@ class CaseStore:
         """
         key = self.case_key(number)
         for attempt in range(64):
-            with self.redis.pipeline() as pipe:
+            with self.redis.pipeline(transaction=True) as pipe:
                 try:
                     pipe.watch(key)
                     case = self._unseal(pipe.get(key))
@@ -302,6 +342,11 @@ class CaseStore:
                     for what in delete:
                         pipe.delete(self.case_key(number, what))
                     pipe.execute()
+                    if ttl is not None and case.slack_ts:
+                        # The thread → case mapping dies with the record (which reserves the
+                        # number): never a mapping to a number that may be drawn again.
+                        self.redis.expire(self.thread_key(case.slack_channel or "",
+                                                          case.slack_ts), ttl)
                     return True, case
                 except redis.WatchError:
                     time.sleep(random.uniform(0, 0.002 * min(attempt + 1, 10)))
@@ -313,7 +358,12 @@ class CaseStore:
         entry: dict[str, str] = {"k": kind, "n": number, **fields}
         if done:
             entry["done"] = ",".join(done)
-        entry_id = self.redis.xadd(self.queue, entry)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.xadd(self.queue_of(number), entry)
+        for name in self.queues:  # the backlog alarm watches the whole queue
+            pipe.xlen(name)
+        entry_id, *lengths = pipe.execute()
+        self.backlog.note(sum(lengths))
         return entry_id.decode() if isinstance(entry_id, bytes) else entry_id
 
     def claim(self, number: str, staff_id: str) -> tuple[bool, Case | None]:
@@ -460,7 +510,10 @@ class CaseStore:
 
         _, case = self._mutate(number, change)
         if case is not None:
-            self.redis.set(self.thread_key(channel, ts), number, ex=self.open_ttl)
+            # No longer than the record lives: its expiry frees the number.
+            left_ms = int(self.redis.pttl(self.case_key(number)))
+            self.redis.set(self.thread_key(channel, ts), number,
+                           px=left_ms if left_ms > 0 else self.open_ttl * 1000)
         return case
 
     def _forget(self, case: Case) -> Case | None:
@@ -478,7 +531,7 @@ class CaseStore:
         pipe = self.redis.pipeline(transaction=False)
         pipe.delete(self.case_key(case.number, "addr"))  # also when the record is gone
         if pid:
-            pipe.eval(_DEL_IF, 1, self.pid_key(pid), case.number)
+            script(pipe, _DEL_IF, [self.pid_key(pid)], case.number)
         pipe.zrem(self.open_index, case.number)
         pipe.execute()
         return stored
@@ -604,8 +657,5 @@ class CaseStore:
         return bool(self.redis.sismember(self.case_key(number, "sent"), marker))
 
     def mark_delivered(self, number: str, marker: str) -> None:
-        key = self.case_key(number, "sent")
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.sadd(key, marker)
-        pipe.expire(key, self.open_ttl)
-        pipe.execute()
+        self.redis.eval(_MARK, 2, self.case_key(number, "sent"), self.case_key(number),
+                        marker, self.open_ttl * 1000)

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from zoneinfo import ZoneInfo
 
 import yaml
+from flask import has_request_context
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry import ConnectionErrorRetryHandler, RateLimitErrorRetryHandler
@@ -138,11 +139,20 @@ def _slack_transient(exc: Exception) -> bool:
     return isinstance(exc, urllib.error.URLError | OSError | http.client.HTTPException)
 
 
+class WorkerRateLimitRetry(RateLimitErrorRetryHandler):
+    """Wait out Slack's 429 (Retry-After) in the queue worker, never in a request thread: a
+    staff click must be answered within Slack's 3 seconds, and a sleeping request thread is one
+    fewer for residents. In a request the 429 surfaces, and the change goes by the queue."""
+
+    def _can_retry(self, **kwargs: Any) -> bool:
+        return not has_request_context() and super()._can_retry(**kwargs)
+
+
 def slack_client(token: str, base_url: str, timeout: int = 10) -> WebClient:
     """A WebClient for the staff workspace; `base_url` points tests at a local fake."""
     return WebClient(token=token, base_url=base_url, timeout=timeout, logger=_sdk_log,
                      retry_handlers=[ConnectionErrorRetryHandler(max_retry_count=1),
-                                     RateLimitErrorRetryHandler(max_retry_count=2)])
+                                     WorkerRateLimitRetry(max_retry_count=2)])
 
 
 class SlackNotifier:

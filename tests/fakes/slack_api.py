@@ -3,7 +3,8 @@
 It answers chat.postMessage, chat.update and chat.postEphemeral like Slack does
 ({"ok": true, "ts": ...}), accepts JSON or form bodies (slack_sdk sends blocks as JSON), checks
 the bot token, and can be switched "down" for a number of calls: HTTP 500, or HTTP 200 with
-{"ok": false, "error": "service_unavailable"} as Slack answers during an incident.
+{"ok": false, "error": "service_unavailable"} as Slack answers during an incident, or HTTP 429
+(rate limited).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from urllib.parse import parse_qs
 
 from tests.fakes.http import serve_json
 
-DownMode = Literal["http500", "not_ok"]
+DownMode = Literal["http500", "not_ok", "ratelimited"]
 
 
 @dataclass
@@ -79,6 +80,8 @@ class FakeSlack:
                 self.down_calls -= 1
                 if self.down_mode == "http500":
                     return 500, {"ok": False, "error": "internal_error"}
+                if self.down_mode == "ratelimited":
+                    return 429, {"ok": False, "error": "ratelimited"}
                 return 200, {"ok": False, "error": "service_unavailable"}
             if headers.get("authorization") != f"Bearer {self.token}":
                 return 200, {"ok": False, "error": "invalid_auth"}

@@ -1,0 +1,50 @@
+"""Security review, finding 10: no thread per webhook while Redis is down (the staff queue's
+backlog alarm and Slack's rate limit are tested with the handoff, in test_handoff_backend)."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import redis
+
+from bot.config import Settings
+from tests import line_helpers as lh
+from tests.conftest import SECRET
+from tests.fakes.line_api import FakeLine, serve
+
+
+@pytest.fixture
+def dead_redis_line(key_prefix):
+    from bot.wiring import build
+    from server import create_app
+
+    fake = FakeLine(hang_s=0.3)
+    server, url = serve(fake)
+    settings = Settings(redis_url="redis://127.0.0.1:1/0", bot_secret_key=SECRET,
+                        key_prefix=key_prefix, line_channel_secret=lh.LINE_SECRET,
+                        line_channel_access_token="tok", line_api_base_url=url)
+    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=0.2,
+                                  socket_timeout=0.2)
+    app = create_app(settings, services=build(settings, client=client), start_workers=False)
+    yield app, fake
+    app.extensions["tsunagu_line"].stop()
+    server.shutdown()
+
+
+def test_no_thread_per_webhook_while_redis_is_down(dead_redis_line):
+    app, fake = dead_redis_line
+    client = app.test_client()
+    def answering() -> int:  # the pool's threads, or (before) one thread per webhook
+        return sum("degraded" in t.name for t in threading.enumerate())
+
+    most = 0
+    for i in range(40):
+        body = lh.body(lh.text("死にたい", user="U" + f"{i:032d}"))
+        resp = client.post("/callback", data=body.encode(), content_type="application/json",
+                           headers={"X-Line-Signature": lh.sign(body)})
+        assert resp.status_code == 200
+        most = max(most, answering())
+    assert 1 <= most <= 4
+    # Every one of them is still answered (statelessly: the crisis lines).
+    assert len(fake.wait_for(40, timeout=60)) == 40
