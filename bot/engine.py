@@ -26,7 +26,7 @@ from bot.pack.matching import Answers, match, rank
 from bot.pack.models import LANGS, Lang, Window
 from bot.replies import Cards, Choice, Question, Reply, Text
 from bot.session import Session
-from bot.triage import Result, triage
+from bot.triage import Result, other_language_category, triage
 
 CMD_PREFIX = "cmd:"
 PAGE_PREFIX = "page:"
@@ -437,8 +437,14 @@ class Engine:
         assert session is not None
         written = script_language(found.text)
         if written in FOREIGN_NOTES:
+            # A note in their language; then English, which more residents from abroad read
+            # than Japanese, offering the foreign residents' windows (unless only a greeting).
             out.events.append("lang_note")
             out.replies.append(Text(text=self.t(f"triage.lang.{written}", session)))
+            session.lang = "en"
+            category = other_language_category(found, self.pack)
+            if category is not None:
+                return self._offer(out, "confirm", [category], {})
             out.replies.append(self.ask(session))
             return out
         if written in LANGS and written != session.lang:
@@ -450,11 +456,12 @@ class Engine:
             option = next((o for o in self.options(session) if o.value == top), None)
             if option is not None:  # the category question, answered in a sentence
                 return self._choose(out, option, now)
+        slots = {k: v for k, v in result.slots.items() if k not in result.implicit}
         if top is not None:
-            return self._offer(out, "confirm", [top], result.slots)
+            return self._offer(out, "confirm", [top], slots)
         several = [c for c in result.plausible if c in self.pack.categories]
         if len(several) >= 2:
-            return self._offer(out, "pick", several, result.slots)
+            return self._offer(out, "pick", several, slots)
         return None
 
     def _offer(self, out: Step, mode: str, cats: list[str], slots: dict[str, str]) -> Step:
@@ -512,6 +519,13 @@ class Engine:
         session = out.session
         assert session is not None
         session.guess = None
+        if back in self.flow.states and self.flow.states[back].kind == "results":
+            # A new worry after the results: a new consultation, keeping language and case.
+            fresh = self.new_session(session.lang, case=session.case)
+            fresh.rate_minute, fresh.rate_count = session.rate_minute, session.rate_count
+            fresh.crisis, fresh.state, fresh.history = session.crisis, session.state, \
+                session.history
+            out.session = session = fresh
         if category not in session.concerns:
             session.concerns = [*session.concerns, category]
         skip = {"concerns"}

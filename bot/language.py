@@ -100,6 +100,7 @@ def warm_up() -> None:
 @dataclass(frozen=True)
 class Token:
     surface: str  # normalised surface
+    reading: str  # normalised reading (kana), so text typed in kana meets words in kanji
     lemma: str  # normalised dictionary form (normalized_form, folded like the surface)
     pos: str  # the first part-of-speech field: 名詞, 動詞, ...
 
@@ -118,6 +119,11 @@ class Analysis:
     norm: str  # normalize(text)
     tokens: tuple[Token, ...]
     lemmas: str  # " l1 l2 l3 ": lemma forms with a space on both sides of each
+
+    @property
+    def reading(self) -> str:
+        """The whole message as read aloud (hiragana, folded): ふとうこう for 不登校."""
+        return "".join(t.reading for t in self.tokens)
 
     @property
     def content(self) -> frozenset[str]:
@@ -142,7 +148,8 @@ def analyze(text: str) -> Analysis:
                 lemma = _lemma_form(m.normalized_form())
                 if not lemma:
                     continue
-                tokens.append(Token(_lemma_form(m.surface()), lemma, m.part_of_speech()[0]))
+                tokens.append(Token(_lemma_form(m.surface()), _lemma_form(m.reading_form()),
+                                    lemma, m.part_of_speech()[0]))
     lemmas = " " + " ".join(t.lemma for t in tokens) + " " if tokens else " "
     return Analysis(text=text, norm=normalize(text), tokens=tuple(tokens), lemmas=lemmas)
 
@@ -167,7 +174,7 @@ _LATIN_WORD = re.compile(r"[A-Za-z]{2,}")
 # Letters with the marks Vietnamese uses (ơ ư đ and tone marks on vowels).
 _VIET = re.compile(r"[ăâđêôơưạảấầẩẫậắằẳẵặẹẻẽếềểễệỉịọỏốồổỗộớờởỡợụủứừửữựỳỵỷỹ]", re.I)
 # Simplified characters common in Chinese and absent from Japanese writing.
-_ZH_ONLY = re.compile("[们这说么请帮问题钱没应为谁还会吗吧让给对时间现]")
+_ZH_ONLY = re.compile("[你您们这说么请帮问题钱没应为谁还会吗吧呢哪怎让给对时间现谢语]")
 
 
 def script_language(text: str) -> str:

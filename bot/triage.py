@@ -26,17 +26,17 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from bot.language import Analysis, analyze, lemma_form, normalize, script_language
+from bot.language import Analysis, analyze, normalize, script_language
 
 if TYPE_CHECKING:
     from bot.pack.loader import Pack
 
 COMMON_DIR = Path(__file__).resolve().parent / "content" / "common"
 LANGS = ("ja", "en")
-CONFIDENT = 2.0  # the least score that names a category on its own
-RATIO = 1.5  # ... and by how much it must lead the next one
+CONFIDENT = 1.5  # the least score that names a category on its own
+RATIO = 1.15  # ... and by how much it must lead the next one
 PLAUSIBLE = 1.5  # the least score for a category offered among two or three
-EXAMPLE_BONUS = 1.0
+EXAMPLE_BONUS = 2.0
 
 Weighted = str | dict[str, float]
 
@@ -78,6 +78,7 @@ class SlotVocab(BaseModel):
     whose: dict[str, list[str]] = Field(default_factory=dict)
     # Words after a family word that make it the actor, not the person of concern (夫に, 夫から).
     agent_particles: list[str] = Field(default_factory=list)
+    self_categories: list[str] = Field(default_factory=list)
     age: dict[str, list[str]] = Field(default_factory=dict)
     hiki_duration: dict[str, list[str]] = Field(default_factory=dict)
     contact: dict[str, list[str]] = Field(default_factory=dict)
@@ -88,6 +89,13 @@ class TriageFile(BaseModel):
 
     version: int = Field(ge=1)
     categories: dict[str, CategoryVocab]
+    # Whole messages that name no worry (こんにちは, テスト): nothing is confirmed for them.
+    greetings: list[str] = Field(default_factory=list)
+    # The category of a message written in a language the bot does not speak (中文, 한국어...):
+    # the resident is offered it, in English, after a note in their language.
+    other_language: str | None = None
+    # An age read from the text adds to a category: age band → {category: points}.
+    age_hints: dict[str, dict[str, float]] = Field(default_factory=dict)
     slots: SlotVocab = Field(default_factory=SlotVocab)
 
 
@@ -98,33 +106,55 @@ class TriageError(ValueError):
 # -- compiled -------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class _Cue:
+    """One vocabulary entry, compiled for speed: most words are one lemma (a set lookup) and a
+    surface and reading found by substring; only phrases and patterns need a regex."""
+
     text: str  # as written (shown by explain)
     weight: float
-    lemma: re.Pattern[str] | None  # on Analysis.lemmas
-    surface: re.Pattern[str] | None  # on Analysis.norm
+    first: str = ""  # the first lemma: the entry can match only when the message has it
+    lemma: re.Pattern[str] | None = None  # on Analysis.lemmas, for phrases of several words
+    surface: str = ""  # a substring of Analysis.norm
+    reading: str = ""  # a substring of Analysis.reading (text typed in kana)
+    regex: re.Pattern[str] | None = None  # patterns, and English words, on Analysis.norm
 
-    def find(self, found: Analysis) -> bool:
-        return bool((self.lemma and self.lemma.search(found.lemmas))
-                    or (self.surface and self.surface.search(found.norm)))
+    def find(self, found: Analysis, lemmas: frozenset[str]) -> bool:
+        if self.first and self.first in lemmas and (
+                self.lemma is None or self.lemma.search(found.lemmas)):
+            return True
+        if self.surface and self.surface in found.norm:
+            return True
+        if self.reading and self.reading in found.reading:
+            return True
+        return bool(self.regex and self.regex.search(found.norm))
 
 
 def _word_cue(word: str, weight: float, lang: str, whole: bool = False) -> _Cue:
     norm = normalize(word)
     if lang == "en":  # English: a word start, any ending (debt, debts; lonely, loneliness)
         edge = r"(?<![a-z0-9])" + re.escape(norm).replace(r"\ ", " ?")
-        return _Cue(word, weight, None, re.compile(edge + (r"(?![a-z0-9])" if whole else "")))
-    form = lemma_form(word)
-    lemma = re.compile(f"(?<= ){re.escape(form)}(?= )") if form else None
-    # The surface as well, for what the analyser cuts differently (slang, compounds); a single
-    # character would be found everywhere, so it counts only as a lemma.
-    surface = re.compile(re.escape(norm)) if len(norm) >= 2 else None
-    return _Cue(word, weight, lemma, surface)
+        return _Cue(word, weight, regex=re.compile(edge + (r"(?![a-z0-9])" if whole else "")))
+    analysed = [analyze(part) for part in word.split()]
+    parts = [a.lemmas.strip() for a in analysed if a.lemmas.strip()]
+    if not parts:
+        return _Cue(word, weight, surface=norm)
+    first = parts[0].split(" ")[0]
+    if len(parts) > 1 or " " in parts[0]:
+        # Words written apart may have up to two words between them: 手 上げる finds 手をあげる.
+        form = r" (?:\S+ ){0,2}".join(map(re.escape, parts))
+        return _Cue(word, weight, first=first, lemma=re.compile(f"(?<= ){form}(?= )"),
+                    surface=norm if len(parts) == 1 and len(norm) >= 2 else "")
+    # One word: its lemma; the surface as well, for what the analyser cuts differently (slang,
+    # compounds); the reading for text typed in kana. A single character, or a reading under
+    # three, would be found everywhere, so those count only as lemmas.
+    reading = analysed[0].reading
+    return _Cue(word, weight, first=first, surface=norm if len(norm) >= 2 else "",
+                reading=reading if len(reading) >= 3 else "")
 
 
 def _pattern_cue(source: str, weight: float) -> _Cue:
     from bot.language import fold_pattern
 
-    return _Cue(source, weight, None, re.compile(fold_pattern(source)))
+    return _Cue(source, weight, regex=re.compile(fold_pattern(source)))
 
 
 @dataclass
@@ -132,7 +162,7 @@ class _Category:
     id: str
     cues: list[_Cue]
     negative: list[_Cue]
-    examples: list[frozenset[str]]
+    examples: list[tuple[frozenset[str], float]]  # content lemmas, their total weight
 
 
 # Lemmas too common to say anything about a worry (be, do, become, thing, I, ...).
@@ -153,10 +183,14 @@ class Vocab:
     categories: list[_Category]
     whose: list[tuple[str, _Cue]]
     agent_particles: frozenset[str]
+    self_categories: frozenset[str]
     age: list[tuple[str, _Cue]]
     hiki_duration: list[tuple[str, _Cue]]
     contact: list[tuple[str, _Cue]]
     idf: dict[str, float] = field(default_factory=dict)
+    greetings: frozenset[str] = frozenset()
+    other_language: str | None = None
+    age_hints: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @classmethod
     def build(cls, spec: TriageFile, lang: str) -> Vocab:
@@ -168,12 +202,15 @@ class Vocab:
             examples = [_content(analyze(e)) for e in cv.examples]
             docs += examples
             cats.append(_Category(cid, cues, [_word_cue(w, 0, lang) for w in cv.negative],
-                                  examples))
+                                  [(ex, 0.0) for ex in examples]))
         df: dict[str, int] = {}
         for doc in docs:
             for lemma in doc:
                 df[lemma] = df.get(lemma, 0) + 1
         idf = {lemma: math.log((1 + len(docs)) / (1 + n)) + 1 for lemma, n in df.items()}
+        for cat in cats:
+            cat.examples = [(ex, max(1.0, sum(idf.get(x, 1.0) for x in ex)))
+                            for ex, _ in cat.examples]
         slots = spec.slots
 
         def values(table: dict[str, list[str]], patterns: bool) -> list[tuple[str, _Cue]]:
@@ -182,8 +219,12 @@ class Vocab:
 
         return cls(lang=lang, categories=cats, whose=values(slots.whose, False),
                    agent_particles=frozenset(map(normalize, slots.agent_particles)),
+                   self_categories=frozenset(slots.self_categories),
                    age=values(slots.age, True), hiki_duration=values(slots.hiki_duration, True),
-                   contact=values(slots.contact, True), idf=idf)
+                   contact=values(slots.contact, True), idf=idf,
+                   greetings=frozenset(map(normalize, spec.greetings)),
+                   other_language=spec.other_language,
+                   age_hints=spec.age_hints)
 
 
 def _content(found: Analysis) -> frozenset[str]:
@@ -191,7 +232,21 @@ def _content(found: Analysis) -> frozenset[str]:
 
 
 def load_vocab(directory: Path = COMMON_DIR) -> dict[str, Vocab]:
-    """Read and compile triage.<lang>.yaml; raise TriageError naming every problem."""
+    """Read and compile triage.<lang>.yaml; raise TriageError naming every problem.
+
+    Compiled once per directory and file version: every city of a deployment shares it."""
+    stamp = tuple((p.name, p.stat().st_mtime_ns) for p in sorted(Path(directory).glob(
+        "triage.*.yaml")))
+    key = (str(Path(directory).resolve()), stamp)
+    if key not in _COMPILED:
+        _COMPILED[key] = _load_vocab(Path(directory))
+    return _COMPILED[key]
+
+
+_COMPILED: dict[tuple[str, tuple[tuple[str, int], ...]], dict[str, Vocab]] = {}
+
+
+def _load_vocab(directory: Path) -> dict[str, Vocab]:
     out: dict[str, Vocab] = {}
     errors: list[str] = []
     for lang in LANGS:
@@ -220,6 +275,7 @@ class Result:
     scores: list[tuple[str, float]]  # every category with a positive score, best first
     evidence: dict[str, list[str]]  # category → the vocabulary entries that matched
     slots: dict[str, str]
+    implicit: frozenset[str] = frozenset()  # slots assumed, not read (whose → self)
 
     @property
     def top(self) -> str | None:
@@ -253,18 +309,26 @@ def triage(text: str | Analysis, lang: str, pack: Pack | None = None,
     scores: dict[str, float] = {}
     evidence: dict[str, list[str]] = {}
     content = _content(found)
+    lemmas = frozenset(t.lemma for t in found.tokens)
+    if is_greeting(found, table):
+        return Result(lang=written, scores=[], evidence={}, slots={})
+    slots = _slots(found, table, pack, lemmas)
+    hints = table.age_hints.get(slots.get("age", ""), {})
     for cat in table.categories:
-        if any(neg.find(found) for neg in cat.negative):
+        if any(neg.find(found, lemmas) for neg in cat.negative):
             continue
         score = 0.0
         hits: list[str] = []
+        if cat.id in hints:
+            score += hints[cat.id]
+            hits.append(f"age {slots['age']} (+{hints[cat.id]:g})")
         for cue in cat.cues:
-            if cue.find(found):
+            if cue.find(found, lemmas):
                 score += cue.weight
                 hits.append(f"{cue.text} (+{cue.weight:g})")
         if cat.examples and content:
-            best = max(sum(table.idf.get(x, 1.0) for x in content & ex) /
-                       max(1.0, sum(table.idf.get(x, 1.0) for x in ex)) for ex in cat.examples)
+            best = max(sum(table.idf.get(x, 1.0) for x in content & ex) / total
+                       for ex, total in cat.examples)
             if best > 0:
                 bonus = round(EXAMPLE_BONUS * best, 2)
                 score += bonus
@@ -273,18 +337,38 @@ def triage(text: str | Analysis, lang: str, pack: Pack | None = None,
             scores[cat.id] = round(score, 2)
             evidence[cat.id] = hits
     ranked = sorted(scores.items(), key=lambda kv: -kv[1])
-    return Result(lang=written, scores=ranked, evidence=evidence,
-                  slots=_slots(found, table, pack))
+    if ranked and ranked[0][0] in table.self_categories and slots.get("whose") == "family":
+        slots["whose"] = "self"  # 夫の暴言, 子どもと二人: the writer's own worry
+    implicit: frozenset[str] = frozenset()
+    if ranked and "whose" not in slots:  # a worry told with no one else named: the writer's
+        slots["whose"] = "self"
+        implicit = frozenset({"whose"})
+    return Result(lang=written, scores=ranked, evidence=evidence, slots=slots,
+                  implicit=implicit)
 
 
-def _slots(found: Analysis, table: Vocab, pack: Pack | None) -> dict[str, str]:
+def is_greeting(found: Analysis, table: Vocab) -> bool:
+    return found.norm in table.greetings or found.norm.replace(" ", "") in table.greetings
+
+
+def other_language_category(found: Analysis, pack: Pack) -> str | None:
+    """For text in a language the bot does not speak: the category to offer (foreign
+    residents), unless the text is only a greeting."""
+    table = pack.triage.get("ja")
+    if table is None or table.other_language not in pack.categories or is_greeting(found, table):
+        return None
+    return table.other_language
+
+
+def _slots(found: Analysis, table: Vocab, pack: Pack | None,
+           lemmas: frozenset[str]) -> dict[str, str]:
     slots: dict[str, str] = {}
-    whose = _whose(found, table)
+    whose = _whose(found, table, lemmas)
     if whose:
         slots["whose"] = whose
     for name, cues in (("age", table.age), ("hiki_duration", table.hiki_duration),
                        ("contact", table.contact)):
-        value = next((v for v, cue in cues if cue.find(found)), None)
+        value = next((v for v, cue in cues if cue.find(found, lemmas)), None)
         if value:
             slots[name] = value
     ward = _ward(found, pack)
@@ -293,13 +377,13 @@ def _slots(found: Analysis, table: Vocab, pack: Pack | None) -> dict[str, str]:
     return slots
 
 
-def _whose(found: Analysis, table: Vocab) -> str | None:
+def _whose(found: Analysis, table: Vocab, lemmas: frozenset[str]) -> str | None:
     """Whose worry: someone else named as the subject (息子が, 母の) wins over the writer; a
     family word followed by に/から is the one doing it (夫に殴られる: the writer's worry)."""
     others: list[str] = []
     mine = False
     for value, cue in table.whose:
-        if not cue.find(found):
+        if not cue.find(found, lemmas):
             continue
         if value == "self":
             mine = True
@@ -318,7 +402,7 @@ def _only_agent(found: Analysis, cue: _Cue, particles: frozenset[str]) -> bool:
     tokens = found.tokens
     seen = False
     for i, token in enumerate(tokens):
-        if cue.lemma is not None and cue.lemma.search(f" {token.lemma} "):
+        if cue.first and token.lemma == cue.first:
             seen = True
             after = tokens[i + 1].surface if i + 1 < len(tokens) else ""
             if after not in particles:

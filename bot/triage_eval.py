@@ -7,8 +7,8 @@ bot then does is read back: the category it asks the resident to confirm, or the
 counts as "no category". `none` items are right when no category is named.
 
 Figures: accuracy, per-category precision and recall, a confusion table, the slots read (whose,
-age band, duration, ward), and the accuracy on even- and odd-numbered items (vocabulary is tuned
-looking at the even ones; the odd ones are the check).
+age band, duration, ward), and the accuracy on the even- and odd-numbered halves: to check that
+vocabulary generalises, tune it looking at one half only and compare with the other.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ class TriageReport:
         for p in self.passes:
             n, right = len(p.outcomes), sum(o.right for o in p.outcomes)
             lines.append(f"{p.name:<14} accuracy {p.accuracy():6.1%}  ({right}/{n})   "
-                         f"even (tuned) {p.half(0):6.1%}   odd (held out) {p.half(1):6.1%}")
+                         f"even half {p.half(0):6.1%}   odd half {p.half(1):6.1%}")
         first = self.passes[0]
         labels = [*self.categories, NONE]
         lines.append("")

@@ -142,8 +142,17 @@ def test_english_text_switches_to_english(walker: Walker, pack):
 def test_other_languages_get_a_note_in_their_language(walker: Walker, pack, text, lang):
     walker.text(text)
     assert pack.msg(f"triage.lang.{lang}", "ja") in _texts(walker)
-    assert walker.session.lang == "ja"
-    assert walker.question.choices
+    # then English, offering the foreign residents' windows
+    assert walker.session.lang == "en"
+    assert walker.question.state == "triage"
+    assert pack.msg("triage.topic.foreign", "en") in walker.question.text
+
+
+def test_a_greeting_in_another_language_gets_the_note_and_the_welcome(walker: Walker, pack):
+    walker.text("你好")
+    assert pack.msg("triage.lang.zh", "ja") in _texts(walker)
+    assert walker.question.state == "welcome"
+    assert walker.session.lang == "en"
 
 
 def test_several_fits_are_offered_with_something_else(walker: Walker):
@@ -205,3 +214,98 @@ def test_stale_confirmation_tap_is_not_trusted(walker: Walker):
 def test_typed_text_is_not_kept_in_the_session(walker: Walker):
     walker.text("40代の息子が10年以上ひきこもっています")
     assert "息子" not in walker.session.dumps()
+
+
+# -- the evaluation set (tests/data/triage_eval.yaml) ---------------------------------------
+@pytest.fixture(scope="module")
+def triage_report():
+    from pathlib import Path
+
+    from bot.pack import load_pack
+    from bot.triage_eval import evaluate_triage
+    from bot.wiring import build_engine
+
+    engine = build_engine(load_pack("kyoto"))
+    path = Path(__file__).parent / "data" / "triage_eval.yaml"
+    return evaluate_triage(engine, path, WEEKDAY_MORNING)
+
+
+def test_free_text_reaches_the_right_category(triage_report):
+    """The floors reached (issue 9 asks ≥ 90%), as a first message and mid-flow alike."""
+    first, middle = triage_report.passes
+    assert len(first.outcomes) >= 300
+    assert first.accuracy() >= 0.90, triage_report.format(verbose=True)
+    assert middle.accuracy() >= 0.90, triage_report.format(verbose=True)
+    assert min(first.half(0), first.half(1)) >= 0.88
+
+
+def test_no_worry_is_invented_for_text_that_names_none(triage_report):
+    first = triage_report.passes[0]
+    nones = [o for o in first.outcomes if o.expected == "none"]
+    assert nones and all(o.right for o in nones)
+
+
+def test_slots_read_from_the_evaluation_set(triage_report):
+    right, given = triage_report.slots["whose"]
+    assert given >= 300 and right / given >= 0.85
+    right, given = triage_report.slots["age"]
+    assert right / given >= 0.75
+
+
+def test_eval_triage_command_prints_the_table():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    proc = subprocess.run([sys.executable, "-m", "bot", "eval-triage"],
+                          cwd=Path(__file__).parents[1], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "accuracy" in proc.stdout and "precision" in proc.stdout
+    assert "confusion" in proc.stdout
+
+
+def test_explain_shows_lemmas_matches_slots_and_crisis():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    proc = subprocess.run([sys.executable, "-m", "bot", "explain", "なぐられてる"],
+                          cwd=Path(__file__).parents[1], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "殴る れる" in out and "dv_abuse" in out and "crisis:     violence" in out
+
+
+def test_a_new_worry_after_the_results_starts_a_new_consultation(walker: Walker):
+    walker.text("40代の息子が10年以上ひきこもっています。伏見区です")
+    walker.tap("yes")
+    walker.tap("open")
+    walker.tap("none")
+    walker.tap("phone")
+    assert walker.question.state == "results"
+    walker.text("母の介護に疲れています")
+    walker.tap("yes")
+    assert walker.session.concerns == ["elderly"]
+    assert walker.session.answers == {"whose": "family"}
+    assert walker.question.state == "age"
+
+
+def test_free_text_at_the_ward_question_adds_the_worry_and_returns(walker: Walker, pack):
+    if not pack.wards.wards:
+        pytest.skip("a city without wards has no ward question")
+    walker.start()
+    for value in ("start", "self", "40_64", "loneliness", "none"):
+        walker.tap(value)
+    assert walker.question.state == "ward"
+    walker.text("実は借金の返済にも困っています")
+    walker.tap("yes")
+    assert walker.session.concerns == ["loneliness", "poverty"]
+    assert walker.question.state == "ward"
+
+
+def test_the_vocabulary_is_compiled_once_for_every_city(pack):
+    from bot.pack.loader import common_dir
+
+    assert load_vocab(common_dir(pack.root)) is pack.triage
