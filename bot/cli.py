@@ -179,6 +179,10 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
     try:
         settings = Settings.from_env()
+        if args.city:
+            from bot.tenants import city_view
+
+            settings = city_view(settings, args.city)
     except SettingsError as exc:
         print(f"tsunagu: configuration error: {exc}", file=sys.stderr)
         return 2
@@ -251,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="show counts below 5 as 'fewer than 5' (for publication)")
     p.add_argument("--lang", default="ja", choices=["ja", "en"],
                    help="language of the small-cell wording")
+    p.add_argument("--city", help="with TSUNAGU_TENANTS: the city (its id in the file)")
     p.set_defaults(func=cmd_stats)
     args = parser.parse_args(argv)
     return int(args.func(args))

@@ -42,6 +42,12 @@ class Settings:
     lock_ms: int = 30_000
     slack_staff_users: tuple[str, ...] = ()
     slack_lead_users: tuple[str, ...] = ()
+    # --- Redis Cluster and durability (issue 13) ---
+    redis_cluster: bool | None = None    # None: ask the server on connect
+    stream_shards: int = 4
+    redis_wait_replicas: int | None = None   # None: 1 when the primaries have replicas
+    redis_wait_ms: int = 200
+    redis_wait_refuse: bool = False      # no replica acknowledged in time: 500 (LINE redelivers)
     previous_secret_keys: tuple[str, ...] = ()
     trusted_proxies: int = 0
     metrics_token: str | None = None
@@ -143,6 +149,13 @@ class Settings:
                     raise SettingsError(f"{name}: not a Slack user id: {user[:20]!r}")
             return ids
 
+        def flag(name: str, choices: dict[str, bool | None]) -> bool | None:
+            raw = (get(name) or "").lower()
+            if raw not in choices:
+                raise SettingsError(f"{name}: must be one of {', '.join(sorted(choices))}")
+            return choices[raw]
+
+        wait_replicas = get("REDIS_WAIT_REPLICAS")
         log_level = (get("LOG_LEVEL") or "INFO").upper()
         if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise SettingsError(f"LOG_LEVEL: must be DEBUG, INFO, WARNING or ERROR: {log_level!r}")
@@ -168,6 +181,14 @@ class Settings:
             lock_ms=integer("PERSON_LOCK_MS", 30_000, 500, 600_000),
             slack_staff_users=slack_users("SLACK_STAFF_USERS"),
             slack_lead_users=slack_users("SLACK_LEAD_USERS"),
+            redis_cluster=flag("REDIS_CLUSTER", {"": None, "auto": None, "1": True, "yes": True,
+                                                 "0": False, "no": False}),
+            stream_shards=integer("STREAM_SHARDS", 4, 1, 64),
+            redis_wait_replicas=(None if wait_replicas in (None, "auto")
+                                 else integer("REDIS_WAIT_REPLICAS", 0, 0, 5)),
+            redis_wait_ms=integer("REDIS_WAIT_MS", 200, 1, 5000),
+            redis_wait_refuse=bool(flag("REDIS_WAIT_TIMEOUT", {"": False, "accept": False,
+                                                               "refuse": True})),
             previous_secret_keys=previous,
             trusted_proxies=integer("TRUSTED_PROXIES", 0, 0, 5),
             metrics_token=metrics_token,

@@ -22,7 +22,7 @@ from bot.handoff.models import CaseRequest
 from bot.language import Analysis, analyze, normalize, script_language
 from bot.pack.hours import is_open, next_opening
 from bot.pack.loader import Pack
-from bot.pack.matching import Answers, match, rank
+from bot.pack.matching import Answers, fits, match, rank
 from bot.pack.models import LANGS, Lang, Window
 from bot.replies import Cards, Choice, Question, Reply, Text
 from bot.session import Session
@@ -76,7 +76,8 @@ class Step:
     are labels for metrics and logs only, never a reason to do something:
     `handoff` asks the caller to open a staff case; `relay` is text for the open case's thread;
     `urgent` marks the open case urgent (crisis words in it); `forget` deletes everything that
-    leads back to the person (their case's address and text), beyond the session.
+    leads back to the person (their case's address and text), beyond the session;
+    `resumed` says the answer shows a conversation already under way (the page was reopened).
     """
 
     session: Session | None
@@ -86,6 +87,7 @@ class Step:
     relay: str | None = None
     urgent: bool = False
     forget: bool = False
+    resumed: bool = False
     reveal: bool = False  # show what the neutral notices stood for (bot.phonesafe)
     unseen: list[tuple[str, str]] = field(default_factory=list)  # what a notice stands for
     quick_exit: bool = False  # the web page may leave for a neutral site and clear itself
@@ -655,19 +657,43 @@ class Engine:
     def _results(self, session: Session, now: datetime) -> list[Reply]:
         found = match(self.pack, self.answers(session))
         replies: list[Reply] = [Text(text=self.t("results.intro", session))]
-        urgent = [m.window for m in found.hotlines if m.urgent]
+        seen: set[str] = set()
+
+        def once(windows: list[Window]) -> list[Window]:
+            """No window twice in one answer, whichever group named it first."""
+            fresh = [w for w in windows if w.id not in seen]
+            seen.update(w.id for w in fresh)
+            return fresh
+
+        urgent = once([m.window for m in found.hotlines if m.urgent])
         if urgent:
             replies.append(self.cards("results.urgent", urgent, session, now, urgent=True))
-        windows = [m.window for m in found.windows]
-        if found.centre is not None:
-            windows.append(found.centre)
+        windows = once([m.window for m in found.windows]
+                       + ([found.centre] if found.centre is not None else []))
         if windows:
             replies.append(self.cards("results.windows", windows, session, now))
-        hotlines = [m.window for m in found.hotlines if not m.urgent]
+        hotlines = once([m.window for m in found.hotlines if not m.urgent])
         if hotlines:
             replies.append(self.cards("results.hotlines", hotlines, session, now))
         if not windows and not hotlines and not urgent:
-            replies.append(self.cards("results.hotlines", self._general_lines(4), session, now))
+            replies.append(self.cards("results.hotlines", once(self.general_lines(4)),
+                                      session, now))
+        if self.answers(session).contact == "chat":
+            replies += self._chat_preference(session, now, once)
+        return replies
+
+    def _chat_preference(self, session: Session, now: datetime,
+                         once: Callable[[list[Window]], list[Window]]) -> list[Reply]:
+        """They asked to talk in this chat: say honestly whether and when a person answers,
+        and out of office hours which lines answer now."""
+        if not (self.handoff and "handoff_consent" in self.flow.states):
+            return [Text(text=self.t("results.chat_no_staff", session))]
+        replies: list[Reply] = [Text(text=self.t("results.chat_staff", session).format(
+            human=self.t("cmd.human", session), when=self._staff_when(session, now)))]
+        if not is_open(self.pack.info.office_hours, now):
+            lines = once(self.always_open_lines(session))
+            if lines:
+                replies.append(self.cards("crisis.title", lines, session, now))
         return replies
 
     def _crisis(self, out: Step, kind: str, now: datetime) -> None:
@@ -693,10 +719,20 @@ class Engine:
     def _event(self, out: Step, incoming: Incoming, now: datetime, is_new: bool) -> Step:
         session = out.session
         assert session is not None
-        if incoming.value == "first_contact":
-            fresh = self.new_session(session.lang)
+        if incoming.value == "first_contact" or (incoming.value == "open" and is_new):
+            fresh = self.new_session(incoming.lang or session.lang)
             out.session = fresh
             out.replies.append(self.ask(fresh))
+            return out
+        if incoming.value == "open":
+            # The page was opened again (reload, back, a new tab): show where the person is,
+            # rendered from the session alone; the results are computed again from the answers.
+            if incoming.lang:
+                session.lang = incoming.lang
+            out.resumed = session.state != self.flow.start
+            if self.flow.states[session.state].kind == "results":
+                out.replies += self._results(session, now)
+            out.replies.append(self.ask(session))
             return out
         if incoming.value in ("sticker", "media"):
             out.replies.append(Text(text=self.t(f"event.{incoming.value}", session)))
@@ -789,16 +825,19 @@ class Engine:
         found = match(self.pack, self.answers(session), max_windows=3, max_hotlines=2)
         windows = ([found.centre] if found.centre else []) + [m.window for m in found.windows]
         if not windows:
-            windows = self._general_lines(3)
+            windows = self.general_lines(3)
         return [Text(text=self.t("human.phone", session)),
                 self.cards("human.title", windows, session, now)]
 
-    def _always_open_lines(self) -> list[Window]:
-        """The 24-hour lines (110/119 aside): for nights, holidays and outages."""
+    def always_open_lines(self, session: Session | None = None) -> list[Window]:
+        """The 24-hour lines (110/119 aside): for nights, holidays and outages; given a
+        session, only those whose audience admits the person (no children's line for an
+        adult)."""
+        answers = self.answers(session) if session is not None else Answers()
         return sorted((w for w in self.pack.hotlines if w.hours and w.hours.always
-                       and not w.only_when), key=lambda w: (-w.rank, w.id))
+                       and not w.only_when and fits(w, answers)), key=lambda w: (-w.rank, w.id))
 
-    def _general_lines(self, limit: int) -> list[Window]:
+    def general_lines(self, limit: int) -> list[Window]:
         """Lines for anyone, whatever the worry: when nothing more specific fits."""
         return [m.window for m in rank(self.pack, Answers(concerns=("loneliness",)),
                                        "hotline", limit)]
@@ -817,21 +856,26 @@ class Engine:
     def _when_staff_answer(self, session: Session, now: datetime, lead: str,
                            **fields: str) -> list[Reply]:
         """When staff will answer (office hours, Japanese holidays); at night, the 24h lines."""
+        when = self._staff_when(session, now)
+        text = Text(text=self.t(lead, session).format(when=when, **fields))
+        if is_open(self.pack.info.office_hours, now):
+            return [text]
+        return [text, self.cards("crisis.title", self.always_open_lines(session),
+                                   session, now)]
+
+    def _staff_when(self, session: Session, now: datetime) -> str:
+        """"Today", or the next opening of the office, in the person's language."""
         office = self.pack.info.office_hours
         if is_open(office, now):
-            when = self.t("handoff.when_open", session)
-            return [Text(text=self.t(lead, session).format(when=when, **fields))]
+            return self.t("handoff.when_open", session)
         opening = next_opening(office, now)
-        if opening is None:  # no opening in the next two weeks: say the 24h lines only
-            when = ""
-        else:
-            weekday = self.t(f"hours.day.{opening.strftime('%a').lower()}", session)
-            day = self.t("handoff.date", session).format(
-                month=opening.month, day=opening.day, weekday=weekday)
-            when = self.t("handoff.when_closed", session).format(
-                day=day, time=f"{opening.hour}:{opening.minute:02d}")
-        return [Text(text=self.t(lead, session).format(when=when, **fields)),
-                self.cards("crisis.title", self._always_open_lines(), session, now)]
+        if opening is None:  # no opening in the next two weeks: the 24h lines only
+            return ""
+        weekday = self.t(f"hours.day.{opening.strftime('%a').lower()}", session)
+        day = self.t("handoff.date", session).format(
+            month=opening.month, day=opening.day, weekday=weekday)
+        return self.t("handoff.when_closed", session).format(
+            day=day, time=f"{opening.hour}:{opening.minute:02d}")
 
     def _open_case(self, out: Step, message: str | None, now: datetime) -> Step:
         session = out.session
@@ -997,7 +1041,7 @@ class Engine:
                 self._crisis(step, crisis.kind, now)
             session.enter("directory")
             step.replies.append(Text(text=self.t(notice, session)))
-            step.replies.append(self.cards("crisis.title", self._always_open_lines(), session,
+            step.replies.append(self.cards("crisis.title", self.always_open_lines(), session,
                                            now))
             step.replies.append(self.ask(session))
         step.events.append("degraded")

@@ -15,18 +15,17 @@ import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
-import redis
-
 from bot import logs, metrics, phonesafe
 from bot.engine import Engine, Incoming, Step
 from bot.figures import Figures
 from bot.handoff.cases import TooManyCases
 from bot.ports import Cases, Deliver, Event
+from bot.redisconn import UNAVAILABLE
 from bot.replies import Text
 from bot.store import LockTimeout, SessionStore, Turn
 
 log = logs.get("conversation")
-REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError, LockTimeout)
+REDIS_DOWN = (*UNAVAILABLE, LockTimeout)
 NUMBER_TRIES = 8
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import redis
 
+from bot.redisconn import script
 from bot.session import Session
 
 # Release the per-person lock only if we still own it (the token), in one round trip.
@@ -149,7 +150,7 @@ class SessionStore:
         if token:
             # EVAL rather than a registered Script: a Script in a pipeline costs an extra
             # SCRIPT EXISTS round trip on every execute.
-            pipe.eval(_RELEASE, 1, self.key(pid, "lock"), token)
+            script(pipe, _RELEASE, [self.key(pid, "lock")], token)
         pipe.execute()
 
     @contextmanager

@@ -146,7 +146,7 @@ def city_settings(spec: CitySpec, base: Settings, env: Mapping[str, str]) -> Set
     hook_secret = secret(spec.handoff_webhook.secret_env) if spec.handoff_webhook else None
     load_pack(spec.pack)  # an unknown or broken pack stops this city, not the others
     return replace(
-        base, municipality=spec.pack, key_prefix=f"{base.key_prefix}:{spec.id}",
+        city_view(base, spec.id),
         bot_secret_key=city_key(base.bot_secret_key, spec.id),
         previous_secret_keys=tuple(city_key(k, spec.id) for k in base.previous_secret_keys),
         line_channel_secret=line_secret, line_channel_access_token=line_token,
@@ -156,6 +156,16 @@ def city_settings(spec: CitySpec, base: Settings, env: Mapping[str, str]) -> Set
         slack_lead_users=spec.slack.lead_users if spec.slack else (),
         handoff_webhook_url=spec.handoff_webhook.url if spec.handoff_webhook else None,
         handoff_webhook_secret=hook_secret, tenants_file=None)
+
+
+def city_view(base: Settings, city: str) -> Settings:
+    """A city's pack and key prefix, without its secrets: for reading its figures."""
+    if not base.tenants_file:
+        raise SettingsError("TSUNAGU_TENANTS: unset (--city needs the tenants file)")
+    spec = next((c for c in read_tenants(base.tenants_file).cities if c.id == city), None)
+    if spec is None:
+        raise SettingsError(f"--city: not in TSUNAGU_TENANTS: {city[:40]!r}")
+    return replace(base, municipality=spec.pack, key_prefix=f"{base.key_prefix}:{spec.id}")
 
 
 def load_cities(base: Settings, env: Mapping[str, str]) -> list[City]:
@@ -226,9 +236,20 @@ def run_city_workers(base: Settings, env: Mapping[str, str],
                      stop: threading.Event | None = None) -> int:
     """`python -m bot worker` for every city with staff connected, one thread each."""
     stop = stop or threading.Event()
+    previous: dict[int, Any] = {}
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: stop.set())
+            previous[sig] = signal.signal(sig, lambda *_: stop.set())
+    try:
+        return _run_workers(base, env, run_worker, stop)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _run_workers(base: Settings, env: Mapping[str, str],
+                 run_worker: Callable[[Settings, threading.Event], int],
+                 stop: threading.Event) -> int:
     threads = []
     for city in load_cities(base, env):
         if not city.settings.handoff_enabled:

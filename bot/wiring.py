@@ -36,6 +36,7 @@ from bot.handoff.worker import HandoffWorker
 from bot.outbox import Outbox
 from bot.pack import Pack, load_pack
 from bot.ports import LineSender, StaffRelay
+from bot.redisconn import connect
 from bot.safety import CrisisDetector
 from bot.service import Conversations
 from bot.store import SessionStore
@@ -58,8 +59,7 @@ class Services:
 
 def redis_client(settings: Settings) -> redis.Redis:
     if settings.redis_url:
-        return redis.Redis.from_url(settings.redis_url, socket_timeout=2.0,
-                                    socket_connect_timeout=2.0, health_check_interval=30)
+        return connect(settings.redis_url, settings.redis_cluster)
     import fakeredis  # only the embedded default needs it
 
     logs.event(log, "embedded_redis", note="REDIS_URL is unset: using an in-process Redis "
@@ -131,6 +131,7 @@ def build_handoff(settings: Settings, client: redis.Redis, relay: StaffRelay | N
                       expire_after_s=expire_after_s,
                       cases_per_origin_per_day=settings.cases_per_address_per_day,
                       urgent_alert_interval_s=settings.urgent_alert_interval_s,
+                      shards=settings.stream_shards,
                       backlog_alert_at=settings.queue_backlog_alert)
     notifiers: list[Notifier] = []
     slack: SlackNotifier | None = None
@@ -185,8 +186,7 @@ def run_worker(settings: Settings, stop: threading.Event | None = None) -> int:
               "web process runs the handoff worker itself)", file=sys.stderr)
         return 2
     assert settings.redis_url is not None
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=10.0,
-                                  socket_connect_timeout=2.0, health_check_interval=30)
+    client = connect(settings.redis_url, settings.redis_cluster, socket_timeout=10.0)
     line = None
     if settings.line_enabled:
         from bot.channels.line_api import LineApi

@@ -17,10 +17,12 @@ from zoneinfo import ZoneInfo
 import pytest
 import redis
 
+from bench.redisbox import ClusterFailed, LocalCluster, start_cluster
 from bot.config import Settings
 from bot.engine import Engine, Incoming
 from bot.pack import Pack, load_pack
 from bot.pack.loader import pack_names
+from bot.redisconn import connect
 from bot.wiring import build, build_engine
 from tests import line_helpers as lh
 from tests.fakes.line_api import FakeLine, serve
@@ -45,7 +47,7 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def redis_url() -> Iterator[str | None]:
+def single_redis_url() -> Iterator[str | None]:
     """REDIS_URL if set; else 127.0.0.1:6379 if it answers; else a throwaway redis-server.
 
     Outside CI with no Redis at all, the embedded one (None) with a warning; in CI, an error.
@@ -85,22 +87,55 @@ def redis_url() -> Iterator[str | None]:
     yield None
 
 
+@pytest.fixture(scope="session")
+def redis_url(single_redis_url: str | None) -> str | None:
+    """The Redis of most tests; a module that also runs on a cluster overrides it with
+    `either_redis` (see test_burst.py)."""
+    return single_redis_url
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[LocalCluster]:
+    """A local 3+3 Redis Cluster for the whole session (bench.redisbox.start_cluster). No
+    redis-server: skipped, except in CI, where it is an error."""
+    try:
+        cluster = start_cluster()
+    except ClusterFailed as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI: the local Redis Cluster did not start: {exc}")
+        pytest.skip(f"no local Redis Cluster: {exc}")
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@pytest.fixture(params=["one-redis", "cluster"])
+def either_redis(request, single_redis_url: str | None) -> str | None:
+    """The same scenario on one Redis and on the local cluster."""
+    if request.param == "cluster":
+        return request.getfixturevalue("redis_cluster").url
+    return single_redis_url
+
+
 @pytest.fixture
 def key_prefix(redis_url: str | None) -> Iterator[str]:
     """A key prefix of this test's own; every key under it is deleted afterwards."""
     prefix = f"tsunagu-test-{uuid.uuid4().hex[:10]}"
     yield prefix
     if redis_url:
-        client = redis.Redis.from_url(redis_url)
-        keys = list(client.scan_iter(match=f"{prefix}:*", count=500))
-        if keys:
-            client.delete(*keys)
+        client = connect(redis_url)
+        pipe = client.pipeline(transaction=False)
+        for key in client.scan_iter(match=f"{prefix}:*", count=500):
+            pipe.delete(key)
+        pipe.execute()
+        client.close()
 
 
 @pytest.fixture
-def redis_client(redis_url: str | None) -> redis.Redis:
+def redis_client(redis_url: str | None):
     if redis_url:
-        return redis.Redis.from_url(redis_url)
+        return connect(redis_url)
     import fakeredis
 
     return fakeredis.FakeRedis()

@@ -19,6 +19,12 @@ from tests.fakes.line_api import FakeLine, serve
 from tests.test_line_process import GUNICORN, _free_port, post, server_env, start_server
 
 
+@pytest.fixture
+def redis_url(either_redis: str | None) -> str | None:
+    """Every scenario here runs on one Redis and on a local 3+3 Redis Cluster."""
+    return either_redis
+
+
 def _event_of(received, token_to_event: dict[str, str], key_to_event: dict[str, str]) -> str:
     if received.path.endswith("/reply"):
         return token_to_event[received.body["replyToken"]]

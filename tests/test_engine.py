@@ -325,3 +325,78 @@ def test_no_reply_is_a_dead_end(engine, lang):
         step = engine.step(session, Incoming("text", text or " "), WEEKDAY_MORNING)
         assert offers_a_way_on(step.replies)
         assert any(isinstance(r, Question) for r in step.replies)
+
+
+# --- the page opened again, and "in this chat" (issue 10) ---
+
+
+def test_open_again_shows_the_current_question_without_moving(walker: Walker, pack):
+    walker.start()
+    for value in ("start", "family", "18_39"):
+        walker.tap(value)
+    before = walker.session.model_copy()
+    asked = walker.question
+    step = walker.send(Incoming(kind="event", value="open"))
+    assert walker.question == asked
+    assert step.session.state == before.state and step.session.answers == before.answers
+    assert step.resumed
+    assert step.replies == [asked]
+
+
+def test_open_on_results_draws_the_results_again(walker: Walker):
+    _to_contact(walker, "18_39")
+    walker.tap("phone")
+    shown = walker.cards()
+    walker.send(Incoming(kind="event", value="open"))
+    assert walker.cards() == shown and walker.question.state == "results"
+
+
+def test_open_with_a_language_starts_or_switches_in_it(walker: Walker, pack):
+    walker.send(Incoming(kind="event", value="open", lang="en"))
+    assert walker.session.lang == "en"
+    assert walker.question.text == pack.msg("welcome.body", "en")
+    walker.tap("start")
+    walker.send(Incoming(kind="event", value="open", lang="ja"))
+    assert walker.question.text == pack.msg("q.whose", "ja")
+
+
+def _to_contact(walker: Walker, age: str) -> None:
+    """A lonely person of this age, up to the question of how to talk (any city)."""
+    walker.start()
+    for value in ("start", "self", age, "loneliness", "none"):
+        walker.tap(value)
+    while walker.question.state != "contact":
+        walker.tap("skip")
+
+
+def _to_results_by_chat(engine, now):
+    walker = Walker(engine, now=now)
+    _to_contact(walker, "40_64")
+    walker.tap("chat")
+    return walker
+
+
+def test_chat_preference_without_staff_says_so(engine, pack):
+    walker = _to_results_by_chat(engine, WEEKDAY_MORNING)
+    texts = [r.text for r in walker.replies if isinstance(r, Text)]
+    assert pack.msg("results.chat_no_staff", "ja") in texts
+
+
+@pytest.mark.parametrize("moment", ["office", "night"])
+def test_chat_preference_with_staff_offers_a_person_and_says_when(pack, moment):
+    from bot.wiring import build_engine
+
+    engine = build_engine(pack, handoff=True)
+    now = WEEKDAY_MORNING if moment == "office" else WEEKDAY_MORNING.replace(hour=22)
+    walker = _to_results_by_chat(engine, now)
+    said = "\n".join(r.text for r in walker.replies if isinstance(r, Text))
+    assert pack.msg("cmd.human", "ja") in said
+    when = (pack.msg("handoff.when_open", "ja") if moment == "office"
+            else pack.msg("handoff.when_closed", "ja").split("{")[0])
+    assert when in said
+    assert walker.question.choices[0].value == "cmd:human"
+    if moment == "night":
+        lines = [engine.pack.windows[c.id] for c in walker.cards()]
+        assert any(w.hours and w.hours.always for w in lines)  # someone answers tonight
+        # ... and no line for another age band (no children's line for a 40–64-year-old)
+        assert all(not w.ages or "40_64" in w.ages for w in lines)

@@ -247,7 +247,7 @@ def test_open_seals_the_address_indexes_the_person_and_queues_the_case(
     assert cases.address(NUMBER) == RAW_ID
     assert cases.open_case_of(PID) == NUMBER
     assert cases.get(NUMBER).request.message == MESSAGE
-    assert [f[b"k"] for _, f in redis_client.xrange(cases.queue)] == [b"opened"]
+    assert [f[b"k"] for _, f in redis_client.xrange(cases.queue_of(NUMBER))] == [b"opened"]
     assert metric("tsunagu_handoff_cases_opened_total", {"channel": "line"}) == before + 1
 
     # The number is taken: nothing is overwritten, nothing queued, the caller picks another.
@@ -255,7 +255,7 @@ def test_open_seals_the_address_indexes_the_person_and_queues_the_case(
     assert cases.open(other, "web", "another-pid", "web-session-1") is None
     assert cases.address(NUMBER) == RAW_ID and cases.get(NUMBER).pid == PID
     assert cases.open_case_of("another-pid") is None
-    assert redis_client.xlen(cases.queue) == 1
+    assert redis_client.xlen(cases.queue_of(NUMBER)) == 1
 
 
 def test_worker_posts_the_case_to_slack_with_blocks_and_buttons(
@@ -280,8 +280,13 @@ def test_worker_posts_the_case_to_slack_with_blocks_and_buttons(
     case = handoff.cases.get(NUMBER)
     assert case.slack_channel == CHANNEL and case.slack_ts
     assert handoff.cases.case_for_thread(CHANNEL, case.slack_ts) == NUMBER
-    assert handoff.worker.pending() == 0 and redis_client.xlen(handoff.cases.queue) == 0
+    assert handoff.worker.pending() == 0 and queued(redis_client, handoff) == 0
     assert RAW_ID not in fake.everything() and PID not in fake.everything()
+
+
+def queued(client: redis.Redis, handoff: Handoff) -> int:
+    """Entries left in all shards of the staff queue."""
+    return sum(client.xlen(name) for name in handoff.cases.queues)
 
 
 def test_two_claims_at_once_have_exactly_one_winner(handoff: Handoff) -> None:
@@ -350,7 +355,7 @@ def test_stale_cases_expire_and_lose_their_address(
     assert cases.open_case_of("pid-old") is None
     assert cases.get("K-NEW1").status == "new" and cases.address("K-NEW1") == "web-address"
     assert cases.expire_stale() == []                # idempotent
-    kinds = [f[b"k"] for _, f in redis_client.xrange(cases.queue)]
+    kinds = [f[b"k"] for _, f in redis_client.xrange(cases.queue_of("K-OLD1"))]
     assert kinds.count(b"expired") == 1
 
 
@@ -368,7 +373,7 @@ def test_delete_my_data_forgets_address_and_text_but_keeps_the_anonymous_case(
     assert all(m.text == "" for m in kept.thread)
     assert handoff.cases.delete_for(PID) is None     # nothing left for this person
     assert drain(handoff, lambda: handoff.worker.pending() == 0
-                 and redis_client.xlen(handoff.cases.queue) == 0)
+                 and queued(redis_client, handoff) == 0)
     assert "父のことで" not in fake.everything()      # the queued message died with the data
     update = fake.calls("chat.update")[-1].body
     assert "データを消す" in json.dumps(update["blocks"], ensure_ascii=False)
@@ -385,7 +390,8 @@ def test_an_entry_read_by_a_worker_that_died_is_delivered_by_another(
     handoff.worker.ensure_group()
     open_case(handoff)
     # Worker A reads the case and dies before XACK.
-    got = redis_client.xreadgroup(GROUP, "worker-a", {handoff.cases.queue: ">"}, count=10)
+    got = redis_client.xreadgroup(GROUP, "worker-a", {handoff.cases.queue_of(NUMBER): ">"},
+                                  count=10)
     assert len(got[0][1]) == 1
     assert handoff.worker.poll_once(block_ms=5) == 0   # nothing new for worker B
     assert fake.posts() == [] and handoff.worker.pending() == 1
@@ -435,7 +441,7 @@ def test_unreadable_queue_entries_are_dropped_without_blocking_the_queue(
     redis_client.xadd(queue, {"k": "message", "n": NUMBER, "at": "garbage"})
     open_case(handoff)
     assert drain(handoff, lambda: handoff.worker.pending() == 0 and len(fake.posts()) == 1)
-    assert redis_client.xlen(queue) == 0
+    assert queued(redis_client, handoff) == 0
 
 
 def test_a_webhook_that_is_down_does_not_post_the_case_to_slack_twice(
@@ -758,7 +764,7 @@ def test_the_staff_queue_is_never_trimmed_and_its_backlog_raises_an_alarm(
     for i in range(12):
         open_case(h, number=f"K-Q{i:03d}", pid=f"p{i}")
     drain(h, lambda: False, turns=5)
-    assert redis_client.xlen(h.cases.queue) == 12          # nothing dropped
+    assert queued(redis_client, h) == 12                   # nothing dropped
     assert metric("tsunagu_queue_backlog", {"queue": "handoff"}) == 12
     alarms = [r for r in caplog.records if "queue_backlog" in r.getMessage()]
     assert alarms and alarms[0].levelno == logging.ERROR

@@ -22,6 +22,12 @@ RAW_LINE_ID = "U" + "9c1d" * 8
 
 
 @pytest.fixture
+def redis_url(either_redis: str | None) -> str | None:
+    """The loop runs on one Redis and on a local 3+3 Redis Cluster."""
+    return either_redis
+
+
+@pytest.fixture
 def loop_app(redis_url, key_prefix, redis_client):
     from bot.wiring import build
     from server import create_app

@@ -74,9 +74,11 @@ def test_forged_or_missing_signature_is_refused(line_app, redis_client, key_pref
     assert resp.status_code == 400
     time.sleep(0.3)
     assert fake.received == []
-    # Only the refusal counter of the (hashed) address, no event and no person.
+    # Only the dispatchers' (empty) ticket shards and the refusal counter of the (hashed)
+    # address: no event and no person.
+    shards = set(app.extensions["tsunagu_line"].queue.shards)
     assert [k for k in redis_client.scan_iter(match=f"{key_prefix}:*")
-            if not k.endswith(b":line:work") and b":limit:callback_refused:" not in k] == []
+            if k.decode() not in shards and b":limit:callback_refused:" not in k] == []
 
 
 def test_wrong_secret_is_refused(line_app):

@@ -55,11 +55,11 @@ def start_server(port: int, env: dict) -> subprocess.Popen:
     raise RuntimeError("server did not start")
 
 
-def post(port: int, body: str) -> int:
+def post(port: int, body: str, timeout: float = 5.0) -> int:
     req = urllib.request.Request(f"http://127.0.0.1:{port}/callback", data=body.encode(),
                                  headers={"X-Line-Signature": lh.sign(body),
                                           "Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=5) as resp:
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
         return resp.status
 
 

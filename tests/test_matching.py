@@ -79,3 +79,64 @@ def test_results_show_cards_with_tel_links_and_open_status(kyoto_engine):
                           for c in phoned)
     assert any(c.id == "centre_sakyo" and c.url for c in cards)
     assert all(c.status for c in cards if c.hours)
+
+
+# --- results people can use (issue 10) ---
+
+AGES = ("u18", "18_39", "40_64", "65_plus")
+
+
+def _all_results(engine, now=WEEKDAY_MORNING):
+    """Every age × whose × primary worry (+ a second worry), walked to results; the cards of
+    the answer that shows the results, with the walk that led there."""
+    from bot.replies import Cards
+
+    for age in AGES:
+        for whose in ("self", "family"):
+            for concern in engine.pack.categories:
+                walker = Walker(engine, now=now)
+                walker.start()
+                for value in ("start", whose, age, concern):
+                    walker.tap(value)
+                while walker.question.state != "contact":
+                    values = [c.value for c in walker.question.choices
+                              if not c.value.startswith("cmd:")]
+                    walker.tap("elderly" if walker.question.state == "more"
+                               and "elderly" in values else
+                               "none" if "none" in values else values[0])
+                walker.tap("chat")
+                cards = [c for r in walker.replies if isinstance(r, Cards) for c in r.cards]
+                yield (age, whose, concern), walker, cards
+
+
+def test_no_window_twice_in_one_answer(pack):
+    """At night with staff connected, "in this chat" adds the 24-hour lines to the results:
+    a line already shown is not shown again."""
+    from bot.wiring import build_engine
+
+    night = WEEKDAY_MORNING.replace(hour=22)
+    for walk, _, cards in _all_results(build_engine(pack, handoff=True), now=night):
+        ids = [c.id for c in cards]
+        assert len(ids) == len(set(ids)), (walk, ids)
+
+
+def test_no_window_for_another_age_band_in_any_answer(engine, pack):
+    seen = 0
+    for (age, _, _), _, cards in _all_results(engine):
+        for card in cards:
+            window = pack.windows[card.id]
+            assert not window.ages or age in window.ages, (age, card.id)
+            seen += bool(window.ages)
+    has_limited = any(w.ages for w in pack.windows.values())
+    assert seen or not has_limited  # age-limited windows do appear where they fit
+
+
+def test_a_midlife_person_gets_no_childrens_desk(kyoto_pack):
+    pack = kyoto_pack
+    for concern in ("poverty", "loneliness"):
+        found = match(pack, Answers(whose="self", age="40_64", concerns=(concern,)))
+        ids = {m.window.id for m in [*found.windows, *found.hotlines]}
+        assert not ids & {"child_family_support", "oyako_hotline_info",
+                          "kodomo_hotline_7333"}, (concern, ids)
+    young = match(pack, Answers(whose="self", age="18_39", concerns=("poverty",)))
+    assert "child_family_support" in {m.window.id for m in young.windows}

@@ -255,3 +255,57 @@ def test_a_malformed_tenants_file_stops_start_up_naming_the_variable(tmp_path):
         read_tenants(path)
     with pytest.raises(SettingsError, match=r"^TSUNAGU_TENANTS: no such file"):
         Settings.from_env({"TSUNAGU_TENANTS": str(tmp_path / "missing.yaml")})
+
+
+def test_the_worker_runs_one_staff_queue_per_city_with_staff(tmp_path):
+    """`python -m bot worker` with TSUNAGU_TENANTS: each city's own queue (its key prefix and
+    keys); a city without staff gets no worker."""
+    import threading
+
+    from bot.tenants import run_city_workers
+
+    path = tenants_yaml(tmp_path / "tenants.yaml")
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    data["cities"].append({"id": "otokuni", "pack": "nagaokakyo"})  # no staff connected
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    base = Settings(redis_url="redis://127.0.0.1:6379/0", bot_secret_key=SECRET,
+                    key_prefix="tsunagu", tenants_file=str(path))
+    env = {**SECRETS, "LINE_TOKEN": "tok", "SLACK_TOKEN": "xoxb-test"}
+    started: list[Settings] = []
+    stop = threading.Event()
+
+    def fake_worker(settings: Settings, stop_event: threading.Event) -> int:
+        started.append(settings)
+        if len(started) == 2:
+            stop_event.set()
+        stop_event.wait(5)
+        return 0
+
+    assert run_city_workers(base, env, fake_worker, stop) == 0
+    assert sorted(s.key_prefix for s in started) == ["tsunagu:kyoto", "tsunagu:nagaokakyo"]
+    assert {s.slack_staff_channel for s in started} == set(CHANNELS.values())
+    assert len({s.bot_secret_key for s in started} | {SECRET}) == 3
+
+
+def test_each_city_has_its_own_figures(cities, tmp_path, redis_url, key_prefix, monkeypatch,
+                                      capsys):
+    """`python -m bot stats --city <id>` reads that city's figures, and only those."""
+    from bot import cli
+
+    if not redis_url:
+        pytest.skip("the stats CLI needs a Redis server")
+    app, _ = cities
+    walk_to_results(app.test_client(), "nagaokakyo", "loneliness")
+    app.test_client().post("/c/kyoto/api/chat", json={"type": "start"})
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    monkeypatch.setenv("BOT_SECRET_KEY", SECRET)
+    monkeypatch.setenv("REDIS_KEY_PREFIX", key_prefix)
+    monkeypatch.setenv("TSUNAGU_TENANTS", str(tmp_path / "tenants.yaml"))
+    counts = {}
+    for city in ("nagaokakyo", "kyoto"):
+        assert cli.main(["stats", "--city", city, "--format", "json"]) == 0
+        rows = json.loads(capsys.readouterr().out)
+        counts[city] = {(r["measure"], r["key"]): r["count"] for r in rows}
+    assert counts["nagaokakyo"].get(("category", "loneliness")) == 1
+    assert ("category", "loneliness") not in counts["kyoto"]
+    assert cli.main(["stats", "--city", "osaka"]) == 2

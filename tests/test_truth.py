@@ -214,6 +214,8 @@ def test_windows_check_lists_every_window_oldest_first(kyoto_pack):
     assert dated == sorted(dated) and dated        # then the oldest confirmation first
     free = next(line for line in lines if line.split()[2] == "inochi_free_dial")
     assert "0120-783-556" in free and "akiruno" in free
+    hiki = next(line for line in lines if line.split()[2] == "hikikomori_window")
+    assert "[note: " in hiki  # the staff-only note shows here, never to a resident
 
 
 # -- crisis replies by the clock ----------------------------------------------------------------

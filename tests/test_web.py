@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from bot.replies import offers_a_way_on
 
 
@@ -99,3 +101,46 @@ def test_metrics_count_without_personal_data(client):
     assert 'tsunagu_crisis_replies_total{kind="self_harm"}' in text
     assert "tsunagu_answer_seconds_bucket" in text
     assert "死にたい" not in text and "tsunagu_visitor" not in text
+
+
+# --- the page opened again, language, データを消す (issue 10) ---
+
+
+def test_open_starts_in_the_asked_language_then_returns_to_the_place(client, services):
+    pack = services.pack
+    resp = client.post("/api/chat", json={"type": "open", "lang": "en"})
+    assert resp.json["lang"] == "en" and not resp.json["resumed"]
+    q, _ = _values(resp.json)
+    assert q["text"] == pack.msg("welcome.body", "en")
+    client.post("/api/chat", json={"type": "tap", "value": "start", "state": "welcome"})
+    again = client.post("/api/chat", json={"type": "open"})
+    q, _ = _values(again.json)
+    assert q["state"] == "whose" and again.json["resumed"] and again.json["lang"] == "en"
+
+
+def test_open_with_an_unknown_language_is_malformed(client):
+    assert client.post("/api/chat", json={"type": "open", "lang": "fr"}).status_code == 400
+
+
+def test_forget_tells_the_page_to_clear(client):
+    client.post("/api/chat", json={"type": "start"})
+    resp = client.post("/api/chat", json={"type": "text", "text": "データを消す"})
+    assert resp.json["cleared"] is True
+    assert client.post("/api/chat", json={"type": "open"}).json["cleared"] is False
+
+
+def test_page_frame_follows_lang_and_carries_both_languages(client, services):
+    pack = services.pack
+    html = client.get("/?lang=en").get_data(as_text=True)
+    assert '<html lang="en">' in html and pack.msg("web.title", "en") in html
+    frame = json.loads(html.split('<script id="frame" type="application/json">')[1]
+                       .split("</script>")[0])
+    assert frame["ja"]["placeholder"] == pack.msg("web.placeholder", "ja")  # switch, no reload
+    ja = client.get("/").get_data(as_text=True)
+    assert '<html lang="ja">' in ja
+    # A strict Content-Security-Policy works: no inline script or style, no handlers.
+    assert "style=" not in ja and "<style" not in ja and " onclick" not in ja
+    scripts = [part.split(">")[0] for part in ja.split("<script")[1:]]
+    assert all("src=" in s or 'type="application/json"' in s for s in scripts), scripts
+    # The emergency bar names 110, 119 and one 24-hour line from the pack.
+    assert 'href="tel:110"' in ja and 'href="tel:119"' in ja

@@ -15,6 +15,7 @@ from bot.channels.line_api import LineApi
 from bot.channels.line_queue import Dispatcher, LineQueue
 from bot.crypto import Sealer
 from bot.engine import Engine
+from bot.redisconn import ReplicaWait
 from bot.service import Conversations
 
 if TYPE_CHECKING:
@@ -74,6 +75,10 @@ def build_line(services: Services, threads: int = 4,
     sealer = Sealer(settings.secret_keys, "line-address")
     api = LineApi(settings.line_api_base_url, settings.line_channel_access_token or "")
     queue = LineQueue(services.redis, services.store, Sealer(settings.secret_keys, "line-job"),
+                      shards=settings.stream_shards,
+                      wait=ReplicaWait(services.redis, settings.redis_wait_replicas,
+                                       settings.redis_wait_ms),
+                      refuse_unreplicated=settings.redis_wait_refuse,
                       backlog_alert_at=settings.queue_backlog_alert)
     clock = services.conversations.clock
     dispatcher = Dispatcher(queue, services.conversations, api, sealer, clock,

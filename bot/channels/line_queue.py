@@ -1,19 +1,25 @@
 """Durable LINE events: accepted into Redis before the webhook answers 200, then answered
 in order, per person, by dispatcher threads (or the worker process).
 
-  <prefix>:{<pid>}:line:seen:<webhookEventId>   SET NX EX — a redelivered event is dropped
+  <prefix>:{<pid>}:line:ev                      ZSET of event marks (seen, being answered)
+                                                by time, trimmed to 24 h — see _ENQUEUE
   <prefix>:{<pid>}:line:inbox                   ZSET by LINE's timestamp — the person's order;
                                                 members {"event_id", "sealed"}: the job (text,
                                                 reply token, address) sealed with Fernet, since
                                                 it waits here as long as LINE is down
-  <prefix>:line:work                            STREAM of person tickets, consumer group
-                                                "line": at-least-once, reclaimed if a
-                                                dispatcher dies (XAUTOCLAIM)
+  <prefix>:line:work, <prefix>:line:work:{work-<i>}
+                                                STREAM shards of person tickets (bot.streams),
+                                                consumer group "line": at-least-once,
+                                                reclaimed if a dispatcher dies (XAUTOCLAIM)
   <prefix>:{<pid>}:line:fail                    HASH event id → unexpected failures; a job
                                                 failing JOB_TRIES times is parked
 
-The seen key and the inbox share the person's hash tag, so one Lua call checks and enqueues
-atomically, also on Redis Cluster.
+The marks and the inbox share the person's hash tag, so one Lua call checks and enqueues
+atomically, also on Redis Cluster. The ticket lives in a shard (another slot, often another
+node), written in the same round trip but by its own command: a ticket only names a person,
+so one without inbox entries is drained empty and acknowledged; inbox entries without a
+ticket (their shard's primary was down) get one in another shard, or are taken back out and
+answered in degraded mode (see `LineQueue.accept`).
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from typing import Any
 import redis
 from prometheus_client import Counter
 
-from bot import logs
+from bot import logs, metrics
 from bot.channels.line_api import DeliveryPending
 from bot.channels.line_events import Job
 from bot.channels.line_render import render
@@ -38,11 +44,14 @@ from bot.crypto import Sealer
 from bot.handoff.worker import default_consumer
 from bot.limits import Backlog
 from bot.ports import Conversation, Event, LineSender
+from bot.redisconn import UNAVAILABLE, ReplicaWait, is_cluster, script
 from bot.store import LockTimeout, SessionStore, Turn
+from bot.streams import Entry, Shards, StreamConsumer
 
 log = logs.get("line")
 GROUP = "line"
 SEEN_TTL_S = 24 * 3600
+MARKS_TTL_MS = SEEN_TTL_S * 1000
 INBOX_TTL_S = 24 * 3600
 JOB_TRIES = 3  # a job failing this often with an unexpected error is parked
 
@@ -56,37 +65,56 @@ if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[
 return 0
 """
 
-# Read the person's inbox and note, for each event, that we are about to answer it; return
-# each job with whether it had been noted before (a process died while answering it).
+# The person's event marks live in ONE sorted set, <prefix>:{<pid>}:line:ev, scored by when
+# they were written: "s<id>" (seen: a redelivery is dropped) and "t<id>" (being answered: a
+# retry after a crash checks LINE before sending). Marks older than MARKS_TTL_S are trimmed
+# on every write and the key's TTL is renewed, so de-duplication holds for 24 h after an
+# event while one small listpack replaces two keys per event.
+
+# Read the person's inbox and mark, for each event, that we are about to answer it; return
+# each job with whether it had been marked before (a process died while answering it).
+# ARGV: now (ms), marks TTL (ms).
 _TAKE = """
 local jobs = redis.call('zrange', KEYS[1], 0, -1)
 local out = {}
 for i, raw in ipairs(jobs) do
   local id = cjson.decode(raw)['event_id']
-  local before = redis.call('set', ARGV[1] .. id, '1', 'NX', 'GET', 'EX', ARGV[2])
+  local added = redis.call('zadd', KEYS[2], 'NX', ARGV[1], 't' .. id)
   out[#out + 1] = raw
-  out[#out + 1] = before and '1' or '0'
+  out[#out + 1] = added == 0 and '1' or '0'
 end
+if #jobs > 0 then redis.call('pexpire', KEYS[2], ARGV[2]) end
 return out
 """
 
+# ARGV: now (ms), marks TTL (ms), event id, LINE timestamp, inbox member, inbox TTL (s).
 _ENQUEUE = """
-if redis.call('set', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
-  redis.call('zadd', KEYS[2], ARGV[2], ARGV[3])
-  redis.call('expire', KEYS[2], ARGV[4])
+redis.call('zremrangebyscore', KEYS[1], '-inf', ARGV[1] - ARGV[2])
+if redis.call('zadd', KEYS[1], 'NX', ARGV[1], 's' .. ARGV[3]) == 1 then
+  redis.call('pexpire', KEYS[1], ARGV[2])
+  redis.call('zadd', KEYS[2], ARGV[4], ARGV[5])
+  redis.call('expire', KEYS[2], ARGV[6])
   return 1
 end
 return 0
 """
 
 
+class NotDurable(Exception):
+    """No replica acknowledged the accepted events in time (REDIS_WAIT_TIMEOUT=refuse)."""
+
+
 class LineQueue:
-    def __init__(self, client: redis.Redis, store: SessionStore, sealer: Sealer,
+    def __init__(self, client: redis.Redis, store: SessionStore, sealer: Sealer, shards: int = 4,
+                 wait: ReplicaWait | None = None, refuse_unreplicated: bool = False,
                  backlog_alert_at: int = 1000):
         self.redis = client
         self.store = store
         self.sealer = sealer
-        self.stream = f"{store.prefix}:line:work"
+        self.shards = Shards(f"{store.prefix}:line:work", shards)
+        self.stream = self.shards.names[0]
+        self.wait = wait
+        self.refuse_unreplicated = refuse_unreplicated
         self.backlog = Backlog("line", backlog_alert_at)  # never trimmed: see bot.limits
 
     def seal(self, job: Job) -> str:
@@ -102,26 +130,81 @@ class LineQueue:
     def inbox(self, pid: str) -> str:
         return self.store.key(pid, "line:inbox")
 
-    def ensure_group(self) -> None:
-        try:
-            self.redis.xgroup_create(self.stream, GROUP, id="0", mkstream=True)
-        except redis.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+    def marks(self, pid: str) -> str:
+        return self.store.key(pid, "line:ev")
 
-    def accept(self, jobs: list[tuple[str, Job]]) -> list[bool]:
-        """Make events durable: one round trip for the whole webhook body."""
+    def consumer(self, name: str, home: int = 0) -> StreamConsumer:
+        return StreamConsumer(self.redis, self.shards, GROUP, name, home=home)
+
+    def accept(self, jobs: list[tuple[str, Job]]) -> list[bool | None]:
+        """Make events durable: one round trip for the whole webhook body (one per node on a
+        cluster, in parallel). Per job: True new, False a redelivery, None not stored (Redis
+        or that person's primary is down: answer it in degraded mode).
+
+        With replicas, the round trip ends with WAIT on every primary written; too few
+        acknowledgements raise NotDurable when `refuse_unreplicated` (the webhook answers 500
+        and LINE redelivers), else are counted and accepted.
+        """
         pipe = self.redis.pipeline(transaction=False)
-        for pid, job in jobs:
-            seen = self.store.key(pid, f"line:seen:{job.event_id}")
-            pipe.eval(_ENQUEUE, 2, seen, self.inbox(pid), SEEN_TTL_S, job.timestamp_ms,
-                      self.seal(job), INBOX_TTL_S)
-        for pid in dict.fromkeys(pid for pid, _ in jobs):
-            pipe.xadd(self.stream, {"p": pid})
-        pipe.xlen(self.stream)
-        results = pipe.execute()
-        self.backlog.note(results[-1])
-        return [bool(r) for r in results[: len(jobs)]]
+        keys: list[str] = []
+        members = [self.seal(job) for _, job in jobs]  # sealing is random: keep what was sent
+        now_ms = int(time.time() * 1000)
+        for (pid, job), member in zip(jobs, members, strict=True):
+            marks = self.marks(pid)
+            script(pipe, _ENQUEUE, [marks, self.inbox(pid)], now_ms, MARKS_TTL_MS,
+                   job.event_id, job.timestamp_ms, member, INBOX_TTL_S)
+            keys.append(marks)
+        pids = list(dict.fromkeys(pid for pid, _ in jobs))
+        for pid in pids:
+            pipe.xadd(self.shards.of(pid), {"p": pid})
+            keys.append(self.shards.of(pid))
+        for name in self.shards:  # the backlog alarm watches the whole queue
+            pipe.xlen(name)
+        waits = self.wait.add(pipe, keys) if self.wait is not None else 0
+        results = pipe.execute(raise_on_error=False)
+        first = len(jobs) + len(pids)
+        self.backlog.note(sum(n for n in results[first:first + len(self.shards)]
+                              if isinstance(n, int)))
+        stored = results[:len(jobs)]
+        tickets = dict(zip(pids, results[len(jobs):len(jobs) + len(pids)], strict=True))
+        for pid, result in tickets.items():
+            if isinstance(result, Exception) and not self._ticket_elsewhere(pid):
+                self._take_back(pid, [(job, member) for (p, job), member, r
+                                      in zip(jobs, members, stored, strict=True)
+                                      if p == pid and r == 1])
+                stored = [RuntimeError("no ticket") if p == pid and r == 1 else r
+                          for (p, _), r in zip(jobs, stored, strict=True)]
+        if waits and self.wait is not None and not self.wait.acknowledged(results[-waits:]):
+            metrics.REDIS_ERRORS.labels("line_wait").inc()
+            logs.event(log, "accept_not_replicated", logging.WARNING, events=len(jobs),
+                       refused=self.refuse_unreplicated)
+            if self.refuse_unreplicated:
+                raise NotDurable()
+        return [None if isinstance(r, Exception) else bool(r) for r in stored]
+
+    def _ticket_elsewhere(self, pid: str) -> bool:
+        """The person's shard is down: put the ticket in the first shard that takes it."""
+        for name in self.shards.others(self.shards.of(pid)):
+            try:
+                self.redis.xadd(name, {"p": pid})
+                return True
+            except redis.RedisError:
+                continue
+        return False
+
+    def _take_back(self, pid: str, jobs: list[tuple[Job, str]]) -> None:
+        """No shard took the ticket: remove the inbox entries just written (best effort), so
+        the degraded answer is the only one; if this fails too, the entries are answered late
+        with the person's next event."""
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            for job, member in jobs:
+                pipe.zrem(self.inbox(pid), member)
+                pipe.zrem(self.marks(pid), f"s{job.event_id}")
+            pipe.execute()
+        except redis.RedisError as exc:
+            logs.event(log, "accept_take_back_failed", logging.ERROR, pid=pid[:16],
+                       error=type(exc).__name__)
 
 
 class Dispatcher:
@@ -146,8 +229,13 @@ class Dispatcher:
         self._workers: list[threading.Thread] = []
 
     def start(self) -> None:
-        for i in range(self.threads):
-            t = threading.Thread(target=self._run, name=f"line-dispatch-{i}", daemon=True)
+        # On a cluster each shard needs a thread blocking on it (bot.streams).
+        threads = max(self.threads, len(self.queue.shards) if is_cluster(self.queue.redis)
+                      else 1)
+        for i in range(threads):
+            consumer = self.queue.consumer(self.consumer, home=i)
+            t = threading.Thread(target=self._run, args=(consumer,), name=f"line-dispatch-{i}",
+                                 daemon=True)
             t.start()
             self._workers.append(t)
 
@@ -156,56 +244,50 @@ class Dispatcher:
         for t in self._workers:
             t.join(timeout)
 
-    def _run(self) -> None:
+    def _run(self, consumer: StreamConsumer) -> None:
         last_reclaim = 0.0
-        need_group = True
         while not self._stop.is_set():
             try:
-                if need_group:  # once, and again only if Redis lost it (restart, NOGROUP)
-                    self.queue.ensure_group()
-                    need_group = False
                 if time.monotonic() - last_reclaim > self.reclaim_idle_ms / 2000:
                     last_reclaim = time.monotonic()
-                    self.reclaim()
-                self.poll_once()
-            except redis.ResponseError as exc:
-                need_group = "NOGROUP" in str(exc)
-                if not need_group:
-                    logs.failure("line.dispatch", exc)
-                self._stop.wait(0.2)
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
-                need_group = True
+                    self.reclaim(consumer)
+                self.poll_once(consumer)
+            except UNAVAILABLE as exc:
+                consumer.lost()
                 self.conversations.outage("line_dispatch", exc)  # type: ignore[attr-defined]
                 self._stop.wait(1.0)
+            except redis.ResponseError as exc:
+                if "NOGROUP" in str(exc):  # Redis lost the group (restart without data)
+                    consumer.lost()
+                else:
+                    logs.failure("line.dispatch", exc)
+                self._stop.wait(0.2)
             except Exception as exc:
                 logs.failure("line.dispatch", exc)
                 self._stop.wait(0.5)
 
-    def poll_once(self) -> int:
-        got = self.queue.redis.xreadgroup(GROUP, self.consumer, {self.queue.stream: ">"},
-                                          count=8, block=self.block_ms)
-        handled = 0
-        for _stream, entries in got or []:
-            for entry_id, fields in entries:
-                self._ticket(entry_id, fields)
-                handled += 1
-        return handled
-
-    def reclaim(self) -> int:
-        """Take over tickets a dead dispatcher read but never acknowledged."""
-        _next, entries, *_ = self.queue.redis.xautoclaim(
-            self.queue.stream, GROUP, self.consumer, min_idle_time=self.reclaim_idle_ms,
-            start_id="0-0", count=16)
-        for entry_id, fields in entries:
-            if fields:
-                self._ticket(entry_id, fields)
+    def poll_once(self, consumer: StreamConsumer | None = None) -> int:
+        consumer = consumer or self.queue.consumer(self.consumer)
+        entries = consumer.read(count=8, block_ms=self.block_ms)
+        for entry in entries:
+            self._ticket(entry)
         return len(entries)
 
-    def _ticket(self, entry_id: bytes, fields: dict) -> None:
-        raw = fields.get(b"p", fields.get("p", b""))
-        pid = raw.decode() if isinstance(raw, bytes) else str(raw)
+    def reclaim(self, consumer: StreamConsumer | None = None) -> int:
+        """Take over tickets a dead dispatcher read but never acknowledged."""
+        consumer = consumer or self.queue.consumer(self.consumer)
+        entries = consumer.reclaim(self.reclaim_idle_ms, count=16)
+        for entry in entries:
+            self._ticket(entry)
+        return len(entries)
+
+    def _ticket(self, entry: Entry) -> None:
+        pid = entry.fields.get("p", "")
+        if not pid:  # not a ticket (or deleted while pending): nothing to answer
+            self.queue.consumer(self.consumer).ack([(entry.stream, entry.id)])
+            return
         try:
-            self.drain(pid, ack=entry_id)
+            self.drain(pid, ack=(entry.stream, entry.id))
         except (DeliveryPending, LockTimeout):
             # Left unacknowledged: reclaimed and retried after `reclaim_idle_ms`.
             logs.event(log, "delivery_pending", logging.WARNING, pid=pid[:16])
@@ -214,7 +296,7 @@ class Dispatcher:
         """When an answer must be out: well before the person's lock expires."""
         return time.monotonic() + self.queue.store.lock_ms / 1000 * 0.8
 
-    def drain(self, pid: str, ack: bytes | None = None) -> int:
+    def drain(self, pid: str, ack: tuple[str, str] | None = None) -> int:
         """Answer every queued event of one person, oldest first, under their lock.
 
         Args:
@@ -238,9 +320,16 @@ class Dispatcher:
         """
         store, inbox = self.queue.store, self.queue.inbox(pid)
         token = uuid.uuid4().hex
-        tried_prefix = store.key(pid, "line:try:")
-        session, (taken,) = store.lock_and_load(
-            pid, token, also=lambda p: p.eval(_TAKE, 1, inbox, tried_prefix, SEEN_TTL_S))
+        marks = self.queue.marks(pid)
+
+        def take(pipe: Any) -> None:
+            script(pipe, _TAKE, [inbox, marks], int(time.time() * 1000), MARKS_TTL_MS)
+            if self.queue.wait is not None:
+                # The "being answered" marks reach a replica before anything is sent: after a
+                # failover the retry knows to check, so nothing is said twice.
+                self.queue.wait.add(pipe, [inbox])
+
+        session, (taken, *_) = store.lock_and_load(pid, token, also=take)
         pairs = list(zip(taken[0::2], taken[1::2], strict=True))
         turn = Turn(session=session)
         left = 0
@@ -293,10 +382,9 @@ class Dispatcher:
             raise LockTimeout(pid)
         return self._deadline()
 
-    def _ack(self, pipe: Any, entry_id: bytes | None) -> None:
-        if entry_id is not None:
-            pipe.xack(self.queue.stream, GROUP, entry_id)
-            pipe.xdel(self.queue.stream, entry_id)
+    def _ack(self, pipe: Any, entry: tuple[str, str] | None) -> None:
+        if entry is not None:
+            self.queue.consumer(self.consumer).ack([entry], pipe)
 
     def _failed(self, pid: str, job: Job, deadline: float) -> bool:
         """An unexpected failure answering `job`: count it; park the job (True: remove it

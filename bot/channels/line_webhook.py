@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from bot import logs, metrics
 from bot.channels.line_events import Job, translate, user_id_of
-from bot.channels.line_queue import answer_degraded
+from bot.channels.line_queue import NotDurable, answer_degraded
 from bot.service import REDIS_DOWN
 
 log = logs.get("line")
@@ -80,11 +80,16 @@ def callback() -> Response:
     if jobs:
         try:
             accepted = line.queue.accept(jobs)
-            logs.event(log, "webhook_accepted", events=len(jobs),
-                       duplicates=accepted.count(False))
+        except NotDurable:
+            return Response("not replicated in time", status=500, mimetype="text/plain")
         except REDIS_DOWN:
+            accepted = [None] * len(jobs)
+        unstored = [job for job, ok in zip(jobs, accepted, strict=True) if ok is None]
+        logs.event(log, "webhook_accepted", events=len(jobs), duplicates=accepted.count(False),
+                   degraded=len(unstored))
+        if unstored:  # Redis, or these people's primary, is down: answer without state
             metrics.REDIS_ERRORS.labels("line_webhook").inc()
-            line.degraded.submit(answer_all_degraded, line, jobs)
+            line.degraded.submit(answer_all_degraded, line, unstored)
     return Response("OK", status=200, mimetype="text/plain")
 
 

@@ -45,6 +45,8 @@ from bot import logs
 from bot.crypto import Sealer
 from bot.handoff.models import Case, CaseRequest, Channel, StaffMessage
 from bot.limits import LIMITED, ORIGIN, Backlog
+from bot.redisconn import script
+from bot.streams import Shards
 
 log = logs.get("handoff")
 
@@ -136,7 +138,7 @@ class CaseStore:
                  expire_after_s: int = 7 * 24 * 3600, keep_closed_s: int = 30 * 24 * 3600,
                  thread_max: int = 50, clock: Callable[[], float] = time.time,
                  cases_per_origin_per_day: int = 0, urgent_alert_interval_s: int = 0,
-                 backlog_alert_at: int = 1000):
+                 backlog_alert_at: int = 1000, shards: int = 1):
         self.cases_per_origin_per_day = cases_per_origin_per_day  # 0: no limit
         self.urgent_alert_interval_s = urgent_alert_interval_s    # 0: every crisis alerts
         self.backlog = Backlog("handoff", backlog_alert_at)        # never trimmed: watched
@@ -147,11 +149,16 @@ class CaseStore:
         self.keep_closed_s = keep_closed_s
         self.thread_max = thread_max
         self.clock = clock
-        self.queue = f"{prefix}:handoff:queue"
+        self.queues = Shards(f"{prefix}:handoff:queue", shards)
+        self.queue = self.queues.names[0]
         self.open_index = f"{prefix}:handoff:open"
         self.unqueued = f"{prefix}:handoff:unqueued"
 
     # -- keys --------------------------------------------------------------------------------
+
+    def queue_of(self, number: str) -> str:
+        """The staff-queue shard of a case: one case's events stay in order in one stream."""
+        return self.queues.of(number)
 
     def case_key(self, number: str, what: str = "case") -> str:
         return f"{self.prefix}:{{case:{number}}}:{what}"
@@ -233,10 +240,11 @@ class CaseStore:
         if case.pid:
             pipe.set(self.pid_key(case.pid), case.number, ex=self.expire_after_s)
         pipe.zadd(self.open_index, {case.number: case.created_at})
-        pipe.xadd(self.queue, {"k": "opened", "n": case.number})
+        pipe.xadd(self.queue_of(case.number), {"k": "opened", "n": case.number})
         pipe.zrem(self.unqueued, case.number)
-        pipe.xlen(self.queue)
-        self.backlog.note(pipe.execute()[-1])
+        for name in self.queues:
+            pipe.xlen(name)
+        self.backlog.note(sum(pipe.execute()[-len(self.queues):]))
 
     def requeue_stranded(self, older_than_s: float = 60.0) -> list[str]:
         """Queue the cases a dying process stored but never queued (see `open`)."""
@@ -315,7 +323,7 @@ class CaseStore:
         """
         key = self.case_key(number)
         for attempt in range(64):
-            with self.redis.pipeline() as pipe:
+            with self.redis.pipeline(transaction=True) as pipe:
                 try:
                     pipe.watch(key)
                     case = self._unseal(pipe.get(key))
@@ -350,10 +358,11 @@ class CaseStore:
         if done:
             entry["done"] = ",".join(done)
         pipe = self.redis.pipeline(transaction=False)
-        pipe.xadd(self.queue, entry)
-        pipe.xlen(self.queue)
-        entry_id, length = pipe.execute()
-        self.backlog.note(length)
+        pipe.xadd(self.queue_of(number), entry)
+        for name in self.queues:  # the backlog alarm watches the whole queue
+            pipe.xlen(name)
+        entry_id, *lengths = pipe.execute()
+        self.backlog.note(sum(lengths))
         return entry_id.decode() if isinstance(entry_id, bytes) else entry_id
 
     def claim(self, number: str, staff_id: str) -> tuple[bool, Case | None]:
@@ -526,7 +535,7 @@ class CaseStore:
         pipe = self.redis.pipeline(transaction=False)
         pipe.delete(self.case_key(case.number, "addr"))  # also when the record is gone
         if pid:
-            pipe.eval(_DEL_IF, 1, self.pid_key(pid), case.number)
+            script(pipe, _DEL_IF, [self.pid_key(pid)], case.number)
         pipe.zrem(self.open_index, case.number)
         pipe.execute()
         return stored

@@ -30,7 +30,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
 
 import redis
 from prometheus_client import Counter
@@ -49,6 +48,7 @@ from bot.handoff.cases import (
 from bot.handoff.models import Case, StaffMessage
 from bot.handoff.notify import Notifier, NotifierDown, NotifierError
 from bot.ports import StaffRelay
+from bot.streams import Entry, StreamConsumer
 
 log = logs.get("handoff")
 GROUP = "notifiers"
@@ -60,10 +60,6 @@ RELAYS_PARKED = Counter("tsunagu_handoff_relays_parked",
 
 __all__ = ["CASES_CLAIMED", "CASES_EXPIRED", "CASES_OPENED", "CASES_RESOLVED", "DELIVERIES",
            "FIRST_STAFF_REPLY", "GROUP", "HandoffWorker"]
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def default_consumer() -> str:
@@ -93,43 +89,32 @@ class HandoffWorker:
         self.relay = relay
         self.relay_tries = relay_tries
         self.stream = cases.queue
+        self.queue = StreamConsumer(client, cases.queues, GROUP, self.consumer)
         self._failures = 0           # consecutive passes with a failed delivery
         self._retry_at = 0.0         # when our own pending entries are tried again
         self._last_reclaim = float("-inf")
         self._last_expire = float("-inf")
-        self._group_ready = False
         self._outage = logs.Throttle(60.0)
 
     def ensure_group(self) -> None:
-        if self._group_ready:
-            return
-        try:
-            self.redis.xgroup_create(self.stream, GROUP, id="0", mkstream=True)
-        except redis.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
-        self._group_ready = True
+        self.queue.ensure_groups()
 
     # -- one entry -----------------------------------------------------------------------------
 
-    def _ack(self, entry_id: Any) -> None:
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.xack(self.stream, GROUP, entry_id)
-        pipe.xdel(self.stream, entry_id)
-        pipe.execute()
+    def _ack(self, entry: Entry) -> None:
+        self.queue.ack([(entry.stream, entry.id)])
 
-    def deliver(self, entry_id: Any, fields: dict | None, down: set[str]) -> bool:
+    def deliver(self, entry: Entry, down: set[str]) -> bool:
         """Hand one entry to every notifier not yet done; ack when all are. True if acked.
 
         `down` collects notifiers that failed as a whole during this pass: they are not called
         again until the next pass, so an outage costs one timeout per pass, not one per entry.
         """
-        eid = _text(entry_id)
-        fields = {_text(k): _text(v) for k, v in (fields or {}).items()}
+        eid, fields = entry.id, entry.fields
         kind, number = fields.get("k", ""), fields.get("n", "")
         if not kind or not valid_number(number):
             logs.event(log, "queue_entry_malformed", logging.ERROR, entry=eid)
-            self._ack(entry_id)
+            self._ack(entry)
             return True
         try:
             case = self.cases.get(number)
@@ -137,14 +122,14 @@ class HandoffWorker:
         except (ValueError, ValidationError) as exc:  # a corrupt record or entry never heals
             logs.event(log, "queue_entry_unreadable", logging.ERROR, entry=eid, number=number,
                        error=type(exc).__name__)
-            self._ack(entry_id)
+            self._ack(entry)
             return True
         if case is None:
             logs.event(log, "queue_case_gone", logging.WARNING, entry=eid, number=number)
-            self._ack(entry_id)
+            self._ack(entry)
             return True
         if kind == "reply":
-            return self._reply(entry_id, case, fields.get("m", ""))
+            return self._reply(entry, case, fields.get("m", ""))
         message: StaffMessage | None = None
         if kind == "message":
             message = next((m for m in case.thread if m.at == at and m.who == "resident"), None)
@@ -152,7 +137,7 @@ class HandoffWorker:
             if sealed and case.forgotten_at is None:  # the case may have closed since
                 message = StaffMessage(at=at, who="resident", text=sealed)
             if message is None or not message.text:  # trimmed, or deleted by データを消す
-                self._ack(entry_id)
+                self._ack(entry)
                 return True
         done = set(filter(None, fields.get("done", "").split(",")))
         ok = True
@@ -183,18 +168,18 @@ class HandoffWorker:
             DELIVERIES.labels(notifier=notifier.name, outcome="ok").inc()
             self.cases.mark_delivered(number, marker)
         if ok:
-            self._ack(entry_id)
+            self._ack(entry)
             logs.event(log, "delivered", kind=kind, number=number)
         return ok
 
-    def _reply(self, entry_id: Any, case: Case, message_id: str) -> bool:
+    def _reply(self, entry: Entry, case: Case, message_id: str) -> bool:
         """A staff answer → the resident, once per message id; parked after `relay_tries`."""
         number, marker = case.number, f"reply:{message_id}"
         message = next((m for m in case.thread if m.id == message_id and m.who == "staff"),
                        None)
         if (message is None or case.status not in ("new", "claimed")
                 or case.forgotten_at is not None or self.cases.was_delivered(number, marker)):
-            self._ack(entry_id)  # trimmed, closed, forgotten (staff were told), or done
+            self._ack(entry)  # trimmed, closed, forgotten (staff were told), or done
             return True
         try:
             if self.relay is None:
@@ -209,20 +194,20 @@ class HandoffWorker:
             self.cases.enqueue(number, "undelivered")
             RELAYS_PARKED.inc()
             logs.event(log, "staff_reply_parked", logging.ERROR, number=number, tries=tries)
-            self._ack(entry_id)
+            self._ack(entry)
             return True
         self.cases.mark_delivered(number, marker)
-        self._ack(entry_id)
+        self._ack(entry)
         logs.event(log, "staff_reply_relayed", number=number, channel=case.channel)
         return True
 
-    def _deliver_all(self, entries: list, down: set[str]) -> tuple[int, int]:
+    def _deliver_all(self, entries: list[Entry], down: set[str]) -> tuple[int, int]:
         done = failed = 0
-        for entry_id, fields in entries:
-            if not fields:  # deleted from the stream while pending: nothing to deliver
-                self._ack(entry_id)
+        for entry in entries:
+            if not entry.fields:  # deleted from the stream while pending: nothing to deliver
+                self._ack(entry)
                 continue
-            if self.deliver(entry_id, fields, down):
+            if self.deliver(entry, down):
                 done += 1
             else:
                 failed += 1
@@ -241,10 +226,7 @@ class HandoffWorker:
 
     def poll_once(self, block_ms: int | None = None) -> int:
         """Read new entries (blocking up to block_ms) and deliver them. Returns how many."""
-        self.ensure_group()
-        got = self.redis.xreadgroup(GROUP, self.consumer, {self.stream: ">"}, count=self.batch,
-                                    block=self.block_ms if block_ms is None else block_ms)
-        entries = [e for _stream, batch in got or [] for e in batch]
+        entries = self.queue.read(self.batch, self.block_ms if block_ms is None else block_ms)
         down: set[str] = set()
         done, failed = self._deliver_all(entries, down)
         if failed:
@@ -253,20 +235,15 @@ class HandoffWorker:
 
     def retry_pending(self) -> int:
         """Deliver again the entries this consumer read but could not deliver yet."""
-        self.ensure_group()
-        got = self.redis.xreadgroup(GROUP, self.consumer, {self.stream: "0"}, count=self.batch)
-        entries = [e for _stream, batch in got or [] for e in batch]
+        entries = self.queue.own_pending(self.batch)
         done, failed = self._deliver_all(entries, set())
         self._note(failed)
         return done
 
     def reclaim(self) -> int:
         """Take over entries another consumer (a dead worker) left pending, and deliver them."""
-        self.ensure_group()
         self._last_reclaim = self.clock()
-        _next, entries, *_ = self.redis.xautoclaim(
-            self.stream, GROUP, self.consumer, min_idle_time=self.reclaim_idle_ms,
-            start_id="0-0", count=self.batch)
+        entries = self.queue.reclaim(self.reclaim_idle_ms, self.batch)
         if entries:
             logs.event(log, "queue_reclaimed", entries=len(entries))
         done, failed = self._deliver_all(entries, set())
@@ -276,8 +253,7 @@ class HandoffWorker:
 
     def pending(self) -> int:
         """How many entries wait for acknowledgement, over all consumers."""
-        self.ensure_group()
-        return int(self.redis.xpending(self.stream, GROUP)["pending"])
+        return self.queue.pending()
 
     def step(self, block_ms: int | None = None) -> None:
         """One loop turn: reclaim and expire when due, retry our pending when due, read new."""
@@ -303,7 +279,7 @@ class HandoffWorker:
                 self.step()
                 delay = 0.5
             except (redis.ConnectionError, redis.TimeoutError) as exc:
-                self._group_ready = False
+                self.queue.lost()
                 if self._outage.ready():
                     logs.event(log, "redis_unavailable", logging.WARNING,
                                error=type(exc).__name__)

@@ -22,12 +22,15 @@ class Row:
     contact: str
     source: str
     hours_source: str | None
+    note: str | None = None
 
     def line(self) -> str:
         when = self.confirmed.isoformat() if self.confirmed else NEVER
         text = f"{when:10}  {self.kind:7}  {self.id:32}  {self.contact:16}  {self.source}"
         if self.hours_source and self.hours_source != self.source:
             text += f"  (hours: {self.hours_source})"
+        if self.note:
+            text += f"  [note: {' '.join(self.note.split())}]"
         return text
 
 
@@ -37,7 +40,8 @@ def rows(pack: Pack) -> list[Row]:
     for w in pack.windows.values():
         contact = w.phone or w.mail or ("url" if w.url else "address" if w.address else "-")
         out.append(Row(confirmed=w.confirmed, kind=w.kind, id=w.id, contact=contact,
-                       source=w.source, hours_source=w.hours.source if w.hours else None))
+                       source=w.source, hours_source=w.hours.source if w.hours else None,
+                       note=w.note))
     return sorted(out, key=lambda r: (r.confirmed is not None, r.confirmed or date.min, r.id))
 
 

@@ -37,6 +37,13 @@ class Match:
     urgent: bool = False
 
 
+def fits(w: Window, a: Answers) -> bool:
+    """The window's audience admits the person: age band and whose worry, when known."""
+    if w.ages and a.age and a.age not in w.ages:
+        return False
+    return not (w.whose and a.whose and a.whose not in w.whose)
+
+
 def _score(w: Window, a: Answers) -> Match | None:
     reasons: list[str] = []
     score = w.rank
@@ -48,13 +55,11 @@ def _score(w: Window, a: Answers) -> Match | None:
         score += URGENT
         urgent = True
         reasons.append(f"urgent:{','.join(hit)}")
+    if not fits(w, a):
+        return None
     if w.ages and a.age:
-        if a.age not in w.ages:
-            return None
         score += AGE_FIT
         reasons.append(f"age:{a.age}")
-    if w.whose and a.whose and a.whose not in w.whose:
-        return None
     cats = [c for c in a.concerns if c in w.categories]
     if not cats and not urgent:
         return None

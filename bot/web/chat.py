@@ -21,6 +21,7 @@ from flask import Blueprint, current_app, jsonify, make_response, render_templat
 
 from bot.engine import Incoming, Step
 from bot.limits import ORIGIN, Limits
+from bot.pack.models import LANGS, Lang
 from bot.replies import Reply
 from bot.service import REDIS_DOWN
 
@@ -36,13 +37,37 @@ def _services() -> Any:
     return current_app.extensions["tsunagu"]
 
 
+def frame_texts(pack: Any) -> dict[str, dict[str, str]]:
+    """The page's own words (title, placeholder, send, emergency bar) in every language, so
+    the frame can follow the conversation's language without a reload."""
+    return {lang: {**{key.split(".", 1)[1]: pack.msg(key, lang)
+                      for key in pack.messages[lang] if key.startswith("web.")},
+                   "exit": pack.msg("quick_exit.label", lang)}
+            for lang in LANGS}
+
+
+def emergency_lines(services: Any, lang: Lang) -> list[dict[str, str]]:
+    """110/119 and the first 24-hour line, from the pack's hotlines, for the always-visible
+    bar: a number to tap, and the line's name for screen readers."""
+    urgent = sorted((w for w in services.pack.hotlines if w.only_when and w.tel),
+                    key=lambda w: (-w.rank, w.id))
+    anyone = [w for w in services.engine.general_lines(10) if w.hours and w.hours.always]
+    lines = [*urgent, *anyone[:1]]
+    return [{"id": w.id, "phone": w.phone, "tel": w.tel, "name": w.name.get(lang),
+             "kind": "emergency" if w.only_when else "line24"} for w in lines if w.tel]
+
+
 @bp.get("/")
 def index() -> Any:
     services = _services()
-    lang = "en" if request.args.get("lang") == "en" else "ja"
-    texts = {key.split(".", 1)[1]: services.pack.msg(key, lang)
-             for key in services.pack.messages[lang] if key.startswith("web.")}
-    return render_template("index.html", t=texts, lang=lang)
+    asked = request.args.get("lang")
+    lang: Lang = asked if asked in LANGS else "ja"  # type: ignore[assignment]
+    frame = frame_texts(services.pack)
+    sos = {code: emergency_lines(services, code) for code in LANGS}
+    return render_template("index.html", t=frame[lang], frame=frame, lang=lang,
+                           asked_lang=asked if asked in LANGS else "", sos=sos[lang],
+                           sos_names={code: {line["id"]: line["name"] for line in lines}
+                                      for code, lines in sos.items()})
 
 
 def _bad(reason: str) -> Any:
@@ -54,8 +79,13 @@ def parse(body: Any) -> Incoming | str:
     if not isinstance(body, dict):
         return "body must be a JSON object"
     kind = body.get("type")
-    if kind == "start":
-        return Incoming(kind="event", value="first_contact")
+    lang = body.get("lang")
+    if lang is not None and lang not in LANGS:
+        return "lang must be one of " + ", ".join(LANGS)
+    if kind in ("start", "open"):
+        # start: a new conversation; open: the page was (re)opened — show where it stands.
+        return Incoming(kind="event", value="first_contact" if kind == "start" else "open",
+                        lang=lang)
     if kind == "text":
         text = body.get("text")
         if not isinstance(text, str) or not text.strip():
@@ -70,7 +100,7 @@ def parse(body: Any) -> Incoming | str:
         if state is not None and (not isinstance(state, str) or len(state) > 100):
             return "state must be a short string"
         return Incoming(kind="tap", value=value, state=state)
-    return "type must be start, text or tap"
+    return "type must be start, open, text or tap"
 
 
 def _signature(secret: str, visitor: str) -> str:
@@ -157,10 +187,14 @@ def _answer(step: Step, cookie: str | None = None) -> Any:
     """The replies as JSON; the visitor cookie (re-signed with the newest key) when one is
     kept — an over-limit answer sets none, since nothing was stored for it."""
     replies: list[Reply] = step.replies
-    body: dict[str, Any] = {"replies": [r.model_dump() for r in replies]}
-    if step.quick_exit:  # 「けす」: the page may leave for a neutral site and clear itself
-        body["exit"] = True
-    resp = make_response(jsonify(body))
+    answer: dict[str, Any] = {"replies": [r.model_dump() for r in replies],
+                              # the page clears its screen after データを消す
+                              "cleared": step.forget, "resumed": step.resumed}
+    if step.session is not None:
+        answer["lang"] = step.session.lang
+    if step.quick_exit:  # 「けす」: the page leaves for a neutral site and clears itself
+        answer["exit"] = True
+    resp = make_response(jsonify(answer))
     if cookie is not None:
         # Scoped to the city's path (/c/<city>/ when one server hosts several cities): each
         # city signs its own cookie, so one city's must not overwrite another's.
