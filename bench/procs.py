@@ -134,13 +134,16 @@ class Server:
 
 
 def start_gunicorn(name: str, app: str, env: dict[str, str], log_path: Path,
-                   extra: Sequence[str] = (), timeout: float = 45.0) -> Server:
+                   extra: Sequence[str] = (), timeout: float = 45.0,
+                   port: int | None = None) -> Server:
     """`gunicorn [extra] <app>` from the repo root, so ./gunicorn.conf.py applies as in the
-    Procfile. Through GUNICORN_CMD_ARGS (which gunicorn applies over its config file) the
-    bind is narrowed to loopback — the benchmark must not listen on the network — and the
-    control socket is turned off, since two servers run at once and must not share the
-    default ~/.gunicorn/gunicorn.ctl with each other or with another gunicorn here."""
-    port = free_port()
+    Procfile (the bench and the tests start every server through here; `port` fixed lets a
+    test restart a server where it was). Through GUNICORN_CMD_ARGS (which gunicorn applies
+    over its config file) the bind is narrowed to loopback — the benchmark must not listen
+    on the network — and the control socket is turned off, since two servers run at once and
+    must not share the default ~/.gunicorn/gunicorn.ctl with each other or with another
+    gunicorn here."""
+    port = port or free_port()
     env = {**env, "PORT": str(port),
            "GUNICORN_CMD_ARGS": f"--bind 127.0.0.1:{port} --no-control-socket"}
     log_path.parent.mkdir(parents=True, exist_ok=True)

@@ -355,6 +355,12 @@ class LocalCluster:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
+def online_replicas(info: dict) -> int:
+    """Replicas of a primary that are in sync (INFO replication `slaveN` state online)."""
+    return sum(1 for k, v in info.items()
+               if k.startswith("slave") and isinstance(v, dict) and v.get("state") == "online")
+
+
 def start_cluster(node_timeout_ms: int = 1000) -> LocalCluster:
     """Start 6 nodes and create the cluster; raises ClusterFailed (redis-server missing,
     ports, creation) so CI can treat it as an error."""
@@ -373,6 +379,7 @@ def start_cluster(node_timeout_ms: int = 1000) -> LocalCluster:
                 [server, "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
                  "--cluster-config-file", "nodes.conf", "--cluster-node-timeout",
                  str(node_timeout_ms), "--cluster-require-full-coverage", "no",
+                 "--repl-diskless-sync-delay", "0",
                  "--save", "", "--appendonly", "no", "--dir", node_dir],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for port in ports:
@@ -395,11 +402,11 @@ def start_cluster(node_timeout_ms: int = 1000) -> LocalCluster:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             infos = [cluster.node(p).info("replication") for p in cluster.primaries()]
-            if len(infos) == 3 and all(int(i.get("connected_slaves", 0)) >= 1 for i in infos):
+            if len(infos) == 3 and all(online_replicas(i) >= 1 for i in infos):
                 break
             time.sleep(0.2)
         else:
-            raise ClusterFailed("the replicas did not attach")
+            raise ClusterFailed("the replicas did not come in sync")
         return cluster
     except BaseException:
         cluster.close()

@@ -25,6 +25,12 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
+import yaml
+
+# libyaml's safe loader when the build has it (several times faster on the big vocabulary files,
+# which start-up reads), else PyYAML's own.
+SAFE_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
 DICTIONARY = "small"  # sudachidict_small: same normalised forms as core here, ~60% of its size
 
 # -- surface normalisation ------------------------------------------------------------------
@@ -107,6 +113,7 @@ class Token:
 
 # Parts of speech that carry meaning (for example-sentence similarity); particles and
 # auxiliaries only glue.
+_KANA_ONLY = re.compile("[\u3041-\u309f]+")
 CONTENT_POS = frozenset({"名詞", "動詞", "形容詞", "形状詞", "副詞", "代名詞", "接頭辞", "接尾辞"})
 _SPLIT_TEXT = re.compile(r"[\s\u3000]+")
 
@@ -122,8 +129,12 @@ class Analysis:
 
     @property
     def reading(self) -> str:
-        """The whole message as read aloud (hiragana, folded): ふとうこう for 不登校."""
-        return "".join(t.reading for t in self.tokens)
+        """The parts typed in kana, as read aloud (folded): 「ふとうこうです」 → ふとうこうです,
+        to meet 不登校 (read ふとうこう). Words typed in kanji are left out ("|"): they meet
+        their vocabulary by lemma, and their readings would only collide (自閉症 じへいしょう
+        holds いしょ)."""
+        return "".join(t.reading if _KANA_ONLY.fullmatch(t.surface) else "|"
+                       for t in self.tokens)
 
     @property
     def content(self) -> frozenset[str]:
@@ -194,5 +205,16 @@ def script_language(text: str) -> str:
     return ""
 
 
-__all__ = ["ALNUM", "DICTIONARY", "Analysis", "Token", "analyze", "fold_pattern", "lemma_form",
-           "normalize", "script_language", "warm_up"]
+__all__ = [
+    "ALNUM",
+    "DICTIONARY",
+    "SAFE_LOADER",
+    "Analysis",
+    "Token",
+    "analyze",
+    "fold_pattern",
+    "lemma_form",
+    "normalize",
+    "script_language",
+    "warm_up",
+]

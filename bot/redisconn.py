@@ -58,6 +58,12 @@ def shard_of(name: str, shards: int) -> int:
     return zlib.crc32(name.encode()) % shards if shards > 1 else 0
 
 
+def _in_sync(info: dict) -> int:
+    """Replicas in sync (`slaveN` state online): one still loading acknowledges nothing."""
+    return sum(1 for k, v in info.items()
+               if k.startswith("slave") and isinstance(v, dict) and v.get("state") == "online")
+
+
 class ReplicaWait:
     """Durable writes: after a write, `WAIT <replicas> <ms>` on every primary it touched, in the
     same pipeline (WAIT counts the writes of its own connection, and a cluster pipeline sends
@@ -91,10 +97,9 @@ class ReplicaWait:
     def _replicas(self) -> int:
         if is_cluster(self.client):
             infos = self.client.info("replication", target_nodes=RedisCluster.PRIMARIES)
-            counts = [int(i.get("connected_slaves", 0)) for i in infos.values()
-                      if isinstance(i, dict)]
+            counts = [_in_sync(i) for i in infos.values() if isinstance(i, dict)]
             return min(counts) if counts else 0
-        return int(self.client.info("replication").get("connected_slaves", 0))
+        return _in_sync(self.client.info("replication"))
 
     def add(self, pipe: Any, keys: list[str]) -> int:
         """Queue the WAITs for writes to `keys`; returns how many were queued (0: none wanted).

@@ -20,7 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from bot import logs
-from bot.language import ALNUM, Analysis, analyze, fold_pattern, lemma_form, normalize
+from bot.language import ALNUM, SAFE_LOADER, Analysis, analyze, fold_pattern, lemma_form, normalize
 
 CRISIS_KINDS = ("self_harm", "violence", "child_harm")
 # When several kinds match, the most specific danger chooses the lines offered: a child at risk,
@@ -353,6 +353,9 @@ class _Rule:
             found = self.finder.search(text, found.start() + 1)
 
 
+_DETECTORS: dict[tuple[str, str], CrisisDetector] = {}
+
+
 class CrisisDetector:
     """Compiled once from crisis.yaml; detect() is safe to call from any thread."""
 
@@ -375,9 +378,24 @@ class CrisisDetector:
 
     @classmethod
     def from_file(cls, path: Path) -> CrisisDetector:
+        """Compiled once per file version: the cities of one deployment share the common
+        terms (detect() keeps no state, so one detector serves them all)."""
         path = Path(path)
         try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise CrisisFileError(f"{path.name}: cannot be read: {exc}") from None
+        key = (str(path.resolve()), text)
+        if key not in _DETECTORS:
+            if len(_DETECTORS) >= 8:  # a few versions at a time are all a process needs
+                _DETECTORS.clear()
+            _DETECTORS[key] = cls._parse(path, text)
+        return _DETECTORS[key]
+
+    @classmethod
+    def _parse(cls, path: Path, text: str) -> CrisisDetector:
+        try:
+            data = yaml.load(text, Loader=SAFE_LOADER)
         except yaml.YAMLError as exc:
             raise CrisisFileError(f"{path.name}: not valid YAML: {exc}") from None
         try:
@@ -458,7 +476,7 @@ def evaluate(detector: CrisisDetector, *eval_paths: Path) -> EvalReport:
     risk: list[dict[str, Any]] = []
     ordinary: list[str] = []
     for eval_path in eval_paths:
-        data = yaml.safe_load(Path(eval_path).read_text(encoding="utf-8"))
+        data = yaml.load(Path(eval_path).read_text(encoding="utf-8"), Loader=SAFE_LOADER)
         risk += data["risk"]
         ordinary += [o["text"] if isinstance(o, dict) else o for o in data["ordinary"]]
     misses: list[str] = []

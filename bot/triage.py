@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from bot.language import Analysis, analyze, normalize, script_language
+from bot.language import SAFE_LOADER, Analysis, analyze, normalize, script_language
 
 if TYPE_CHECKING:
     from bot.pack.loader import Pack
@@ -146,7 +146,7 @@ def _word_cue(word: str, weight: float, lang: str, whole: bool = False) -> _Cue:
     # One word: its lemma; the surface as well, for what the analyser cuts differently (slang,
     # compounds); the reading for text typed in kana. A single character, or a reading under
     # three, would be found everywhere, so those count only as lemmas.
-    reading = analysed[0].reading
+    reading = "".join(t.reading for t in analysed[0].tokens)  # as read aloud, whole
     return _Cue(word, weight, first=first, surface=norm if len(norm) >= 2 else "",
                 reading=reading if len(reading) >= 3 else "")
 
@@ -252,7 +252,7 @@ def _load_vocab(directory: Path) -> dict[str, Vocab]:
     for lang in LANGS:
         path = directory / f"triage.{lang}.yaml"
         try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+            data = yaml.load(path.read_text(encoding="utf-8"), Loader=SAFE_LOADER)
             out[lang] = Vocab.build(TriageFile.model_validate(data), lang)
         except FileNotFoundError:
             errors.append(f"{path.name}: file is missing")

@@ -31,6 +31,11 @@ def test_defaults_start_without_any_setting():
     ({"LINE_API_BASE_URL": "ftp://x"}, "LINE_API_BASE_URL"),
     ({"MUNICIPALITY": "../etc"}, "MUNICIPALITY"),
     ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL"),
+    ({"REDIS_CLUSTER": "maybe"}, "REDIS_CLUSTER"),
+    ({"STREAM_SHARDS": "0"}, "STREAM_SHARDS"),
+    ({"REDIS_WAIT_REPLICAS": "many"}, "REDIS_WAIT_REPLICAS"),
+    ({"REDIS_WAIT_MS": "0"}, "REDIS_WAIT_MS"),
+    ({"REDIS_WAIT_TIMEOUT": "shrug"}, "REDIS_WAIT_TIMEOUT"),
 ])
 def test_bad_settings_name_the_variable(env, variable):
     with pytest.raises(SettingsError) as info:
@@ -38,6 +43,16 @@ def test_bad_settings_name_the_variable(env, variable):
     message = str(info.value)
     assert message.startswith(variable + ":")
     assert "\n" not in message
+
+
+def test_cluster_and_durability_settings():
+    s = Settings.from_env({})
+    assert s.redis_cluster is None and s.redis_wait_replicas is None and not s.redis_wait_refuse
+    s = Settings.from_env({"REDIS_CLUSTER": "1", "STREAM_SHARDS": "8", "REDIS_WAIT_REPLICAS": "2",
+                           "REDIS_WAIT_MS": "50", "REDIS_WAIT_TIMEOUT": "refuse"})
+    assert (s.redis_cluster, s.stream_shards, s.redis_wait_replicas, s.redis_wait_ms,
+            s.redis_wait_refuse) == (True, 8, 2, 50, True)
+    assert Settings.from_env({"REDIS_CLUSTER": "0"}).redis_cluster is False
 
 
 def test_server_exits_with_one_line(tmp_path):

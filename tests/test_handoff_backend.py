@@ -640,13 +640,15 @@ def test_claim_and_resolve_buttons(http: FlaskClient, handoff: Handoff, fake_sla
     assert note.body["user"] == STAFF_B and f"<@{STAFF_A}>" in note.body["text"]
 
     assert click(http, "resolve", NUMBER, STAFF_A).status_code == 200
-    ((closed, address_then),) = relays.ended
-    assert closed.number == NUMBER and closed.pid == PID and address_then == RAW_ID
-    assert handoff.cases.address(NUMBER) is None and handoff.cases.open_case_of(PID) is None
     update = fake.calls("chat.update")[-1].body
     assert not block(update["blocks"], "actions")
     assert "対応完了" in json.dumps(update["blocks"], ensure_ascii=False)
     assert click(http, "resolve", NUMBER, STAFF_B).status_code == 200   # a late double click
+    # The worker tells the resident (the address still there), then releases the address.
+    assert drain(handoff, lambda: bool(relays.ended) and handoff.worker.pending() == 0)
+    ((closed, address_then),) = relays.ended
+    assert closed.number == NUMBER and closed.pid == PID and address_then == RAW_ID
+    assert handoff.cases.address(NUMBER) is None and handoff.cases.open_case_of(PID) is None
     assert len(relays.ended) == 1
     # The queued claimed/resolved events reach Slack again harmlessly, then the queue is empty.
     assert drain(handoff, lambda: handoff.worker.pending() == 0)

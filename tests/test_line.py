@@ -328,3 +328,16 @@ def test_render_never_drops_the_question():
     messages = render(replies, "call", "site")
     assert len(messages) <= 5
     assert messages[-1]["quickReply"]["items"][0]["action"]["label"] == "a"
+
+
+def test_free_text_is_confirmed_with_quick_replies(line_app):
+    """Issue 9 on LINE: the confirmation's はい/ちがう are quick replies (postbacks)."""
+    app, fake = line_app
+    client = app.test_client()
+    post(client, lh.text("毎日ひとりでさびしい", user=USER))
+    got = fake.wait_for(1)
+    assert last_quick_values(got[-1])[:2] == ["yes", "no"]
+    assert "読み取れ" not in json.dumps(got[-1].body, ensure_ascii=False)
+    post(client, lh.tap("triage", "yes", user=USER))
+    got = fake.wait_for(2)
+    assert last_quick_values(got[-1])[:4] == ["self", "family", "friend", "supporter"]

@@ -7,19 +7,17 @@ import os
 import signal
 import socket
 import subprocess
-import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
+from bench.procs import GUNICORN, ServerFailed, start_gunicorn
 from tests import line_helpers as lh
 from tests.conftest import SECRET
 from tests.fakes.line_api import FakeLine, serve
-
-REPO = Path(__file__).resolve().parents[1]
-GUNICORN = Path(sys.executable).with_name("gunicorn")
 
 
 def _free_port() -> int:
@@ -40,19 +38,13 @@ def server_env(port: int, redis_url: str, key_prefix: str, line_url: str,
 
 
 def start_server(port: int, env: dict) -> subprocess.Popen:
-    proc = subprocess.Popen([str(GUNICORN), "server:app"], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
-                if r.status == 200:
-                    return proc
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("server did not start")
+    """The real server on `port`, started as the bench starts it (bench.procs.start_gunicorn:
+    the Procfile's command, loopback only); its log goes to a temporary file."""
+    log = Path(tempfile.gettempdir()) / f"tsunagu-test-server-{port}.log"
+    try:
+        return start_gunicorn("server", "server:app", env, log, timeout=30, port=port).proc
+    except ServerFailed as exc:
+        raise RuntimeError(f"server did not start: {exc}") from None
 
 
 def post(port: int, body: str, timeout: float = 5.0) -> int:

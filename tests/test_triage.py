@@ -23,6 +23,14 @@ def test_the_issue_sentences_name_their_category(pack, text, category):
     assert triage(text, "ja", pack).top == category
 
 
+def test_text_typed_in_kana_meets_words_written_in_kanji(pack):
+    assert triage("ふとうこうです", "ja", pack).top == "children_youth"
+    assert triage("かいごにつかれた", "ja", pack).top == "elderly"
+    # readings are compared only where the resident typed kana: 自閉症 (じへいしょう) does not
+    # hold 遺書 (いしょ)
+    assert "suicide" not in dict(triage("自閉症の子を預けられるところがない", "ja", pack).scores)
+
+
 def test_nothing_is_named_in_a_greeting(pack):
     result = triage("こんにちは", "ja", pack)
     assert result.top is None and result.plausible == []
@@ -234,9 +242,9 @@ def test_free_text_reaches_the_right_category(triage_report):
     """The floors reached (issue 9 asks ≥ 90%), as a first message and mid-flow alike."""
     first, middle = triage_report.passes
     assert len(first.outcomes) >= 300
-    assert first.accuracy() >= 0.90, triage_report.format(verbose=True)
-    assert middle.accuracy() >= 0.90, triage_report.format(verbose=True)
-    assert min(first.half(0), first.half(1)) >= 0.88
+    assert first.accuracy() >= 0.93, triage_report.format(verbose=True)
+    assert middle.accuracy() >= 0.93, triage_report.format(verbose=True)
+    assert min(first.half(0), first.half(1)) >= 0.92
 
 
 def test_no_worry_is_invented_for_text_that_names_none(triage_report):

@@ -103,6 +103,17 @@ def test_metrics_count_without_personal_data(client):
     assert "死にたい" not in text and "tsunagu_visitor" not in text
 
 
+def test_free_text_is_confirmed_with_ordinary_buttons(client):
+    """Issue 9 on the web: a sentence → 「…のことですね？」 with はい/ちがう as normal choices."""
+    resp = client.post("/api/chat", json={"type": "text",
+                                          "text": "40代の息子が10年以上ひきこもっています"})
+    q, values = _values(resp.json)
+    assert q["state"] == "triage" and values[:2] == ["yes", "no"]
+    resp = client.post("/api/chat", json={"type": "tap", "value": "yes", "state": "triage"})
+    q, _ = _values(resp.json)
+    assert q["state"] == "hiki_contact"  # whose, age, worry and duration came from the text
+
+
 # --- the page opened again, language, データを消す (issue 10) ---
 
 

@@ -53,7 +53,7 @@ log = logs.get("handoff")
 NUMBER_RE = re.compile(r"[A-Z0-9][A-Z0-9-]{1,31}")
 OPEN_STATUSES = ("new", "claimed")
 EventKind = Literal["opened", "message", "urgent", "claimed", "resolved", "expired",
-                    "forgotten", "reply", "undelivered"]
+                    "forgotten", "reply", "undelivered", "farewell"]
 
 CASES_OPENED = Counter("tsunagu_handoff_cases_opened", "Handoff cases opened", ["channel"])
 CASES_CLAIMED = Counter("tsunagu_handoff_cases_claimed", "Handoff cases claimed by staff")
@@ -97,6 +97,18 @@ elseif left < 0 then left = tonumber(ARGV[2])
 else left = math.max(1, left - 1000) end
 redis.call('pexpire', KEYS[1], left)
 return 1
+"""
+
+# The same TTL rule for a delivery's bookkeeping (attempts noted, failed tries counted): never
+# longer than the case record. Returns SADD's answer (1: first attempt) or the new try count.
+_NOTE = """
+local out
+if ARGV[3] == 'count' then out = redis.call('hincrby', KEYS[1], ARGV[1], 1)
+else out = redis.call('sadd', KEYS[1], ARGV[1]) end
+local left = redis.call('pttl', KEYS[2])
+if left == -2 then left = 60000 elseif left < 0 then left = ARGV[2] end
+redis.call('pexpire', KEYS[1], left)
+return out
 """
 
 
@@ -540,16 +552,24 @@ class CaseStore:
         pipe.execute()
         return stored
 
+    def release(self, number: str) -> Case | None:
+        """After a resolved case's farewell: delete the address, pid index and pseudonym."""
+        case = self.get(number)
+        return self._forget(case) if case is not None else None
+
     def resolve(self, number: str, staff_id: str,
                 before_forget: Callable[[Case], None] | None = None,
-                may: Callable[[Case], bool] | None = None) -> Case | None:
+                may: Callable[[Case], bool] | None = None,
+                farewell: bool = False) -> Case | None:
         """claimed/new → resolved; then the address and the pid index are deleted.
 
         `before_forget(case)` runs once, for the call that resolved the case, while the address
         still exists (to tell the resident the conversation ended). Its failure is logged and
         does not keep the address. The record stays, without the pseudonym and without any
         typed text, for `keep_closed_s`. `may(case)` False refuses (claim semantics,
-        bot.handoff.staff): the open case comes back unchanged.
+        bot.handoff.staff): the open case comes back unchanged. `farewell`: instead of calling
+        `before_forget` and forgetting now, queue a "farewell" after the staff answers already
+        queued; the worker tells the resident and then calls `release`.
         """
         now = self.clock()
         refused: dict[str, bool] = {}
@@ -573,9 +593,13 @@ class CaseStore:
         if changed:
             CASES_RESOLVED.inc()
             logs.event(log, "case_resolved", number=number)
-            if before_forget is not None:
+            if before_forget is not None and not farewell:
                 self._before_forget(before_forget, case)
             self.enqueue(number, "resolved")
+            if farewell:
+                self.enqueue(number, "farewell")
+        if farewell and case.pid:
+            return case  # the queued farewell releases it (expiry does, should it never run)
         return self._forget(case) or case
 
     @staticmethod
@@ -646,14 +670,18 @@ class CaseStore:
 
     # -- delivery bookkeeping (bot.handoff.worker) -------------------------------------------
 
+    def note_attempt(self, number: str, delivery: str) -> bool:
+        """Note that `delivery` is being tried; True the first time (nothing can be out there
+        yet), False when an earlier try may have got through (see SlackNotifier)."""
+        return bool(self.redis.eval(_NOTE, 2, self.case_key(number, "sent"),
+                                    self.case_key(number), f"try:{delivery}",
+                                    self.open_ttl * 1000, "add"))
+
     def count_try(self, number: str, marker: str) -> int:
         """One more failed try of a delivery; returns how many so far."""
-        key = self.case_key(number, "tries")
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hincrby(key, marker, 1)
-        pipe.expire(key, self.open_ttl)
-        tries, _ = pipe.execute()
-        return int(tries)
+        return int(self.redis.eval(_NOTE, 2, self.case_key(number, "tries"),
+                                   self.case_key(number), marker, self.open_ttl * 1000,
+                                   "count"))
 
     def was_delivered(self, number: str, marker: str) -> bool:
         return bool(self.redis.sismember(self.case_key(number, "sent"), marker))

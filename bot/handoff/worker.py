@@ -129,7 +129,11 @@ class HandoffWorker:
             self._ack(entry)
             return True
         if kind == "reply":
-            return self._reply(entry, case, fields.get("m", ""))
+            sealed = fields.get("t")
+            text = self.cases.sealer.open(sealed) if sealed else None
+            return self._reply(entry, case, fields.get("m", ""), text)
+        if kind == "farewell":
+            return self._farewell(entry, case)
         message: StaffMessage | None = None
         if kind == "message":
             message = next((m for m in case.thread if m.at == at and m.who == "resident"), None)
@@ -172,33 +176,66 @@ class HandoffWorker:
             logs.event(log, "delivered", kind=kind, number=number)
         return ok
 
-    def _reply(self, entry: Entry, case: Case, message_id: str) -> bool:
-        """A staff answer → the resident, once per message id; parked after `relay_tries`."""
+    def _reply(self, entry: Entry, case: Case, message_id: str, text: str | None) -> bool:
+        """A staff answer → the resident, once per message id; parked after `relay_tries`.
+
+        Also after the case was resolved, as long as its farewell has not released the address
+        (the farewell is queued after the answers, so they arrive first)."""
         number, marker = case.number, f"reply:{message_id}"
         message = next((m for m in case.thread if m.id == message_id and m.who == "staff"),
                        None)
-        if (message is None or case.status not in ("new", "claimed")
+        if message is not None and text:  # the record's copy is erased once the case closes
+            message = message.model_copy(update={"text": text})
+        if (message is None or not message.text or not case.pid
                 or case.forgotten_at is not None or self.cases.was_delivered(number, marker)):
-            self._ack(entry)  # trimmed, closed, forgotten (staff were told), or done
+            self._ack(entry)  # trimmed, released, forgotten (staff were told), or done
             return True
+        return self._to_resident(entry, case, marker,
+                                 lambda: self._relay().staff_reply(case, message), "undelivered")
+
+    def _farewell(self, entry: Entry, case: Case) -> bool:
+        """Resolved: tell the resident it has ended, then release their address."""
+        if not case.pid:
+            self._ack(entry)
+            return True
+        done = True
+        if case.forgotten_at is None and not self.cases.was_delivered(case.number, "farewell"):
+            done = self._to_resident(entry, case, "farewell",
+                                     lambda: self._relay().closed(case), None, ack=False)
+        if done:
+            self.cases.release(case.number)
+            self._ack(entry)
+        return done
+
+    def _relay(self) -> StaffRelay:
+        if self.relay is None:
+            raise RuntimeError("no relay wired: staff answers cannot reach residents")
+        return self.relay
+
+    def _to_resident(self, entry: Entry, case: Case, marker: str, send: Callable[[], None],
+                     undelivered: str | None, ack: bool = True) -> bool:
+        """Run `send` once per `marker`; after `relay_tries` failures give up (and tell staff
+        with an `undelivered` entry). True when done with it either way."""
+        number = case.number
         try:
-            if self.relay is None:
-                raise RuntimeError("no relay wired: staff answers cannot reach residents")
-            self.relay.staff_reply(case, message)
+            send()
         except Exception as exc:
             tries = self.cases.count_try(number, marker)
             logs.failure("handoff.relay", exc, logging.WARNING, number=number, tries=tries)
             if tries < self.relay_tries:
                 return False
             self.cases.mark_delivered(number, marker)
-            self.cases.enqueue(number, "undelivered")
+            if undelivered:
+                self.cases.enqueue(number, undelivered)  # type: ignore[arg-type]
             RELAYS_PARKED.inc()
-            logs.event(log, "staff_reply_parked", logging.ERROR, number=number, tries=tries)
-            self._ack(entry)
+            logs.event(log, "relay_parked", logging.ERROR, number=number, tries=tries)
+            if ack:
+                self._ack(entry)
             return True
         self.cases.mark_delivered(number, marker)
-        self._ack(entry)
-        logs.event(log, "staff_reply_relayed", number=number, channel=case.channel)
+        if ack:
+            self._ack(entry)
+        logs.event(log, "relayed_to_resident", number=number, channel=case.channel)
         return True
 
     def _deliver_all(self, entries: list[Entry], down: set[str]) -> tuple[int, int]:

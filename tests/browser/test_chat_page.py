@@ -11,6 +11,7 @@ from tests.browser.conftest import (
     assert_reply_start_in_view,
     axe_scan,
     choice_values,
+    newest_choice,
     question,
     shoot,
     tap,
@@ -268,3 +269,19 @@ def test_quick_exit_leaves_for_a_neutral_site_and_forgets(open_page, site, pack,
     wait_for_turns(page, 1)
     assert question(page) == pack.msg("welcome.body", "ja")
     assert pack.msg("web.resumed", "ja") not in page.inner_text("#log")
+
+
+def test_a_failed_request_says_so_in_view_and_the_page_goes_on(open_page, pack):
+    page = open_page(PHONE)
+    page.route("**/api/chat", lambda route: route.abort())
+    with page.expect_event("requestfailed"):
+        newest_choice(page, "start").click()
+    page.wait_for_function("() => !document.getElementById('log').hasAttribute('aria-busy')")
+    note = "#log .turn:last-child .msg.urgent"
+    assert page.inner_text(note) == pack.msg("web.error", "ja")
+    ok, geometry = visible_in_log(page, note)
+    assert ok, geometry
+    axe_scan(page, "error note")
+    page.unroute("**/api/chat")
+    tap(page, "start")  # the earlier choices were kept: the person can try again
+    assert "self" in choice_values(page)

@@ -1,0 +1,68 @@
+"""The webhook's 200 and the replicas: with WAIT, a write no replica acknowledged in time is
+accepted (counted) or refused with 500 so LINE redelivers (REDIS_WAIT_TIMEOUT=refuse).
+
+A single Redis without replicas stands in for "the replica did not answer in time": asking it
+to WAIT for one replica always times out. On the cluster fixture the replicas acknowledge."""
+
+from __future__ import annotations
+
+import pytest
+
+from bot.config import Settings
+from bot.redisconn import ReplicaWait, connect
+from tests import line_helpers as lh
+from tests.conftest import SECRET
+
+
+def line_server(redis_url, key_prefix, redis_client, fake_line, **wait):
+    from bot.wiring import build
+    from server import create_app
+
+    fake, url = fake_line
+    settings = Settings(redis_url=redis_url, bot_secret_key=SECRET, key_prefix=key_prefix,
+                        line_channel_secret=lh.LINE_SECRET, line_channel_access_token="tok",
+                        line_api_base_url=url, line_reclaim_idle_ms=500, lock_ms=5000, **wait)
+    app = create_app(settings, services=build(settings, client=redis_client))
+    return app, fake
+
+
+def send(app, event: dict) -> int:
+    body = lh.body(event)
+    return app.test_client().post("/callback", data=body.encode(),
+                                  headers={"X-Line-Signature": lh.sign(body)},
+                                  content_type="application/json").status_code
+
+
+@pytest.mark.parametrize(("policy", "status"), [(False, 200), (True, 500)])
+def test_no_replica_in_time_accepts_or_refuses(redis_url, key_prefix, redis_client, fake_line,
+                                               policy, status):
+    if redis_url is None or ReplicaWait(connect(redis_url), None, 50).wanted():
+        pytest.skip("needs a Redis without replicas")
+    app, fake = line_server(redis_url, key_prefix, redis_client, fake_line,
+                            redis_wait_replicas=1, redis_wait_ms=20, redis_wait_refuse=policy)
+    try:
+        event = lh.text("こんにちは", user="U" + "5" * 32)
+        assert send(app, event) == status
+        if status == 200:  # accepted: answered from the queue as usual
+            assert len(fake.wait_for(1, timeout=20)) == 1
+        else:              # refused: LINE redelivers; once replicas answer again, it is taken
+            line = app.extensions["tsunagu_line"]
+            line.queue.wait.fixed = 0
+            assert send(app, dict(event, deliveryContext={"isRedelivery": True})) == 200
+            got = fake.wait_for(1, timeout=20)
+            assert len(got) == 1
+    finally:
+        app.extensions["tsunagu_line"].stop()
+
+
+def test_on_the_cluster_the_replicas_acknowledge(redis_cluster, key_prefix, fake_line):
+    client = connect(redis_cluster.url)
+    wait = ReplicaWait(client, None, 500)
+    assert wait.wanted() == 1      # found: every primary has its replica
+    app, fake = line_server(redis_cluster.url, key_prefix, client, fake_line,
+                            redis_wait_refuse=True)
+    try:
+        assert send(app, lh.text("こんにちは", user="U" + "6" * 32)) == 200
+        assert len(fake.wait_for(1, timeout=20)) == 1
+    finally:
+        app.extensions["tsunagu_line"].stop()
