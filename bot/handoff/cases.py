@@ -88,8 +88,15 @@ return 0
 # so no key names a number after the record that reserves it is gone.
 _MARK = """
 redis.call('sadd', KEYS[1], ARGV[1])
+local at = redis.pcall('pexpiretime', KEYS[2])
+if type(at) == 'number' and at > 0 then
+  redis.call('pexpireat', KEYS[1], at)
+  return 1
+end
 local left = redis.call('pttl', KEYS[2])
-if left == -2 then left = 60000 elseif left < 0 then left = ARGV[2] end
+if left == -2 then left = 60000
+elseif left < 0 then left = tonumber(ARGV[2])
+else left = math.max(1, left - 1000) end
 redis.call('pexpire', KEYS[1], left)
 return 1
 """
@@ -357,8 +364,7 @@ class CaseStore:
                     if ttl is not None and case.slack_ts:
                         # The thread → case mapping dies with the record (which reserves the
                         # number): never a mapping to a number that may be drawn again.
-                        self.redis.expire(self.thread_key(case.slack_channel or "",
-                                                          case.slack_ts), ttl)
+                        self._align_thread(number, case.slack_channel or "", case.slack_ts)
                     return True, case
                 except redis.WatchError:
                     time.sleep(random.uniform(0, 0.002 * min(attempt + 1, 10)))
@@ -522,11 +528,23 @@ class CaseStore:
 
         _, case = self._mutate(number, change)
         if case is not None:
-            # No longer than the record lives: its expiry frees the number.
-            left_ms = int(self.redis.pttl(self.case_key(number)))
-            self.redis.set(self.thread_key(channel, ts), number,
-                           px=left_ms if left_ms > 0 else self.open_ttl * 1000)
+            self.redis.set(self.thread_key(channel, ts), number, px=self.open_ttl * 1000)
+            self._align_thread(number, channel, ts)
         return case
+
+    def _align_thread(self, number: str, channel: str, ts: str) -> None:
+        """Give the thread mapping exactly the record's expiry time (to the millisecond): the
+        record's expiry frees the number, and no mapping may name it after that."""
+        record, thread = self.case_key(number), self.thread_key(channel, ts)
+        try:
+            at_ms = int(self.redis.pexpiretime(record))  # Redis 7
+        except redis.ResponseError:  # older Redis: its remaining time, less a margin
+            left_ms = int(self.redis.pttl(record))
+            if left_ms > 0:
+                self.redis.pexpire(thread, max(1, left_ms - 1000))
+            return
+        if at_ms > 0:
+            self.redis.pexpireat(thread, at_ms)
 
     def _forget(self, case: Case) -> Case | None:
         """Delete what leads back to the person: the sealed address, the pid index and the
