@@ -36,6 +36,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Literal
 
 import redis
@@ -43,6 +44,7 @@ from prometheus_client import Counter, Histogram
 
 from bot import logs
 from bot.crypto import Sealer
+from bot.figures import Figures, first_reply_bucket
 from bot.handoff.models import Case, CaseRequest, Channel, StaffMessage
 from bot.limits import LIMITED, ORIGIN, Backlog
 from bot.redisconn import script
@@ -86,8 +88,15 @@ return 0
 # so no key names a number after the record that reserves it is gone.
 _MARK = """
 redis.call('sadd', KEYS[1], ARGV[1])
+local at = redis.pcall('pexpiretime', KEYS[2])
+if type(at) == 'number' and at > 0 then
+  redis.call('pexpireat', KEYS[1], at)
+  return 1
+end
 local left = redis.call('pttl', KEYS[2])
-if left == -2 then left = 60000 elseif left < 0 then left = ARGV[2] end
+if left == -2 then left = 60000
+elseif left < 0 then left = tonumber(ARGV[2])
+else left = math.max(1, left - 1000) end
 redis.call('pexpire', KEYS[1], left)
 return 1
 """
@@ -158,6 +167,11 @@ class CaseStore:
         self.queue = self.queues.names[0]
         self.open_index = f"{prefix}:handoff:open"
         self.unqueued = f"{prefix}:handoff:unqueued"
+        self.figures = Figures(client, prefix)  # the city's anonymous counts
+
+    def _count(self, now: float, *cells: tuple[str, str]) -> None:
+        """Count a staff-side transition in the city's figures (a lost count is only lost)."""
+        self.figures.count(datetime.fromtimestamp(now, UTC), cells)
 
     # -- keys --------------------------------------------------------------------------------
 
@@ -350,8 +364,7 @@ class CaseStore:
                     if ttl is not None and case.slack_ts:
                         # The thread → case mapping dies with the record (which reserves the
                         # number): never a mapping to a number that may be drawn again.
-                        self.redis.expire(self.thread_key(case.slack_channel or "",
-                                                          case.slack_ts), ttl)
+                        self._align_thread(number, case.slack_channel or "", case.slack_ts)
                     return True, case
                 except redis.WatchError:
                     time.sleep(random.uniform(0, 0.002 * min(attempt + 1, 10)))
@@ -384,6 +397,7 @@ class CaseStore:
         won, case = self._mutate(number, change)
         if won:
             CASES_CLAIMED.inc()
+            self._count(now, ("handoff_claimed", case.channel if case else "unknown"))
             logs.event(log, "case_claimed", number=number)
         return won, case
 
@@ -420,10 +434,16 @@ class CaseStore:
 
         changed, case = self._mutate(number, change)
         if changed and case is not None:
+            cells = []
             if flags["claimed"]:
                 CASES_CLAIMED.inc()
+                cells.append(("handoff_claimed", case.channel))
             if flags["first"]:
                 FIRST_STAFF_REPLY.observe(max(0.0, now - case.created_at))
+                cells.append(("handoff_first_reply",
+                              first_reply_bucket(max(0.0, now - case.created_at))))
+            if cells:
+                self._count(now, *cells)
             logs.event(log, "staff_replied", number=number, first=flags["first"])
         return StaffReply(case=case, recorded=changed or flags.get("again", False),
                           claimed_now=changed and flags.get("claimed", False),
@@ -508,11 +528,23 @@ class CaseStore:
 
         _, case = self._mutate(number, change)
         if case is not None:
-            # No longer than the record lives: its expiry frees the number.
-            left_ms = int(self.redis.pttl(self.case_key(number)))
-            self.redis.set(self.thread_key(channel, ts), number,
-                           px=left_ms if left_ms > 0 else self.open_ttl * 1000)
+            self.redis.set(self.thread_key(channel, ts), number, px=self.open_ttl * 1000)
+            self._align_thread(number, channel, ts)
         return case
+
+    def _align_thread(self, number: str, channel: str, ts: str) -> None:
+        """Give the thread mapping exactly the record's expiry time (to the millisecond): the
+        record's expiry frees the number, and no mapping may name it after that."""
+        record, thread = self.case_key(number), self.thread_key(channel, ts)
+        try:
+            at_ms = int(self.redis.pexpiretime(record))  # Redis 7
+        except redis.ResponseError:  # older Redis: its remaining time, less a margin
+            left_ms = int(self.redis.pttl(record))
+            if left_ms > 0:
+                self.redis.pexpire(thread, max(1, left_ms - 1000))
+            return
+        if at_ms > 0:
+            self.redis.pexpireat(thread, at_ms)
 
     def _forget(self, case: Case) -> Case | None:
         """Delete what leads back to the person: the sealed address, the pid index and the
@@ -574,6 +606,7 @@ class CaseStore:
             return case
         if changed:
             CASES_RESOLVED.inc()
+            self._count(now, ("handoff_resolved", case.channel))
             logs.event(log, "case_resolved", number=number)
             if before_forget is not None and not farewell:
                 self._before_forget(before_forget, case)
@@ -622,6 +655,7 @@ class CaseStore:
             self._forget(case)
             if changed:
                 CASES_EXPIRED.inc()
+                self._count(now, ("handoff_expired", case.channel))
                 self.enqueue(number, "expired")
                 expired.append(number)
         if expired:

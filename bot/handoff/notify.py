@@ -284,6 +284,13 @@ class SlackNotifier:
                    reply_broadcast=broadcast or None, unfurl_links=False, unfurl_media=False,
                    **extra)
 
+    def content_problem(self, report: Mapping[str, str], delivery: str | None = None) -> None:
+        """A resident says a window's number did not work or was wrong: tell the channel, so
+        the content pack gets checked (no case, nothing about the person)."""
+        text = self.label("wrong_number", **{k: report.get(k, "") for k in
+                                             ("window", "name", "phone")})
+        self._call("chat_postMessage", None, channel=self.channel, text=_cut(text, 3900))
+
     def tell(self, channel: str, user: str, text: str) -> None:
         """An ephemeral note to one staff member (e.g. the case is already taken)."""
         self._call("chat_postEphemeral", 1, channel=channel, user=user, text=_cut(text, 3900))
@@ -404,9 +411,21 @@ class WebhookNotifier:
 
     def notify(self, kind: str, case: Case, message: StaffMessage | None = None,
                delivery: str | None = None) -> None:
+        self._send(kind, delivery, lambda sent_at: self.body(kind, case, message, delivery,
+                                                            sent_at))
+
+    def content_problem(self, report: Mapping[str, str], delivery: str | None = None) -> None:
+        """A resident says a window's number did not work or was wrong (no case, no person)."""
+        def body(sent_at: int) -> bytes:
+            return json.dumps({"event": "wrong_number", "delivery": delivery,
+                               "sent_at": sent_at, "report": dict(report)},
+                              ensure_ascii=False, separators=(",", ":")).encode()
+        self._send("wrong_number", delivery, body)
+
+    def _send(self, kind: str, delivery: str | None, make: Callable[[int], bytes]) -> None:
         def post() -> None:
             sent_at = int(self.clock())
-            body = self.body(kind, case, message, delivery, sent_at)
+            body = make(sent_at)
             req = urllib.request.Request(self.url, data=body, method="POST", headers={
                 "Content-Type": "application/json; charset=utf-8",
                 "User-Agent": "tsunagu-handoff/1",

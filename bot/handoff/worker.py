@@ -52,6 +52,7 @@ from bot.streams import Entry, StreamConsumer
 
 log = logs.get("handoff")
 GROUP = "notifiers"
+WRONG_NUMBER = "wrong_number"  # a content problem, not a case: {k, w: window, name, phone, d}
 
 DELIVERIES = Counter("tsunagu_handoff_deliveries", "Queue events handed to a notifier",
                      ["notifier", "outcome"])
@@ -112,6 +113,8 @@ class HandoffWorker:
         """
         eid, fields = entry.id, entry.fields
         kind, number = fields.get("k", ""), fields.get("n", "")
+        if kind == WRONG_NUMBER:
+            return self._content(entry, down)
         if not kind or not valid_number(number):
             logs.event(log, "queue_entry_malformed", logging.ERROR, entry=eid)
             self._ack(entry)
@@ -174,6 +177,49 @@ class HandoffWorker:
         if ok:
             self._ack(entry)
             logs.event(log, "delivered", kind=kind, number=number)
+        return ok
+
+    def _content(self, entry: Entry, down: set[str]) -> bool:
+        """A wrong-number report (bot/figures.py counts them all): staff hear of a window at
+        most once a day, so one resident tapping again and again does not flood the channel.
+        The day's marker holds the first entry's id, so that entry's own retries still go out.
+        """
+        eid, fields = entry.id, entry.fields
+        window = fields.get("w", "")
+        if not window or len(window) > 100:
+            self._ack(entry)
+            return True
+        marker = f"{self.cases.prefix}:handoff:wrong:{window}:{fields.get('d', '')}"
+        first: object = eid
+        if not self.redis.set(marker, eid, nx=True, ex=2 * 86400):
+            first = self.redis.get(marker)
+        if (first.decode() if isinstance(first, bytes) else first) != eid:
+            self._ack(entry)  # already told today
+            return True
+        report = {"window": window, "name": fields.get("name", ""),
+                  "phone": fields.get("phone", "")}
+        ok = True
+        for notifier in self.notifiers:
+            tell = getattr(notifier, "content_problem", None)
+            if tell is None:
+                continue
+            if notifier.name in down:
+                ok = False
+                continue
+            try:
+                tell(report, delivery=eid)
+            except NotifierError as exc:
+                ok = False
+                if isinstance(exc, NotifierDown):
+                    down.add(notifier.name)
+                logs.event(log, "delivery_failed", logging.WARNING, notifier=notifier.name,
+                           kind=WRONG_NUMBER, error=type(exc).__name__, reason=str(exc)[:120])
+            except Exception as exc:
+                ok = False
+                logs.failure(f"handoff.notify.{notifier.name}", exc, kind=WRONG_NUMBER)
+        if ok:
+            self._ack(entry)
+            logs.event(log, "delivered", kind=WRONG_NUMBER, window=window)
         return ok
 
     def _reply(self, entry: Entry, case: Case, message_id: str, text: str | None) -> bool:
