@@ -21,6 +21,7 @@ from bot.config import Settings, SettingsError
 from bot.limits import Limits
 from bot.pack import PackError
 from bot.web.chat import bp as webchat
+from bot.web.report import bp as staff_report
 from bot.wiring import Services, build
 
 MAX_BODY = 1024 * 1024
@@ -147,6 +148,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         logs.event(logs.get("server"), "ephemeral_secret",
                    note="BOT_SECRET_KEY is unset: using a random key for this process")
     app.register_blueprint(webchat)
+    app.register_blueprint(staff_report)  # 404 unless STAFF_REPORT_TOKEN is set
     if settings.line_enabled:
         from bot.channels.line import build_line
         from bot.channels.line_webhook import bp as line_bp

@@ -48,6 +48,7 @@ class Settings:
     redis_wait_replicas: int | None = None   # None: 1 when the primaries have replicas
     redis_wait_ms: int = 200
     redis_wait_refuse: bool = False      # no replica acknowledged in time: 500 (LINE redelivers)
+    staff_report_token: str | None = None
     previous_secret_keys: tuple[str, ...] = ()
     trusted_proxies: int = 0
     metrics_token: str | None = None
@@ -159,6 +160,10 @@ class Settings:
         log_level = (get("LOG_LEVEL") or "INFO").upper()
         if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise SettingsError(f"LOG_LEVEL: must be DEBUG, INFO, WARNING or ERROR: {log_level!r}")
+        report_token = get("STAFF_REPORT_TOKEN")
+        if report_token is not None and len(report_token) < 16:
+            raise SettingsError("STAFF_REPORT_TOKEN: must be at least 16 characters "
+                                "(e.g. `openssl rand -hex 24`)")
         return cls(
             redis_url=redis_url,
             bot_secret_key=secret,
@@ -201,4 +206,5 @@ class Settings:
             urgent_alert_interval_s=integer("URGENT_ALERT_INTERVAL_SECONDS", 600, 0, 86_400),
             queue_backlog_alert=integer("QUEUE_BACKLOG_ALERT", 1000, 1, 10_000_000),
             tenants_file=tenants,
+            staff_report_token=report_token,
         )

@@ -24,7 +24,7 @@ from bot.pack.hours import is_open, next_opening
 from bot.pack.loader import Pack
 from bot.pack.matching import Answers, fits, match, rank
 from bot.pack.models import LANGS, Lang, Window
-from bot.replies import Cards, Choice, Question, Reply, Text
+from bot.replies import WRONG_PREFIX, Cards, Choice, Question, Reply, Text
 from bot.session import Session
 from bot.triage import Result, other_language_category, triage
 
@@ -118,6 +118,10 @@ def _value_in(values: frozenset[str]) -> Callable[[EventData], bool]:
     return lambda event: event.kwargs["value"] in values
 
 
+def _channel_not_in(channels: list[str]) -> Callable[[EventData], bool]:
+    return lambda event: event.kwargs["session"].channel not in channels
+
+
 def _below(limit: int) -> Callable[[EventData], bool]:
     return lambda event: len(event.kwargs["session"].concerns) - 1 < limit
 
@@ -155,6 +159,9 @@ class Engine:
                                            conditions=[_value_is(choice.value)])
             if self.skips(state):
                 machine.add_transition("skip", name, state.next)
+            elif state.channels and state.otherwise:
+                machine.add_transition("skip", name, state.otherwise,
+                                       conditions=[_channel_not_in(state.channels)])
             if state.choices_from and state.next:
                 for value, dest in state.next_by_value.items():
                     machine.add_transition("answer", name, dest, conditions=[_value_is(value)])
@@ -279,6 +286,12 @@ class Engine:
         return Question(text=text, state=session.state,
                         choices=[Choice(label=o.label, value=o.value) for o in opts])
 
+    def entry_question(self, state: str, lang: Lang) -> Question:
+        """The question of an entry state, for a message we send first (the follow-up)."""
+        session = self.new_session(lang)
+        session.enter(state)
+        return self.ask(session)
+
     def command_option(self, command: str, session: Session) -> Option:
         spec = next(c for c in self.flow.commands if c.id == command)
         return Option(f"{CMD_PREFIX}{command}", self.t(spec.label, session), command=command)
@@ -297,7 +310,8 @@ class Engine:
                             for w in windows[:MAX_CARDS]])
 
     # -- the step ------------------------------------------------------------------------
-    def step(self, session: Session | None, incoming: Incoming, now: datetime) -> Step:
+    def step(self, session: Session | None, incoming: Incoming, now: datetime,
+             channel: str | None = None) -> Step:
         """One message of one person: the new session, the replies and the signals.
 
         Args:
@@ -305,6 +319,8 @@ class Engine:
             incoming: the tap, text or event; kind "staff" and the case_* events come from
                 the staff side only (see Incoming).
             now: the time the message is answered at (opening hours, rate limit).
+            channel: where the message came from ("web", "line"); some states are offered
+                on one channel only (a LINE push needs LINE).
 
         Returns:
             A Step. Pure: nothing is stored or sent here, and `session` is not modified
@@ -321,6 +337,13 @@ class Engine:
             return self._from_staff(session, incoming)
         is_new = session is None
         session = self.new_session() if session is None else session.clone()
+        if channel:
+            session.channel = channel
+        if (incoming.kind == "tap" and incoming.state in self.flow.entries
+                and incoming.state != session.state):
+            # The answer to a question we sent first (the follow-up): take it where it belongs.
+            session.enter(incoming.state)
+            is_new = False
         out = Step(session=session, replies=[])
         text = incoming.value if incoming.kind == "text" else ""
         # One analysis of the text serves crisis detection, triage and choice matching.
@@ -338,6 +361,8 @@ class Engine:
         command = self._command_of(incoming)
         if command:
             return self._command(out, command, now)
+        if incoming.kind == "tap" and incoming.value.startswith(WRONG_PREFIX):
+            return self._wrong_number(out, incoming.value[len(WRONG_PREFIX):])
         if text and session.case:
             return self._relay(out, text, crisis is not None)
         if text and self.flow.states[session.state].kind == "handoff_message":
@@ -387,6 +412,18 @@ class Engine:
         if option.command:
             return self._command(out, option.command, now)
         return self._choose(out, option, now)
+
+    def _wrong_number(self, out: Step, window_id: str) -> Step:
+        """A card's number did not work or was wrong: thank them, tell staff (the service
+        reads the event), and let them go on where they were."""
+        session = out.session
+        assert session is not None
+        if window_id not in self.pack.windows:
+            return self._reask(out, "common.not_understood", False)
+        out.events.append(f"wrong_number:{window_id}")
+        out.replies.append(Text(text=self.t("wrong_number.thanks", session)))
+        out.replies.append(self.ask(session))
+        return out
 
     def _flooded(self, session: Session, now: datetime) -> bool:
         """Count this message; past the limit, say so once, then stay quiet for the minute.
@@ -644,7 +681,7 @@ class Engine:
         assert session is not None
         self._skip_answered(out, now)
         state: StateSpec = self.flow.states[session.state]
-        if self.skips(state) and self._move(session, "skip"):
+        if (self.skips(state) or state.channels) and self._move(session, "skip"):
             return self._entered(out, now)
         if state.kind == "question":
             session.asked += 1

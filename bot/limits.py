@@ -69,14 +69,6 @@ class Limits:
             return False
         return True
 
-    def over(self, kind: str, tag: str, limit: int, window_s: int = 60) -> bool:
-        """Whether the window's count already passed `limit` (without counting)."""
-        try:
-            raw = self.redis.get(self._key(kind, tag, window_s))
-        except redis.RedisError:
-            return False
-        return raw is not None and int(raw) >= limit
-
 
 QUEUE_BACKLOG = Gauge("tsunagu_queue_backlog", "Entries waiting in a queue stream", ["queue"])
 _log = logs.get("limits")

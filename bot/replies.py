@@ -6,6 +6,9 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+# A tap on a card's "this number did not work / was wrong", followed by the window id.
+WRONG_PREFIX = "wrong:"
+
 
 class Frozen(BaseModel):
     model_config = ConfigDict(frozen=True)

@@ -14,10 +14,12 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 from bot import logs, metrics, phonesafe
 from bot.engine import Engine, Incoming, Step
-from bot.figures import Figures
+from bot.figures import Figures, tokyo_day
+from bot.followup import Followups
 from bot.handoff.cases import TooManyCases
 from bot.ports import Cases, Deliver, Event
 from bot.redisconn import UNAVAILABLE
@@ -41,7 +43,7 @@ def respond(step: Step) -> str:
 class Conversations:
     def __init__(self, engine: Engine, store: SessionStore, secret: str | Sequence[str],
                  clock: Callable[[], datetime] = utcnow, cases: Cases | None = None,
-                 figures: Figures | None = None):
+                 figures: Figures | None = None, followups: Followups | None = None):
         self.engine = engine
         self.store = store
         self.secrets = (secret,) if isinstance(secret, str) else tuple(secret)
@@ -49,6 +51,7 @@ class Conversations:
         self.clock = clock
         self.cases = cases  # bot.handoff.cases.CaseStore when staff are connected
         self.figures = figures  # the city's anonymous counts (bot.figures)
+        self.followups = followups  # the 3-day follow-up on LINE (bot.followup)
         self._outage = logs.Throttle(60.0)
 
     def pseudonym(self, channel: str, user_id: str) -> str:
@@ -121,7 +124,7 @@ class Conversations:
         if turn is None:
             step = self.engine.degraded_step(event.incoming, now)
         else:
-            step = self.engine.step(turn.session, event.incoming, now)
+            step = self.engine.step(turn.session, event.incoming, now, channel=event.channel)
             self._effects(event, step)
         via = deliver(step)
         if turn is not None:
@@ -133,14 +136,40 @@ class Conversations:
             if self.figures is not None and not event.incoming.from_staff:
                 turn.also(self.figures.writes_for(event.channel, before, step, event.incoming,
                                                   now))
+            if self.followups is not None and not event.incoming.from_staff:
+                turn.also(self.followups.writes_for(event, before, step, now))
+            if self.cases is not None:
+                turn.also(self._wrong_numbers(step, now))
         self._record(event, step, via, started)
         return step
+
+    def _wrong_numbers(self, step: Step, now: datetime) -> Callable[[Any], None] | None:
+        """A card's number reported as not working: queue it for staff (a content problem,
+        no case, nothing about the person), in the session's round trip."""
+        reports = []
+        for name in step.events:
+            if name.startswith("wrong_number:"):
+                window = self.engine.pack.windows.get(name.split(":", 1)[1])
+                if window is not None:
+                    reports.append({"k": "wrong_number", "w": window.id,
+                                    "name": window.name.ja, "phone": window.phone or "",
+                                    "d": tokyo_day(now)[0]})
+        if not reports or self.cases is None:
+            return None
+        queue = self.cases.queue  # type: ignore[attr-defined]
+
+        def enqueue(pipe: Any) -> None:
+            for report in reports:
+                pipe.xadd(queue, report)
+        return enqueue
 
     def forget(self, pid: str, turn: Turn) -> None:
         """Delete everything of this person (LINE unfollow, an unreadable address)."""
         turn.keep(None)
         if self.cases is not None:
             self.cases.delete_for(pid)
+        if self.followups is not None:
+            turn.also(self.followups.cancel_writes(pid))
 
     # -- side effects, in their fixed order --------------------------------------------------
 

@@ -38,6 +38,7 @@ class Session(BaseModel):
     # offered on every question). What it stands for waits sealed (bot.phonesafe.Unseen).
     direct: bool = False
     unseen: bool = False
+    channel: str | None = None  # where the conversation happens (some states are LINE-only)
 
     def dumps(self) -> str:
         return self.model_dump_json(exclude_defaults=True)

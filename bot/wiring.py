@@ -21,6 +21,7 @@ from bot.crypto import Sealer
 from bot.engine import Engine
 from bot.figures import Figures
 from bot.flows import load_flows
+from bot.followup import Followups
 from bot.handoff.cases import CaseStore
 from bot.handoff.notify import (
     Notifier,
@@ -80,7 +81,9 @@ def build(settings: Settings, client: redis.Redis | None = None) -> Services:
     store = SessionStore(client, ttl_seconds=settings.session_ttl, prefix=settings.key_prefix,
                          lock_ms=settings.lock_ms)
     figures = Figures(client, settings.key_prefix)
-    conversations = Conversations(engine, store, settings.secret_keys, figures=figures)
+    followups = Followups(client, settings.key_prefix, Sealer(settings.secret_keys, "followup"))
+    conversations = Conversations(engine, store, settings.secret_keys, figures=figures,
+                                  followups=followups)
     outbox = Outbox(client, store.key, Sealer(settings.secret_keys, "outbox"))
     return Services(settings=settings, redis=client, pack=pack, engine=engine, store=store,
                     conversations=conversations, outbox=outbox, figures=figures)

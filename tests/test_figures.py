@@ -34,6 +34,19 @@ def totals(rows) -> Counter:
     return out
 
 
+def settled(figures_store, cell: tuple[str, str], n: int) -> Counter:
+    """The totals once `cell` reaches n: a LINE answer is sent just before its session (and
+    the counts riding with it) is saved, so a test may look a moment too early."""
+    import time
+
+    for _ in range(250):
+        got = totals(figures_store.read(*around_today()))
+        if got[cell] >= n:
+            break
+        time.sleep(0.02)
+    return got
+
+
 def around_today() -> tuple[date, date]:
     """Yesterday to tomorrow in Tokyo: a test that runs across midnight still sees its counts."""
     today = date.fromisoformat(figures.tokyo_day(utcnow())[0])
@@ -216,7 +229,7 @@ def test_line_conversations_are_counted_like_the_web(line_app, pack):
         post(lh.tap(state, value, user=user))
         fake.wait_for(n)
     services = app.extensions["tsunagu"]
-    got = totals(services.figures.read(*around_today()))
+    got = settled(services.figures, ("contact", "visit"), 1)
     assert got["contacts", "line"] == 1
     assert got["conversations_started", "line"] == 1
     assert got["conversations_completed", "line"] == 1
@@ -247,3 +260,60 @@ def test_counting_never_costs_an_answer(app, services, pack, monkeypatch):
     services.store.redis = dead
     data = Web(app).text("死にたい")
     assert any(r["type"] == "cards" for r in data["replies"])
+
+
+def test_staff_side_figures_claim_first_answer_resolve_expire(redis_client, key_prefix):
+    from datetime import UTC, datetime
+
+    from bot.crypto import Sealer
+    from bot.handoff.cases import CaseStore
+    from bot.handoff.models import CaseRequest
+
+    start = datetime(2026, 11, 24, 1, 0, tzinfo=UTC).timestamp()  # 10:00 in Tokyo
+    now = [start]
+    cases = CaseStore(redis_client, key_prefix, Sealer(SECRET), expire_after_s=86400,
+                      clock=lambda: now[0])
+    cases.open(CaseRequest(number="K-FIG1"), "line", "pid-1", "U-addr")
+    cases.open(CaseRequest(number="K-FIG2"), "web", "pid-2", "w-addr")
+    cases.open(CaseRequest(number="K-FIG3"), "web", "pid-3", "w-addr")
+    assert cases.claim("K-FIG1", "staff-a")[0]
+    assert not cases.claim("K-FIG1", "staff-b")[0]    # the loser is not counted
+    now[0] += 2 * 3600                                # first answer after two hours
+    cases.staff_reply("K-FIG1", "staff-a", "hello")
+    cases.staff_reply("K-FIG1", "staff-a", "again")   # only the first answer is timed
+    now[0] += 600
+    cases.staff_reply("K-FIG2", "staff-b", "hi")      # claims by answering, 2h10m
+    cases.resolve("K-FIG1", "staff-a")
+    now[0] += 86400
+    cases.expire_stale()                              # K-FIG2 and K-FIG3 expire
+    day = figures.Figures(redis_client, key_prefix)
+    got = totals(day.read(date(2026, 11, 24), date(2026, 11, 25)))
+    assert got["handoff_claimed", "line"] == 1 and got["handoff_claimed", "web"] == 1
+    assert got["handoff_first_reply", "1h_4h"] == 2
+    assert sum(n for (m, _), n in got.items() if m == "handoff_first_reply") == 2
+    assert got["handoff_resolved", "line"] == 1
+    assert got["handoff_expired", "web"] == 2
+    # Only the day: the 10:00 claim and the next day's expiry land on their own Tokyo dates.
+    first = totals(day.read(date(2026, 11, 24), date(2026, 11, 24)))
+    assert first["handoff_expired", "web"] == 0 and first["handoff_claimed", "line"] == 1
+
+
+def test_every_measure_is_listed_in_the_readme():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    for measure in figures.MEASURES:
+        assert f"| `{measure}` |" in readme, measure
+
+
+def test_counting_adds_no_round_trip_per_message(redis_url):
+    """Counted in the pipeline that saves the session: the same round trips with or without
+    figures (bench/roundtrips.py prints the figures for a larger run)."""
+    if not redis_url:
+        pytest.skip("needs a Redis server")
+    from bench.roundtrips import run
+
+    with_n, with_trips = run(redis_url, 3, counting=True)
+    without_n, without_trips = run(redis_url, 3, counting=False)
+    assert with_n == without_n > 0
+    assert with_trips == without_trips

@@ -142,18 +142,18 @@ def test_refused_webhooks_per_address_get_429(line_app):
     client = app.test_client()
     limit = app.extensions["tsunagu_line"].refusals_per_minute
     body = lh.body(lh.text("hi"))
-    for _ in range(limit):
-        resp = client.post("/callback", data=body.encode(), content_type="application/json",
+
+    def forged():
+        return client.post("/callback", data=body.encode(), content_type="application/json",
                            headers={"X-Line-Signature": "forged"},
-                           environ_base={"REMOTE_ADDR": ADDRESS})
-        assert resp.status_code == 400
-    resp = client.post("/callback", data=body.encode(), content_type="application/json",
-                       headers={"X-Line-Signature": lh.sign(body)},
-                       environ_base={"REMOTE_ADDR": ADDRESS})
-    assert resp.status_code == 429
-    # LINE's own (signed) requests from another address are never limited.
+                           environ_base={"REMOTE_ADDR": ADDRESS}).status_code
+
+    assert [forged() for _ in range(limit)] == [400] * limit
+    assert [forged() for _ in range(5)] == [429] * 5
+    # LINE's own (signed) requests are never limited by address.
     for _ in range(limit + 5):
         body = lh.body(lh.sticker())
         resp = client.post("/callback", data=body.encode(), content_type="application/json",
-                           headers={"X-Line-Signature": lh.sign(body)})
+                           headers={"X-Line-Signature": lh.sign(body)},
+                           environ_base={"REMOTE_ADDR": ADDRESS})
         assert resp.status_code == 200

@@ -45,11 +45,11 @@ def test_full_questionnaire_over_line(line_app):
     assert len(final) <= 5
     assert any(m["type"] == "flex" for m in final)
     flex = next(m for m in final if m["type"] == "flex")
-    uris = [b["action"]["uri"] for bub in flex["contents"]["contents"]
+    uris = [b["action"].get("uri", "") for bub in flex["contents"]["contents"]
             for b in (bub.get("footer") or {}).get("contents", [])]
     assert any(u.startswith("tel:") for u in uris)
-    assert last_quick_values(got[-1]) == ["cmd:human", "cmd:restart", "cmd:directory",
-                                         "cmd:quick_exit"]
+    assert last_quick_values(got[-1]) == ["yes", "no", "unsure", "cmd:human", "cmd:restart",
+                                        "cmd:directory", "cmd:quick_exit"]
 
 
 def test_question_numbers_let_pc_users_type(line_app):

@@ -50,6 +50,7 @@ from bot.streams import Entry, Shards, StreamConsumer
 
 log = logs.get("line")
 GROUP = "line"
+FOLLOWUP_EVERY_S = 30.0
 SEEN_TTL_S = 24 * 3600
 MARKS_TTL_MS = SEEN_TTL_S * 1000
 INBOX_TTL_S = 24 * 3600
@@ -245,12 +246,15 @@ class Dispatcher:
             t.join(timeout)
 
     def _run(self, consumer: StreamConsumer) -> None:
-        last_reclaim = 0.0
+        last_reclaim = last_followup = 0.0
         while not self._stop.is_set():
             try:
                 if time.monotonic() - last_reclaim > self.reclaim_idle_ms / 2000:
                     last_reclaim = time.monotonic()
                     self.reclaim(consumer)
+                if time.monotonic() - last_followup > FOLLOWUP_EVERY_S:
+                    last_followup = time.monotonic()
+                    self.send_followups()
                 self.poll_once(consumer)
             except UNAVAILABLE as exc:
                 consumer.lost()
@@ -265,6 +269,19 @@ class Dispatcher:
             except Exception as exc:
                 logs.failure("line.dispatch", exc)
                 self._stop.wait(0.5)
+
+    def send_followups(self, now: datetime | None = None) -> int:
+        """Push the 3-day follow-ups that are due (bot.followup); leases keep threads and
+        processes from sending one twice."""
+        followups = getattr(self.conversations, "followups", None)
+        if followups is None:
+            return 0
+
+        def push(user_id: str, event_id: str, messages: list[dict]) -> str:
+            return self.api.deliver(user_id, event_id, None, 0.0, messages)
+
+        return followups.send_due(self.engine, push, line_messages, now or self.clock(),
+                                  figures=getattr(self.conversations, "figures", None))
 
     def poll_once(self, consumer: StreamConsumer | None = None) -> int:
         consumer = consumer or self.queue.consumer(self.consumer)
@@ -432,7 +449,8 @@ class Dispatcher:
 
 def line_messages(engine: Any, replies: list, lang: str) -> list[dict]:
     pack = engine.pack
-    return render(replies, pack.msg("web.call", lang), pack.msg("web.open_site", lang))
+    return render(replies, pack.msg("web.call", lang), pack.msg("web.open_site", lang),
+                  pack.msg("wrong_number.button", lang))
 
 
 def answer_degraded(conversations: Conversation, api: LineSender, pid: str, user_id: str,

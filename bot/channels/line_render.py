@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from bot.replies import Card, Cards, Question, Reply, Text
+from bot.replies import WRONG_PREFIX, Card, Cards, Question, Reply, Text
 
 MAX_MESSAGES = 5
 MAX_QUICK = 13
@@ -28,7 +28,7 @@ URGENT_COLOR = "#B3261E"
 ACCENT_COLOR = "#1B6E5A"
 
 
-def postback_data(state: str, value: str) -> str:
+def postback_data(state: str | None, value: str) -> str:
     """What a quick reply sends back: the state it belongs to, so stale taps can be told."""
     return json.dumps({"s": state, "v": value}, separators=(",", ":"))[:MAX_DATA]
 
@@ -66,7 +66,8 @@ def _uri_button(label: str, uri: str, **style: Any) -> dict:
             "action": {"type": "uri", "label": _label(label), "uri": uri}}
 
 
-def _bubble(card: Card, urgent: bool, call_label: str, site_label: str) -> dict:
+def _bubble(card: Card, urgent: bool, call_label: str, site_label: str,
+            wrong_label: str | None = None) -> dict:
     body = [_text(card.name, weight="bold", size="md",
                   **({"color": URGENT_COLOR} if urgent else {})),
             _text(card.summary, size="sm", color="#555555")]
@@ -81,6 +82,12 @@ def _bubble(card: Card, urgent: bool, call_label: str, site_label: str) -> dict:
                                    color=URGENT_COLOR if urgent else ACCENT_COLOR))
     if card.url:
         buttons.append(_uri_button(site_label, card.url, style="link"))
+    if wrong_label and card.tel and not urgent:
+        # "This number did not work / was wrong": counted per window, sent to staff.
+        buttons.append({"type": "button", "height": "sm", "style": "link", "action": {
+            "type": "postback", "label": _label(wrong_label),
+            "data": postback_data(None, f"{WRONG_PREFIX}{card.id}"),
+            "displayText": _clip(wrong_label, 300)}})
     bubble = {"type": "bubble", "size": "kilo",
               "body": {"type": "box", "layout": "vertical", "spacing": "sm", "contents": body}}
     if buttons:
@@ -123,7 +130,8 @@ def _fit(blocks: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
     return blocks
 
 
-def render(replies: list[Reply], call_label: str, site_label: str) -> list[dict]:
+def render(replies: list[Reply], call_label: str, site_label: str,
+           wrong_label: str | None = None) -> list[dict]:
     """Render replies in order; texts merge and carousels join so that at most 5 remain."""
     blocks: list[tuple[str, Any]] = []
     for r in replies:
@@ -150,7 +158,7 @@ def render(replies: list[Reply], call_label: str, site_label: str) -> list[dict]
                     "displayText": _clip(c.label, 300)}} for c in q.choices[:MAX_QUICK]]}})
         else:
             groups: list[Cards] = value
-            bubbles = [_bubble(c, g.urgent, call_label, site_label)
+            bubbles = [_bubble(c, g.urgent, call_label, site_label, wrong_label)
                        for g in groups for c in g.cards][:MAX_BUBBLES]
             alt = " / ".join(_alt(g) for g in groups)
             messages.append({"type": "flex", "altText": _clip(alt, MAX_ALT),

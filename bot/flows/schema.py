@@ -50,6 +50,10 @@ class StateSpec(Spec):
     repeat: int | None = Field(default=None, ge=1, le=5)
     then: str | None = None
     extra: list[ChoiceSpec] = Field(default_factory=list)
+    # Offered only on these channels (e.g. a LINE push needs LINE); elsewhere the flow goes on
+    # to `otherwise` at once.
+    channels: list[str] = Field(default_factory=list)
+    otherwise: str | None = None
 
     @model_validator(mode="after")
     def _shape(self) -> StateSpec:
@@ -63,6 +67,8 @@ class StateSpec(Spec):
             raise ValueError("a question needs `answer`: the session field it fills")
         if (self.repeat is None) != (self.then is None):
             raise ValueError("repeat and then go together")
+        if bool(self.channels) != bool(self.otherwise):
+            raise ValueError("channels and otherwise go together")
         return self
 
     @property
@@ -83,17 +89,20 @@ class FlowSpec(Spec):
     max_questions: int = Field(ge=1, le=20)
     commands: list[CommandSpec]
     states: dict[str, StateSpec]
+    # States a tap may arrive in without being the current one: the question of a message we
+    # sent first (the follow-up), answered days later, maybe after the session expired.
+    entries: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _graph(self) -> FlowSpec:
         names = set(self.states)
         problems = []
-        for ref in (self.start, self.results):
+        for ref in (self.start, self.results, *self.entries):
             if ref not in names:
                 problems.append(f"unknown state {ref!r}")
         for name, state in self.states.items():
             targets = [c.next for c in [*state.choices, *state.extra] if c.next]
-            targets += [t for t in (state.next, state.then) if t]
+            targets += [t for t in (state.next, state.then, state.otherwise) if t]
             targets += list(state.next_by_value.values())
             problems += [f"{name}: next {t!r} is not a state" for t in targets if t not in names]
         if "directory" not in names:

@@ -36,6 +36,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Literal
 
 import redis
@@ -43,6 +44,7 @@ from prometheus_client import Counter, Histogram
 
 from bot import logs
 from bot.crypto import Sealer
+from bot.figures import Figures, first_reply_bucket
 from bot.handoff.models import Case, CaseRequest, Channel, StaffMessage
 from bot.limits import LIMITED, ORIGIN, Backlog
 from bot.redisconn import script
@@ -53,7 +55,7 @@ log = logs.get("handoff")
 NUMBER_RE = re.compile(r"[A-Z0-9][A-Z0-9-]{1,31}")
 OPEN_STATUSES = ("new", "claimed")
 EventKind = Literal["opened", "message", "urgent", "claimed", "resolved", "expired",
-                    "forgotten", "reply", "undelivered"]
+                    "forgotten", "reply", "undelivered", "farewell"]
 
 CASES_OPENED = Counter("tsunagu_handoff_cases_opened", "Handoff cases opened", ["channel"])
 CASES_CLAIMED = Counter("tsunagu_handoff_cases_claimed", "Handoff cases claimed by staff")
@@ -86,10 +88,29 @@ return 0
 # so no key names a number after the record that reserves it is gone.
 _MARK = """
 redis.call('sadd', KEYS[1], ARGV[1])
+local at = redis.pcall('pexpiretime', KEYS[2])
+if type(at) == 'number' and at > 0 then
+  redis.call('pexpireat', KEYS[1], at)
+  return 1
+end
+local left = redis.call('pttl', KEYS[2])
+if left == -2 then left = 60000
+elseif left < 0 then left = tonumber(ARGV[2])
+else left = math.max(1, left - 1000) end
+redis.call('pexpire', KEYS[1], left)
+return 1
+"""
+
+# The same TTL rule for a delivery's bookkeeping (attempts noted, failed tries counted): never
+# longer than the case record. Returns SADD's answer (1: first attempt) or the new try count.
+_NOTE = """
+local out
+if ARGV[3] == 'count' then out = redis.call('hincrby', KEYS[1], ARGV[1], 1)
+else out = redis.call('sadd', KEYS[1], ARGV[1]) end
 local left = redis.call('pttl', KEYS[2])
 if left == -2 then left = 60000 elseif left < 0 then left = ARGV[2] end
 redis.call('pexpire', KEYS[1], left)
-return 1
+return out
 """
 
 
@@ -146,6 +167,11 @@ class CaseStore:
         self.queue = self.queues.names[0]
         self.open_index = f"{prefix}:handoff:open"
         self.unqueued = f"{prefix}:handoff:unqueued"
+        self.figures = Figures(client, prefix)  # the city's anonymous counts
+
+    def _count(self, now: float, *cells: tuple[str, str]) -> None:
+        """Count a staff-side transition in the city's figures (a lost count is only lost)."""
+        self.figures.count(datetime.fromtimestamp(now, UTC), cells)
 
     # -- keys --------------------------------------------------------------------------------
 
@@ -338,8 +364,7 @@ class CaseStore:
                     if ttl is not None and case.slack_ts:
                         # The thread → case mapping dies with the record (which reserves the
                         # number): never a mapping to a number that may be drawn again.
-                        self.redis.expire(self.thread_key(case.slack_channel or "",
-                                                          case.slack_ts), ttl)
+                        self._align_thread(number, case.slack_channel or "", case.slack_ts)
                     return True, case
                 except redis.WatchError:
                     time.sleep(random.uniform(0, 0.002 * min(attempt + 1, 10)))
@@ -372,6 +397,7 @@ class CaseStore:
         won, case = self._mutate(number, change)
         if won:
             CASES_CLAIMED.inc()
+            self._count(now, ("handoff_claimed", case.channel if case else "unknown"))
             logs.event(log, "case_claimed", number=number)
         return won, case
 
@@ -408,10 +434,16 @@ class CaseStore:
 
         changed, case = self._mutate(number, change)
         if changed and case is not None:
+            cells = []
             if flags["claimed"]:
                 CASES_CLAIMED.inc()
+                cells.append(("handoff_claimed", case.channel))
             if flags["first"]:
                 FIRST_STAFF_REPLY.observe(max(0.0, now - case.created_at))
+                cells.append(("handoff_first_reply",
+                              first_reply_bucket(max(0.0, now - case.created_at))))
+            if cells:
+                self._count(now, *cells)
             logs.event(log, "staff_replied", number=number, first=flags["first"])
         return StaffReply(case=case, recorded=changed or flags.get("again", False),
                           claimed_now=changed and flags.get("claimed", False),
@@ -496,11 +528,23 @@ class CaseStore:
 
         _, case = self._mutate(number, change)
         if case is not None:
-            # No longer than the record lives: its expiry frees the number.
-            left_ms = int(self.redis.pttl(self.case_key(number)))
-            self.redis.set(self.thread_key(channel, ts), number,
-                           px=left_ms if left_ms > 0 else self.open_ttl * 1000)
+            self.redis.set(self.thread_key(channel, ts), number, px=self.open_ttl * 1000)
+            self._align_thread(number, channel, ts)
         return case
+
+    def _align_thread(self, number: str, channel: str, ts: str) -> None:
+        """Give the thread mapping exactly the record's expiry time (to the millisecond): the
+        record's expiry frees the number, and no mapping may name it after that."""
+        record, thread = self.case_key(number), self.thread_key(channel, ts)
+        try:
+            at_ms = int(self.redis.pexpiretime(record))  # Redis 7
+        except redis.ResponseError:  # older Redis: its remaining time, less a margin
+            left_ms = int(self.redis.pttl(record))
+            if left_ms > 0:
+                self.redis.pexpire(thread, max(1, left_ms - 1000))
+            return
+        if at_ms > 0:
+            self.redis.pexpireat(thread, at_ms)
 
     def _forget(self, case: Case) -> Case | None:
         """Delete what leads back to the person: the sealed address, the pid index and the
@@ -522,16 +566,24 @@ class CaseStore:
         pipe.execute()
         return stored
 
+    def release(self, number: str) -> Case | None:
+        """After a resolved case's farewell: delete the address, pid index and pseudonym."""
+        case = self.get(number)
+        return self._forget(case) if case is not None else None
+
     def resolve(self, number: str, staff_id: str,
                 before_forget: Callable[[Case], None] | None = None,
-                may: Callable[[Case], bool] | None = None) -> Case | None:
+                may: Callable[[Case], bool] | None = None,
+                farewell: bool = False) -> Case | None:
         """claimed/new → resolved; then the address and the pid index are deleted.
 
         `before_forget(case)` runs once, for the call that resolved the case, while the address
         still exists (to tell the resident the conversation ended). Its failure is logged and
         does not keep the address. The record stays, without the pseudonym and without any
         typed text, for `keep_closed_s`. `may(case)` False refuses (claim semantics,
-        bot.handoff.staff): the open case comes back unchanged.
+        bot.handoff.staff): the open case comes back unchanged. `farewell`: instead of calling
+        `before_forget` and forgetting now, queue a "farewell" after the staff answers already
+        queued; the worker tells the resident and then calls `release`.
         """
         now = self.clock()
         refused: dict[str, bool] = {}
@@ -554,10 +606,15 @@ class CaseStore:
             return case
         if changed:
             CASES_RESOLVED.inc()
+            self._count(now, ("handoff_resolved", case.channel))
             logs.event(log, "case_resolved", number=number)
-            if before_forget is not None:
+            if before_forget is not None and not farewell:
                 self._before_forget(before_forget, case)
             self.enqueue(number, "resolved")
+            if farewell:
+                self.enqueue(number, "farewell")
+        if farewell and case.pid:
+            return case  # the queued farewell releases it (expiry does, should it never run)
         return self._forget(case) or case
 
     @staticmethod
@@ -598,6 +655,7 @@ class CaseStore:
             self._forget(case)
             if changed:
                 CASES_EXPIRED.inc()
+                self._count(now, ("handoff_expired", case.channel))
                 self.enqueue(number, "expired")
                 expired.append(number)
         if expired:
@@ -628,14 +686,18 @@ class CaseStore:
 
     # -- delivery bookkeeping (bot.handoff.worker) -------------------------------------------
 
+    def note_attempt(self, number: str, delivery: str) -> bool:
+        """Note that `delivery` is being tried; True the first time (nothing can be out there
+        yet), False when an earlier try may have got through (see SlackNotifier)."""
+        return bool(self.redis.eval(_NOTE, 2, self.case_key(number, "sent"),
+                                    self.case_key(number), f"try:{delivery}",
+                                    self.open_ttl * 1000, "add"))
+
     def count_try(self, number: str, marker: str) -> int:
         """One more failed try of a delivery; returns how many so far."""
-        key = self.case_key(number, "tries")
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hincrby(key, marker, 1)
-        pipe.expire(key, self.open_ttl)
-        tries, _ = pipe.execute()
-        return int(tries)
+        return int(self.redis.eval(_NOTE, 2, self.case_key(number, "tries"),
+                                   self.case_key(number), marker, self.open_ttl * 1000,
+                                   "count"))
 
     def was_delivered(self, number: str, marker: str) -> bool:
         return bool(self.redis.sismember(self.case_key(number, "sent"), marker))

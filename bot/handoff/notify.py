@@ -184,12 +184,14 @@ class SlackNotifier:
                 self.post_case(case)
         elif kind == "message":
             if message is not None and message.text:
-                self.post_thread(case, self.labels["resident_prefix"] + mrkdwn_escape(message.text))
+                self.post_thread(case, self.labels["resident_prefix"] + mrkdwn_escape(message.text),
+                                 delivery=delivery)
         elif kind == "urgent":
-            self.post_thread(case, self.label("urgent_again"), broadcast=True)
+            self.post_thread(case, self.label("urgent_again"), broadcast=True,
+                             delivery=delivery)
             self.update_case(case)
         elif kind == "undelivered":  # a staff answer the relay gave up on
-            self.post_thread(case, self.labels["not_delivered"])
+            self.post_thread(case, self.labels["not_delivered"], delivery=delivery)
         else:  # claimed, resolved, expired, forgotten: the message shows the new state
             self.update_case(case)
 
@@ -207,11 +209,49 @@ class SlackNotifier:
         return _retry(call, self.attempts if attempts is None else attempts, self.backoff_s,
                       _slack_transient, f"slack {method}")
 
+    def _posted_before(self, case: Case, delivery: str, thread_ts: str | None = None,
+                       channel: str | None = None) -> str | None:
+        """The ts of our message for `delivery` if an earlier try posted it and died before
+        recording so (a crash between Slack's answer and our write); None to post now.
+
+        Each post carries its delivery id in Slack's message metadata. The first try notes
+        the attempt; only a retry after an attempt asks Slack (conversations.history, or
+        .replies in a thread) whether the message is there."""
+        if self.cases is None or self.cases.note_attempt(case.number, delivery):
+            return None
+        where = {"channel": channel or self.channel, "limit": 100, "include_all_metadata": True}
+        if thread_ts:
+            found = self._call("conversations_replies", None, ts=thread_ts, **where)
+        else:
+            found = self._call("conversations_history", None, **where)
+        for msg in found.get("messages") or []:
+            payload = (msg.get("metadata") or {}).get("event_payload") or {}
+            if payload.get("delivery") == delivery:
+                logs.event(log, "slack_post_found", number=case.number)
+                return msg.get("ts")
+        return None
+
+    @staticmethod
+    def _metadata(delivery: str) -> dict[str, Any]:
+        return {"event_type": "tsunagu_delivery", "event_payload": {"delivery": delivery}}
+
     def post_case(self, case: Case, attempts: int | None = None) -> Case:
-        """chat.postMessage with the summary and buttons; remembers the message's ts."""
+        """chat.postMessage with the summary and buttons; remembers the message's ts. A retry
+        after a crash finds the first post instead of posting again (`_posted_before`)."""
         title = "urgent_fallback" if case.request.urgent else "fallback"
+        # Unique to this case, not only its number (a number may be drawn again months later).
+        delivery = f"case:{case.number}:{case.created_at!r}"
+        found = self._posted_before(case, delivery)
+        if found is not None:
+            channel, ts = self.channel, found
+            case.slack_channel, case.slack_ts = channel, ts
+            if self.cases is not None:
+                self.cases.set_slack_message(case.number, channel, ts)
+            self.update_case(case)
+            return case
         response = self._call("chat_postMessage", attempts, channel=self.channel,
                               text=self.label(title, case), blocks=self.blocks(case),
+                              metadata=self._metadata(delivery),
                               unfurl_links=False, unfurl_media=False)
         channel, ts = response.get("channel") or self.channel, response["ts"]
         case.slack_channel, case.slack_ts = channel, ts
@@ -229,13 +269,27 @@ class SlackNotifier:
                    blocks=self.blocks(case))
 
     def post_thread(self, case: Case, text: str, broadcast: bool = False,
-                    attempts: int | None = None) -> None:
-        """A message in the case's thread (resident messages, urgent notices, delivery notes)."""
+                    attempts: int | None = None, delivery: str | None = None) -> None:
+        """A message in the case's thread (resident messages, urgent notices, delivery notes).
+        With a `delivery` id, a retry after a crash finds the first post instead of posting
+        the message twice."""
         if not case.slack_ts:
             raise NotReady(f"slack: case {case.number} not posted yet")
-        self._call("chat_postMessage", attempts, channel=case.slack_channel or self.channel,
+        channel = case.slack_channel or self.channel
+        if delivery and self._posted_before(case, delivery, case.slack_ts, channel):
+            return
+        extra = {"metadata": self._metadata(delivery)} if delivery else {}
+        self._call("chat_postMessage", attempts, channel=channel,
                    thread_ts=case.slack_ts, text=_cut(text, 3900),
-                   reply_broadcast=broadcast or None, unfurl_links=False, unfurl_media=False)
+                   reply_broadcast=broadcast or None, unfurl_links=False, unfurl_media=False,
+                   **extra)
+
+    def content_problem(self, report: Mapping[str, str], delivery: str | None = None) -> None:
+        """A resident says a window's number did not work or was wrong: tell the channel, so
+        the content pack gets checked (no case, nothing about the person)."""
+        text = self.label("wrong_number", **{k: report.get(k, "") for k in
+                                             ("window", "name", "phone")})
+        self._call("chat_postMessage", None, channel=self.channel, text=_cut(text, 3900))
 
     def tell(self, channel: str, user: str, text: str) -> None:
         """An ephemeral note to one staff member (e.g. the case is already taken)."""
@@ -357,9 +411,21 @@ class WebhookNotifier:
 
     def notify(self, kind: str, case: Case, message: StaffMessage | None = None,
                delivery: str | None = None) -> None:
+        self._send(kind, delivery, lambda sent_at: self.body(kind, case, message, delivery,
+                                                            sent_at))
+
+    def content_problem(self, report: Mapping[str, str], delivery: str | None = None) -> None:
+        """A resident says a window's number did not work or was wrong (no case, no person)."""
+        def body(sent_at: int) -> bytes:
+            return json.dumps({"event": "wrong_number", "delivery": delivery,
+                               "sent_at": sent_at, "report": dict(report)},
+                              ensure_ascii=False, separators=(",", ":")).encode()
+        self._send("wrong_number", delivery, body)
+
+    def _send(self, kind: str, delivery: str | None, make: Callable[[int], bytes]) -> None:
         def post() -> None:
             sent_at = int(self.clock())
-            body = self.body(kind, case, message, delivery, sent_at)
+            body = make(sent_at)
             req = urllib.request.Request(self.url, data=body, method="POST", headers={
                 "Content-Type": "application/json; charset=utf-8",
                 "User-Agent": "tsunagu-handoff/1",

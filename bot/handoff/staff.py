@@ -85,7 +85,9 @@ class Staff:
             return "closed"
         if result.claimed_now:
             self._show(case, "claimed")
-        self.cases.enqueue(number, "reply", m=message_id)
+        # The text rides along, sealed: closing the case erases the record's copy, yet an
+        # answer written just before must still reach the resident.
+        self.cases.enqueue(number, "reply", m=message_id, t=self.cases.sealer.seal(text))
         return "queued"
 
     def claim(self, number: str, user: str, channel: str | None = None) -> Outcome:
@@ -108,12 +110,10 @@ class Staff:
         if not self.policy.is_staff(user):
             self._tell(channel, user, "not_staff", None)
             return "not_staff"
-        current = self.cases.get(number)
-        if current is not None and self.policy.may_act(user, current):
-            self._flush(current)
-        case = self.cases.resolve(number, user,
-                                  before_forget=self.relay.closed if self.relay else None,
-                                  may=lambda c: self.policy.may_act(user, c))
+        # The resident is told by the worker ("farewell"), after the staff answers already
+        # queued, and only then is their address released: Slack gets its answer at once.
+        case = self.cases.resolve(number, user, may=lambda c: self.policy.may_act(user, c),
+                                  farewell=self.relay is not None)
         if case is None:
             logs.event(log, "resolve_unknown_case", logging.WARNING, number=number)
             return "unknown"
@@ -127,23 +127,6 @@ class Staff:
                 logs.event(log, "slack_update_deferred", logging.WARNING, number=number,
                            error=type(exc).__name__)
         return "resolved" if case.resolved_by == user else "closed"
-
-    def _flush(self, case: Case) -> None:
-        """Before resolving: staff answers still queued go now — resolving erases the text and
-        the address they need — so the resident reads them before the notice of the end."""
-        if self.relay is None or case.status not in ("new", "claimed"):
-            return
-        for message in case.thread:
-            marker = f"reply:{message.id}"
-            if message.who != "staff" or not message.id \
-                    or self.cases.was_delivered(case.number, marker):
-                continue
-            try:
-                self.relay.staff_reply(case, message)
-            except Exception as exc:
-                logs.failure("handoff.relay_before_close", exc, number=case.number)
-                continue
-            self.cases.mark_delivered(case.number, marker)
 
     # -- notes to staff --------------------------------------------------------------------------
 

@@ -52,6 +52,7 @@ from bot.streams import Entry, StreamConsumer
 
 log = logs.get("handoff")
 GROUP = "notifiers"
+WRONG_NUMBER = "wrong_number"  # a content problem, not a case: {k, w: window, name, phone, d}
 
 DELIVERIES = Counter("tsunagu_handoff_deliveries", "Queue events handed to a notifier",
                      ["notifier", "outcome"])
@@ -112,6 +113,8 @@ class HandoffWorker:
         """
         eid, fields = entry.id, entry.fields
         kind, number = fields.get("k", ""), fields.get("n", "")
+        if kind == WRONG_NUMBER:
+            return self._content(entry, down)
         if not kind or not valid_number(number):
             logs.event(log, "queue_entry_malformed", logging.ERROR, entry=eid)
             self._ack(entry)
@@ -129,7 +132,11 @@ class HandoffWorker:
             self._ack(entry)
             return True
         if kind == "reply":
-            return self._reply(entry, case, fields.get("m", ""))
+            sealed = fields.get("t")
+            text = self.cases.sealer.open(sealed) if sealed else None
+            return self._reply(entry, case, fields.get("m", ""), text)
+        if kind == "farewell":
+            return self._farewell(entry, case)
         message: StaffMessage | None = None
         if kind == "message":
             message = next((m for m in case.thread if m.at == at and m.who == "resident"), None)
@@ -172,33 +179,109 @@ class HandoffWorker:
             logs.event(log, "delivered", kind=kind, number=number)
         return ok
 
-    def _reply(self, entry: Entry, case: Case, message_id: str) -> bool:
-        """A staff answer → the resident, once per message id; parked after `relay_tries`."""
+    def _content(self, entry: Entry, down: set[str]) -> bool:
+        """A wrong-number report (bot/figures.py counts them all): staff hear of a window at
+        most once a day, so one resident tapping again and again does not flood the channel.
+        The day's marker holds the first entry's id, so that entry's own retries still go out.
+        """
+        eid, fields = entry.id, entry.fields
+        window = fields.get("w", "")
+        if not window or len(window) > 100:
+            self._ack(entry)
+            return True
+        marker = f"{self.cases.prefix}:handoff:wrong:{window}:{fields.get('d', '')}"
+        first: object = eid
+        if not self.redis.set(marker, eid, nx=True, ex=2 * 86400):
+            first = self.redis.get(marker)
+        if (first.decode() if isinstance(first, bytes) else first) != eid:
+            self._ack(entry)  # already told today
+            return True
+        report = {"window": window, "name": fields.get("name", ""),
+                  "phone": fields.get("phone", "")}
+        ok = True
+        for notifier in self.notifiers:
+            tell = getattr(notifier, "content_problem", None)
+            if tell is None:
+                continue
+            if notifier.name in down:
+                ok = False
+                continue
+            try:
+                tell(report, delivery=eid)
+            except NotifierError as exc:
+                ok = False
+                if isinstance(exc, NotifierDown):
+                    down.add(notifier.name)
+                logs.event(log, "delivery_failed", logging.WARNING, notifier=notifier.name,
+                           kind=WRONG_NUMBER, error=type(exc).__name__, reason=str(exc)[:120])
+            except Exception as exc:
+                ok = False
+                logs.failure(f"handoff.notify.{notifier.name}", exc, kind=WRONG_NUMBER)
+        if ok:
+            self._ack(entry)
+            logs.event(log, "delivered", kind=WRONG_NUMBER, window=window)
+        return ok
+
+    def _reply(self, entry: Entry, case: Case, message_id: str, text: str | None) -> bool:
+        """A staff answer → the resident, once per message id; parked after `relay_tries`.
+
+        Also after the case was resolved, as long as its farewell has not released the address
+        (the farewell is queued after the answers, so they arrive first)."""
         number, marker = case.number, f"reply:{message_id}"
         message = next((m for m in case.thread if m.id == message_id and m.who == "staff"),
                        None)
-        if (message is None or case.status not in ("new", "claimed")
+        if message is not None and text:  # the record's copy is erased once the case closes
+            message = message.model_copy(update={"text": text})
+        if (message is None or not message.text or not case.pid
                 or case.forgotten_at is not None or self.cases.was_delivered(number, marker)):
-            self._ack(entry)  # trimmed, closed, forgotten (staff were told), or done
+            self._ack(entry)  # trimmed, released, forgotten (staff were told), or done
             return True
+        return self._to_resident(entry, case, marker,
+                                 lambda: self._relay().staff_reply(case, message), "undelivered")
+
+    def _farewell(self, entry: Entry, case: Case) -> bool:
+        """Resolved: tell the resident it has ended, then release their address."""
+        if not case.pid:
+            self._ack(entry)
+            return True
+        done = True
+        if case.forgotten_at is None and not self.cases.was_delivered(case.number, "farewell"):
+            done = self._to_resident(entry, case, "farewell",
+                                     lambda: self._relay().closed(case), None, ack=False)
+        if done:
+            self.cases.release(case.number)
+            self._ack(entry)
+        return done
+
+    def _relay(self) -> StaffRelay:
+        if self.relay is None:
+            raise RuntimeError("no relay wired: staff answers cannot reach residents")
+        return self.relay
+
+    def _to_resident(self, entry: Entry, case: Case, marker: str, send: Callable[[], None],
+                     undelivered: str | None, ack: bool = True) -> bool:
+        """Run `send` once per `marker`; after `relay_tries` failures give up (and tell staff
+        with an `undelivered` entry). True when done with it either way."""
+        number = case.number
         try:
-            if self.relay is None:
-                raise RuntimeError("no relay wired: staff answers cannot reach residents")
-            self.relay.staff_reply(case, message)
+            send()
         except Exception as exc:
             tries = self.cases.count_try(number, marker)
             logs.failure("handoff.relay", exc, logging.WARNING, number=number, tries=tries)
             if tries < self.relay_tries:
                 return False
             self.cases.mark_delivered(number, marker)
-            self.cases.enqueue(number, "undelivered")
+            if undelivered:
+                self.cases.enqueue(number, undelivered)  # type: ignore[arg-type]
             RELAYS_PARKED.inc()
-            logs.event(log, "staff_reply_parked", logging.ERROR, number=number, tries=tries)
-            self._ack(entry)
+            logs.event(log, "relay_parked", logging.ERROR, number=number, tries=tries)
+            if ack:
+                self._ack(entry)
             return True
         self.cases.mark_delivered(number, marker)
-        self._ack(entry)
-        logs.event(log, "staff_reply_relayed", number=number, channel=case.channel)
+        if ack:
+            self._ack(entry)
+        logs.event(log, "relayed_to_resident", number=number, channel=case.channel)
         return True
 
     def _deliver_all(self, entries: list[Entry], down: set[str]) -> tuple[int, int]:

@@ -42,7 +42,8 @@ def frame_texts(pack: Any) -> dict[str, dict[str, str]]:
     the frame can follow the conversation's language without a reload."""
     return {lang: {**{key.split(".", 1)[1]: pack.msg(key, lang)
                       for key in pack.messages[lang] if key.startswith("web.")},
-                   "exit": pack.msg("quick_exit.label", lang)}
+                   "exit": pack.msg("quick_exit.label", lang),
+                   "wrong_number": pack.msg("wrong_number.button", lang)}
             for lang in LANGS}
 
 

@@ -22,7 +22,7 @@ def test_handoff_staff_answer_arrives_on_the_page(open_page, site, pack):
         tap(page, value)
     # "In this chat" is answered honestly: who answers, when, and the button to press.
     assert pack.msg("cmd.human", "ja") in page.inner_text("#log .turn:last-child")
-    assert choice_values(page)[0] == "cmd:human"
+    assert "cmd:human" in choice_values(page)
     tap(page, "cmd:human")
     assert "agree" in choice_values(page)
     shoot(page, "phone-handoff-consent")

@@ -44,7 +44,7 @@ def test_full_walk_keeps_every_newest_choice_in_reach(open_page, viewport, pack)
     # The results: windows with a call link, the honest word on "in this chat", next actions.
     assert page.locator("#log .card a.call").count() > 0
     assert pack.msg("results.chat_staff", "ja").split("「")[0] in page.inner_text("#log")
-    assert choice_values(page)[0] == "cmd:human"
+    assert "cmd:human" in choice_values(page)
     # No window twice in one answer.
     names = page.eval_on_selector_all("#log .turn:last-child .card h3",
                                       "hs => hs.map(h => h.textContent)")

@@ -13,13 +13,26 @@ Handle = Callable[[str, bytes, dict[str, str]], tuple[int, dict]]
 
 def serve_json(handle: Handle) -> tuple[ThreadingHTTPServer, str]:
     """Start a server on 127.0.0.1 (a free port) that passes each POST to `handle(path, raw
-    body, lower-cased headers)` and sends back its (status, JSON payload)."""
+    body, lower-cased headers)` and sends back its (status, JSON payload); a GET passes its
+    query string as a form body."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
             headers = {k.lower(): v for k, v in self.headers.items()}
             status, payload = handle(self.path, raw, headers)
+            data = json.dumps(payload).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json; charset=utf-8")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self) -> None:  # Web API read methods (conversations.history): query args
+            path, _, query = self.path.partition("?")
+            headers = {k.lower(): v for k, v in self.headers.items()}
+            headers["content-type"] = "application/x-www-form-urlencoded"
+            status, payload = handle(path, query.encode(), headers)
             data = json.dumps(payload).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json; charset=utf-8")

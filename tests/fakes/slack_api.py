@@ -1,10 +1,11 @@
 """A fake Slack Web API: a real HTTP server on loopback that records what slack_sdk sends.
 
 It answers chat.postMessage, chat.update and chat.postEphemeral like Slack does
-({"ok": true, "ts": ...}), accepts JSON or form bodies (slack_sdk sends blocks as JSON), checks
-the bot token, and can be switched "down" for a number of calls: HTTP 500, or HTTP 200 with
-{"ok": false, "error": "service_unavailable"} as Slack answers during an incident, or HTTP 429
-(rate limited).
+({"ok": true, "ts": ...}), keeps the posted messages (with their metadata) for
+conversations.history and conversations.replies, accepts JSON or form bodies (slack_sdk sends
+blocks as JSON), checks the bot token, and can be switched "down" for a number of calls:
+HTTP 500, or HTTP 200 with {"ok": false, "error": "service_unavailable"} as Slack answers
+during an incident, or HTTP 429 (rate limited).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class FakeSlack:
     down_mode: DownMode = "http500"
     received: list[Call] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    messages: list[dict] = field(default_factory=list)
     _ts: int = 0
 
     def go_down(self, calls: int, mode: DownMode = "http500") -> None:
@@ -90,8 +92,25 @@ class FakeSlack:
         if method == "chat.postMessage":
             if not body.get("channel"):
                 return 200, {"ok": False, "error": "channel_not_found"}
+            metadata = body.get("metadata")
+            if isinstance(metadata, str):
+                metadata = json.loads(metadata)
+            with self.lock:
+                self.messages.append({"channel": body["channel"], "ts": ts,
+                                      "thread_ts": body.get("thread_ts"),
+                                      "text": body.get("text"), "metadata": metadata})
             return 200, {"ok": True, "channel": body["channel"], "ts": ts,
                          "message": {"text": body.get("text"), "ts": ts}}
+        if method in ("conversations.history", "conversations.replies"):
+            with self.lock:
+                found = [m for m in self.messages if m["channel"] == body.get("channel") and (
+                    m["thread_ts"] == body.get("ts") if method == "conversations.replies"
+                    else not m["thread_ts"])]
+            meta = body.get("include_all_metadata") in ("1", "true", "True", True)
+            return 200, {"ok": True, "messages": [
+                {"ts": m["ts"], "text": m["text"],
+                 **({"metadata": m["metadata"]} if meta and m["metadata"] else {})}
+                for m in reversed(found)]}
         if method == "chat.update":
             if not body.get("ts"):
                 return 200, {"ok": False, "error": "message_not_found"}

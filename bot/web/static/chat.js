@@ -51,7 +51,7 @@
   }
 
   // -- drawing ---------------------------------------------------------------------------
-  function drawCard(c) {
+  function drawCard(c, urgent) {
     var d = el("div", "card");
     d.appendChild(el("h3", null, c.name));
     d.appendChild(el("p", null, c.summary));
@@ -77,6 +77,19 @@
       var pu = el("p");
       pu.appendChild(u);
       d.appendChild(pu);
+    }
+    if (c.tel && !urgent && T.wrong_number) {
+      // "This number did not work / was wrong": counted per window and sent to staff.
+      var w = el("button", "wrong", T.wrong_number);
+      w.type = "button";
+      w.addEventListener("click", function () {
+        if (pending) return;
+        w.disabled = true;
+        var me = el("div", "msg me", T.wrong_number);
+        log.appendChild(me);
+        send({ type: "tap", value: "wrong:" + c.id, state: null }, { echo: me });
+      });
+      d.appendChild(w);
     }
     return d;
   }
@@ -115,7 +128,7 @@
       } else if (r.type === "cards") {
         var box = el("section", "cards" + (r.urgent ? " urgent" : ""));
         box.appendChild(el("h2", null, r.title));
-        r.cards.forEach(function (c) { box.appendChild(drawCard(c)); });
+        r.cards.forEach(function (c) { box.appendChild(drawCard(c, r.urgent)); });
         turn.appendChild(box);
       } else if (r.type === "question") {
         drawQuestion(r, turn);
