@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from bot.engine import Incoming, Step
+    from bot.engine import Engine, Incoming, Step
     from bot.handoff.models import Case, CaseRequest, Channel, StaffMessage
     from bot.store import Turn
 
@@ -60,7 +60,12 @@ class Cases(Protocol):
 class Conversation(Protocol):
     """What channels need from bot.service.Conversations."""
 
+    engine: Engine  # to render answers (content pack) and make an empty session
+
     def pseudonym(self, channel: str, user_id: str) -> str: ...
+
+    def outage(self, where: str, exc: BaseException) -> None:
+        """Redis is unreachable at `where`: count it, log it at most once a minute."""
 
     def process(self, event: Event, turn: Turn | None, deliver: Deliver) -> Step: ...
 
@@ -69,6 +74,8 @@ class Conversation(Protocol):
 
 class LineSender(Protocol):
     """The LINE Messaging API client (bot.channels.line_api.LineApi)."""
+
+    def show_loading(self, user_id: str, seconds: int = 20) -> None: ...
 
     def deliver(self, user_id: str, event_id: str, reply_token: str | None, age_s: float,
                 messages: list[dict], retrying: bool = False,

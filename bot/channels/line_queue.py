@@ -217,7 +217,7 @@ class Dispatcher:
                  job_tries: int = JOB_TRIES):
         self.queue = queue
         self.conversations = conversations
-        self.engine = conversations.engine  # type: ignore[attr-defined]
+        self.engine = conversations.engine
         self.api = api
         self.sealer = sealer
         self.clock = clock
@@ -258,7 +258,7 @@ class Dispatcher:
                 self.poll_once(consumer)
             except UNAVAILABLE as exc:
                 consumer.lost()
-                self.conversations.outage("line_dispatch", exc)  # type: ignore[attr-defined]
+                self.conversations.outage("line_dispatch", exc)
                 self._stop.wait(1.0)
             except redis.ResponseError as exc:
                 if "NOGROUP" in str(exc):  # Redis lost the group (restart without data)
@@ -434,7 +434,7 @@ class Dispatcher:
         now = self.clock()
         age_s = max(0.0, now.timestamp() - job.timestamp_ms / 1000)
         if age_s > 2.0:
-            self.api.show_loading(user_id)  # type: ignore[attr-defined]
+            self.api.show_loading(user_id)
         event = Event(channel="line", pid=pid, incoming=job.incoming(), event_id=job.event_id,
                       address=user_id, received=job.timestamp_ms / 1000)
 
@@ -457,7 +457,7 @@ def answer_degraded(conversations: Conversation, api: LineSender, pid: str, user
                     job: Job, deadline: float | None = None) -> None:
     """Answer one event without stored state (Redis down, or the job is parked): crisis
     lines, the 24-hour lines and the list, through the same `process` as every answer."""
-    engine = conversations.engine  # type: ignore[attr-defined]
+    engine = conversations.engine
     event = Event(channel="line", pid=pid, incoming=job.incoming(), event_id=job.event_id,
                   address=user_id, received=job.timestamp_ms / 1000)
 
