@@ -97,6 +97,9 @@ class TriageFile(BaseModel):
     # An age read from the text adds to a category: age band → {category: points}.
     age_hints: dict[str, dict[str, float]] = Field(default_factory=dict)
     slots: SlotVocab = Field(default_factory=SlotVocab)
+    # Lemmas too common to say anything about a worry (be, do, thing, I, ...). The lists of all
+    # languages apply together: a message in one language may carry words of the other.
+    stopwords: list[str] = Field(default_factory=list)
 
 
 class TriageError(ValueError):
@@ -165,14 +168,6 @@ class _Category:
     examples: list[tuple[frozenset[str], float]]  # content lemmas, their total weight
 
 
-# Lemmas too common to say anything about a worry (be, do, become, thing, I, ...).
-_STOP = frozenset(map(normalize, (
-    "居る", "為る", "有る", "成る", "事", "物", "私", "自分", "今", "何", "其の", "此の", "其れ",
-    "此れ", "良い", "無い", "言う", "思う", "出来る", "所", "時", "人", "方", "様", "的", "さん",
-    "御", "行く", "来る", "見る", "貰う", "呉れる", "最近", "毎日", "とても", "凄い", "本当",
-    "ちょっと", "もう", "まだ", "一寸", "ずっと", "分かる", "感じ", "気", "相談", "困る",
-    "do", "be", "i", "my", "the", "a", "to", "is", "and", "of", "it", "me", "have", "in",
-)))
 
 
 @dataclass
@@ -191,15 +186,16 @@ class Vocab:
     greetings: frozenset[str] = frozenset()
     other_language: str | None = None
     age_hints: dict[str, dict[str, float]] = field(default_factory=dict)
+    stop: frozenset[str] = frozenset()
 
     @classmethod
-    def build(cls, spec: TriageFile, lang: str) -> Vocab:
+    def build(cls, spec: TriageFile, lang: str, stop: frozenset[str]) -> Vocab:
         cats = []
         docs: list[frozenset[str]] = []
         for cid, cv in spec.categories.items():
             cues = [_word_cue(w, x, lang) for w, x in _weighted(cv.words, 1.0)]
             cues += [_pattern_cue(p, x) for p, x in _weighted(cv.patterns, 2.0)]
-            examples = [_content(analyze(e)) for e in cv.examples]
+            examples = [_content(analyze(e), stop) for e in cv.examples]
             docs += examples
             cats.append(_Category(cid, cues, [_word_cue(w, 0, lang) for w in cv.negative],
                                   [(ex, 0.0) for ex in examples]))
@@ -224,11 +220,11 @@ class Vocab:
                    contact=values(slots.contact, True), idf=idf,
                    greetings=frozenset(map(normalize, spec.greetings)),
                    other_language=spec.other_language,
-                   age_hints=spec.age_hints)
+                   age_hints=spec.age_hints, stop=stop)
 
 
-def _content(found: Analysis) -> frozenset[str]:
-    return frozenset(found.content - _STOP)
+def _content(found: Analysis, stop: frozenset[str]) -> frozenset[str]:
+    return frozenset(found.content - stop)
 
 
 def load_vocab(directory: Path = COMMON_DIR) -> dict[str, Vocab]:
@@ -247,13 +243,13 @@ _COMPILED: dict[tuple[str, tuple[tuple[str, int], ...]], dict[str, Vocab]] = {}
 
 
 def _load_vocab(directory: Path) -> dict[str, Vocab]:
-    out: dict[str, Vocab] = {}
+    specs: dict[str, TriageFile] = {}
     errors: list[str] = []
     for lang in LANGS:
         path = directory / f"triage.{lang}.yaml"
         try:
             data = yaml.load(path.read_text(encoding="utf-8"), Loader=SAFE_LOADER)
-            out[lang] = Vocab.build(TriageFile.model_validate(data), lang)
+            specs[lang] = TriageFile.model_validate(data)
         except FileNotFoundError:
             errors.append(f"{path.name}: file is missing")
         except yaml.YAMLError as exc:
@@ -263,7 +259,8 @@ def _load_vocab(directory: Path) -> dict[str, Vocab]:
                        for e in exc.errors()]
     if errors:
         raise TriageError("\n".join(errors))
-    return out
+    stop = frozenset(normalize(w) for spec in specs.values() for w in spec.stopwords)
+    return {lang: Vocab.build(spec, lang, stop) for lang, spec in specs.items()}
 
 
 # -- the function -------------------------------------------------------------------------------
@@ -308,7 +305,7 @@ def triage(text: str | Analysis, lang: str, pack: Pack | None = None,
     table = tables[use]
     scores: dict[str, float] = {}
     evidence: dict[str, list[str]] = {}
-    content = _content(found)
+    content = _content(found, table.stop)
     lemmas = frozenset(t.lemma for t in found.tokens)
     if is_greeting(found, table):
         return Result(lang=written, scores=[], evidence={}, slots={})
