@@ -45,8 +45,9 @@ class I18n(Strict):
         return getattr(self, lang)
 
 
-class Period(Strict):
-    days: list[Weekday] = Field(min_length=1)
+class _Span(Strict):
+    """From `start` to `end`, both HH:MM (the part weekly and monthly periods share)."""
+
     start: str
     end: str
 
@@ -56,6 +57,10 @@ class Period(Strict):
         if not HHMM_RE.match(value):
             raise ValueError(f"time {value!r} is not HH:MM")
         return value
+
+
+class Period(_Span):
+    days: list[Weekday] = Field(min_length=1)
 
     @model_validator(mode="after")
     def _order(self) -> Period:
@@ -64,7 +69,7 @@ class Period(Strict):
         return self
 
 
-class MonthlyPeriod(Strict):
+class MonthlyPeriod(_Span):
     """A day of every month, e.g. the 10th from 8:00 to 8:00 the next day (`next_day: true`).
 
     Monthly periods are kept whatever the weekday, holidays or closed dates: they are the
@@ -72,16 +77,7 @@ class MonthlyPeriod(Strict):
     """
 
     day: int = Field(ge=1, le=31)
-    start: str
-    end: str
     next_day: bool = False
-
-    @field_validator("start", "end")
-    @classmethod
-    def _hhmm(cls, value: str) -> str:
-        if not HHMM_RE.match(value):
-            raise ValueError(f"time {value!r} is not HH:MM")
-        return value
 
     @model_validator(mode="after")
     def _order(self) -> MonthlyPeriod:
