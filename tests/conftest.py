@@ -12,6 +12,7 @@ import uuid
 import warnings
 from collections.abc import Iterator
 from datetime import datetime
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -21,7 +22,7 @@ from bench.redisbox import ClusterFailed, LocalCluster, start_cluster
 from bot.config import Settings
 from bot.engine import Engine, Incoming
 from bot.pack import Pack, load_pack
-from bot.pack.loader import pack_names
+from bot.pack.loader import COMMON, CONTENT_ROOT, pack_names
 from bot.redisconn import connect
 from bot.wiring import build, build_engine
 from tests import line_helpers as lh
@@ -270,3 +271,12 @@ class Walker:
 @pytest.fixture
 def walker(engine: Engine) -> Walker:
     return Walker(engine)
+
+
+@pytest.fixture
+def pack_copy(tmp_path: Path) -> Path:
+    """A copy of the Kyoto pack beside a copy of the common files, to break at will."""
+    dest = tmp_path / "testpack"
+    shutil.copytree(CONTENT_ROOT / "kyoto", dest)
+    shutil.copytree(CONTENT_ROOT / COMMON, tmp_path / COMMON)
+    return dest

@@ -3,7 +3,6 @@ no internal note on a resident's card, and crisis replies by the clock."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from datetime import date, datetime
@@ -11,16 +10,16 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
-import yaml
 from pydantic import ValidationError
 
 from bot.cards import hours_text
 from bot.engine import Incoming
 from bot.pack.hours import is_open, next_opening
-from bot.pack.loader import COMMON, CONTENT_ROOT
+from bot.pack.loader import COMMON
 from bot.pack.models import Hours
 from bot.replies import Cards
 from bot.validate import load_checks, validate
+from tests.pack_helpers import edit_yaml
 
 REPO = Path(__file__).resolve().parents[1]
 TOKYO = ZoneInfo("Asia/Tokyo")
@@ -124,26 +123,11 @@ def test_every_ward_centre_can_be_reached(kyoto_pack):
 
 # -- validate -----------------------------------------------------------------------------------
 
-@pytest.fixture
-def pack_copy(tmp_path: Path) -> Path:
-    """A copy of the Kyoto pack beside a copy of the common files (as tests/test_validate.py)."""
-    dest = tmp_path / "testpack"
-    shutil.copytree(CONTENT_ROOT / "kyoto", dest)
-    shutil.copytree(CONTENT_ROOT / COMMON, tmp_path / COMMON)
-    return dest
-
-
-def _edit(path: Path, change) -> None:
-    data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    change(data)
-    path.write_text(yaml.safe_dump(data, allow_unicode=True, sort_keys=False), encoding="utf-8")
-
-
 def test_validate_fails_on_a_window_nobody_can_reach(pack_copy):
     def change(data):
         w = next(w for w in data if w["id"] == "wings_kyoto")
         w.pop("url")
-    _edit(pack_copy / "windows.yaml", change)
+    edit_yaml(pack_copy / "windows.yaml", change)
     errors = validate(str(pack_copy))
     assert any(e.startswith("windows.yaml: wings_kyoto:") and "no phone, mail, url or address"
                in e for e in errors), errors
@@ -154,7 +138,7 @@ def test_an_address_is_a_way_to_reach(pack_copy):
         w = next(w for w in data if w["id"] == "wings_kyoto")
         w.pop("url")
         w["address"] = {"ja": "京都市中京区", "en": "Nakagyo, Kyoto"}
-    _edit(pack_copy / "windows.yaml", change)
+    edit_yaml(pack_copy / "windows.yaml", change)
     assert validate(str(pack_copy)) == []
 
 
@@ -167,7 +151,7 @@ def test_validate_fails_on_an_internal_note_a_resident_would_read(pack_copy, whe
         else:
             w["hours"]["note"] = {"ja": "（2020年開設時の案内。年末年始は未確認）",
                                   "en": "(as announced at opening in 2020)"}
-    _edit(pack_copy / "windows.yaml", change)
+    edit_yaml(pack_copy / "windows.yaml", change)
     errors = validate(str(pack_copy))
     assert any(f".{where}: resident-facing" in e and "internal note" in e for e in errors), errors
 
@@ -175,14 +159,14 @@ def test_validate_fails_on_an_internal_note_a_resident_would_read(pack_copy, whe
 def test_a_staff_note_field_is_fine_and_never_shown(pack_copy):
     def change(data):
         data[0]["note"] = "未確認: CITY TEAM re-check"
-    _edit(pack_copy / "windows.yaml", change)
+    edit_yaml(pack_copy / "windows.yaml", change)
     assert validate(str(pack_copy)) == []
 
 
 @pytest.mark.parametrize("lang", ["ja", "en"])
 def test_validate_fails_on_a_revealing_word_in_a_neutral_notice(pack_copy, lang):
     word = {"ja": "相談員からの返信があります", "en": "Staff have answered your case"}[lang]
-    _edit(pack_copy.parent / COMMON / f"messages.{lang}.yaml",
+    edit_yaml(pack_copy.parent / COMMON / f"messages.{lang}.yaml",
           lambda d: d["notice"].update(text=word))
     errors = validate(str(pack_copy))
     assert any(e.startswith(f"messages.{lang}.yaml: notice.text:") and "revealing" in e
@@ -194,7 +178,7 @@ def test_validate_fails_when_a_crisis_has_no_line_open_at_any_hour(pack_copy):
         for w in data:
             if "child_harm" in w.get("crisis", []) and w.get("hours", {}).get("always"):
                 w["crisis"] = [k for k in w["crisis"] if k != "child_harm"]
-    _edit(pack_copy / "hotlines.yaml", change)
+    edit_yaml(pack_copy / "hotlines.yaml", change)
     errors = validate(str(pack_copy))
     assert any("crisis 'child_harm' has no line with hours.always" in e for e in errors), errors
 

@@ -8,27 +8,12 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from bot.pack.loader import COMMON, CONTENT_ROOT, pack_names
 from bot.validate import validate
+from tests.pack_helpers import edit_yaml
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-def pack_copy(tmp_path: Path) -> Path:
-    """A copy of the Kyoto pack beside a copy of the common files, to break at will."""
-    dest = tmp_path / "testpack"
-    shutil.copytree(CONTENT_ROOT / "kyoto", dest)
-    shutil.copytree(CONTENT_ROOT / COMMON, tmp_path / COMMON)
-    return dest
-
-
-def _edit(path: Path, change) -> None:
-    data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    change(data)
-    path.write_text(yaml.safe_dump(data, allow_unicode=True, sort_keys=False), encoding="utf-8")
 
 
 def _first_window_with(data, field):
@@ -51,7 +36,7 @@ def test_cli_validate_checks_every_pack():
 def test_every_city_folder_is_a_pack_and_one_bad_pack_does_not_taint_another(tmp_path,
                                                                               pack_copy):
     shutil.copytree(CONTENT_ROOT / "kyoto", tmp_path / "otherpack")
-    _edit(pack_copy / "windows.yaml", lambda d: d[0]["categories"].append("astrology"))
+    edit_yaml(pack_copy / "windows.yaml", lambda d: d[0]["categories"].append("astrology"))
     assert pack_names(tmp_path) == ["otherpack", "testpack"]  # not common/
     assert validate(str(tmp_path / "otherpack")) == []
     assert any("astrology" in e for e in validate(str(pack_copy)))
@@ -82,14 +67,14 @@ def test_city_name_fills_shared_sentences():
 def test_phone_not_dialable(pack_copy):
     def change(data):
         _first_window_with(data, "phone")["phone"] = "746-7713"
-    _edit(pack_copy / "windows.yaml", change)
+    edit_yaml(pack_copy / "windows.yaml", change)
     errors = validate(str(pack_copy))
     assert any(e.startswith("windows.yaml: ") and ".phone:" in e and "dialable" in e
                for e in errors), errors
 
 
 def test_unknown_category(pack_copy):
-    _edit(pack_copy / "windows.yaml", lambda d: d[0]["categories"].append("astrology"))
+    edit_yaml(pack_copy / "windows.yaml", lambda d: d[0]["categories"].append("astrology"))
     errors = validate(str(pack_copy))
     assert any("unknown category 'astrology'" in e and e.startswith("windows.yaml:")
                for e in errors), errors
@@ -98,7 +83,7 @@ def test_unknown_category(pack_copy):
 def test_window_in_no_category(pack_copy):
     def change(data):
         data[0]["categories"] = []
-    _edit(pack_copy / "windows.yaml", change)
+    edit_yaml(pack_copy / "windows.yaml", change)
     errors = validate(str(pack_copy))
     assert any("in no category" in e for e in errors), errors
 
@@ -107,13 +92,13 @@ def test_hours_that_do_not_parse(pack_copy):
     def change(data):
         w = next(w for w in data if w.get("hours") and w["hours"].get("weekly"))
         w["hours"]["weekly"][0]["start"] = "8時半"
-    _edit(pack_copy / "windows.yaml", change)
+    edit_yaml(pack_copy / "windows.yaml", change)
     errors = validate(str(pack_copy))
     assert any(".hours.weekly.0.start" in e and "HH:MM" in e for e in errors), errors
 
 
 def test_message_missing_in_one_language(pack_copy):
-    _edit(pack_copy.parent / COMMON / "messages.en.yaml", lambda d: d["q"].pop("ward"))
+    edit_yaml(pack_copy.parent / COMMON / "messages.en.yaml", lambda d: d["q"].pop("ward"))
     errors = validate(str(pack_copy))
     assert "messages.en.yaml: q.ward: missing (present in ja)" in errors
 
@@ -126,13 +111,13 @@ def test_city_message_missing_in_one_language(pack_copy):
 
 def test_message_the_flow_needs_missing_in_both(pack_copy):
     for lang in ("ja", "en"):
-        _edit(pack_copy.parent / COMMON / f"messages.{lang}.yaml", lambda d: d["q"].pop("ward"))
+        edit_yaml(pack_copy.parent / COMMON / f"messages.{lang}.yaml", lambda d: d["q"].pop("ward"))
     errors = validate(str(pack_copy))
     assert any("flows/handbook.yaml: message key 'q.ward'" in e for e in errors), errors
 
 
 def test_missing_source(pack_copy):
-    _edit(pack_copy / "hotlines.yaml", lambda d: d[0].pop("source"))
+    edit_yaml(pack_copy / "hotlines.yaml", lambda d: d[0].pop("source"))
     errors = validate(str(pack_copy))
     assert any(e.startswith("hotlines.yaml: ") and ".source" in e for e in errors), errors
 
@@ -141,14 +126,14 @@ def test_category_without_window(pack_copy):
     def change(data):
         data.append({"id": "astrology", "platform": "その他",
                      "label": {"ja": "星占い", "en": "Stars"}})
-    _edit(pack_copy / "categories.yaml", change)
+    edit_yaml(pack_copy / "categories.yaml", change)
     errors = validate(str(pack_copy))
     assert "categories.yaml: astrology: no window serves this category" in errors
 
 
 def test_cli_validate_fails_with_every_error(pack_copy):
-    _edit(pack_copy / "windows.yaml", lambda d: d[0]["categories"].append("astrology"))
-    _edit(pack_copy.parent / COMMON / "messages.ja.yaml", lambda d: d["q"].pop("age"))
+    edit_yaml(pack_copy / "windows.yaml", lambda d: d[0]["categories"].append("astrology"))
+    edit_yaml(pack_copy.parent / COMMON / "messages.ja.yaml", lambda d: d["q"].pop("age"))
     proc = subprocess.run([sys.executable, "-m", "bot", "validate", str(pack_copy)], cwd=REPO,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
