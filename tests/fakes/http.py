@@ -20,19 +20,15 @@ def serve_json(handle: Handle) -> tuple[ThreadingHTTPServer, str]:
         def do_POST(self) -> None:
             raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
             headers = {k.lower(): v for k, v in self.headers.items()}
-            status, payload = handle(self.path, raw, headers)
-            data = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json; charset=utf-8")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            self._answer(*handle(self.path, raw, headers))
 
         def do_GET(self) -> None:  # Web API read methods (conversations.history): query args
             path, _, query = self.path.partition("?")
             headers = {k.lower(): v for k, v in self.headers.items()}
             headers["content-type"] = "application/x-www-form-urlencoded"
-            status, payload = handle(path, query.encode(), headers)
+            self._answer(*handle(path, query.encode(), headers))
+
+        def _answer(self, status: int, payload: Any) -> None:
             data = json.dumps(payload).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json; charset=utf-8")
