@@ -119,7 +119,8 @@ def test_web_feedback_is_one_optional_tap_and_no_follow_up_offer(app, services, 
     assert not list(services.redis.scan_iter(match=f"{services.settings.key_prefix}:*followup*"))
 
 
-def test_follow_up_is_scheduled_sent_once_and_answered(line_app, pack, redis_client):
+def opted_in(line_app, redis_client):
+    """A LINE resident who accepted the follow-up; its record is saved."""
     app, fake = line_app
     line = Line(app, fake)
     opt_in(line)
@@ -127,6 +128,12 @@ def test_follow_up_is_scheduled_sent_once_and_answered(line_app, pack, redis_cli
     followups = services.conversations.followups
     pid = services.conversations.pseudonym("line", USER)
     assert saved(redis_client, followups.key(pid))
+    return line, services, followups, pid
+
+
+def test_follow_up_is_scheduled_sent_once_and_answered(line_app, pack, redis_client):
+    app, fake = line_app
+    line, services, followups, pid = opted_in(line_app, redis_client)
     record = json.loads(redis_client.get(followups.key(pid)))
     due = redis_client.zscore(followups.shard_key(pid), pid)
     assert due == record["d"]
@@ -193,12 +200,7 @@ def test_follow_up_push_that_fails_is_retried_with_the_same_key(line_app, redis_
 @pytest.mark.parametrize("how", ["unfollow", "forget"])
 def test_unfollow_and_delete_my_data_cancel_the_follow_up(line_app, redis_client, how):
     app, fake = line_app
-    line = Line(app, fake)
-    opt_in(line)
-    services = services_of(app)
-    followups = services.conversations.followups
-    pid = services.conversations.pseudonym("line", USER)
-    assert saved(redis_client, followups.key(pid))
+    line, _services, followups, pid = opted_in(line_app, redis_client)
     if how == "unfollow":
         line.post(lh.event("unfollow", user=USER))
     else:
