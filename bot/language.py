@@ -154,7 +154,8 @@ def _lemma_form(word: str) -> str:
 # not resident-facing text, so they live here next to the analyser.
 _DIALECT: tuple[tuple[re.Pattern[str], str], ...] = tuple(
     (re.compile(pattern), replacement) for pattern, replacement in (
-        ("(な|なきゃ|んと|へんと|ひんと)(あかん|あきまへん|あきません)", "なければいけない"),  # 出なあかん
+        # 出なあかん, せんとあかん: must
+        ("(な|なきゃ|んと|へんと|ひんと)(あかん|あきまへん|あきません)", "なければいけない"),
         ("あかん(?![ぼべ])", "だめ"),  # あかん = だめ (analysed as あ + 彼)
         ("(?<![ぁ-んァ-ン])(おかん|オカン)(?![じけむぞきこ])", "母"),  # mum (お + 彼)
         ("(?<![ぁ-んァ-ン])(おとん|オトン)(?![ぼ])", "父"),  # dad (お + 飛ぶ)
