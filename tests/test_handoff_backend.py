@@ -49,6 +49,11 @@ def metric(name: str, labels: dict[str, str] | None = None) -> float:
     return REGISTRY.get_sample_value(name, labels or {}) or 0.0
 
 
+def case_metric(handoff: Handoff, name: str, **labels: str) -> float:
+    """A handoff metric of this handoff's city (every case metric carries `city`)."""
+    return metric(name, {"city": handoff.cases.city, **labels})
+
+
 # -- fakes and fixtures ---------------------------------------------------------------------
 
 
@@ -238,7 +243,7 @@ def redis_dump(client: redis.Redis, prefix: str) -> str:
 
 def test_open_seals_the_address_indexes_the_person_and_queues_the_case(
         handoff: Handoff, redis_client: redis.Redis) -> None:
-    before = metric("tsunagu_handoff_cases_opened_total", {"channel": "line"})
+    before = case_metric(handoff, "tsunagu_handoff_cases_opened_total", channel="line")
     case = open_case(handoff)
     cases = handoff.cases
     assert case.status == "new" and case.pid == PID
@@ -248,7 +253,7 @@ def test_open_seals_the_address_indexes_the_person_and_queues_the_case(
     assert cases.open_case_of(PID) == NUMBER
     assert cases.get(NUMBER).request.message == MESSAGE
     assert [f[b"k"] for _, f in redis_client.xrange(cases.queue_of(NUMBER))] == [b"opened"]
-    assert metric("tsunagu_handoff_cases_opened_total", {"channel": "line"}) == before + 1
+    assert case_metric(handoff, "tsunagu_handoff_cases_opened_total", channel="line") == before + 1
 
     # The number is taken: nothing is overwritten, nothing queued, the caller picks another.
     other = CaseRequest(number=NUMBER, categories=["dv_abuse"])
@@ -291,7 +296,7 @@ def queued(client: redis.Redis, handoff: Handoff) -> int:
 
 def test_two_claims_at_once_have_exactly_one_winner(handoff: Handoff) -> None:
     open_case(handoff)
-    before = metric("tsunagu_handoff_cases_claimed_total")
+    before = case_metric(handoff, "tsunagu_handoff_cases_claimed_total")
     staff = [f"U0STAFF{i:03d}" for i in range(8)]
     barrier = threading.Barrier(len(staff))
     results: dict[str, bool] = {}
@@ -310,14 +315,14 @@ def test_two_claims_at_once_have_exactly_one_winner(handoff: Handoff) -> None:
     assert len(results) == len(staff) and len(winners) == 1
     case = handoff.cases.get(NUMBER)
     assert case.status == "claimed" and case.claimed_by == winners[0]
-    assert metric("tsunagu_handoff_cases_claimed_total") == before + 1
+    assert case_metric(handoff, "tsunagu_handoff_cases_claimed_total") == before + 1
 
 
 def test_resolve_deletes_the_sealed_address_and_the_person_index(
         handoff: Handoff, redis_client: redis.Redis) -> None:
     open_case(handoff)
     handoff.cases.claim(NUMBER, STAFF_A)
-    before = metric("tsunagu_handoff_cases_resolved_total")
+    before = case_metric(handoff, "tsunagu_handoff_cases_resolved_total")
     told: list[tuple[str, str | None]] = []
 
     def before_forget(c: Case) -> None:
@@ -335,7 +340,7 @@ def test_resolve_deletes_the_sealed_address_and_the_person_index(
     assert kept.status == "resolved" and kept.pid == "" and kept.request.categories
     ttl = redis_client.ttl(handoff.cases.case_key(NUMBER))
     assert 0 < ttl <= handoff.cases.keep_closed_s
-    assert metric("tsunagu_handoff_cases_resolved_total") == before + 1
+    assert case_metric(handoff, "tsunagu_handoff_cases_resolved_total") == before + 1
     handoff.cases.resolve(NUMBER, STAFF_B, before_forget=lambda c: told.append(("again", None)))
     assert len(told) == 1 and handoff.cases.get(NUMBER).resolved_by == STAFF_A
 
@@ -539,7 +544,7 @@ def test_a_staff_reply_in_the_thread_reaches_the_resident_once(
     fake, _ = fake_slack
     open_case(handoff)
     case = posted(handoff, fake)
-    replies = metric("tsunagu_handoff_first_staff_reply_seconds_count")
+    replies = case_metric(handoff, "tsunagu_handoff_first_staff_reply_seconds_count")
     text = "はじめまして。&lt;無理せず&gt; <https://example.jp/soudan|相談窓口> をご覧ください"
     assert post_event(http, staff_says(case, text), event_id="Ev1001").status_code == 200
     expected = "はじめまして。<無理せず> 相談窓口 https://example.jp/soudan をご覧ください"
@@ -551,7 +556,7 @@ def test_a_staff_reply_in_the_thread_reaches_the_resident_once(
     assert stored.first_staff_reply_at is not None
     assert [(m.who, m.text) for m in stored.thread] == [("staff", expected)]
     assert stored.status == "claimed" and stored.claimed_by == STAFF_A   # answering claims it
-    assert metric("tsunagu_handoff_first_staff_reply_seconds_count") == replies + 1
+    assert case_metric(handoff, "tsunagu_handoff_first_staff_reply_seconds_count") == replies + 1
     assert "<@U0STAFFAAA>" in json.dumps(fake.calls("chat.update")[-1].body["blocks"])
 
     # Slack retries the same event: ignored.
@@ -564,7 +569,7 @@ def test_a_staff_reply_in_the_thread_reaches_the_resident_once(
     assert drain(handoff, lambda: len(relays.sent) == 2)
     assert relays.sent[-1] == (NUMBER, "お返事お待ちしています")
     assert handoff.cases.get(NUMBER).first_staff_reply_at == stored.first_staff_reply_at
-    assert metric("tsunagu_handoff_first_staff_reply_seconds_count") == replies + 1
+    assert case_metric(handoff, "tsunagu_handoff_first_staff_reply_seconds_count") == replies + 1
 
 
 def test_bot_messages_and_messages_outside_case_threads_are_ignored(
