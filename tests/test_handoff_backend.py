@@ -129,11 +129,12 @@ def make_handoff(settings: Settings, redis_client: redis.Redis, fake_slack, rela
     fake, url = fake_slack
     built: list[Handoff] = []
 
-    def make(**overrides: Any) -> Handoff:
+    def make(notifier_attempts: int = 3, **overrides: Any) -> Handoff:
         s = replace(settings, slack_bot_token=fake.token, slack_signing_secret=SIGNING,
                     slack_staff_channel=CHANNEL, slack_api_base_url=url, **overrides)
         h = build_handoff(s, redis_client, relays, consumer_name="worker-b",
-                          reclaim_idle_ms=50, block_ms=10, retry_base_s=0.01)
+                          reclaim_idle_ms=50, block_ms=10, retry_base_s=0.01,
+                          notifier_attempts=notifier_attempts)
         relays.cases = h.cases
         built.append(h)
         return h
@@ -459,6 +460,50 @@ def test_a_webhook_that_is_down_does_not_post_the_case_to_slack_twice(
     open_case(h)
     assert drain(h, lambda: len(rec.accepted()) == 1 and h.worker.pending() == 0)
     assert len(rec.got) == 5 and len(fake.posts()) == 1
+
+
+def report_wrong_number(h: Handoff, window: str = "yorisoi_hotline") -> None:
+    """Queue a wrong-number report as the conversation side does (Conversations
+    ._wrong_numbers): a content problem, no case, nothing about the person."""
+    h.worker.ensure_group()
+    h.cases.redis.xadd(h.cases.queue, {"k": "wrong_number", "w": window,
+                                       "name": "よりそいホットライン",
+                                       "phone": "0120-279-338", "d": "2026-12-07"})
+
+
+def wrong_number_posts(fake: FakeSlack, window: str = "yorisoi_hotline") -> list[dict]:
+    """The reports about `window` in the channel (what Slack holds, answered or not)."""
+    with fake.lock:
+        return [m for m in fake.messages if f"窓口ID: {window}" in (m["text"] or "")]
+
+
+def test_a_webhook_that_is_down_does_not_post_a_wrong_number_report_to_slack_twice(
+        make_handoff, fake_slack, receiver) -> None:
+    """Slack took the report, the webhook did not: the entry is retried for the webhook, and
+    Slack is not told again (the delivery is marked, as a case's is)."""
+    fake, _ = fake_slack
+    rec, url = receiver
+    rec.statuses = [503, 503, 503, 503]
+    h = make_handoff(handoff_webhook_url=url, handoff_webhook_secret=WEBHOOK_SECRET)
+    report_wrong_number(h)
+    assert drain(h, lambda: len(rec.accepted()) == 1 and h.worker.pending() == 0)
+    assert len(rec.got) == 5                    # the webhook failed a whole pass, then took it
+    assert len(wrong_number_posts(fake)) == 1
+
+
+def test_a_wrong_number_report_whose_slack_answer_was_lost_is_posted_once(
+        make_handoff, fake_slack) -> None:
+    """Slack posted the report but its answer never came: the retried entry finds the post
+    (its delivery id rides in the message metadata) instead of posting it again."""
+    fake, _ = fake_slack
+    h = make_handoff(notifier_attempts=1)
+    fake.go_down(1, "lost")
+    report_wrong_number(h)
+    assert h.worker.poll_once(block_ms=5) == 1 and h.worker.pending() == 1   # failed once
+    assert len(wrong_number_posts(fake)) == 1                                # yet posted
+    assert drain(h, lambda: h.worker.pending() == 0)
+    assert len(wrong_number_posts(fake)) == 1
+    assert fake.calls("conversations.history")                               # looked first
 
 
 def test_the_webhook_signs_its_body(receiver) -> None:

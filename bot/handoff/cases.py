@@ -17,6 +17,7 @@ Keys (DESIGN.md conventions; <p> is the key prefix):
                               case left here by a crash is queued by the worker's sweep
   <p>:handoff:queue           STREAM of staff-side events (see bot.handoff.worker)
   <p>:handoff:slack:<channel>:<ts>   the case whose Slack message is <ts> (staff replies)
+  <p>:handoff:content:<delivery>     a wrong-number report's post to Slack: tried / sent
 
 A case number is reserved by its record (SET NX on open) for as long as the record lives, and
 no other key naming the number outlives the record: the Slack thread mapping and the delivery
@@ -711,3 +712,22 @@ class CaseStore:
     def mark_delivered(self, number: str, marker: str) -> None:
         self.redis.eval(_MARK, 2, self.case_key(number, "sent"), self.case_key(number),
                         marker, self.open_ttl * 1000)
+
+    # -- delivery bookkeeping of content problems (wrong-number reports: no case) ------------
+
+    def content_key(self, delivery: str) -> str:
+        return f"{self.prefix}:handoff:content:{delivery}"
+
+    def note_content_attempt(self, delivery: str) -> bool:
+        """As `note_attempt`, for a report that has no case: True the first time."""
+        return bool(self.redis.set(self.content_key(delivery), "try", nx=True,
+                                   ex=self.open_ttl))
+
+    def content_delivered(self, delivery: str) -> bool:
+        raw = self.redis.get(self.content_key(delivery))
+        return (raw.decode() if isinstance(raw, bytes) else raw) == "sent"
+
+    def mark_content_delivered(self, delivery: str) -> None:
+        """Posted: a retry of the queue entry (another notifier failed) does not post again.
+        Kept as long as a case's markers, longer than any entry waits in the queue."""
+        self.redis.set(self.content_key(delivery), "sent", ex=self.open_ttl)
