@@ -147,8 +147,8 @@ def _lemma_form(word: str) -> str:
 
 
 # -- dialect and glue ---------------------------------------------------------------------------
-# Kansai/Kyoto forms the analyser's dictionary cuts into the wrong words, rewritten to standard
-# Japanese before analysis (only the analysis sees the rewrite; the surface keeps what was typed,
+# Kansai forms (the older どす/おす too) that the analyser's dictionary cuts into the wrong words,
+# rewritten to standard Japanese before analysis (only the analysis sees the rewrite; the surface keeps what was typed,
 # so literal terms still match it). Each rule is narrow on purpose: あかん but not あかんぼう
 # (赤ん坊), a verb stem + ひん but not ひんこん (貧困). These are spelling facts of the language,
 # not resident-facing text, so they live here next to the analyser.
@@ -165,20 +165,20 @@ _DIALECT: tuple[tuple[re.Pattern[str], str], ...] = tuple(
         # a verb stem + ひん (できひん, 見いひん): ない; ひんこん/ひんけつ/ひんぱん stay
         ("(?<=[\u4e00-\u9fff])いひん", "ない"),  # 見いひん, 居いひん
         ("(?<=[きしちにひみりぎじびえけせてねへめれげぜでべ])ひん(?![こけぱしそ])", "ない"),
-        ("おへん", "ない"),  # Kyoto: ありません
+        ("おへん", "ない"),  # old Kansai: ありません
         ("(?<=[てで])へん(?![かがしじてでなにりるれ])", "ない"),  # 決まってへん, 読んでへん
         # 〜とった/〜とって (= ていた/ていて) after a verb stem written with a kanji: 生きとって
         # is analysed as 生きる + 取る (〜とる itself is read right). Not after に/で (にとって).
         ("(?<=[\u4e00-\u9fff][いきしちひみりぎびえけせてねべめれげぜ])と(?=っ[てた])", "てお"),
-        (r"どす(?=[。、,.！？!?\s]|$|[かえなねよわけ])", "です"),  # Kyoto copula
+        (r"どす(?=[。、,.！？!?\s]|$|[かえなねよわけ])", "です"),  # old Kansai copula
         ("(?<=[いきしちにひみりぎじび])とう(おす|おすえ)(?![ぁ-ん])", "たいです"),  # 〜とうおす
-        (r"(?<=[うい])おす(?=[。、,.！？!?\s]|$|[えなねよかわ])", "です"),  # Kyoto: 〜とうおす
+        (r"(?<=[うい])おす(?=[。、,.！？!?\s]|$|[えなねよかわ])", "です"),  # old Kansai: 〜とうおす
     ))
 
 # Glue that says nothing about a worry, mapped so that one vocabulary entry meets every way of
 # saying the same thing (lemma → replacement; "" drops the word from `Analysis.lemmas`):
 # negation in all its forms is one word (ない, ず from ん/ません, へん/ひん of Kansai, ぬ, and
-# the adjective 無い), polite ます/です and the Kyoto honorific はる are dropped, Kansai や is だ.
+# the adjective 無い), polite ます/です and the Kansai honorific はる are dropped, Kansai や is だ.
 # Only auxiliaries (助動詞) are mapped: the noun 変 (へん) and the particle や stay.
 NEGATION = "無い"  # the one lemma of every negation
 _GLUE = {"ない": NEGATION, "ず": NEGATION, "へん": NEGATION, "ひん": NEGATION, "ぬ": NEGATION,
