@@ -147,11 +147,11 @@ def _lemma_form(word: str) -> str:
 
 
 # -- dialect and glue ---------------------------------------------------------------------------
-# Kansai forms (the older どす/おす too) that the analyser's dictionary cuts into the wrong words,
-# rewritten to standard Japanese before analysis (only the analysis sees the rewrite; the surface
-# keeps what was typed, so literal terms still match it). Each rule is narrow on purpose: あかん but not あかんぼう
-# (赤ん坊), a verb stem + ひん but not ひんこん (貧困). These are spelling facts of the language,
-# not resident-facing text, so they live here next to the analyser.
+# Kansai forms (the older どす/おす too) that the analyser's dictionary cuts into the wrong
+# words, rewritten to standard Japanese before analysis. Only the analysis sees the rewrite: the
+# surface keeps what was typed, so literal terms still match it. Each rule is narrow on purpose:
+# あかん but not あかんぼう (赤ん坊), a verb stem + ひん but not ひんこん (貧困). These are
+# spelling facts of the language, not resident-facing text, so they live next to the analyser.
 _DIALECT: tuple[tuple[re.Pattern[str], str], ...] = tuple(
     (re.compile(pattern), replacement) for pattern, replacement in (
         # 出なあかん, せんとあかん: must
