@@ -128,11 +128,17 @@ return 0
 
 # Claim a person whose inbox has work: take their lock, read their session and take the inbox
 # (as _TAKE does), in the webhook's round trip. KEYS: lock, session, inbox, marks.
-# ARGV: token, lock ms, now (ms), marks TTL (ms). {0} nothing to do, {2} the lock is taken,
-# or {1, session, job, tried, job, …}.
+# ARGV: token, lock ms, now (ms), marks TTL (ms). {0} nothing to do; {3} the lock is held by
+# a drainer (its token starts "d:"), which answers this too before letting go (_FINISH); {2}
+# held by someone else (a staff answer being relayed): a ticket is needed; or
+# {1, session, job, tried, job, …}.
 _CLAIM = """
 if redis.call('zcard', KEYS[3]) == 0 then return {0} end
-if not redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return {2} end
+if not redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  local holder = redis.call('get', KEYS[1])
+  if holder and string.sub(holder, 1, 2) == 'd:' then return {3} end
+  return {2}
+end
 local out = {1, redis.call('get', KEYS[2])}
 for _, raw in ipairs(redis.call('zrange', KEYS[3], 0, -1)) do
   local id = cjson.decode(raw)['event_id']
@@ -146,22 +152,40 @@ return out
 
 # The last step of answering a person, atomically: save the session (ARGV[1] not empty, TTL
 # ARGV[2] s), remove the job answered (ARGV[4] not empty), then release the lock (token
-# ARGV[3]) — unless an event arrived meanwhile (an inbox job not marked as being answered)
-# and ARGV[5] is not '1': then keep the lock and return 0, and the holder takes and answers
-# it too. Everything that
-# arrives while a person is locked is answered by the holder, so it needs no ticket.
+# ARGV[3]) — unless events arrived meanwhile (inbox jobs not marked as being answered) and
+# ARGV[5] is not '1': then keep the lock, take the inbox as _TAKE does (ARGV[6]: now in ms,
+# ARGV[7]: marks TTL in ms), renew the lock (ARGV[8] ms) and return {0, job, tried, …}: the
+# holder answers those too.
+# Everything that arrives while a drainer holds a person is answered by it, without a ticket
+# and without another round trip. {1}: released (or the lock was no longer ours).
 # KEYS: session, lock, inbox, marks.
 _FINISH = """
 if ARGV[1] ~= '' then redis.call('set', KEYS[1], ARGV[1], 'EX', ARGV[2]) end
 if ARGV[4] ~= '' then redis.call('zrem', KEYS[3], ARGV[4]) end
-if redis.call('get', KEYS[2]) ~= ARGV[3] then return 1 end
+if redis.call('get', KEYS[2]) ~= ARGV[3] then return {1} end
 if ARGV[5] ~= '1' then
-  for _, raw in ipairs(redis.call('zrange', KEYS[3], 0, -1)) do
-    if not redis.call('zscore', KEYS[4], 't' .. cjson.decode(raw)['event_id']) then return 0 end
+  local jobs = redis.call('zrange', KEYS[3], 0, -1)
+  local new = false
+  for _, raw in ipairs(jobs) do
+    if not redis.call('zscore', KEYS[4], 't' .. cjson.decode(raw)['event_id']) then
+      new = true
+      break
+    end
+  end
+  if new then
+    local out = {0}
+    for _, raw in ipairs(jobs) do
+      local added = redis.call('zadd', KEYS[4], 'NX', ARGV[6], 't' .. cjson.decode(raw)['event_id'])
+      out[#out + 1] = raw
+      out[#out + 1] = added == 0 and '1' or '0'
+    end
+    redis.call('pexpire', KEYS[4], ARGV[7])
+    redis.call('pexpire', KEYS[2], ARGV[8])
+    return out
   end
 end
 redis.call('del', KEYS[2])
-return 1
+return {1}
 """
 
 # Turn overdue "due" entries of one shard into tickets: their process died (or LINE was down)
@@ -179,6 +203,12 @@ for _, member in ipairs(late) do
 end
 return #late
 """
+
+
+def drainer_token() -> str:
+    """The lock token of whoever answers a person's LINE events: its "d:" tells a claim that
+    the holder will answer what arrives meanwhile (no ticket needed)."""
+    return f"d:{uuid.uuid4().hex}"
 
 
 def due_key(stream: str) -> str:
@@ -267,7 +297,7 @@ class LineQueue:
         for pid in pids:
             pipe.zadd(self.due(pid), dues[pid])
             keys.append(self.due(pid))
-        tokens = {pid: uuid.uuid4().hex for pid in pids}
+        tokens = {pid: drainer_token() for pid in pids}
         for pid in pids:
             if claim:
                 script(pipe, _CLAIM, [self.store.key(pid, "lock"), self.store.key(pid, "session"),
@@ -567,7 +597,7 @@ class Dispatcher:
         `job_tries` failures, the person then getting the degraded answer.
         """
         store = self.queue.store
-        token = uuid.uuid4().hex
+        token = drainer_token()
         session, (taken, *_) = store.lock_and_load(pid, token,
                                                    also=lambda p: self._take(p, pid, token))
         try:
@@ -598,7 +628,7 @@ class Dispatcher:
             for rounds in range(MAX_ROUNDS + 1):
                 left = 0
                 for index, (raw, tried) in enumerate(pairs):
-                    if index or rounds:
+                    if index:
                         deadline = self._renew(pid, token)
                     job = self.queue.open(raw)
                     remove = True
@@ -626,21 +656,16 @@ class Dispatcher:
                 # failed one waits for its retry, which the ticket's reclaim brings).
                 last = pairs[-1][0] if pairs and remove else None
                 answered = self._due_member(pid, last) if last is not None else None
-                if self._finish(pid, turn, token, last, answered, None if left else ack,
-                                force=rounds == MAX_ROUNDS):
+                more = self._finish(pid, turn, token, last, answered, None if left else ack,
+                                    force=rounds == MAX_ROUNDS)
+                if more is None:
                     return done
                 ack = None if not left else ack
-                pairs = self._take_more(pid, token)
+                pairs, deadline = more, self._deadline()  # _FINISH renewed the lock
         except BaseException:
             store.commit(pid, Turn(session=None), token)
             raise
         return done
-
-    def _take_more(self, pid: str, token: str) -> list[tuple[Any, Any]]:
-        pipe = self.queue.redis.pipeline(transaction=False)
-        self._take(pipe, pid, token)
-        taken = pipe.execute()[0]
-        return list(zip(taken[0::2], taken[1::2], strict=True))
 
     @staticmethod
     def _due_member(pid: str, raw: Any) -> str:
@@ -652,10 +677,11 @@ class Dispatcher:
             pipe.zrem(self.queue.due(pid), member)
 
     def _finish(self, pid: str, turn: Turn, token: str, raw: Any, member: str | None,
-                ack: tuple[str, str] | None, force: bool = False) -> bool:
-        """Save, remove the last job, acknowledge, and release unless events arrived
-        meanwhile (False: take those too). `force` (too many rounds): let go anyway — what
-        arrived is answered by its due entry."""
+                ack: tuple[str, str] | None,
+                force: bool = False) -> list[tuple[Any, Any]] | None:
+        """Save, remove the last job, acknowledge, and release — or, when events arrived
+        meanwhile, keep the lock and return them, taken (answer those too). `force` (too
+        many rounds): let go anyway — what arrived is answered by its due entry."""
         store = self.queue.store
         pipe = self.queue.redis.pipeline(transaction=False)
         blob, at = "", 0
@@ -668,14 +694,21 @@ class Dispatcher:
                 blob = turn.session.dumps()
         script(pipe, _FINISH, [store.key(pid, "session"), store.key(pid, "lock"),
                                self.queue.inbox(pid), self.queue.marks(pid)],
-               blob, store.ttl, token, raw or "", "1" if force else "")
+               blob, store.ttl, token, raw or "", "1" if force else "",
+               int(time.time() * 1000), MARKS_TTL_MS, store.lock_ms)
+        if self.queue.wait is not None:
+            # Marks of jobs taken here reach a replica before anything is sent (see _take).
+            self.queue.wait.add(pipe, [self.queue.inbox(pid)])
         self._unlist(pipe, pid, member)
         self._ack(pipe, ack)
         for write in turn.writes:
             write(pipe)
         turn.writes.clear()
         turn.changed = False
-        return bool(pipe.execute()[at])
+        result = pipe.execute()[at]
+        if int(result[0]) == 1:
+            return None
+        return list(zip(result[1::2], result[2::2], strict=True))
 
     def _renew(self, pid: str, token: str) -> float:
         lock_ms = self.queue.store.lock_ms
