@@ -12,11 +12,14 @@ Keys (DESIGN.md conventions; <p> is the key prefix):
   <p>:{case:<number>}:sent    which (queue entry, notifier) pairs were delivered, so a retry
                               after a partial failure does not post to Slack twice
   <p>:{<pid>}:case            the number of this person's open case (the dialogue asks it)
+  <p>:{<pid>}:unseen          LIST, sealed items: what the person's neutral notices stand for
+                              (bot.phonesafe), deleted with their session (bot.store LIVE_KEYS)
   <p>:handoff:open            ZSET number → created_at: the open cases, for expiry
   <p>:handoff:unqueued        ZSET number → time: cases being stored and not yet queued; a
                               case left here by a crash is queued by the worker's sweep
   <p>:handoff:queue           STREAM of staff-side events (see bot.handoff.worker)
   <p>:handoff:slack:<channel>:<ts>   the case whose Slack message is <ts> (staff replies)
+  <p>:handoff:content:<delivery>     a wrong-number report's post to Slack: tried / sent
 
 A case number is reserved by its record (SET NX on open) for as long as the record lives, and
 no other key naming the number outlives the record: the Slack thread mapping and the delivery
@@ -30,6 +33,7 @@ after the transaction that made the change commits, so every transition counts o
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import re
@@ -57,13 +61,18 @@ OPEN_STATUSES = ("new", "claimed")
 EventKind = Literal["opened", "message", "urgent", "claimed", "resolved", "expired",
                     "forgotten", "reply", "undelivered", "farewell"]
 
-CASES_OPENED = Counter("tsunagu_handoff_cases_opened", "Handoff cases opened", ["channel"])
-CASES_CLAIMED = Counter("tsunagu_handoff_cases_claimed", "Handoff cases claimed by staff")
-CASES_RESOLVED = Counter("tsunagu_handoff_cases_resolved", "Handoff cases resolved by staff")
-CASES_EXPIRED = Counter("tsunagu_handoff_cases_expired", "Handoff cases expired unresolved")
+# `city`: the CaseStore's city (Settings.city_label), as in bot/metrics.py.
+CASES_OPENED = Counter("tsunagu_handoff_cases_opened", "Handoff cases opened",
+                       ["city", "channel"])
+CASES_CLAIMED = Counter("tsunagu_handoff_cases_claimed", "Handoff cases claimed by staff",
+                        ["city"])
+CASES_RESOLVED = Counter("tsunagu_handoff_cases_resolved", "Handoff cases resolved by staff",
+                         ["city"])
+CASES_EXPIRED = Counter("tsunagu_handoff_cases_expired", "Handoff cases expired unresolved",
+                        ["city"])
 FIRST_STAFF_REPLY = Histogram(
     "tsunagu_handoff_first_staff_reply_seconds",
-    "Time from a case being opened to the first staff reply in its thread",
+    "Time from a case being opened to the first staff reply in its thread", ["city"],
     buckets=(60, 300, 900, 1800, 3600, 3 * 3600, 8 * 3600, 24 * 3600, 72 * 3600, 7 * 24 * 3600),
 )
 
@@ -114,6 +123,49 @@ return out
 """
 
 
+UNSEEN_TTL_S = 7 * 24 * 3600  # as long as a case stays open before it expires
+
+
+class Unseen:
+    """Sealed items waiting for 「ひらく」 (bot.phonesafe): ("staff", text), ("closed", ""),
+    ("expired", "")."""
+
+    def __init__(self, client: redis.Redis, key: Callable[[str, str], str], sealer: Sealer):
+        self.redis = client
+        self.key = key
+        self.sealer = sealer
+
+    def push(self, pid: str, event_id: str, items: list[tuple[str, str]]) -> None:
+        """Keep items once per event (a retried delivery pushes the same event again)."""
+        key = self.key(pid, "unseen")
+        raw = [json.dumps({"e": event_id, "k": kind, "t": text}, ensure_ascii=False)
+               for kind, text in items]
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.rpush(key, *(self.sealer.seal(r) for r in raw))
+        pipe.expire(key, UNSEEN_TTL_S)
+        pipe.execute()
+
+    def take(self, pid: str) -> list[tuple[str, str]]:
+        """Everything waiting, in order, each event once; the list is emptied."""
+        key = self.key(pid, "unseen")
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.lrange(key, 0, -1)
+        pipe.delete(key)
+        sealed, _ = pipe.execute()
+        seen: set[tuple[str, str]] = set()
+        items: list[tuple[str, str]] = []
+        for token in sealed:
+            plain = self.sealer.open(token.decode() if isinstance(token, bytes) else token)
+            if plain is None:  # sealed with a key no longer configured: unreadable
+                continue
+            item = json.loads(plain)
+            mark = (item["e"], item["k"])
+            if mark not in seen:
+                seen.add(mark)
+                items.append((item["k"], item["t"]))
+        return items
+
+
 class TooManyCases(Exception):
     """This client address opened its day's share of cases; the resident gets phone numbers."""
 
@@ -152,7 +204,8 @@ class CaseStore:
                  expire_after_s: int = 7 * 24 * 3600, keep_closed_s: int = 30 * 24 * 3600,
                  thread_max: int = 50, clock: Callable[[], float] = time.time,
                  cases_per_origin_per_day: int = 0, urgent_alert_interval_s: int = 0,
-                 backlog_alert_at: int = 1000, shards: int = 1):
+                 backlog_alert_at: int = 1000, shards: int = 1, city: str = ""):
+        self.city = city  # the metrics' city label (Settings.city_label)
         self.cases_per_origin_per_day = cases_per_origin_per_day  # 0: no limit
         self.urgent_alert_interval_s = urgent_alert_interval_s    # 0: every crisis alerts
         self.backlog = Backlog("handoff", backlog_alert_at)        # never trimmed: watched
@@ -168,6 +221,7 @@ class CaseStore:
         self.open_index = f"{prefix}:handoff:open"
         self.unqueued = f"{prefix}:handoff:unqueued"
         self.figures = Figures(client, prefix)  # the city's anonymous counts
+        self.unseen = Unseen(client, self.person_key, sealer)
 
     def _count(self, now: float, *cells: tuple[str, str]) -> None:
         """Count a staff-side transition in the city's figures (a lost count is only lost)."""
@@ -182,8 +236,13 @@ class CaseStore:
     def case_key(self, number: str, what: str = "case") -> str:
         return f"{self.prefix}:{{case:{number}}}:{what}"
 
+    def person_key(self, pid: str, what: str) -> str:
+        """A key of one person, under their hash tag: the same as bot.store.SessionStore.key,
+        so the session store finds and deletes it with the person's other keys."""
+        return f"{self.prefix}:{{{pid}}}:{what}"
+
     def pid_key(self, pid: str) -> str:
-        return f"{self.prefix}:{{{pid}}}:case"
+        return self.person_key(pid, "case")
 
     def thread_key(self, channel: str, ts: str) -> str:
         return f"{self.prefix}:handoff:slack:{channel}:{ts}"
@@ -233,7 +292,7 @@ class CaseStore:
                 self._queue_opened(stored)
             return stored
         self._queue_opened(case)
-        CASES_OPENED.labels(channel=channel).inc()
+        CASES_OPENED.labels(city=self.city, channel=channel).inc()
         logs.event(log, "case_opened", number=case.number, channel=channel,
                    urgent=request.urgent, categories=len(request.categories),
                    with_message=bool(request.message))
@@ -396,7 +455,7 @@ class CaseStore:
 
         won, case = self._mutate(number, change)
         if won:
-            CASES_CLAIMED.inc()
+            CASES_CLAIMED.labels(self.city).inc()
             self._count(now, ("handoff_claimed", case.channel if case else "unknown"))
             logs.event(log, "case_claimed", number=number)
         return won, case
@@ -436,10 +495,10 @@ class CaseStore:
         if changed and case is not None:
             cells = []
             if flags["claimed"]:
-                CASES_CLAIMED.inc()
+                CASES_CLAIMED.labels(self.city).inc()
                 cells.append(("handoff_claimed", case.channel))
             if flags["first"]:
-                FIRST_STAFF_REPLY.observe(max(0.0, now - case.created_at))
+                FIRST_STAFF_REPLY.labels(self.city).observe(max(0.0, now - case.created_at))
                 cells.append(("handoff_first_reply",
                               first_reply_bucket(max(0.0, now - case.created_at))))
             if cells:
@@ -605,7 +664,7 @@ class CaseStore:
         if refused.get("yes"):
             return case
         if changed:
-            CASES_RESOLVED.inc()
+            CASES_RESOLVED.labels(self.city).inc()
             self._count(now, ("handoff_resolved", case.channel))
             logs.event(log, "case_resolved", number=number)
             if before_forget is not None and not farewell:
@@ -654,7 +713,7 @@ class CaseStore:
                 self._before_forget(before_forget, case)
             self._forget(case)
             if changed:
-                CASES_EXPIRED.inc()
+                CASES_EXPIRED.labels(self.city).inc()
                 self._count(now, ("handoff_expired", case.channel))
                 self.enqueue(number, "expired")
                 expired.append(number)
@@ -684,6 +743,16 @@ class CaseStore:
         logs.event(log, "case_forgotten", number=number)
         return stored
 
+    # -- what neutral notices stand for (bot.phonesafe) ---------------------------------------
+
+    def keep_unseen(self, pid: str, event_id: str, items: list[tuple[str, str]]) -> None:
+        """Keep, sealed, what a neutral notice stands for, once per event."""
+        self.unseen.push(pid, event_id, items)
+
+    def take_unseen(self, pid: str) -> list[tuple[str, str]]:
+        """Everything waiting for 「ひらく」, in order, each event once; none left after."""
+        return self.unseen.take(pid)
+
     # -- delivery bookkeeping (bot.handoff.worker) -------------------------------------------
 
     def note_attempt(self, number: str, delivery: str) -> bool:
@@ -705,3 +774,22 @@ class CaseStore:
     def mark_delivered(self, number: str, marker: str) -> None:
         self.redis.eval(_MARK, 2, self.case_key(number, "sent"), self.case_key(number),
                         marker, self.open_ttl * 1000)
+
+    # -- delivery bookkeeping of content problems (wrong-number reports: no case) ------------
+
+    def content_key(self, delivery: str) -> str:
+        return f"{self.prefix}:handoff:content:{delivery}"
+
+    def note_content_attempt(self, delivery: str) -> bool:
+        """As `note_attempt`, for a report that has no case: True the first time."""
+        return bool(self.redis.set(self.content_key(delivery), "try", nx=True,
+                                   ex=self.open_ttl))
+
+    def content_delivered(self, delivery: str) -> bool:
+        raw = self.redis.get(self.content_key(delivery))
+        return (raw.decode() if isinstance(raw, bytes) else raw) == "sent"
+
+    def mark_content_delivered(self, delivery: str) -> None:
+        """Posted: a retry of the queue entry (another notifier failed) does not post again.
+        Kept as long as a case's markers, longer than any entry waits in the queue."""
+        self.redis.set(self.content_key(delivery), "sent", ex=self.open_ttl)
