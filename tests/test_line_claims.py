@@ -92,3 +92,23 @@ def test_what_arrives_while_a_person_is_locked_is_answered_before_the_lock_is_le
     assert redis_client.zcard(queue.inbox(pid)) == 0
     assert not redis_client.exists(queue.store.key(pid, "lock"))   # let go at the end
     assert _due_left(redis_client, queue) == 0
+
+
+def test_a_claim_given_back_when_too_many_wait_is_answered_as_never_tried(line_app):
+    """Too many claims waiting in this process: the claim is given back (lock released, a
+    ticket written). Its jobs must not look "being answered" — or a reply token LINE refuses
+    would be taken for a delivery that never happened. Here the token is expired: the
+    answer must come by push, once."""
+    import threading
+
+    app, fake = line_app
+    line = app.extensions["tsunagu_line"]
+    line.dispatcher._claims = threading.BoundedSemaphore(1)
+    line.dispatcher._claims.acquire()                  # the process is "full"
+    ev = lh.text("こんにちは", user=USER)
+    fake.expired_tokens.add(ev["replyToken"])
+    assert post(app.test_client(), ev).status_code == 200
+    got = fake.wait_for(1, timeout=10)
+    assert [r.path for r in got] == ["/v2/bot/message/push"]
+    time.sleep(1.0)
+    assert len(fake.delivered()) == 1

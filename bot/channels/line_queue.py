@@ -87,6 +87,10 @@ _RENEW = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end
 return 0
 """
+_RELEASE = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
+return 0
+"""
 
 # The person's event marks live in ONE sorted set, <prefix>:{<pid>}:line:ev, scored by when
 # they were written: "s<id>" (seen: a redelivery is dropped) and "t<id>" (being answered: a
@@ -458,13 +462,26 @@ class Dispatcher:
             if not self._claims.acquire(blocking=False):
                 # Too many waiting: the event is answered, just not first in line — by the
                 # ticket's drain once this lock is released.
-                self.queue.store.commit(claim.pid, Turn(session=None), claim.token)
-                self.queue._tickets([claim.pid])
+                self._give_back(claim)
                 continue
             try:
                 self._pool.submit(self._claimed, claim)
-            except RuntimeError:  # shutting down: the due entry answers it elsewhere
+            except RuntimeError:  # shutting down: another process answers it
                 self._claims.release()
+                self._give_back(claim)
+
+    def _give_back(self, claim: Claim) -> None:
+        """Undo a claim never started: its jobs no longer marked as being answered (nothing
+        was sent, so their drain must not take them for a retry after a crash), the lock
+        released, and a ticket for the dispatchers."""
+        pipe = self.queue.redis.pipeline(transaction=False)
+        marks = [f"t{json.loads(raw)['event_id']}" for raw, tried in claim.taken
+                 if tried in (b"0", "0")]
+        if marks:
+            pipe.zrem(self.queue.marks(claim.pid), *marks)
+        script(pipe, _RELEASE, [self.queue.store.key(claim.pid, "lock")], claim.token)
+        pipe.execute()
+        self.queue._tickets([claim.pid])
 
     def _claimed(self, claim: Claim) -> None:
         try:
