@@ -22,7 +22,7 @@ import re
 import threading
 import unicodedata
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, cached_property
 from typing import Any
 
 import yaml
@@ -127,7 +127,7 @@ class Analysis:
     tokens: tuple[Token, ...]
     lemmas: str  # " l1 l2 l3 ": lemma forms with a space on both sides of each
 
-    @property
+    @cached_property
     def reading(self) -> str:
         """The parts typed in kana, as read aloud (folded): 「ふとうこうです」 → ふとうこうです,
         to meet 不登校 (read ふとうこう). Words typed in kanji are left out ("|"): they meet
@@ -136,7 +136,7 @@ class Analysis:
         return "".join(t.reading if _KANA_ONLY.fullmatch(t.surface) else "|"
                        for t in self.tokens)
 
-    @property
+    @cached_property
     def content(self) -> frozenset[str]:
         """The lemmas of the meaning-bearing words."""
         return frozenset(t.lemma for t in self.tokens if t.pos in CONTENT_POS and t.lemma)
