@@ -8,7 +8,10 @@ older version are still read.
 On one Redis a consumer reads all shards with one blocking XREADGROUP. On a cluster one
 command cannot name keys of several slots: the consumer reads every shard but its `home`
 without blocking, then blocks on the home shard; the LINE dispatcher gives each thread a
-different home, so each shard has a reader waiting on it.
+different home, so each shard has a reader waiting on it. A consumer that must stay one
+reader (the handoff worker: one case's events in order, one delivery at a time) rings a
+`Doorbell` instead: a thread per shard blocks on it (XREAD, which consumes nothing) and wakes
+the consumer, which then reads every shard without blocking.
 
 Entries are deleted when acknowledged (XACK + XDEL), so a stream holds only what is still to
 be done and needs no trimming.
@@ -16,13 +19,14 @@ be done and needs no trimming.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import redis
 
-from bot.redisconn import is_cluster, node_of, shard_of
+from bot.redisconn import UNAVAILABLE, is_cluster, node_of, shard_of
 
 
 def shard_names(base: str, count: int) -> list[str]:
@@ -74,6 +78,65 @@ def _entries(got: Any) -> list[Entry]:
     return out
 
 
+class Doorbell:
+    """Rings when any shard of a queue gets an entry: one thread per shard blocks on it with
+    XREAD (no group, so it takes nothing from the consumer), from the last id it saw, so an
+    entry added between two of its reads still rings. A shard whose primary is down is
+    watched again after a growing pause; meanwhile the consumer's own timeout reads it."""
+
+    def __init__(self, client: Any, names: list[str], block_ms: int):
+        self.redis = client
+        self.names = names
+        self.block_ms = max(1, block_ms)
+        self._rung = threading.Event()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        if self._threads:
+            return
+        self._stop.clear()
+        for i, name in enumerate(self.names):
+            thread = threading.Thread(target=self._watch, args=(name,), daemon=True,
+                                      name=f"doorbell-{i}")
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout)
+        self._threads = []
+
+    @property
+    def running(self) -> bool:
+        return bool(self._threads) and not self._stop.is_set()
+
+    def clear(self) -> None:
+        """Before reading: an entry that arrives after this rings again."""
+        self._rung.clear()
+
+    def wait(self, seconds: float) -> bool:
+        """Wait for a ring (True) or `seconds` (False)."""
+        return self._rung.wait(seconds)
+
+    def _watch(self, name: str) -> None:
+        last, pause = "$", 0.1
+        while not self._stop.is_set():
+            try:
+                got = _entries(self.redis.execute_command(
+                    "XREAD", "COUNT", 64, "BLOCK", self.block_ms, "STREAMS", name, last,
+                    **node_of(self.redis, name)))
+            except UNAVAILABLE:
+                self._stop.wait(pause)  # this shard's primary is failing over
+                pause = min(pause * 2, 5.0)
+                continue
+            pause = 0.1
+            if got:
+                last = got[-1].id
+                self._rung.set()
+
+
 class StreamConsumer:
     """One consumer of one group over all shards of a queue."""
 
@@ -86,6 +149,22 @@ class StreamConsumer:
         self.cluster = is_cluster(client)
         self._ready = False
         self._reclaim_from = 0
+        self.bell: Doorbell | None = None
+
+    def ring_on_every_shard(self, block_ms: int) -> Doorbell | None:
+        """On a cluster with several shards, start a `Doorbell` so `read` waits on every
+        shard, not only `home`; the caller stops it (`stop_ringing`). None where one blocking
+        read already covers every shard."""
+        if not self.cluster or len(self.shards) == 1:
+            return None
+        if self.bell is None:
+            self.bell = Doorbell(self.redis, list(self.shards), block_ms)
+        self.bell.start()
+        return self.bell
+
+    def stop_ringing(self) -> None:
+        if self.bell is not None:
+            self.bell.stop()
 
     def ensure_groups(self, force: bool = False) -> None:
         """Create the group on every shard (once, and again after Redis lost it)."""
@@ -106,7 +185,14 @@ class StreamConsumer:
     def read(self, count: int, block_ms: int | None) -> list[Entry]:
         """New entries for this consumer; blocks up to `block_ms` (None: not at all)."""
         self.ensure_groups()
-        return self._read(">", count, block_ms)
+        bell = self.bell
+        if bell is None or not bell.running or not block_ms:
+            return self._read(">", count, block_ms)
+        bell.clear()
+        got = self._read(">", count, None)
+        if got or not bell.wait(block_ms / 1000):
+            return got
+        return self._read(">", count, None)
 
     def own_pending(self, count: int) -> list[Entry]:
         """Entries this consumer read earlier and has not acknowledged (to try again)."""
@@ -136,7 +222,7 @@ class StreamConsumer:
             # Routed by hand: XREADGROUP's keys are "movable" (see bot.redisconn.node_of).
             return _entries(self.redis.execute_command("XREADGROUP", *args, "STREAMS", name,
                                                        start, **node_of(self.redis, name)))
-        except (redis.ConnectionError, redis.TimeoutError):
+        except UNAVAILABLE:
             if name == self.shards.names[self.home] and block_ms:
                 raise  # our own shard is down: the caller backs off
             return []   # another shard's primary is failing over: read it next time
@@ -152,7 +238,7 @@ class StreamConsumer:
                 _next, got, *_ = self.redis.xautoclaim(name, self.group, self.consumer,
                                                        min_idle_time=min_idle_ms,
                                                        start_id="0-0", count=count)
-            except (redis.ConnectionError, redis.TimeoutError):
+            except UNAVAILABLE:
                 continue
             out += _entries([(name, got)])
         self._reclaim_from = (self._reclaim_from + 1) % len(names)

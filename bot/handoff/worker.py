@@ -48,6 +48,7 @@ from bot.handoff.cases import (
 from bot.handoff.models import Case, StaffMessage
 from bot.handoff.notify import Notifier, NotifierDown, NotifierError
 from bot.ports import StaffRelay
+from bot.redisconn import UNAVAILABLE
 from bot.streams import Entry, StreamConsumer
 
 log = logs.get("handoff")
@@ -355,13 +356,23 @@ class HandoffWorker:
         self.poll_once(block_ms=wait_ms)
 
     def run(self, stop: threading.Event) -> None:
-        """Loop until `stop` is set; Redis outages back off instead of spinning."""
+        """Loop until `stop` is set; Redis outages back off instead of spinning.
+
+        On a cluster the wait for new entries covers every shard (a doorbell thread per
+        shard, bot.streams.Doorbell), so an entry in any shard is read at once."""
+        self.queue.ring_on_every_shard(self.block_ms)
+        try:
+            self._loop(stop)
+        finally:
+            self.queue.stop_ringing()
+
+    def _loop(self, stop: threading.Event) -> None:
         delay = 0.5
         while not stop.is_set():
             try:
                 self.step()
                 delay = 0.5
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
+            except UNAVAILABLE as exc:
                 self.queue.lost()
                 if self._outage.ready():
                     logs.event(log, "redis_unavailable", logging.WARNING,
