@@ -20,6 +20,7 @@ be done and needs no trimming.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -38,8 +39,11 @@ def shard_names(base: str, count: int) -> list[str]:
 class Shards:
     """The shard streams of one queue, and which shard a person or a case writes to."""
 
+    DOWN_FOR_S = 30.0  # how long a shard whose write failed is tried last (a failover's time)
+
     def __init__(self, base: str, count: int):
         self.names = shard_names(base, count)
+        self._down: dict[str, float] = {}  # shard → until when it is tried last
 
     def __iter__(self):
         return iter(self.names)
@@ -56,6 +60,21 @@ class Shards:
         which the readers tolerate: a LINE ticket only names a person)."""
         i = self.names.index(name)
         return self.names[i + 1:] + self.names[:i]
+
+    def failed(self, name: str) -> None:
+        """A write to `name` found its primary unreachable: try it last for a while, so each
+        write during a failover does not first wait for the client's retries to give up."""
+        self._down[name] = time.monotonic() + self.DOWN_FOR_S
+
+    def is_down(self, name: str) -> bool:
+        return self._down.get(name, 0.0) > time.monotonic()
+
+    def for_writing(self, owner: str) -> list[str]:
+        """Where an owner's entry goes, in order: its own shard, then the others (see
+        `others`); shards that failed lately come last, yet are still tried."""
+        own = self.of(owner)
+        order = [own, *self.others(own)]
+        return [n for n in order if not self.is_down(n)] + [n for n in order if self.is_down(n)]
 
 
 @dataclass(frozen=True)
@@ -170,13 +189,18 @@ class StreamConsumer:
         """Create the group on every shard (once, and again after Redis lost it)."""
         if self._ready and not force:
             return
+        missing: list[Exception] = []
         for name in self.shards:
             try:
                 self.redis.xgroup_create(name, self.group, id="0", mkstream=True)
             except redis.ResponseError as exc:
                 if "BUSYGROUP" not in str(exc):
                     raise
-        self._ready = True
+            except UNAVAILABLE as exc:  # that shard's primary is down: the others are read
+                missing.append(exc)
+        if len(missing) == len(self.shards):
+            raise missing[0]  # Redis is down: the caller backs off
+        self._ready = not missing  # else tried again before the next read
 
     def lost(self) -> None:
         """Redis went away or lost the group (NOGROUP): create it again before the next read."""

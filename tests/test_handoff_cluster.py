@@ -5,18 +5,22 @@ reaches staff. The same scenarios run on one Redis where they apply."""
 from __future__ import annotations
 
 import json
+import os
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import replace
 
 import pytest
 
+from bench.redisbox import ClusterFailed, LocalCluster, start_cluster
 from bot.config import Settings
 from bot.handoff.models import CaseRequest
 from bot.redisconn import connect, shard_of
 from bot.wiring import Handoff, build_handoff
+from tests.conftest import SECRET
 from tests.fakes.slack_api import FakeSlack, serve
-from tests.test_handoff_backend import CHANNEL, SIGNING
+from tests.test_handoff_backend import CHANNEL, SIGNING, metric
 
 SHARDS = 4
 
@@ -95,3 +99,86 @@ def test_an_entry_in_any_shard_is_read_at_once_not_after_the_wait(redis_url, set
           + ", ".join(f"{i}: {v * 1000:.0f} ms" for i, v in sorted(latencies.items())))
     slow = {i: round(v, 2) for i, v in latencies.items() if v >= block_ms / 1000 / 2}
     assert not slow, f"picked up only after the wait on another shard: {slow}"
+
+
+# -- a shard with no primary -----------------------------------------------------------------
+
+
+@pytest.fixture
+def own_cluster() -> Iterator[LocalCluster]:
+    """A cluster of this test's own: it loses a primary and that primary's replica."""
+    try:
+        local = start_cluster()
+    except ClusterFailed as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI: the local Redis Cluster did not start: {exc}")
+        pytest.skip(f"no local Redis Cluster: {exc}")
+    yield local
+    local.close()
+
+
+def _port(client, key: str) -> int:
+    return int(client.get_node_from_key(key).port)
+
+
+def a_shard_alone_on_its_node(client, settings: Settings, slack_url: str,
+                              fake: FakeSlack) -> tuple[Handoff, str, int]:
+    """A key prefix and a case whose staff-queue shard lives on a node that holds none of the
+    other keys the case needs (its record, the open and unqueued indexes, its Slack thread
+    mapping): killing that node then takes down only the shard. Returns the handoff, the
+    case number and the node's port."""
+    first_ts = "1700000000.000001"  # the fake Slack's first message ts
+    for _ in range(200):
+        prefix = f"tsunagu-test-{uuid.uuid4().hex[:10]}"
+        s = replace(settings, key_prefix=prefix, slack_bot_token=fake.token,
+                    slack_signing_secret=SIGNING, slack_staff_channel=CHANNEL,
+                    slack_api_base_url=slack_url, stream_shards=SHARDS)
+        handoff = build_handoff(s, client, block_ms=200)
+        cases = handoff.cases
+        for number in numbers_by_shard():
+            victim = _port(client, cases.queue_of(number))
+            needed = {cases.case_key(number), cases.open_index, cases.unqueued,
+                      cases.thread_key(CHANNEL, first_ts)}
+            others = [n for n in cases.queues if n != cases.queue_of(number)]
+            if all(_port(client, k) != victim for k in needed) \
+                    and any(_port(client, n) != victim for n in others):
+                return handoff, number, victim
+    raise AssertionError("no prefix put a shard alone on a node")
+
+
+def test_a_case_whose_shard_is_down_is_queued_in_another_and_reaches_staff(own_cluster, slack):
+    fake, url = slack
+    client = connect(own_cluster.url, cluster=True, socket_timeout=5)
+    settings = Settings(redis_url=own_cluster.url, bot_secret_key=SECRET)
+    handoff, number, victim = a_shard_alone_on_its_node(client, settings, url, fake)
+    cases = handoff.cases
+    handoff.worker.ensure_group()
+    handoff.start_thread()
+    try:
+        replica = next(v["port"] for k, v in own_cluster.node(victim).info("replication").items()
+                       if k.startswith("slave") and isinstance(v, dict))
+        own_cluster.kill(int(replica))  # no replica to take over: the shard stays down
+        own_cluster.kill(victim)
+        redirected = metric("tsunagu_handoff_queue_redirected_total")
+        started = time.monotonic()
+        case = cases.open(request(number), "web", "", "addr")
+        opened_s = time.monotonic() - started
+        assert case is not None
+        assert metric("tsunagu_handoff_queue_redirected_total") == redirected + 1
+        # Staff get it from the shard that took it, while its own shard is still down.
+        assert root_post_at(fake, number, timeout=30) is not None
+        assert not client.zscore(cases.unqueued, number)  # queued: nothing for the sweep
+        # The resident writes: also queued elsewhere (at once: the shard is known down), and
+        # posted in the case's thread.
+        started = time.monotonic()
+        assert cases.add_message(number, "resident", "よろしくお願いします", key="ev-1")
+        message_s = time.monotonic() - started
+        assert fake.wait_for("chat.postMessage", 2, timeout=30)
+        assert any("よろしくお願いします" in json.dumps(c.body, ensure_ascii=False)
+                   for c in fake.posts(thread=True))
+        assert metric("tsunagu_handoff_queue_redirected_total") == redirected + 2
+        print(f"\nshard down: case opened in {opened_s * 1000:.0f} ms (own shard tried "
+              f"first), message queued in {message_s * 1000:.0f} ms (shard known down)")
+    finally:
+        handoff.stop()
+        client.close()
