@@ -20,7 +20,17 @@ from bot.redisconn import connect, shard_of
 from bot.wiring import Handoff, build_handoff
 from tests.conftest import SECRET
 from tests.fakes.slack_api import FakeSlack, serve
-from tests.test_handoff_backend import CHANNEL, SIGNING, metric
+from tests.test_handoff_backend import (
+    CHANNEL,
+    PID,
+    RAW_ID,
+    SIGNING,
+    STAFF_A,
+    Relays,
+    drain,
+    metric,
+    posted,
+)
 
 SHARDS = 4
 
@@ -182,3 +192,37 @@ def test_a_case_whose_shard_is_down_is_queued_in_another_and_reaches_staff(own_c
     finally:
         handoff.stop()
         client.close()
+
+
+# -- a farewell read before a staff answer -----------------------------------------------------
+
+
+def test_a_farewell_read_before_a_staff_answer_waits_for_it(redis_url, redis_client,
+                                                            settings: Settings, slack):
+    """A staff answer written while the case's shard was down went to the next shard; the
+    shard is back when staff resolve, so the farewell lands in the case's own shard and is
+    read first. The answer must still reach the resident before the address is released."""
+    fake, url = slack
+    relays = Relays()
+    s = replace(settings, slack_bot_token=fake.token, slack_signing_secret=SIGNING,
+                slack_staff_channel=CHANNEL, slack_api_base_url=url, stream_shards=SHARDS)
+    handoff = build_handoff(s, redis_client, relays, consumer_name="worker-f",
+                            reclaim_idle_ms=50, block_ms=10, retry_base_s=0.01)
+    relays.cases = cases = handoff.cases
+    # Shard 1: read before shard 2 on one Redis (STREAMS order) and on a cluster (home 0 last).
+    number = numbers_by_shard()[1]
+    own = cases.queue_of(number)
+    assert cases.open(request(number), "line", PID, RAW_ID) is not None
+    posted(handoff, fake, number)
+    cases.queues.failed(own)                      # its primary was found down …
+    assert handoff.staff.message(number, STAFF_A, "お電話お待ちしています", "Ev1") == "queued"
+    redirected = [n for n in cases.queues if n != own and redis_client.xlen(n)]
+    assert redirected == [cases.queues.others(own)[0]]
+    cases.queues._down.clear()                    # … and is back when staff resolve
+    assert handoff.staff.resolve(number, STAFF_A) == "resolved"
+    assert redis_client.xlen(own) == 2            # "resolved", "farewell": read first
+    assert drain(handoff, lambda: bool(relays.ended))
+    assert relays.sent == [(number, "お電話お待ちしています")]
+    assert relays.ended[0][1] == RAW_ID           # told while the address was still there
+    assert cases.address(number) is None          # and released after
+    handoff.stop()

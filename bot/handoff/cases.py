@@ -739,6 +739,11 @@ class CaseStore:
                                    self.case_key(number), marker, self.open_ttl * 1000,
                                    "count"))
 
+    def delivered(self, number: str) -> set[str]:
+        """Every delivery marker of a case (see `mark_delivered`)."""
+        return {m.decode() if isinstance(m, bytes) else m
+                for m in self.redis.smembers(self.case_key(number, "sent"))}
+
     def was_delivered(self, number: str, marker: str) -> bool:
         return bool(self.redis.sismember(self.case_key(number, "sent"), marker))
 
