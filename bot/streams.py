@@ -66,6 +66,10 @@ class Shards:
         write during a failover does not first wait for the client's retries to give up."""
         self._down[name] = time.monotonic() + self.DOWN_FOR_S
 
+    def recovered(self, name: str) -> None:
+        """`name` answered again (a doorbell's read worked): back to its place at once."""
+        self._down.pop(name, None)
+
     def is_down(self, name: str) -> bool:
         return self._down.get(name, 0.0) > time.monotonic()
 
@@ -101,11 +105,15 @@ class Doorbell:
     """Rings when any shard of a queue gets an entry: one thread per shard blocks on it with
     XREAD (no group, so it takes nothing from the consumer), from the last id it saw, so an
     entry added between two of its reads still rings. A shard whose primary is down is
-    watched again after a growing pause; meanwhile the consumer's own timeout reads it."""
+    watched again after a growing pause; meanwhile the consumer's own timeout reads it. Its
+    reads also tell whether the shard is up (`Shards.failed`, `Shards.recovered`), so the
+    consumer skips a shard that is down instead of waiting for the client's retries on it
+    at every pass."""
 
-    def __init__(self, client: Any, names: list[str], block_ms: int):
+    def __init__(self, client: Any, shards: Shards, block_ms: int):
         self.redis = client
-        self.names = names
+        self.shards = shards
+        self.names = list(shards)
         self.block_ms = max(1, block_ms)
         self._rung = threading.Event()
         self._stop = threading.Event()
@@ -147,10 +155,13 @@ class Doorbell:
                     "XREAD", "COUNT", 64, "BLOCK", self.block_ms, "STREAMS", name, last,
                     **node_of(self.redis, name)))
             except UNAVAILABLE:
+                self.shards.failed(name)
                 self._stop.wait(pause)  # this shard's primary is failing over
                 pause = min(pause * 2, 5.0)
                 continue
             pause = 0.1
+            if self.shards.is_down(name):
+                self.shards.recovered(name)
             if got:
                 last = got[-1].id
                 self._rung.set()
@@ -177,7 +188,7 @@ class StreamConsumer:
         if not self.cluster or len(self.shards) == 1:
             return None
         if self.bell is None:
-            self.bell = Doorbell(self.redis, list(self.shards), block_ms)
+            self.bell = Doorbell(self.redis, self.shards, block_ms)
         self.bell.start()
         return self.bell
 
@@ -185,18 +196,27 @@ class StreamConsumer:
         if self.bell is not None:
             self.bell.stop()
 
+    def _skip(self, name: str) -> bool:
+        """With a doorbell watching every shard, a shard known down is left alone until the
+        doorbell sees it answer (without one, e.g. the LINE dispatcher, every shard is read)."""
+        return self.bell is not None and self.bell.running and self.shards.is_down(name)
+
     def ensure_groups(self, force: bool = False) -> None:
         """Create the group on every shard (once, and again after Redis lost it)."""
         if self._ready and not force:
             return
         missing: list[Exception] = []
         for name in self.shards:
+            if self._skip(name):
+                missing.append(redis.ConnectionError(f"shard {name} is down"))
+                continue
             try:
                 self.redis.xgroup_create(name, self.group, id="0", mkstream=True)
             except redis.ResponseError as exc:
                 if "BUSYGROUP" not in str(exc):
                     raise
             except UNAVAILABLE as exc:  # that shard's primary is down: the others are read
+                self.shards.failed(name)
                 missing.append(exc)
         if len(missing) == len(self.shards):
             raise missing[0]  # Redis is down: the caller backs off
@@ -239,6 +259,8 @@ class StreamConsumer:
         return self._one(home, start, count, block_ms)
 
     def _one(self, name: str, start: str, count: int, block_ms: int | None) -> list[Entry]:
+        if block_ms is None and self._skip(name):
+            return []
         args: list[Any] = ["GROUP", self.group, self.consumer, "COUNT", count]
         if block_ms is not None:
             args += ["BLOCK", block_ms]
@@ -247,6 +269,7 @@ class StreamConsumer:
             return _entries(self.redis.execute_command("XREADGROUP", *args, "STREAMS", name,
                                                        start, **node_of(self.redis, name)))
         except UNAVAILABLE:
+            self.shards.failed(name)
             if name == self.shards.names[self.home] and block_ms:
                 raise  # our own shard is down: the caller backs off
             return []   # another shard's primary is failing over: read it next time
@@ -258,11 +281,14 @@ class StreamConsumer:
         names = list(self.shards)
         for offset in range(len(names)):
             name = names[(self._reclaim_from + offset) % len(names)]
+            if self._skip(name):
+                continue
             try:
                 _next, got, *_ = self.redis.xautoclaim(name, self.group, self.consumer,
                                                        min_idle_time=min_idle_ms,
                                                        start_id="0-0", count=count)
             except UNAVAILABLE:
+                self.shards.failed(name)
                 continue
             out += _entries([(name, got)])
         self._reclaim_from = (self._reclaim_from + 1) % len(names)

@@ -131,20 +131,15 @@ def _port(client, key: str) -> int:
     return int(client.get_node_from_key(key).port)
 
 
-def a_shard_alone_on_its_node(client, settings: Settings, slack_url: str,
-                              fake: FakeSlack) -> tuple[Handoff, str, int]:
+def a_shard_alone_on_its_node(client, settings: Settings) -> tuple[Settings, str, int]:
     """A key prefix and a case whose staff-queue shard lives on a node that holds none of the
     other keys the case needs (its record, the open and unqueued indexes, its Slack thread
-    mapping): killing that node then takes down only the shard. Returns the handoff, the
+    mapping): killing that node then takes down only the shard. Returns the settings, the
     case number and the node's port."""
     first_ts = "1700000000.000001"  # the fake Slack's first message ts
     for _ in range(200):
-        prefix = f"tsunagu-test-{uuid.uuid4().hex[:10]}"
-        s = replace(settings, key_prefix=prefix, slack_bot_token=fake.token,
-                    slack_signing_secret=SIGNING, slack_staff_channel=CHANNEL,
-                    slack_api_base_url=slack_url, stream_shards=SHARDS)
-        handoff = build_handoff(s, client, block_ms=200)
-        cases = handoff.cases
+        s = replace(settings, key_prefix=f"tsunagu-test-{uuid.uuid4().hex[:10]}")
+        cases = build_handoff(s, client).cases
         for number in numbers_by_shard():
             victim = _port(client, cases.queue_of(number))
             needed = {cases.case_key(number), cases.open_index, cases.unqueued,
@@ -152,18 +147,25 @@ def a_shard_alone_on_its_node(client, settings: Settings, slack_url: str,
             others = [n for n in cases.queues if n != cases.queue_of(number)]
             if all(_port(client, k) != victim for k in needed) \
                     and any(_port(client, n) != victim for n in others):
-                return handoff, number, victim
+                return s, number, victim
     raise AssertionError("no prefix put a shard alone on a node")
 
 
 def test_a_case_whose_shard_is_down_is_queued_in_another_and_reaches_staff(own_cluster, slack):
+    """The web process (its own client) opens a case and relays a message while the case's
+    shard has no primary; the worker process (its own client) delivers both to Slack."""
     fake, url = slack
-    client = connect(own_cluster.url, cluster=True, socket_timeout=5)
-    settings = Settings(redis_url=own_cluster.url, bot_secret_key=SECRET)
-    handoff, number, victim = a_shard_alone_on_its_node(client, settings, url, fake)
-    cases = handoff.cases
-    handoff.worker.ensure_group()
-    handoff.start_thread()
+    web_client = connect(own_cluster.url, cluster=True, socket_timeout=5)
+    worker_client = connect(own_cluster.url, cluster=True, socket_timeout=5)
+    settings = Settings(redis_url=own_cluster.url, bot_secret_key=SECRET,
+                        slack_bot_token=fake.token, slack_signing_secret=SIGNING,
+                        slack_staff_channel=CHANNEL, slack_api_base_url=url,
+                        stream_shards=SHARDS)
+    s, number, victim = a_shard_alone_on_its_node(web_client, settings)
+    cases = build_handoff(s, web_client).cases
+    worker = build_handoff(s, worker_client, block_ms=200)
+    worker.worker.ensure_group()
+    worker.start_thread()
     try:
         replica = next(v["port"] for k, v in own_cluster.node(victim).info("replication").items()
                        if k.startswith("slave") and isinstance(v, dict))
@@ -177,9 +179,9 @@ def test_a_case_whose_shard_is_down_is_queued_in_another_and_reaches_staff(own_c
         assert metric("tsunagu_handoff_queue_redirected_total") == redirected + 1
         # Staff get it from the shard that took it, while its own shard is still down.
         assert root_post_at(fake, number, timeout=30) is not None
-        assert not client.zscore(cases.unqueued, number)  # queued: nothing for the sweep
-        # The resident writes: also queued elsewhere (at once: the shard is known down), and
-        # posted in the case's thread.
+        assert not web_client.zscore(cases.unqueued, number)  # queued: nothing for the sweep
+        # The resident writes: queued elsewhere too (at once: the shard is known down now),
+        # and posted in the case's thread.
         started = time.monotonic()
         assert cases.add_message(number, "resident", "よろしくお願いします", key="ev-1")
         message_s = time.monotonic() - started
@@ -187,11 +189,12 @@ def test_a_case_whose_shard_is_down_is_queued_in_another_and_reaches_staff(own_c
         assert any("よろしくお願いします" in json.dumps(c.body, ensure_ascii=False)
                    for c in fake.posts(thread=True))
         assert metric("tsunagu_handoff_queue_redirected_total") == redirected + 2
-        print(f"\nshard down: case opened in {opened_s * 1000:.0f} ms (own shard tried "
+        print(f"\nshard down: case opened in {opened_s * 1000:.0f} ms (its shard tried "
               f"first), message queued in {message_s * 1000:.0f} ms (shard known down)")
     finally:
-        handoff.stop()
-        client.close()
+        worker.stop()
+        web_client.close()
+        worker_client.close()
 
 
 # -- a farewell read before a staff answer -----------------------------------------------------
