@@ -60,12 +60,19 @@ class Settings:
     urgent_alert_interval_s: int = 600
     queue_backlog_alert: int = 1000
     tenants_file: str | None = None
+    city: str | None = None  # the tenant id under TSUNAGU_TENANTS (bot.tenants)
 
     @property
     def secret_keys(self) -> tuple[str, ...]:
         """Every key still accepted, newest first: seal and pseudonymise with the first, open
         and look up with any (key rotation)."""
         return (self.bot_secret_key, *self.previous_secret_keys)
+
+    @property
+    def city_label(self) -> str:
+        """The city in metric labels: the tenant id, or the pack id of a single-city
+        deployment, so an operator can tell one city's answers and crises from another's."""
+        return self.city or self.municipality
 
     @property
     def embedded_redis(self) -> bool:

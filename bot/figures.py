@@ -27,6 +27,7 @@ from zoneinfo import ZoneInfo
 import redis
 
 from bot import logs
+from bot.redisconn import script
 
 if TYPE_CHECKING:
     from bot.engine import Incoming, Step
@@ -36,6 +37,13 @@ log = logs.get("figures")
 TOKYO = ZoneInfo("Asia/Tokyo")
 KEEP_DAYS = 400
 SEP = "|"
+
+# Add several counts to the day's hash and renew its TTL. ARGV: TTL (s), field, n, field, n…
+_ADD = """
+for i = 2, #ARGV, 2 do redis.call('hincrby', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('expire', KEYS[1], ARGV[1])
+return 1
+"""
 # Publication rule: a cell below this is shown as "fewer than 5" (the wording is in the pack).
 SMALL_CELL = 5
 
@@ -207,11 +215,12 @@ class Figures:
         if not counts:
             return
         day, _ = tokyo_day(now)
-        key = self.key(day)
-        for (measure, value), n in counts.items():
-            if n:
-                pipe.hincrby(key, f"{measure}{SEP}{value}", n)
-        pipe.expire(key, self.keep_s)
+        pairs = [part for (measure, value), n in counts.items() if n
+                 for part in (f"{measure}{SEP}{value}", n)]
+        if pairs:
+            # One command however many counts: each pipelined command costs the client as
+            # much as the Redis work it stands for.
+            script(pipe, _ADD, [self.key(day)], self.keep_s, *pairs)
 
     def writes_for(self, channel: str, before: Session | None, step: Step,
                    incoming: Incoming | None, now: datetime) -> Callable[[Any], None] | None:

@@ -84,10 +84,16 @@ class Backlog:
     the dead-letter alarm an operator acts on.
     """
 
-    def __init__(self, queue: str, alert_at: int = 1000):
+    def __init__(self, queue: str, alert_at: int = 1000, every_s: float = 1.0):
         self.queue = queue
         self.alert_at = alert_at
         self._throttle = logs.Throttle(60.0)
+        self._sample = logs.Throttle(every_s)
+
+    def due(self) -> bool:
+        """Whether to measure the length now: once a second per process is enough for a gauge
+        and an alarm, and measuring on every webhook cost one XLEN per shard per event."""
+        return self._sample.ready()
 
     def note(self, length: int) -> None:
         QUEUE_BACKLOG.labels(self.queue).set(length)

@@ -43,8 +43,10 @@ def respond(step: Step) -> str:
 class Conversations:
     def __init__(self, engine: Engine, store: SessionStore, secret: str | Sequence[str],
                  clock: Callable[[], datetime] = utcnow, cases: Cases | None = None,
-                 figures: Figures | None = None, followups: Followups | None = None):
+                 figures: Figures | None = None, followups: Followups | None = None,
+                 city: str | None = None):
         self.engine = engine
+        self.city = city or engine.pack.name  # the metrics' city label (Settings.city_label)
         self.store = store
         self.secrets = (secret,) if isinstance(secret, str) else tuple(secret)
         self.secret = self.secrets[0]
@@ -229,12 +231,12 @@ class Conversations:
 
     def _record(self, event: Event, step: Step, via: str, started: float) -> None:
         elapsed = time.perf_counter() - started
-        metrics.record_step(event.channel, event.incoming.kind, step)
-        metrics.ANSWERS.labels(event.channel, via).inc()
+        metrics.record_step(self.city, event.channel, event.incoming.kind, step)
+        metrics.ANSWERS.labels(city=self.city, channel=event.channel, via=via).inc()
         waited = elapsed
         if event.received is not None:
             waited = max(0.0, self.clock().timestamp() - event.received)
-        metrics.LATENCY.labels(event.channel).observe(waited)
+        metrics.LATENCY.labels(city=self.city, channel=event.channel).observe(waited)
         logs.event(log, "message", channel=event.channel, pid=event.pid[:16],
                    kind=event.incoming.kind, via=via,
                    state=step.session.state if step.session else None,

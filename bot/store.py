@@ -22,10 +22,23 @@ import redis
 from bot.redisconn import script
 from bot.session import Session
 
-# Release the per-person lock only if we still own it (the token), in one round trip.
-_RELEASE = """
-if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
-return 0
+# Take the per-person lock and read the session: one command (two in a pipeline cost the
+# client twice the work). KEYS: lock, session. ARGV: token, lock ms. {1, session} or {0}.
+_LOCK_LOAD = """
+if redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return {1, redis.call('get', KEYS[2])}
+end
+return {0}
+"""
+
+# In this order, atomically: save the session (ARGV[1] not empty: its new value, ARGV[2] its
+# TTL in s), remove a done job (KEYS[3] given: ZREM KEYS[3] ARGV[4]), release the per-person
+# lock if we still own it (ARGV[3] not empty: our token). KEYS: session, lock[, queue].
+_SAVE = """
+if ARGV[1] ~= '' then redis.call('set', KEYS[1], ARGV[1], 'EX', ARGV[2]) end
+if KEYS[3] then redis.call('zrem', KEYS[3], ARGV[4]) end
+if ARGV[3] ~= '' and redis.call('get', KEYS[2]) == ARGV[3] then redis.call('del', KEYS[2]) end
+return 1
 """
 
 
@@ -118,12 +131,12 @@ class SessionStore:
         delay = 0.002
         while True:
             pipe = self.redis.pipeline(transaction=False)
-            pipe.set(lock_key, token, nx=True, px=lock_ms or self.lock_ms)
-            pipe.get(session_key)
+            script(pipe, _LOCK_LOAD, [lock_key, session_key], token, lock_ms or self.lock_ms)
             if also:
-                also(pipe)
-            acquired, raw, *extra = pipe.execute()
+                also(pipe)  # runs after the lock was tried: see LineQueue's _TAKE
+            (acquired, *loaded), *extra = pipe.execute()
             if acquired:
+                raw = loaded[0] if loaded else None
                 return (Session.loads(raw) if raw else None), extra
             if time.monotonic() > deadline:
                 raise LockTimeout(pid)
@@ -131,26 +144,31 @@ class SessionStore:
             delay = min(delay * 2, 0.05)
 
     def commit(self, pid: str, turn: Turn, token: str | None,
-               also: Callable[[Any], None] | None = None) -> None:
-        """Save the session if it changed, run `also`'s writes, and unlock: one round trip."""
+               also: Callable[[Any], None] | None = None,
+               done: tuple[str, bytes | str] | None = None) -> None:
+        """Save the session if it changed, remove `done` (a sorted set of the person's and a
+        member: the job just answered) and unlock — one atomic step — then run `also`'s and
+        the turn's writes: one round trip."""
         pipe = self.redis.pipeline(transaction=False)
         session_key = self.key(pid, "session")
+        blob = ""
         if turn.changed:
             if turn.session is None:
                 # Delete-my-data / unfollow: the session and whatever waits for the person.
                 pipe.delete(session_key, self.key(pid, "outbox"), self.key(pid, "outbox:n"),
                             self.key(pid, "unseen"))
             else:
-                pipe.set(session_key, turn.session.dumps(), ex=self.ttl)
+                blob = turn.session.dumps()
+        if blob or token or done:
+            # EVAL rather than a registered Script: a Script in a pipeline costs an extra
+            # SCRIPT EXISTS round trip on every execute.
+            keys = [session_key, self.key(pid, "lock"), *([done[0]] if done else [])]
+            script(pipe, _SAVE, keys, blob, self.ttl, token or "", done[1] if done else "")
         if also:
             also(pipe)
         for write in turn.writes:
             write(pipe)
         turn.writes.clear()
-        if token:
-            # EVAL rather than a registered Script: a Script in a pipeline costs an extra
-            # SCRIPT EXISTS round trip on every execute.
-            script(pipe, _RELEASE, [self.key(pid, "lock")], token)
         pipe.execute()
 
     @contextmanager

@@ -165,7 +165,8 @@ def city_view(base: Settings, city: str) -> Settings:
     spec = next((c for c in read_tenants(base.tenants_file).cities if c.id == city), None)
     if spec is None:
         raise SettingsError(f"--city: not in TSUNAGU_TENANTS: {city[:40]!r}")
-    return replace(base, municipality=spec.pack, key_prefix=f"{base.key_prefix}:{spec.id}")
+    return replace(base, municipality=spec.pack, key_prefix=f"{base.key_prefix}:{spec.id}",
+                   city=spec.id)
 
 
 def load_cities(base: Settings, env: Mapping[str, str]) -> list[City]:

@@ -83,7 +83,7 @@ def build(settings: Settings, client: redis.Redis | None = None) -> Services:
     figures = Figures(client, settings.key_prefix)
     followups = Followups(client, settings.key_prefix, Sealer(settings.secret_keys, "followup"))
     conversations = Conversations(engine, store, settings.secret_keys, figures=figures,
-                                  followups=followups)
+                                  followups=followups, city=settings.city_label)
     outbox = Outbox(client, store.key, Sealer(settings.secret_keys, "outbox"))
     return Services(settings=settings, redis=client, pack=pack, engine=engine, store=store,
                     conversations=conversations, outbox=outbox, figures=figures)
@@ -135,7 +135,8 @@ def build_handoff(settings: Settings, client: redis.Redis, relay: StaffRelay | N
                       cases_per_origin_per_day=settings.cases_per_address_per_day,
                       urgent_alert_interval_s=settings.urgent_alert_interval_s,
                       shards=settings.stream_shards,
-                      backlog_alert_at=settings.queue_backlog_alert)
+                      backlog_alert_at=settings.queue_backlog_alert,
+                      city=settings.city_label)
     notifiers: list[Notifier] = []
     slack: SlackNotifier | None = None
     verifier: SignatureVerifier | None = None

@@ -4,6 +4,7 @@ backlog alarm and Slack's rate limit are tested with the handoff, in test_handof
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 import redis
@@ -48,3 +49,47 @@ def test_no_thread_per_webhook_while_redis_is_down(dead_redis_line):
     assert 1 <= most <= 4
     # Every one of them is still answered (statelessly: the crisis lines).
     assert len(fake.wait_for(40, timeout=60)) == 40
+
+
+def test_the_line_queue_backlog_is_measured_about_once_a_second(redis_url, key_prefix,
+                                                                 redis_client, caplog):
+    """The LINE queue is never trimmed; its length is watched (gauge + alarm) — measured on
+    the first accept and then at most once a second, not with one XLEN per shard per event."""
+    from prometheus_client import REGISTRY
+
+    from bot.wiring import build
+    from server import create_app
+
+    fake = FakeLine()
+    server, url = serve(fake)
+    settings = Settings(redis_url=redis_url, bot_secret_key=SECRET, key_prefix=key_prefix,
+                        line_channel_secret=lh.LINE_SECRET, line_channel_access_token="tok",
+                        line_api_base_url=url, queue_backlog_alert=3)
+    app = create_app(settings, services=build(settings, client=redis_client),
+                     start_workers=False)  # nobody answers: the queue only grows
+    try:
+        client = app.test_client()
+
+        def send(n: int) -> None:
+            body = lh.body(lh.text("こんにちは", user=f"U{n:032x}"))
+            assert client.post("/callback", data=body,
+                               headers={"X-Line-Signature": lh.sign(body)}).status_code == 200
+
+        def gauge() -> float:
+            return REGISTRY.get_sample_value("tsunagu_queue_backlog", {"queue": "line"}) or 0
+
+        queue = app.extensions["tsunagu_line"].queue
+        queue.backlog._sample.interval = 0.5
+        send(0)
+        first = gauge()
+        assert first == 1                      # measured on the first accept
+        for n in range(1, 5):
+            send(n)
+        assert gauge() == first                # not re-measured within the interval
+        time.sleep(0.6)
+        send(5)
+        assert gauge() == 6                    # measured again: every ticket still waits
+        assert [r for r in caplog.records if "queue_backlog" in r.getMessage()]
+    finally:
+        app.extensions["tsunagu_line"].stop()
+        server.shutdown()

@@ -49,6 +49,11 @@ def metric(name: str, labels: dict[str, str] | None = None) -> float:
     return REGISTRY.get_sample_value(name, labels or {}) or 0.0
 
 
+def case_metric(handoff: Handoff, name: str, **labels: str) -> float:
+    """A handoff metric of this handoff's city (every case metric carries `city`)."""
+    return metric(name, {"city": handoff.cases.city, **labels})
+
+
 # -- fakes and fixtures ---------------------------------------------------------------------
 
 
@@ -124,11 +129,12 @@ def make_handoff(settings: Settings, redis_client: redis.Redis, fake_slack, rela
     fake, url = fake_slack
     built: list[Handoff] = []
 
-    def make(**overrides: Any) -> Handoff:
+    def make(notifier_attempts: int = 3, **overrides: Any) -> Handoff:
         s = replace(settings, slack_bot_token=fake.token, slack_signing_secret=SIGNING,
                     slack_staff_channel=CHANNEL, slack_api_base_url=url, **overrides)
         h = build_handoff(s, redis_client, relays, consumer_name="worker-b",
-                          reclaim_idle_ms=50, block_ms=10, retry_base_s=0.01)
+                          reclaim_idle_ms=50, block_ms=10, retry_base_s=0.01,
+                          notifier_attempts=notifier_attempts)
         relays.cases = h.cases
         built.append(h)
         return h
@@ -238,7 +244,7 @@ def redis_dump(client: redis.Redis, prefix: str) -> str:
 
 def test_open_seals_the_address_indexes_the_person_and_queues_the_case(
         handoff: Handoff, redis_client: redis.Redis) -> None:
-    before = metric("tsunagu_handoff_cases_opened_total", {"channel": "line"})
+    before = case_metric(handoff, "tsunagu_handoff_cases_opened_total", channel="line")
     case = open_case(handoff)
     cases = handoff.cases
     assert case.status == "new" and case.pid == PID
@@ -248,7 +254,7 @@ def test_open_seals_the_address_indexes_the_person_and_queues_the_case(
     assert cases.open_case_of(PID) == NUMBER
     assert cases.get(NUMBER).request.message == MESSAGE
     assert [f[b"k"] for _, f in redis_client.xrange(cases.queue_of(NUMBER))] == [b"opened"]
-    assert metric("tsunagu_handoff_cases_opened_total", {"channel": "line"}) == before + 1
+    assert case_metric(handoff, "tsunagu_handoff_cases_opened_total", channel="line") == before + 1
 
     # The number is taken: nothing is overwritten, nothing queued, the caller picks another.
     other = CaseRequest(number=NUMBER, categories=["dv_abuse"])
@@ -291,7 +297,7 @@ def queued(client: redis.Redis, handoff: Handoff) -> int:
 
 def test_two_claims_at_once_have_exactly_one_winner(handoff: Handoff) -> None:
     open_case(handoff)
-    before = metric("tsunagu_handoff_cases_claimed_total")
+    before = case_metric(handoff, "tsunagu_handoff_cases_claimed_total")
     staff = [f"U0STAFF{i:03d}" for i in range(8)]
     barrier = threading.Barrier(len(staff))
     results: dict[str, bool] = {}
@@ -310,14 +316,14 @@ def test_two_claims_at_once_have_exactly_one_winner(handoff: Handoff) -> None:
     assert len(results) == len(staff) and len(winners) == 1
     case = handoff.cases.get(NUMBER)
     assert case.status == "claimed" and case.claimed_by == winners[0]
-    assert metric("tsunagu_handoff_cases_claimed_total") == before + 1
+    assert case_metric(handoff, "tsunagu_handoff_cases_claimed_total") == before + 1
 
 
 def test_resolve_deletes_the_sealed_address_and_the_person_index(
         handoff: Handoff, redis_client: redis.Redis) -> None:
     open_case(handoff)
     handoff.cases.claim(NUMBER, STAFF_A)
-    before = metric("tsunagu_handoff_cases_resolved_total")
+    before = case_metric(handoff, "tsunagu_handoff_cases_resolved_total")
     told: list[tuple[str, str | None]] = []
 
     def before_forget(c: Case) -> None:
@@ -335,7 +341,7 @@ def test_resolve_deletes_the_sealed_address_and_the_person_index(
     assert kept.status == "resolved" and kept.pid == "" and kept.request.categories
     ttl = redis_client.ttl(handoff.cases.case_key(NUMBER))
     assert 0 < ttl <= handoff.cases.keep_closed_s
-    assert metric("tsunagu_handoff_cases_resolved_total") == before + 1
+    assert case_metric(handoff, "tsunagu_handoff_cases_resolved_total") == before + 1
     handoff.cases.resolve(NUMBER, STAFF_B, before_forget=lambda c: told.append(("again", None)))
     assert len(told) == 1 and handoff.cases.get(NUMBER).resolved_by == STAFF_A
 
@@ -456,6 +462,50 @@ def test_a_webhook_that_is_down_does_not_post_the_case_to_slack_twice(
     assert len(rec.got) == 5 and len(fake.posts()) == 1
 
 
+def report_wrong_number(h: Handoff, window: str = "yorisoi_hotline") -> None:
+    """Queue a wrong-number report as the conversation side does (Conversations
+    ._wrong_numbers): a content problem, no case, nothing about the person."""
+    h.worker.ensure_group()
+    h.cases.redis.xadd(h.cases.queue, {"k": "wrong_number", "w": window,
+                                       "name": "よりそいホットライン",
+                                       "phone": "0120-279-338", "d": "2026-12-07"})
+
+
+def wrong_number_posts(fake: FakeSlack, window: str = "yorisoi_hotline") -> list[dict]:
+    """The reports about `window` in the channel (what Slack holds, answered or not)."""
+    with fake.lock:
+        return [m for m in fake.messages if f"窓口ID: {window}" in (m["text"] or "")]
+
+
+def test_a_webhook_that_is_down_does_not_post_a_wrong_number_report_to_slack_twice(
+        make_handoff, fake_slack, receiver) -> None:
+    """Slack took the report, the webhook did not: the entry is retried for the webhook, and
+    Slack is not told again (the delivery is marked, as a case's is)."""
+    fake, _ = fake_slack
+    rec, url = receiver
+    rec.statuses = [503, 503, 503, 503]
+    h = make_handoff(handoff_webhook_url=url, handoff_webhook_secret=WEBHOOK_SECRET)
+    report_wrong_number(h)
+    assert drain(h, lambda: len(rec.accepted()) == 1 and h.worker.pending() == 0)
+    assert len(rec.got) == 5                    # the webhook failed a whole pass, then took it
+    assert len(wrong_number_posts(fake)) == 1
+
+
+def test_a_wrong_number_report_whose_slack_answer_was_lost_is_posted_once(
+        make_handoff, fake_slack) -> None:
+    """Slack posted the report but its answer never came: the retried entry finds the post
+    (its delivery id rides in the message metadata) instead of posting it again."""
+    fake, _ = fake_slack
+    h = make_handoff(notifier_attempts=1)
+    fake.go_down(1, "lost")
+    report_wrong_number(h)
+    assert h.worker.poll_once(block_ms=5) == 1 and h.worker.pending() == 1   # failed once
+    assert len(wrong_number_posts(fake)) == 1                                # yet posted
+    assert drain(h, lambda: h.worker.pending() == 0)
+    assert len(wrong_number_posts(fake)) == 1
+    assert fake.calls("conversations.history")                               # looked first
+
+
 def test_the_webhook_signs_its_body(receiver) -> None:
     rec, url = receiver
     case = Case(number=NUMBER, channel="line", pid=PID, created_at=1.0, updated_at=1.0,
@@ -539,7 +589,7 @@ def test_a_staff_reply_in_the_thread_reaches_the_resident_once(
     fake, _ = fake_slack
     open_case(handoff)
     case = posted(handoff, fake)
-    replies = metric("tsunagu_handoff_first_staff_reply_seconds_count")
+    replies = case_metric(handoff, "tsunagu_handoff_first_staff_reply_seconds_count")
     text = "はじめまして。&lt;無理せず&gt; <https://example.jp/soudan|相談窓口> をご覧ください"
     assert post_event(http, staff_says(case, text), event_id="Ev1001").status_code == 200
     expected = "はじめまして。<無理せず> 相談窓口 https://example.jp/soudan をご覧ください"
@@ -551,7 +601,7 @@ def test_a_staff_reply_in_the_thread_reaches_the_resident_once(
     assert stored.first_staff_reply_at is not None
     assert [(m.who, m.text) for m in stored.thread] == [("staff", expected)]
     assert stored.status == "claimed" and stored.claimed_by == STAFF_A   # answering claims it
-    assert metric("tsunagu_handoff_first_staff_reply_seconds_count") == replies + 1
+    assert case_metric(handoff, "tsunagu_handoff_first_staff_reply_seconds_count") == replies + 1
     assert "<@U0STAFFAAA>" in json.dumps(fake.calls("chat.update")[-1].body["blocks"])
 
     # Slack retries the same event: ignored.
@@ -564,7 +614,7 @@ def test_a_staff_reply_in_the_thread_reaches_the_resident_once(
     assert drain(handoff, lambda: len(relays.sent) == 2)
     assert relays.sent[-1] == (NUMBER, "お返事お待ちしています")
     assert handoff.cases.get(NUMBER).first_staff_reply_at == stored.first_staff_reply_at
-    assert metric("tsunagu_handoff_first_staff_reply_seconds_count") == replies + 1
+    assert case_metric(handoff, "tsunagu_handoff_first_staff_reply_seconds_count") == replies + 1
 
 
 def test_bot_messages_and_messages_outside_case_threads_are_ignored(

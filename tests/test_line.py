@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 
 import pytest
@@ -341,3 +342,82 @@ def test_free_text_is_confirmed_with_quick_replies(line_app):
     post(client, lh.tap("triage", "yes", user=USER))
     got = fake.wait_for(2)
     assert last_quick_values(got[-1])[:4] == ["self", "family", "friend", "supporter"]
+
+
+# -- a reply whose answer never came ---------------------------------------------------------
+
+ONE = [{"type": "text", "text": "x"}]
+
+
+def _api(url: str):
+    from bot.channels.line_api import LineApi
+
+    api = LineApi(url, "tok", backoff=(0.05,))
+    api.timeout = (1.0, 0.3)  # read: give up on LINE's answer after 0.3 s
+    return api
+
+
+def test_a_reply_taken_but_answered_late_is_not_pushed_again(fake_line):
+    """LINE took the reply but its answer came after our read timeout: trying the same
+    single-use token again gets 400, so it was delivered — no push, said once."""
+    fake, url = fake_line
+    fake.late_answers, fake.late_s = 1, 1.0
+    api = _api(url)
+    assert api.deliver("U" + "b" * 32, "ev-late", "token-late", 0.0, ONE) == "already"
+    assert len(fake.delivered()) == 1
+    assert [r.path for r in fake.received] == ["/v2/bot/message/reply"] * 2
+    api.close()
+
+
+def test_a_reply_lost_before_line_took_it_is_tried_again_and_sent_once(fake_line):
+    """LINE hung before taking the first reply: the second try with the same token is the
+    one delivered, and the first, taken later, is refused as used. No push."""
+    fake, url = fake_line
+    fake.hang_s = 0.5
+    woke = threading.Timer(0.2, lambda: setattr(fake, "hang_s", 0.0))
+    woke.start()
+    assert _api(url).deliver("U" + "b" * 32, "ev-hang", "token-hang", 0.0, ONE) == "reply"
+    woke.join()
+    time.sleep(0.5)  # the first request is taken (and refused) after we gave up on it
+    assert len(fake.delivered()) == 1
+    assert not [r for r in fake.received if r.path.endswith("/push")]
+
+
+def test_a_reply_unanswered_twice_waits_and_its_retry_says_nothing_twice(fake_line):
+    """No answer to either try: the event is kept (DeliveryPending), not pushed; the retry
+    (the job marked as being answered) finds the token used and sends nothing more."""
+    from bot.channels.line_api import DeliveryPending
+
+    fake, url = fake_line
+    fake.late_answers, fake.late_s = 2, 0.6
+    api = _api(url)
+    with pytest.raises(DeliveryPending):
+        api.deliver("U" + "b" * 32, "ev-twice", "token-twice", 0.0, ONE)
+    time.sleep(0.7)
+    assert api.deliver("U" + "b" * 32, "ev-twice", "token-twice", 1.0, ONE,
+                       retrying=True) == "already"
+    assert len(fake.delivered()) == 1
+    assert not [r for r in fake.received if r.path.endswith("/push")]
+    api.close()
+
+
+def test_a_refused_connection_pushes_at_once(fake_line):
+    """Nothing can have been delivered when no connection was made: the push follows at
+    once (its retry key keeps it single) — here against a closed port, so it fails too and
+    the event waits for a retry."""
+    import socket
+
+    from bot.channels.line_api import DeliveryPending, LineApi
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    api = LineApi(f"http://127.0.0.1:{port}", "tok", backoff=(0.01,))
+    calls: list[str] = []
+    real = api._post
+    api._post = lambda path, *a, **k: (calls.append(path), real(path, *a, **k))[1]
+    with pytest.raises(DeliveryPending):
+        api.deliver("U" + "b" * 32, "ev-refused", "token-refused", 0.0, ONE)
+    assert calls[0].endswith("/reply") and calls[1].endswith("/push")
+    assert calls.count("/v2/bot/message/reply") == 1
+    api.close()

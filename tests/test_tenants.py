@@ -11,6 +11,7 @@ from urllib.parse import urlencode
 
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from bot.config import Settings, SettingsError
 from bot.tenants import read_tenants
@@ -140,6 +141,48 @@ def test_one_resident_in_two_cities_has_two_separate_sessions(cities, redis_clie
             != services["nagaokakyo"].conversations.pseudonym("line", user))
 
 
+def scrape(web) -> dict[tuple[str, frozenset], float]:
+    """Every sample the root /metrics shows, by name and labels."""
+    resp = web.get("/metrics")
+    assert resp.status_code == 200
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(resp.get_data(as_text=True))
+            for s in family.samples}
+
+
+def test_metrics_tell_the_cities_apart(cities):
+    """One deployment, two cities: an operator reads each city's answers, crisis replies and
+    latency under its own `city` label, and nothing about the person."""
+    app, _ = cities
+    web = app.test_client()
+
+    def value(before: dict, after: dict, name: str, **labels: str) -> float:
+        key = (name, frozenset(labels.items()))
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    before = scrape(web)
+    chat(web, "kyoto", type="start")
+    chat(web, "kyoto", type="text", text="死にたい")
+    chat(web, "nagaokakyo", type="start")
+    after = scrape(web)
+    events = "tsunagu_events_total"
+    assert value(before, after, events, city="kyoto", channel="web", kind="event") == 1
+    assert value(before, after, events, city="kyoto", channel="web", kind="text") == 1
+    assert value(before, after, events, city="nagaokakyo", channel="web", kind="event") == 1
+    assert value(before, after, events, city="nagaokakyo", channel="web", kind="text") == 0
+    crisis = "tsunagu_crisis_replies_total"
+    assert value(before, after, crisis, city="kyoto", kind="self_harm") == 1
+    assert value(before, after, crisis, city="nagaokakyo", kind="self_harm") == 0
+    answers = "tsunagu_answers_total"
+    assert value(before, after, answers, city="kyoto", channel="web", via="response") == 2
+    assert value(before, after, answers, city="nagaokakyo", channel="web", via="response") == 1
+    latency = "tsunagu_answer_seconds_count"
+    assert value(before, after, latency, city="kyoto", channel="web") == 2
+    assert value(before, after, latency, city="nagaokakyo", channel="web") == 1
+    shown = json.dumps([sorted(labels) for _, labels in after], ensure_ascii=False)
+    assert "死にたい" not in shown
+
+
 def line_post(web, path: str, events: list[dict], secret: str, destination: str):
     body = json.dumps({"destination": destination, "events": events}, ensure_ascii=False)
     return web.post(path, data=body.encode(), content_type="application/json",
@@ -187,12 +230,18 @@ def click(web, city: str, action: str, number: str, secret: str):
 def test_a_case_reaches_only_its_own_citys_staff(cities):
     app, (_, _, slack, _) = cities
     web = app.test_client()
+    before = scrape(web)
     walk_to_results(web, "nagaokakyo", "loneliness")
     chat(web, "nagaokakyo", type="tap", value="cmd:human", state="results")
     chat(web, "nagaokakyo", type="tap", value="agree", state="handoff_consent")
     receipt = " ".join(r.get("text", "") for r in chat(web, "nagaokakyo", type="text",
                                                        text="話を聞いてほしいです"))
     number = next(w for w in receipt.replace("。", " ").split() if w.startswith("N-"))
+    after = scrape(web)
+    opened = {city: after.get(key, 0.0) - before.get(key, 0.0) for city in CHANNELS
+              for key in [("tsunagu_handoff_cases_opened_total",
+                           frozenset({"city": city, "channel": "web"}.items()))]}
+    assert opened == {"kyoto": 0, "nagaokakyo": 1}
     naga = app.extensions["tsunagu_cities"]["nagaokakyo"].extensions["tsunagu_handoff"]
     kyoto = app.extensions["tsunagu_cities"]["kyoto"].extensions["tsunagu_handoff"]
     naga.start_thread()

@@ -115,6 +115,22 @@ def test_every_window_is_reachable_and_carries_no_internal_note(kyoto_pack):
         assert not any(m.casefold() in t.casefold() for m in markers for t in shown), w.id
 
 
+def test_a_ward_centre_phone_or_address_says_whose_it_is(kyoto_pack):
+    """A centre's number may be its ward office's or one section's: the card must say which, and
+    an address is the ward office's (the centres sit in the ward and branch offices)."""
+    centres = [kyoto_pack.windows[w.centre] for w in kyoto_pack.wards.wards]
+    assert sum(1 for c in centres if c.phone) >= 4 and sum(1 for c in centres if c.address) >= 7
+    for centre in centres:
+        if centre.phone:
+            assert "電話" in centre.summary.ja and ("区役所" in centre.summary.ja
+                                                    or "室" in centre.summary.ja), centre.id
+            assert "phone number is" in centre.summary.en, centre.id
+            assert centre.source.startswith("http"), centre.id
+        if centre.address:
+            assert "区役所" in centre.address.ja and "Ward Office" in centre.address.en, centre.id
+            assert "場所" not in centre.summary.ja, centre.id  # the card shows the place itself
+
+
 def test_every_ward_centre_can_be_reached(kyoto_pack):
     for ward in kyoto_pack.wards.wards:
         centre = kyoto_pack.windows[ward.centre]
@@ -255,6 +271,17 @@ def test_on_the_tenth_the_free_line_is_open_all_day(kyoto_engine, kyoto_pack):
     at_3am = crisis_cards(kyoto_engine, "死にたい", TENTH_3AM)
     free = next(c for c in at_3am if c.phone == "0120-783-556")
     assert free.status == "受付時間外（12月10日（木）8:00から）"
+
+
+def test_the_navi_dial_is_a_charged_line_open_in_the_day(kyoto_engine, kyoto_pack):
+    navi = next(w for w in kyoto_pack.windows.values() if w.phone == "0570-783-556")
+    assert "通話料" in navi.summary.ja and "charges" in navi.summary.en
+    assert navi.hours.holidays == "open" and navi.confirmed is not None
+    day = crisis_cards(kyoto_engine, "死にたい", OFFICE_HOURS)
+    assert next(c for c in day if c.phone == "0570-783-556").status == "いま受付中"
+    night = crisis_cards(kyoto_engine, "死にたい", HOLIDAY_3AM)
+    assert next(c for c in night
+                if c.phone == "0570-783-556").status == "受付時間外（11月23日（月）10:00から）"
 
 
 def test_in_office_hours_the_free_line_opens_this_evening(kyoto_engine):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from bot.replies import offers_a_way_on
 
 
@@ -93,12 +95,16 @@ def test_two_visitors_have_separate_sessions(app):
     assert q["state"] == "welcome"  # b is new: the stranger gets the welcome
 
 
-def test_metrics_count_without_personal_data(client):
+def test_metrics_count_without_personal_data(client, settings):
     client.post("/api/chat", json={"type": "start"})
     client.post("/api/chat", json={"type": "text", "text": "死にたい"})
     text = client.get("/metrics").get_data(as_text=True)
-    assert 'tsunagu_events_total{channel="web",kind="text"}' in text
-    assert 'tsunagu_crisis_replies_total{kind="self_harm"}' in text
+    city = settings.municipality  # a single-city deployment: its pack id
+    shown = {(s.name, tuple(sorted(s.labels.items())))
+             for family in text_string_to_metric_families(text) for s in family.samples}
+    assert ("tsunagu_events_total",
+            (("channel", "web"), ("city", city), ("kind", "text"))) in shown
+    assert ("tsunagu_crisis_replies_total", (("city", city), ("kind", "self_harm"))) in shown
     assert "tsunagu_answer_seconds_bucket" in text
     assert "死にたい" not in text and "tsunagu_visitor" not in text
 

@@ -32,6 +32,13 @@ RETRYABLE = {429, 500, 502, 503, 504}
 NETWORK = (urllib3.exceptions.HTTPError, OSError)
 
 
+def sent_maybe(exc: BaseException) -> bool:
+    """Whether a failed call may still have reached LINE: not when no connection was made."""
+    reason = getattr(exc, "reason", None) if isinstance(exc, urllib3.exceptions.MaxRetryError) \
+        else exc
+    return not isinstance(reason, (urllib3.exceptions.ConnectTimeoutError, ConnectionRefusedError))
+
+
 class DeliveryPending(Exception):
     """LINE did not take the answer yet (down, throttling): keep the job and retry later."""
 
@@ -41,6 +48,7 @@ class LineApi:
     base_url: str
     access_token: str
     backoff: tuple[float, ...] = (0.2, 0.5, 1.0, 2.0)
+    timeout: tuple[float, float] = TIMEOUT  # connect, read
 
     def __post_init__(self) -> None:
         self.host = self.base_url.rstrip("/")
@@ -49,9 +57,9 @@ class LineApi:
     def worst_case_s(self) -> float:
         """How long one delivery can take at most without a deadline: a reply and every push
         attempt timing out, plus the backoff pauses (~46 s with the defaults)."""
-        return sum(TIMEOUT) * (2 + len(self.backoff)) + sum(self.backoff)
+        return sum(self.timeout) * (3 + len(self.backoff)) + sum(self.backoff)
 
-    def _post(self, path: str, body: dict[str, Any], timeout: tuple[float, float] = TIMEOUT,
+    def _post(self, path: str, body: dict[str, Any], timeout: tuple[float, float],
               retry_key: str | None = None) -> None:
         headers = {"Authorization": f"Bearer {self.access_token}",
                    "Content-Type": "application/json", "User-Agent": self.client.user_agent}
@@ -82,31 +90,43 @@ class LineApi:
         if not messages:
             return "none"
         if reply_token and age_s < REPLY_TOKEN_TTL_S:
-            try:
-                self._post("/v2/bot/message/reply",
-                           {"replyToken": reply_token, "messages": messages},
-                           timeout=self._timeout(deadline))
-                return "reply"
-            except ApiException as exc:
-                if exc.status == 400 and retrying:
-                    logs.event(log, "reply_already_used", event_hint=event_id[:6])
-                    return "already"
-                if exc.status in RETRYABLE:
-                    logs.event(log, "reply_failed", logging.WARNING, status=exc.status)
-                # 400 (token used or expired) or a server error: fall through to push, whose
-                # retry key makes it safe to repeat.
-            except NETWORK as exc:
-                logs.event(log, "reply_failed", logging.WARNING, error=type(exc).__name__)
+            # A reply whose answer never came (read timeout, connection cut) may have been
+            # delivered: it is tried once more with the same single-use token, and LINE's 400
+            # then means it was. Pushing at once would say it twice.
+            unsure = retrying
+            for _attempt in (1, 2):
+                try:
+                    self._post("/v2/bot/message/reply",
+                               {"replyToken": reply_token, "messages": messages},
+                               timeout=self._timeout(deadline))
+                    return "reply"
+                except ApiException as exc:
+                    if exc.status == 400 and unsure:
+                        logs.event(log, "reply_already_used", event_hint=event_id[:6])
+                        return "already"
+                    if exc.status in RETRYABLE:
+                        logs.event(log, "reply_failed", logging.WARNING, status=exc.status)
+                    # 400 (token used or expired) or a server error: push, whose retry key
+                    # makes it safe to repeat.
+                    break
+                except NETWORK as exc:
+                    logs.event(log, "reply_failed", logging.WARNING, error=type(exc).__name__)
+                    if not sent_maybe(exc):
+                        break
+                    if unsure:
+                        # Twice without an answer: keep the event; its retry (marked as one)
+                        # tries the token again rather than risk saying it twice.
+                        raise DeliveryPending(event_id) from exc
+                    unsure = True
         return self._push(user_id, event_id, messages, deadline)
 
-    @staticmethod
-    def _timeout(deadline: float | None) -> tuple[float, float]:
+    def _timeout(self, deadline: float | None) -> tuple[float, float]:
         if deadline is None:
-            return TIMEOUT
+            return self.timeout
         left = deadline - time.monotonic()
         if left <= 0.05:
             raise DeliveryPending("no time left under the lock")
-        return min(TIMEOUT[0], left), min(TIMEOUT[1], left)
+        return min(self.timeout[0], left), min(self.timeout[1], left)
 
     def _push(self, user_id: str, event_id: str, messages: list[dict],
               deadline: float | None = None) -> str:

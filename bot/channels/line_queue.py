@@ -73,9 +73,12 @@ return 0
 # event while one small listpack replaces two keys per event.
 
 # Read the person's inbox and mark, for each event, that we are about to answer it; return
-# each job with whether it had been marked before (a process died while answering it).
-# ARGV: now (ms), marks TTL (ms).
+# each job with whether it had been marked before (a process died while answering it). Only
+# under our lock (it runs right after the lock was tried, in the same pipeline): a try that
+# found the lock taken must mark nothing, or its later successful try would take every job
+# for a retry after a crash. KEYS: inbox, marks, lock. ARGV: now (ms), marks TTL (ms), token.
 _TAKE = """
+if redis.call('get', KEYS[3]) ~= ARGV[3] then return {} end
 local jobs = redis.call('zrange', KEYS[1], 0, -1)
 local out = {}
 for i, raw in ipairs(jobs) do
@@ -159,13 +162,16 @@ class LineQueue:
         for pid in pids:
             pipe.xadd(self.shards.of(pid), {"p": pid})
             keys.append(self.shards.of(pid))
-        for name in self.shards:  # the backlog alarm watches the whole queue
-            pipe.xlen(name)
+        measure = self.backlog.due()
+        if measure:  # the backlog alarm watches the whole queue
+            for name in self.shards:
+                pipe.xlen(name)
         waits = self.wait.add(pipe, keys) if self.wait is not None else 0
         results = pipe.execute(raise_on_error=False)
-        first = len(jobs) + len(pids)
-        self.backlog.note(sum(n for n in results[first:first + len(self.shards)]
-                              if isinstance(n, int)))
+        if measure:
+            first = len(jobs) + len(pids)
+            self.backlog.note(sum(n for n in results[first:first + len(self.shards)]
+                                  if isinstance(n, int)))
         stored = results[:len(jobs)]
         tickets = dict(zip(pids, results[len(jobs):len(jobs) + len(pids)], strict=True))
         for pid, result in tickets.items():
@@ -340,7 +346,8 @@ class Dispatcher:
         marks = self.queue.marks(pid)
 
         def take(pipe: Any) -> None:
-            script(pipe, _TAKE, [inbox, marks], int(time.time() * 1000), MARKS_TTL_MS)
+            script(pipe, _TAKE, [inbox, marks, store.key(pid, "lock")],
+                   int(time.time() * 1000), MARKS_TTL_MS, token)
             if self.queue.wait is not None:
                 # The "being answered" marks reach a replica before anything is sent: after a
                 # failover the retry knows to check, so nothing is said twice.
@@ -375,14 +382,12 @@ class Dispatcher:
                 last = index == len(pairs) - 1
                 finished = last and not left
 
-                def after(pipe: Any, raw: bytes = raw, remove: bool = remove,
-                          finished: bool = finished) -> None:
-                    if remove:
-                        pipe.zrem(inbox, raw)
-                    if finished:
-                        self._ack(pipe, ack)
+                def after(pipe: Any, finished: bool = finished) -> None:
+                    if finished:  # after the job's removal: a ticket acknowledged early
+                        self._ack(pipe, ack)  # could leave a job without one
 
-                store.commit(pid, turn, token if last else None, also=after)
+                store.commit(pid, turn, token if last else None, also=after,
+                             done=(inbox, raw) if remove else None)
                 turn.changed = False
                 done += remove
             if not pairs:

@@ -85,8 +85,12 @@ def callback() -> Response:
         except REDIS_DOWN:
             accepted = [None] * len(jobs)
         unstored = [job for job, ok in zip(jobs, accepted, strict=True) if ok is None]
-        logs.event(log, "webhook_accepted", events=len(jobs), duplicates=accepted.count(False),
-                   degraded=len(unstored))
+        duplicates = accepted.count(False)
+        # Every answer gets its own "message" line; an ordinary accept is only worth a line
+        # when debugging (a JSON line per event cost as much as a Redis round trip).
+        logs.event(log, "webhook_accepted",
+                   logging.INFO if duplicates or unstored else logging.DEBUG,
+                   events=len(jobs), duplicates=duplicates, degraded=len(unstored))
         if unstored:  # Redis, or these people's primary, is down: answer without state
             metrics.REDIS_ERRORS.labels("line_webhook").inc()
             line.degraded.submit(answer_all_degraded, line, unstored)

@@ -19,6 +19,7 @@ Keys (DESIGN.md conventions; <p> is the key prefix):
                               shards (bot.streams); a case's events go to its own shard, or
                               to another while that shard's primary is unreachable
   <p>:handoff:slack:<channel>:<ts>   the case whose Slack message is <ts> (staff replies)
+  <p>:handoff:content:<delivery>     a wrong-number report's post to Slack: tried / sent
 
 A case number is reserved by its record (SET NX on open) for as long as the record lives, and
 no other key naming the number outlives the record: the Slack thread mapping and the delivery
@@ -59,15 +60,20 @@ OPEN_STATUSES = ("new", "claimed")
 EventKind = Literal["opened", "message", "urgent", "claimed", "resolved", "expired",
                     "forgotten", "reply", "undelivered", "farewell"]
 
-CASES_OPENED = Counter("tsunagu_handoff_cases_opened", "Handoff cases opened", ["channel"])
-CASES_CLAIMED = Counter("tsunagu_handoff_cases_claimed", "Handoff cases claimed by staff")
-CASES_RESOLVED = Counter("tsunagu_handoff_cases_resolved", "Handoff cases resolved by staff")
-CASES_EXPIRED = Counter("tsunagu_handoff_cases_expired", "Handoff cases expired unresolved")
+# `city`: the CaseStore's city (Settings.city_label), as in bot/metrics.py.
+CASES_OPENED = Counter("tsunagu_handoff_cases_opened", "Handoff cases opened",
+                       ["city", "channel"])
+CASES_CLAIMED = Counter("tsunagu_handoff_cases_claimed", "Handoff cases claimed by staff",
+                        ["city"])
+CASES_RESOLVED = Counter("tsunagu_handoff_cases_resolved", "Handoff cases resolved by staff",
+                         ["city"])
+CASES_EXPIRED = Counter("tsunagu_handoff_cases_expired", "Handoff cases expired unresolved",
+                        ["city"])
 QUEUE_REDIRECTED = Counter("tsunagu_handoff_queue_redirected",
                            "Staff-queue entries written to another shard (their own was down)")
 FIRST_STAFF_REPLY = Histogram(
     "tsunagu_handoff_first_staff_reply_seconds",
-    "Time from a case being opened to the first staff reply in its thread",
+    "Time from a case being opened to the first staff reply in its thread", ["city"],
     buckets=(60, 300, 900, 1800, 3600, 3 * 3600, 8 * 3600, 24 * 3600, 72 * 3600, 7 * 24 * 3600),
 )
 
@@ -156,7 +162,8 @@ class CaseStore:
                  expire_after_s: int = 7 * 24 * 3600, keep_closed_s: int = 30 * 24 * 3600,
                  thread_max: int = 50, clock: Callable[[], float] = time.time,
                  cases_per_origin_per_day: int = 0, urgent_alert_interval_s: int = 0,
-                 backlog_alert_at: int = 1000, shards: int = 1):
+                 backlog_alert_at: int = 1000, shards: int = 1, city: str = ""):
+        self.city = city  # the metrics' city label (Settings.city_label)
         self.cases_per_origin_per_day = cases_per_origin_per_day  # 0: no limit
         self.urgent_alert_interval_s = urgent_alert_interval_s    # 0: every crisis alerts
         self.backlog = Backlog("handoff", backlog_alert_at)        # never trimmed: watched
@@ -237,7 +244,7 @@ class CaseStore:
                 self._queue_opened(stored)
             return stored
         self._queue_opened(case)
-        CASES_OPENED.labels(channel=channel).inc()
+        CASES_OPENED.labels(city=self.city, channel=channel).inc()
         logs.event(log, "case_opened", number=case.number, channel=channel,
                    urgent=request.urgent, categories=len(request.categories),
                    with_message=bool(request.message))
@@ -436,7 +443,7 @@ class CaseStore:
 
         won, case = self._mutate(number, change)
         if won:
-            CASES_CLAIMED.inc()
+            CASES_CLAIMED.labels(self.city).inc()
             self._count(now, ("handoff_claimed", case.channel if case else "unknown"))
             logs.event(log, "case_claimed", number=number)
         return won, case
@@ -476,10 +483,10 @@ class CaseStore:
         if changed and case is not None:
             cells = []
             if flags["claimed"]:
-                CASES_CLAIMED.inc()
+                CASES_CLAIMED.labels(self.city).inc()
                 cells.append(("handoff_claimed", case.channel))
             if flags["first"]:
-                FIRST_STAFF_REPLY.observe(max(0.0, now - case.created_at))
+                FIRST_STAFF_REPLY.labels(self.city).observe(max(0.0, now - case.created_at))
                 cells.append(("handoff_first_reply",
                               first_reply_bucket(max(0.0, now - case.created_at))))
             if cells:
@@ -645,7 +652,7 @@ class CaseStore:
         if refused.get("yes"):
             return case
         if changed:
-            CASES_RESOLVED.inc()
+            CASES_RESOLVED.labels(self.city).inc()
             self._count(now, ("handoff_resolved", case.channel))
             logs.event(log, "case_resolved", number=number)
             if before_forget is not None and not farewell:
@@ -694,7 +701,7 @@ class CaseStore:
                 self._before_forget(before_forget, case)
             self._forget(case)
             if changed:
-                CASES_EXPIRED.inc()
+                CASES_EXPIRED.labels(self.city).inc()
                 self._count(now, ("handoff_expired", case.channel))
                 self.enqueue(number, "expired")
                 expired.append(number)
@@ -750,3 +757,22 @@ class CaseStore:
     def mark_delivered(self, number: str, marker: str) -> None:
         self.redis.eval(_MARK, 2, self.case_key(number, "sent"), self.case_key(number),
                         marker, self.open_ttl * 1000)
+
+    # -- delivery bookkeeping of content problems (wrong-number reports: no case) ------------
+
+    def content_key(self, delivery: str) -> str:
+        return f"{self.prefix}:handoff:content:{delivery}"
+
+    def note_content_attempt(self, delivery: str) -> bool:
+        """As `note_attempt`, for a report that has no case: True the first time."""
+        return bool(self.redis.set(self.content_key(delivery), "try", nx=True,
+                                   ex=self.open_ttl))
+
+    def content_delivered(self, delivery: str) -> bool:
+        raw = self.redis.get(self.content_key(delivery))
+        return (raw.decode() if isinstance(raw, bytes) else raw) == "sent"
+
+    def mark_content_delivered(self, delivery: str) -> None:
+        """Posted: a retry of the queue entry (another notifier failed) does not post again.
+        Kept as long as a case's markers, longer than any entry waits in the queue."""
+        self.redis.set(self.content_key(delivery), "sent", ex=self.open_ttl)

@@ -219,6 +219,15 @@ class SlackNotifier:
         .replies in a thread) whether the message is there."""
         if self.cases is None or self.cases.note_attempt(case.number, delivery):
             return None
+        ts = self._find_post(delivery, thread_ts, channel)
+        if ts is not None:
+            logs.event(log, "slack_post_found", number=case.number)
+        return ts
+
+    def _find_post(self, delivery: str, thread_ts: str | None = None,
+                   channel: str | None = None) -> str | None:
+        """The ts of our message carrying `delivery` in its metadata, among the channel's (or
+        the thread's) latest 100; None when there is none."""
         where = {"channel": channel or self.channel, "limit": 100, "include_all_metadata": True}
         if thread_ts:
             found = self._call("conversations_replies", None, ts=thread_ts, **where)
@@ -227,7 +236,6 @@ class SlackNotifier:
         for msg in found.get("messages") or []:
             payload = (msg.get("metadata") or {}).get("event_payload") or {}
             if payload.get("delivery") == delivery:
-                logs.event(log, "slack_post_found", number=case.number)
                 return msg.get("ts")
         return None
 
@@ -286,10 +294,26 @@ class SlackNotifier:
 
     def content_problem(self, report: Mapping[str, str], delivery: str | None = None) -> None:
         """A resident says a window's number did not work or was wrong: tell the channel, so
-        the content pack gets checked (no case, nothing about the person)."""
+        the content pack gets checked (no case, nothing about the person).
+
+        Posted once per `delivery` (the queue entry), as a case is: a retry because another
+        notifier failed finds it marked posted; a retry after a post whose answer was lost
+        finds the post by the delivery id in its metadata (`_find_post`)."""
         text = self.label("wrong_number", **{k: report.get(k, "") for k in
                                              ("window", "name", "phone")})
-        self._call("chat_postMessage", None, channel=self.channel, text=_cut(text, 3900))
+        key = f"wrong_number:{report.get('window', '')}:{delivery}" if delivery else None
+        if key is not None and self.cases is not None:
+            if self.cases.content_delivered(key):
+                return
+            if not self.cases.note_content_attempt(key) and self._find_post(key) is not None:
+                logs.event(log, "slack_post_found", kind="wrong_number")
+                self.cases.mark_content_delivered(key)
+                return
+        extra = {"metadata": self._metadata(key)} if key is not None else {}
+        self._call("chat_postMessage", None, channel=self.channel, text=_cut(text, 3900),
+                   **extra)
+        if key is not None and self.cases is not None:
+            self.cases.mark_content_delivered(key)
 
     def tell(self, channel: str, user: str, text: str) -> None:
         """An ephemeral note to one staff member (e.g. the case is already taken)."""

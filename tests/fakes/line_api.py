@@ -1,6 +1,7 @@
 """A fake LINE Messaging API: a real HTTP server on loopback that records what it receives.
 
-Behaviours the tests switch on: hang (sleep before answering), a queue of error statuses,
+Behaviours the tests switch on: hang (sleep before answering), late answers (take the message,
+then answer only after the caller gave up), a queue of error statuses,
 reply tokens that are single-use and can be marked expired, and X-Line-Retry-Key de-duplication
 (409 for a key already accepted), as the real API does.
 """
@@ -29,6 +30,8 @@ class Received:
 @dataclass
 class FakeLine:
     hang_s: float = 0.0
+    late_answers: int = 0      # this many calls are taken, then answered after late_s
+    late_s: float = 0.0
     errors: list[int] = field(default_factory=list)
     expired_tokens: set[str] = field(default_factory=set)
     used_tokens: set[str] = field(default_factory=set)
@@ -108,6 +111,10 @@ def serve(fake: FakeLine) -> tuple[ThreadingHTTPServer, str]:
         status, payload = fake.answer(path, body, headers)
         with fake.lock:
             fake.received.append(Received(path, body, headers, status, time.time()))
+            late = fake.late_answers > 0 and "/message/" in path
+            fake.late_answers -= late
+        if late:
+            time.sleep(fake.late_s)
         return status, payload
 
     return serve_json(handle)

@@ -5,7 +5,8 @@ It answers chat.postMessage, chat.update and chat.postEphemeral like Slack does
 conversations.history and conversations.replies, accepts JSON or form bodies (slack_sdk sends
 blocks as JSON), checks the bot token, and can be switched "down" for a number of calls:
 HTTP 500, or HTTP 200 with {"ok": false, "error": "service_unavailable"} as Slack answers
-during an incident, or HTTP 429 (rate limited).
+during an incident, or HTTP 429 (rate limited) — or "lost": the call is carried out (a message
+is posted) but its answer is an HTTP 500, as when Slack's answer never reaches us.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from urllib.parse import parse_qs
 
 from tests.fakes.http import serve_json
 
-DownMode = Literal["http500", "not_ok", "ratelimited"]
+DownMode = Literal["http500", "not_ok", "ratelimited", "lost"]
 
 
 @dataclass
@@ -78,7 +79,15 @@ class FakeSlack:
 
     def answer(self, method: str, body: dict, headers: dict) -> tuple[int, dict]:
         with self.lock:
-            if self.down_calls > 0:
+            lost = self.down_calls > 0 and self.down_mode == "lost"
+            if lost:
+                self.down_calls -= 1
+        status, payload = self._answer(method, body, headers)
+        return (500, {"ok": False, "error": "internal_error"}) if lost else (status, payload)
+
+    def _answer(self, method: str, body: dict, headers: dict) -> tuple[int, dict]:
+        with self.lock:
+            if self.down_calls > 0 and self.down_mode != "lost":
                 self.down_calls -= 1
                 if self.down_mode == "http500":
                     return 500, {"ok": False, "error": "internal_error"}
