@@ -10,7 +10,6 @@ multi-key commands and Lua scripts inside one hash slot (a person's `{pid}`, a c
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
@@ -38,8 +37,8 @@ def discover(url: str, timeout: float = 2.0) -> bool:
 
 
 def connect(url: str, cluster: bool | None = None, socket_timeout: float = 2.0) -> Client:
-    """A client for `url`; `cluster` None asks the server (see `discover`). A cluster client
-    is a `LazyCluster`: the process starts even when no node answers."""
+    """A client for `url`; `cluster` None asks the server (see `discover`). With no cluster
+    node answering, a `LazyCluster`: the process starts even then."""
     if cluster is None:
         cluster = discover(url)
     if cluster:
@@ -47,10 +46,12 @@ def connect(url: str, cluster: bool | None = None, socket_timeout: float = 2.0) 
         # keep answering (people there are served as usual; the rest in degraded mode).
         lazy = LazyCluster(url, socket_timeout=socket_timeout, socket_connect_timeout=2.0,
                            require_full_coverage=False)
-        # Now, as before, when a node answers; else later, in degraded mode meanwhile.
-        with contextlib.suppress(redis.ConnectionError):
-            lazy.cluster()
-        return lazy
+        # A node answers: the cluster client itself, as before. Else one built later, the
+        # process answering in degraded mode meanwhile.
+        try:
+            return lazy.cluster()
+        except redis.ConnectionError:
+            return lazy
     return redis.Redis.from_url(url, socket_timeout=socket_timeout, socket_connect_timeout=2.0,
                                 health_check_interval=30)
 
@@ -118,7 +119,7 @@ class LazyCluster:
             self._client.close()
 
 
-Client = redis.Redis | LazyCluster
+Client = redis.Redis | RedisCluster | LazyCluster
 
 
 def is_cluster(client: Any) -> bool:

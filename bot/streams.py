@@ -27,6 +27,7 @@ from typing import Any
 
 import redis
 
+from bot import logs
 from bot.redisconn import UNAVAILABLE, is_cluster, node_of, shard_of
 
 
@@ -157,6 +158,11 @@ class Doorbell:
             except UNAVAILABLE:
                 self.shards.failed(name)
                 self._stop.wait(pause)  # this shard's primary is failing over
+                pause = min(pause * 2, 5.0)
+                continue
+            except Exception as exc:  # a surprise: keep ringing (the consumer's timeout
+                logs.failure("streams.doorbell", exc)  # still reads this shard meanwhile)
+                self._stop.wait(pause)
                 pause = min(pause * 2, 5.0)
                 continue
             pause = 0.1
