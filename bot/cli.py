@@ -231,12 +231,16 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_graph)
     p = sub.add_parser("eval-safety", help="crisis detection recall and false positives")
     p.add_argument("--pack", default=default_pack_name())
-    p.add_argument("--eval-set", action="append",
-                   help="evaluation file (repeatable; default: tests/data/safety_eval*.yaml)")
+    p.add_argument("--eval-set", "--data", dest="eval_set", action="append",
+                   help="evaluation file (repeatable; default: tests/data/safety_eval*.yaml; "
+                        "tests/data/safety_holdout.yaml is the held-out set)")
     p.set_defaults(func=cmd_eval_safety)
     p = sub.add_parser("eval-triage", help="free text → category: accuracy, precision/recall")
     p.add_argument("--pack", default=default_pack_name())
-    p.add_argument("--eval-set", default=str(REPO / "tests" / "data" / "triage_eval.yaml"))
+    p.add_argument("--eval-set", "--data", dest="eval_set",
+                   default=str(REPO / "tests" / "data" / "triage_eval.yaml"),
+                   help="evaluation file (default: tests/data/triage_eval.yaml; "
+                        "tests/data/triage_holdout*.yaml are the held-out sets)")
     p.add_argument("-v", "--verbose", action="store_true", help="list every miss")
     p.set_defaults(func=cmd_eval_triage)
     p = sub.add_parser("explain", help="what the bot understands of a text, and why")

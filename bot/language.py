@@ -146,22 +146,75 @@ def _lemma_form(word: str) -> str:
     return normalize(word).replace(" ", "")
 
 
+# -- dialect and glue ---------------------------------------------------------------------------
+# Kansai forms (the older どす/おす too) that the analyser's dictionary cuts into the wrong
+# words, rewritten to standard Japanese before analysis. Only the analysis sees the rewrite: the
+# surface keeps what was typed, so literal terms still match it. Each rule is narrow on purpose:
+# あかん but not あかんぼう (赤ん坊), a verb stem + ひん but not ひんこん (貧困). These are
+# spelling facts of the language, not resident-facing text, so they live next to the analyser.
+_DIALECT: tuple[tuple[re.Pattern[str], str], ...] = tuple(
+    (re.compile(pattern), replacement) for pattern, replacement in (
+        # 出なあかん, せんとあかん: must
+        ("(な|なきゃ|んと|へんと|ひんと)(あかん|あきまへん|あきません)", "なければいけない"),
+        ("あかん(?![ぼべ])", "だめ"),  # あかん = だめ (analysed as あ + 彼)
+        ("(?<![ぁ-んァ-ン])(おかん|オカン)(?![じけむぞきこ])", "母"),  # mum (お + 彼)
+        ("(?<![ぁ-んァ-ン])(おとん|オトン)(?![ぼ])", "父"),  # dad (お + 飛ぶ)
+        ("(しいひん|せえへん|せーへん|せへん)", "しない"),
+        ("(けえへん|けーへん|こおへん|こーへん|きいひん|きーひん|こやへん)", "こない"),
+        ("来[えーい]?へん", "来ない"),
+        # a verb stem + ひん (できひん, 見いひん): ない; ひんこん/ひんけつ/ひんぱん stay
+        ("(?<=[\u4e00-\u9fff])いひん", "ない"),  # 見いひん, 居いひん
+        ("(?<=[きしちにひみりぎじびえけせてねへめれげぜでべ])ひん(?![こけぱしそ])", "ない"),
+        ("おへん", "ない"),  # old Kansai: ありません
+        ("(?<=[てで])へん(?![かがしじてでなにりるれ])", "ない"),  # 決まってへん, 読んでへん
+        # 〜とった/〜とって (= ていた/ていて) after a verb stem written with a kanji: 生きとって
+        # is analysed as 生きる + 取る (〜とる itself is read right). Not after に/で (にとって).
+        ("(?<=[\u4e00-\u9fff][いきしちひみりぎびえけせてねべめれげぜ])と(?=っ[てた])", "てお"),
+        (r"どす(?=[。、,.！？!?\s]|$|[かえなねよわけ])", "です"),  # old Kansai copula
+        ("(?<=[いきしちにひみりぎじび])とう(おす|おすえ)(?![ぁ-ん])", "たいです"),  # 〜とうおす
+        (r"(?<=[うい])おす(?=[。、,.！？!?\s]|$|[えなねよかわ])", "です"),  # old Kansai: 〜とうおす
+    ))
+
+# Glue that says nothing about a worry, mapped so that one vocabulary entry meets every way of
+# saying the same thing (lemma → replacement; "" drops the word from `Analysis.lemmas`):
+# negation in all its forms is one word (ない, ず from ん/ません, へん/ひん of Kansai, ぬ, and
+# the adjective 無い), polite ます/です and the Kansai honorific はる are dropped, Kansai や is だ.
+# Only auxiliaries (助動詞) are mapped: the noun 変 (へん) and the particle や stay.
+NEGATION = "無い"  # the one lemma of every negation
+_GLUE = {"ない": NEGATION, "ず": NEGATION, "へん": NEGATION, "ひん": NEGATION, "ぬ": NEGATION,
+         "ん": NEGATION,
+         "ます": "", "です": "", "はる": "", "や": "だ", "とる": "てる"}
+_AUX = "助動詞"
+
+
+def _standard(text: str) -> str:
+    """The text with the dialect forms of `_DIALECT` rewritten (for the analyser only)."""
+    for pattern, replacement in _DIALECT:
+        if pattern.search(text):
+            text = pattern.sub(replacement, text)
+    return text
+
+
 def analyze(text: str) -> Analysis:
     """Cut, lemmatise and normalise a message (~0.05 ms for a sentence)."""
     tokens: list[Token] = []
     if text.strip():
         # NFKC first: SudachiPy sees full-width kana and ASCII digits, as residents mean them.
-        clean = unicodedata.normalize("NFKC", text)[:2000]
+        clean = _standard(unicodedata.normalize("NFKC", text)[:2000])
         for part in _SPLIT_TEXT.split(clean):
             if not part:
                 continue
             for m in _tokenizer().tokenize(part):
                 lemma = _lemma_form(m.normalized_form())
-                if not lemma:
+                surface = _lemma_form(m.surface())
+                if not lemma or not surface:
                     continue
-                tokens.append(Token(_lemma_form(m.surface()), _lemma_form(m.reading_form()),
-                                    lemma, m.part_of_speech()[0]))
-    lemmas = " " + " ".join(t.lemma for t in tokens) + " " if tokens else " "
+                pos = m.part_of_speech()[0]
+                if pos == _AUX and lemma in _GLUE:
+                    lemma = _GLUE[lemma]
+                tokens.append(Token(surface, _lemma_form(m.reading_form()), lemma, pos))
+    words = [t.lemma for t in tokens if t.lemma]
+    lemmas = " " + " ".join(words) + " " if words else " "
     return Analysis(text=text, norm=normalize(text), tokens=tuple(tokens), lemmas=lemmas)
 
 
@@ -208,6 +261,7 @@ def script_language(text: str) -> str:
 __all__ = [
     "ALNUM",
     "DICTIONARY",
+    "NEGATION",
     "SAFE_LOADER",
     "Analysis",
     "Token",

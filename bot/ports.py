@@ -56,6 +56,13 @@ class Cases(Protocol):
 
     def delete_for(self, pid: str) -> Case | None: ...
 
+    def keep_unseen(self, pid: str, event_id: str, items: list[tuple[str, str]]) -> None:
+        """Keep, sealed, what a neutral notice stands for (bot.phonesafe); kept again with
+        the same `event_id` (a retried delivery), it is still shown once."""
+
+    def take_unseen(self, pid: str) -> list[tuple[str, str]]:
+        """Everything waiting for 「ひらく」, in order; nothing is left waiting after."""
+
 
 class Conversation(Protocol):
     """What channels need from bot.service.Conversations."""

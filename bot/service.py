@@ -176,7 +176,7 @@ class Conversations:
     # -- side effects, in their fixed order --------------------------------------------------
 
     def _effects(self, event: Event, step: Step) -> None:
-        phonesafe.effects(self.cases, self.store, self.engine, event.pid, event.event_id, step)
+        phonesafe.effects(self.cases, self.engine, event.pid, event.event_id, step)
         if self.cases is None:
             return
         if step.handoff is not None:

@@ -26,7 +26,14 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from bot.language import SAFE_LOADER, Analysis, analyze, normalize, script_language
+from bot.language import (
+    NEGATION,
+    SAFE_LOADER,
+    Analysis,
+    analyze,
+    normalize,
+    script_language,
+)
 
 if TYPE_CHECKING:
     from bot.pack.loader import Pack
@@ -131,6 +138,12 @@ class _Cue:
         return bool(self.regex and self.regex.search(found.norm))
 
 
+_NEGATION = NEGATION  # every negation is this one lemma (bot/language.py)
+_NEG_GAP = (r" (?:(?:" + "|".join(map(re.escape, (
+    "が", "は", "も", "を", "に", "の", "で", "と", "へ", "しか", "さえ", "すら", "まで", "など",
+    "なんか", "って", "もう", "全然", "全く", "何", "余り", "殆ど"))) + r") ){0,3}")
+
+
 def _word_cue(word: str, weight: float, lang: str, whole: bool = False) -> _Cue:
     norm = normalize(word)
     if lang == "en":  # English: a word start, any ending (debt, debts; lonely, loneliness)
@@ -143,15 +156,43 @@ def _word_cue(word: str, weight: float, lang: str, whole: bool = False) -> _Cue:
     first = parts[0].split(" ")[0]
     if len(parts) > 1 or " " in parts[0]:
         # Words written apart may have up to two words between them: 手 上げる finds 手をあげる.
-        form = r" (?:\S+ ){0,2}".join(map(re.escape, parts))
+        # Before a negation only particles may come between (仕事 ない finds 仕事がない and
+        # 仕事はもうない, not 仕事に行けない: the negation must belong to the word).
+        form = re.escape(parts[0])
+        for part in parts[1:]:
+            gap = _NEG_GAP if part == _NEGATION else r" (?:\S+ ){0,2}"
+            form += gap + re.escape(part)
+        # A compound the analyser splits (精神科 → 精神 科) keeps its reading, for kana typing.
+        reading = "".join(t.reading for t in analysed[0].tokens) \
+            if len(parts) == 1 and " " not in word else ""
         return _Cue(word, weight, first=first, lemma=re.compile(f"(?<= ){form}(?= )"),
-                    surface=norm if len(parts) == 1 and len(norm) >= 2 else "")
+                    surface=norm if len(parts) == 1 and len(norm) >= 2 else "",
+                    reading=reading if len(reading) >= 3 else "")
     # One word: its lemma; the surface as well, for what the analyser cuts differently (slang,
     # compounds); the reading for text typed in kana. A single character, or a reading under
     # three, would be found everywhere, so those count only as lemmas.
     reading = "".join(t.reading for t in analysed[0].tokens)  # as read aloud, whole
     return _Cue(word, weight, first=first, surface=norm if len(norm) >= 2 else "",
                 reading=reading if len(reading) >= 3 else "")
+
+
+def _one_vote(cues: list[_Cue]) -> list[_Cue]:
+    """One word, one vote: entries that are the same word once analysed (ひとり, 一人 and 独り
+    are all 一人; 怒鳴る listed twice) count once, with the highest weight given. Otherwise a
+    word listed in several spellings outweighs a rarer, more telling one."""
+    best: dict[tuple[str, str], _Cue] = {}
+    out: list[_Cue] = []
+    for cue in cues:
+        if cue.first:
+            key = (cue.first, cue.lemma.pattern if cue.lemma is not None else "")
+        elif cue.regex is not None:
+            key = ("", cue.regex.pattern)
+        else:
+            out.append(cue)
+            continue
+        if key not in best or cue.weight > best[key].weight:
+            best[key] = cue
+    return [*best.values(), *out]
 
 
 def _pattern_cue(source: str, weight: float) -> _Cue:
@@ -193,7 +234,7 @@ class Vocab:
         cats = []
         docs: list[frozenset[str]] = []
         for cid, cv in spec.categories.items():
-            cues = [_word_cue(w, x, lang) for w, x in _weighted(cv.words, 1.0)]
+            cues = _one_vote([_word_cue(w, x, lang) for w, x in _weighted(cv.words, 1.0)])
             cues += [_pattern_cue(p, x) for p, x in _weighted(cv.patterns, 2.0)]
             examples = [_content(analyze(e), stop) for e in cv.examples]
             docs += examples

@@ -82,13 +82,13 @@ def test_the_line_queue_backlog_is_measured_about_once_a_second(redis_url, key_p
         queue.backlog._sample.interval = 0.5
         send(0)
         first = gauge()
-        assert first == 1                      # measured on the first accept
+        assert first == 2      # measured on the first accept: its ticket and its due entry
         for n in range(1, 5):
             send(n)
         assert gauge() == first                # not re-measured within the interval
         time.sleep(0.6)
         send(5)
-        assert gauge() == 6                    # measured again: every ticket still waits
+        assert gauge() == 12   # measured again: every ticket and due entry still waits
         assert [r for r in caplog.records if "queue_backlog" in r.getMessage()]
     finally:
         app.extensions["tsunagu_line"].stop()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bot.language import analyze, lemma_form, normalize, script_language
+from bot.language import NEGATION, analyze, lemma_form, normalize, script_language
 
 
 @pytest.mark.parametrize("variant", ["殴られる", "なぐられてる", "殴られている", "殴られました"])
@@ -39,3 +39,35 @@ def test_empty_and_blank_text():
 ])
 def test_script_language(text, lang):
     assert script_language(text) == lang
+
+
+# -- negation, politeness and dialect meet one form (held-out round) --------------------------
+@pytest.mark.parametrize("variant", ["わからない", "わかりません", "わからん", "わからへん",
+                                     "分からぬ", "わかりまへん"])
+def test_every_negation_is_one_lemma(variant):
+    """ない, ません (ず), Kansai ん/へん and ぬ: one negation word, so 「X ない」 entries meet
+    all of them."""
+    assert analyze(variant).lemmas == f" {lemma_form('分かる')} {NEGATION} "
+
+
+@pytest.mark.parametrize(("standard", "dialect"), [
+    ("できない", "できひん"), ("来ない", "来えへん"), ("しない", "しいひん"),
+    ("決まってない", "決まってへん"), ("だめ", "あかん"), ("母が怖い", "おかんが怖い"),
+    ("父に言えない", "おとんに言えへん"), ("辞めた", "辞めはった"),
+    ("寂しいです", "寂しいどす"), ("行きたいです", "行きとうおす"),
+    ("生きていても", "生きとっても"), ("行かなければいけない", "行かなあかん"),
+])
+def test_kansai_and_kyoto_forms_meet_the_standard_lemmas(standard, dialect):
+    assert analyze(dialect).lemmas == analyze(standard).lemmas
+
+
+@pytest.mark.parametrize("text", ["あかんぼうが泣く", "私にとって大切", "ひんこんかてい",
+                                  "たいへんです"])
+def test_dialect_rules_leave_standard_words_alone(text):
+    """The rewrite rules are narrow: 赤ん坊, にとって, 貧困 and 大変 keep their meaning."""
+    assert "無い" not in analyze(text).lemmas and "駄目" not in analyze(text).lemmas
+
+
+def test_the_surface_keeps_what_was_typed():
+    """Only the analyser sees the rewrite: literal crisis terms still match the typed text."""
+    assert analyze("しにたいねん、あかん").norm == "しにたいねんあかん"

@@ -38,8 +38,7 @@ class RecordingCases:
 
     def __init__(self, log: list[str], real: Any):
         self.log = log
-        # What bot.phonesafe keeps its waiting notices with (the real store's client and key).
-        self.redis, self.sealer = real.redis, real.sealer
+        self.real = real  # keeps what bot.phonesafe's notices stand for (not recorded)
 
     def _case(self, number: str, pid: str) -> Case:
         return Case(number=number, channel="web", pid=pid, created_at=1.0, updated_at=1.0,
@@ -59,6 +58,12 @@ class RecordingCases:
 
     def delete_for(self, pid: str) -> None:
         self.log.append("forget")
+
+    def keep_unseen(self, pid: str, event_id: str, items: list[tuple[str, str]]) -> None:
+        self.real.keep_unseen(pid, event_id, items)
+
+    def take_unseen(self, pid: str) -> list[tuple[str, str]]:
+        return self.real.take_unseen(pid)
 
 
 @pytest.fixture

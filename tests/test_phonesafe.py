@@ -281,3 +281,60 @@ def test_quick_exit_over_line_deletes_session_waiting_messages_and_case_address(
         k for k in mine if redis_client.exists(k)]
     assert handoff.cases.address(number) is None
     assert all(m.text == "" for m in handoff.cases.get(number).thread)
+
+
+# -- the Cases port -----------------------------------------------------------------------------
+
+class PortOnlyCases:
+    """Only what bot.ports.Cases promises phonesafe (no Redis client, no sealer): phonesafe
+    must work with any case store that keeps the port."""
+
+    __slots__ = ("waiting",)
+
+    def __init__(self) -> None:
+        self.waiting: dict[str, list[tuple[str, str, str]]] = {}
+
+    def keep_unseen(self, pid: str, event_id: str, items: list[tuple[str, str]]) -> None:
+        kept = self.waiting.setdefault(pid, [])
+        kept += [(event_id, k, t) for k, t in items if (event_id, k, t) not in kept]
+
+    def take_unseen(self, pid: str) -> list[tuple[str, str]]:
+        return [(k, t) for _, k, t in self.waiting.pop(pid, [])]
+
+
+def test_phonesafe_keeps_and_reveals_through_the_cases_port_only(kyoto_engine):
+    from bot import phonesafe
+    from bot.engine import Step
+
+    engine, cases = kyoto_engine, PortOnlyCases()
+    session = engine.new_session("ja")
+    notice = Step(session=session, replies=[], unseen=[("staff", "明日お電話します")])
+    phonesafe.effects(cases, engine, "pid-1", "ev-1", notice)
+    phonesafe.effects(cases, engine, "pid-1", "ev-1", notice)  # a retried delivery
+    assert cases.waiting["pid-1"] == [("ev-1", "staff", "明日お電話します")]
+    session.unseen = True
+    opened = Step(session=session, replies=[], reveal=True)
+    phonesafe.effects(cases, engine, "pid-1", "ev-2", opened)
+    texts = [r.text for r in opened.replies if isinstance(r, Text)]
+    assert texts == [kyoto_engine.t("handoff.staff_prefix", session) + "明日お電話します"]
+    assert session.unseen is False and "phonesafe:revealed" in opened.events
+    assert cases.waiting == {}
+
+
+def test_the_case_store_keeps_unseen_items_sealed_under_the_persons_session_key(
+        redis_client, key_prefix, services):
+    """CaseStore's side of the port: sealed at rest, once per event, in order, taken once,
+    under the key the session store deletes with the person (データを消す, 「けす」)."""
+    from bot.crypto import Sealer
+    from bot.handoff.cases import CaseStore
+    from tests.conftest import SECRET
+
+    cases = CaseStore(redis_client, key_prefix, Sealer(SECRET))
+    cases.keep_unseen("pid-2", "ev-1", [("staff", "シェルターの空きがあります")])
+    cases.keep_unseen("pid-2", "ev-1", [("staff", "シェルターの空きがあります")])
+    cases.keep_unseen("pid-2", "ev-2", [("closed", "")])
+    key = services.store.key("pid-2", "unseen")
+    assert redis_client.llen(key) == 3
+    assert all("シェルター".encode() not in v for v in redis_client.lrange(key, 0, -1))
+    assert cases.take_unseen("pid-2") == [("staff", "シェルターの空きがあります"), ("closed", "")]
+    assert cases.take_unseen("pid-2") == [] and not redis_client.exists(key)

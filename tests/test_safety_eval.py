@@ -94,6 +94,47 @@ def test_each_risk_phrasing_has_the_right_kind(report):
     assert report.wrong_kind == [], report.format()
 
 
+# -- the held-out set (tests/data/safety_holdout.yaml) ------------------------------------
+HOLDOUT = REPO / "tests" / "data" / "safety_holdout.yaml"
+
+
+def test_held_out_phrasings_are_caught_with_their_kind(detector):
+    """Written without reading crisis.yaml (dialect, indirect wishes, preparation, farewells,
+    acts, a parent hurting a sibling, English; and their everyday neighbours). Before the
+    held-out round: recall 73.8%, false positives 3.8%; its misses were then fixed by general
+    rules, so these floors guard the fixes."""
+    data = yaml.safe_load(HOLDOUT.read_text(encoding="utf-8"))
+    assert len(data["risk"]) >= 80 and len(data["ordinary"]) >= 80
+    seen = {r["text"] for p in (EVAL, FRESH)
+            for r in yaml.safe_load(p.read_text(encoding="utf-8"))["risk"]}
+    assert not seen & {r["text"] for r in data["risk"]}, "a held-out line is not new"
+    report = evaluate(detector, HOLDOUT)
+    assert report.recall == 1.0, report.format()
+    assert report.false_positive_rate <= 0.025, report.format()
+    assert report.wrong_kind == [], report.format()
+
+
+@pytest.mark.parametrize(("text", "kind"), [
+    ("もう死んでまいたいわ", "self_harm"), ("この世から消えたいねん", "self_harm"),
+    ("朝なんか目が覚めないでくれたらいいのに", "self_harm"),
+    ("生きるのはもうやめにする", "self_harm"),
+    ("兄貴にどつかれて歯が折れた", "violence"), ("彼氏にしばかれる", "violence"),
+    ("元カレが家の前で待ち伏せしてる", "violence"), ("I took far too many pills", "self_harm"),
+])
+def test_new_rules_are_families_not_single_sentences(detector, text, kind):
+    """Each rule added for the held-out set also catches phrasings it never saw."""
+    found = detector.detect(text)
+    assert found is not None and found.kind == kind, text
+
+
+@pytest.mark.parametrize("text", [
+    "映画で主人公が殴られるシーンが怖かった", "試合で相手にボールを蹴られて転んだ",
+    "子どもを叩くのはよくないと習った", "目が覚めなくて遅刻した", "仕事にけりをつけたい",
+])
+def test_new_exclusions_keep_everyday_talk_quiet(detector, text):
+    assert detector.detect(text) is None, text
+
+
 def test_report_lists_every_miss_and_false_positive(detector, tmp_path):
     path = tmp_path / "eval.yaml"
     path.write_text(yaml.safe_dump({"risk": [{"text": "死にたい", "kind": "self_harm"},

@@ -260,6 +260,68 @@ def test_slots_read_from_the_evaluation_set(triage_report):
     assert right / given >= 0.75
 
 
+# -- the held-out sets (tests/data/triage_holdout*.yaml): text nobody tuned for --------------
+@pytest.fixture(scope="module")
+def holdout_reports():
+    from pathlib import Path
+
+    from bot.pack import load_pack
+    from bot.triage_eval import evaluate_triage
+    from bot.wiring import build_engine
+
+    engine = build_engine(load_pack("kyoto"))
+    data = Path(__file__).parent / "data"
+    return {name: evaluate_triage(engine, data / f"{name}.yaml", WEEKDAY_MORNING)
+            for name in ("triage_holdout", "triage_holdout_b")}
+
+
+# Floors a little below the figures reached (`python -m bot eval-triage --data FILE`):
+# triage_holdout 83.0% before the held-out round, 93.9% after its fixes (which looked at its
+# misses, so it is no longer unseen); triage_holdout_b, written before any fix and never tuned
+# on, 75.7% before and 77.1% after: the honest figure for text nobody has seen.
+HOLDOUT_FLOORS = {"triage_holdout": 0.90, "triage_holdout_b": 0.74}
+
+
+@pytest.mark.parametrize("name", sorted(HOLDOUT_FLOORS))
+def test_held_out_text_reaches_the_right_category(holdout_reports, name):
+    report = holdout_reports[name]
+    first, middle = report.passes
+    assert len(first.outcomes) >= (200 if name == "triage_holdout" else 70)
+    assert first.accuracy() >= HOLDOUT_FLOORS[name], report.format(verbose=True)
+    assert middle.accuracy() >= HOLDOUT_FLOORS[name], report.format(verbose=True)
+    nones = [o for o in first.outcomes if o.expected == "none"]
+    assert nones and all(o.right for o in nones)
+
+
+def test_held_out_sets_are_new_sentences():
+    """A held-out sentence copied from the tuning set would measure nothing."""
+    from pathlib import Path
+
+    import yaml
+
+    data = Path(__file__).parent / "data"
+    seen = {i["text"] for i in yaml.safe_load((data / "triage_eval.yaml").read_text(
+        encoding="utf-8"))["items"]}
+    for name in HOLDOUT_FLOORS:
+        items = yaml.safe_load((data / f"{name}.yaml").read_text(encoding="utf-8"))["items"]
+        texts = [i["text"] for i in items]
+        assert len(texts) == len(set(texts)) and not seen & set(texts), name
+        seen |= set(texts)
+
+
+def test_eval_triage_command_takes_another_file():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    proc = subprocess.run([sys.executable, "-m", "bot", "eval-triage", "--data",
+                           "tests/data/triage_holdout_b.yaml"],
+                          cwd=Path(__file__).parents[1], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "(70/70)" in proc.stdout or "/70)" in proc.stdout
+
+
 def test_eval_triage_command_prints_the_table():
     import subprocess
     import sys

@@ -11,8 +11,23 @@ in order, per person, by dispatcher threads (or the worker process).
                                                 STREAM shards of person tickets (bot.streams),
                                                 consumer group "line": at-least-once,
                                                 reclaimed if a dispatcher dies (XAUTOCLAIM)
+  {<prefix>:line:work}:due, <prefix>:line:work:{work-<i>}:due
+                                                ZSET per shard (the shard stream's slot):
+                                                "<pid>|<event id>" → when to answer it at the
+                                                latest; removed with its answer, turned into a
+                                                ticket by the sweeper when overdue
   <prefix>:{<pid>}:line:fail                    HASH event id → unexpected failures; a job
                                                 failing JOB_TRIES times is parked
+
+Most events are answered by the process that accepted them: in the webhook's own round trip a
+Lua call takes the person's lock ("claims" them) and reads their session and inbox, and a
+dispatcher thread of this process answers at once — no ticket, no stream read, no second lock
+round trip. Every accepted event also gets a "due" entry: if this process dies before
+answering, the entry comes due after the lock has expired and the sweeper turns it into a
+ticket, which any dispatcher drains. Whoever holds a person's lock answers every event that
+arrived meanwhile before releasing it (see _FINISH), so an event whose claim found the lock
+taken needs no ticket either. Tickets are written at once only when this process does not
+answer itself (its dispatcher not running, or too busy).
 
 The marks and the inbox share the person's hash tag, so one Lua call checks and enqueues
 atomically, also on Redis Cluster. The ticket lives in a shard (another slot, often another
@@ -30,6 +45,8 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -45,6 +62,7 @@ from bot.handoff.worker import default_consumer
 from bot.limits import Backlog
 from bot.ports import Conversation, Event, LineSender
 from bot.redisconn import UNAVAILABLE, ReplicaWait, is_cluster, script
+from bot.session import Session
 from bot.store import LockTimeout, SessionStore, Turn
 from bot.streams import Entry, Shards, StreamConsumer
 
@@ -55,6 +73,10 @@ SEEN_TTL_S = 24 * 3600
 MARKS_TTL_MS = SEEN_TTL_S * 1000
 INBOX_TTL_S = 24 * 3600
 JOB_TRIES = 3  # a job failing this often with an unexpected error is parked
+DUE_GRACE_MS = 5_000  # a due entry comes due this long after its claim's lock would expire
+SWEEP_EVERY_S = 1.0
+MAX_ROUNDS = 20  # a holder answers this many rounds of newly arrived events, then lets go
+CLAIMS_PER_THREAD = 16  # claims waiting per dispatcher thread before tickets are used
 
 JOBS_PARKED = Counter("tsunagu_line_jobs_parked", "LINE events given up on after repeated "
                       "unexpected failures (the person got the degraded answer instead)")
@@ -63,6 +85,10 @@ JOBS_PARKED = Counter("tsunagu_line_jobs_parked", "LINE events given up on after
 # dispatcher whose lock expired must stop, not answer alongside the next one.
 _RENEW = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end
+return 0
+"""
+_RELEASE = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
 return 0
 """
 
@@ -104,8 +130,113 @@ return 0
 """
 
 
-class NotDurable(Exception):
-    """No replica acknowledged the accepted events in time (REDIS_WAIT_TIMEOUT=refuse)."""
+# Claim a person whose inbox has work: take their lock, read their session and take the inbox
+# (as _TAKE does), in the webhook's round trip. KEYS: lock, session, inbox, marks.
+# ARGV: token, lock ms, now (ms), marks TTL (ms). {0} nothing to do; {3} the lock is held by
+# a drainer (its token starts "d:"), which answers this too before letting go (_FINISH); {2}
+# held by someone else (a staff answer being relayed): a ticket is needed; or
+# {1, session, job, tried, job, …}.
+_CLAIM = """
+if redis.call('zcard', KEYS[3]) == 0 then return {0} end
+if not redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  local holder = redis.call('get', KEYS[1])
+  if holder and string.sub(holder, 1, 2) == 'd:' then return {3} end
+  return {2}
+end
+local out = {1, redis.call('get', KEYS[2])}
+for _, raw in ipairs(redis.call('zrange', KEYS[3], 0, -1)) do
+  local id = cjson.decode(raw)['event_id']
+  local added = redis.call('zadd', KEYS[4], 'NX', ARGV[3], 't' .. id)
+  out[#out + 1] = raw
+  out[#out + 1] = added == 0 and '1' or '0'
+end
+redis.call('pexpire', KEYS[4], ARGV[4])
+return out
+"""
+
+# The last step of answering a person, atomically: save the session (ARGV[1] not empty, TTL
+# ARGV[2] s), remove the job answered (ARGV[4] not empty), then release the lock (token
+# ARGV[3]) — unless events arrived meanwhile (inbox jobs not marked as being answered) and
+# ARGV[5] is not '1': then keep the lock, take the inbox as _TAKE does (ARGV[6]: now in ms,
+# ARGV[7]: marks TTL in ms), renew the lock (ARGV[8] ms) and return {0, job, tried, …}: the
+# holder answers those too.
+# Everything that arrives while a drainer holds a person is answered by it, without a ticket
+# and without another round trip. {1}: released (or the lock was no longer ours).
+# KEYS: session, lock, inbox, marks.
+_FINISH = """
+if ARGV[1] ~= '' then redis.call('set', KEYS[1], ARGV[1], 'EX', ARGV[2]) end
+if ARGV[4] ~= '' then redis.call('zrem', KEYS[3], ARGV[4]) end
+if redis.call('get', KEYS[2]) ~= ARGV[3] then return {1} end
+if ARGV[5] ~= '1' then
+  local jobs = redis.call('zrange', KEYS[3], 0, -1)
+  local new = false
+  for _, raw in ipairs(jobs) do
+    if not redis.call('zscore', KEYS[4], 't' .. cjson.decode(raw)['event_id']) then
+      new = true
+      break
+    end
+  end
+  if new then
+    local out = {0}
+    for _, raw in ipairs(jobs) do
+      local added = redis.call('zadd', KEYS[4], 'NX', ARGV[6], 't' .. cjson.decode(raw)['event_id'])
+      out[#out + 1] = raw
+      out[#out + 1] = added == 0 and '1' or '0'
+    end
+    redis.call('pexpire', KEYS[4], ARGV[7])
+    redis.call('pexpire', KEYS[2], ARGV[8])
+    return out
+  end
+end
+redis.call('del', KEYS[2])
+return {1}
+"""
+
+# Turn overdue "due" entries of one shard into tickets: their process died (or LINE was down)
+# before answering. KEYS: due, the shard's stream. ARGV: now (ms), how many at most.
+_SWEEP = """
+local late = redis.call('zrangebyscore', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+local seen = {}
+for _, member in ipairs(late) do
+  local pid = string.match(member, '^([^|]+)|')
+  if pid and not seen[pid] then
+    seen[pid] = true
+    redis.call('xadd', KEYS[2], '*', 'p', pid)
+  end
+  redis.call('zrem', KEYS[1], member)
+end
+return #late
+"""
+
+
+def drainer_token() -> str:
+    """The lock token of whoever answers a person's LINE events: its "d:" tells a claim that
+    the holder will answer what arrives meanwhile (no ticket needed)."""
+    return f"d:{uuid.uuid4().hex}"
+
+
+def due_key(stream: str) -> str:
+    """A shard's due set, in its stream's slot (shard 0's name has no hash tag: its whole
+    name is the tag then)."""
+    return f"{stream}:due" if "{" in stream else f"{{{stream}}}:due"
+
+
+@dataclass
+class Claim:
+    """A person this process locked while accepting their events: answer now."""
+
+    pid: str
+    token: str
+    session: bytes | None
+    taken: list[tuple[bytes, bytes]]
+    at: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class Accepted:
+    stored: list[bool | None]    # per job: new, a redelivery, not stored (answer degraded)
+    claims: list[Claim]          # people this process locked: answer them now
+    replicated: bool = True      # False: no replica acknowledged in time
 
 
 class LineQueue:
@@ -140,14 +271,19 @@ class LineQueue:
     def consumer(self, name: str, home: int = 0) -> StreamConsumer:
         return StreamConsumer(self.redis, self.shards, GROUP, name, home=home)
 
-    def accept(self, jobs: list[tuple[str, Job]]) -> list[bool | None]:
+    def accept(self, jobs: list[tuple[str, Job]], claim: bool = False) -> Accepted:
         """Make events durable: one round trip for the whole webhook body (one per node on a
         cluster, in parallel). Per job: True new, False a redelivery, None not stored (Redis
         or that person's primary is down: answer it in degraded mode).
 
+        `claim`: this process will answer now — take the lock of each person with work in
+        the same round trip (`Accepted.claims`); a person whose lock is taken is answered
+        by its holder. Otherwise each person gets a ticket for the dispatchers. Every event
+        gets a due entry either way (the sweeper's, if nobody answers it in time).
+
         With replicas, the round trip ends with WAIT on every primary written; too few
-        acknowledgements raise NotDurable when `refuse_unreplicated` (the webhook answers 500
-        and LINE redelivers), else are counted and accepted.
+        acknowledgements set `replicated` False (the webhook may answer 500 so that LINE
+        redelivers: REDIS_WAIT_TIMEOUT=refuse), and are counted.
         """
         pipe = self.redis.pipeline(transaction=False)
         keys: list[str] = []
@@ -159,35 +295,89 @@ class LineQueue:
                    job.event_id, job.timestamp_ms, member, INBOX_TTL_S)
             keys.append(marks)
         pids = list(dict.fromkeys(pid for pid, _ in jobs))
+        due_at = now_ms + self.store.lock_ms + DUE_GRACE_MS
+        dues = {pid: {f"{pid}|{job.event_id}": due_at for p, job in jobs if p == pid}
+                for pid in pids}
         for pid in pids:
-            pipe.xadd(self.shards.of(pid), {"p": pid})
-            keys.append(self.shards.of(pid))
+            pipe.zadd(self.due(pid), dues[pid])
+            keys.append(self.due(pid))
+        tokens = {pid: drainer_token() for pid in pids}
+        for pid in pids:
+            if claim:
+                script(pipe, _CLAIM, [self.store.key(pid, "lock"), self.store.key(pid, "session"),
+                                      self.inbox(pid), self.marks(pid)],
+                       tokens[pid], self.store.lock_ms, now_ms, MARKS_TTL_MS)
+            else:
+                pipe.xadd(self.shards.of(pid), {"p": pid})
+                keys.append(self.shards.of(pid))
         measure = self.backlog.due()
-        if measure:  # the backlog alarm watches the whole queue
+        if measure:  # the backlog alarm watches the whole queue: tickets and due events
             for name in self.shards:
                 pipe.xlen(name)
+                pipe.zcard(due_key(name))
         waits = self.wait.add(pipe, keys) if self.wait is not None else 0
         results = pipe.execute(raise_on_error=False)
+        n, m = len(jobs), len(pids)
         if measure:
-            first = len(jobs) + len(pids)
-            self.backlog.note(sum(n for n in results[first:first + len(self.shards)]
-                                  if isinstance(n, int)))
-        stored = results[:len(jobs)]
-        tickets = dict(zip(pids, results[len(jobs):len(jobs) + len(pids)], strict=True))
-        for pid, result in tickets.items():
-            if isinstance(result, Exception) and not self._ticket_elsewhere(pid):
+            self.backlog.note(sum(x for x in results[n + 2 * m:n + 2 * m + 2 * len(self.shards)]
+                                  if isinstance(x, int)))
+        stored = results[:n]
+        for pid, result in zip(pids, results[n:n + m], strict=True):
+            if isinstance(result, Exception):
+                self._due_elsewhere(pid, dues[pid])
+        claims, busy = [], []
+        for pid, result in zip(pids, results[n + m:n + 2 * m], strict=True):
+            if claim:
+                if isinstance(result, list) and result and int(result[0]) == 1:
+                    claims.append(Claim(pid=pid, token=tokens[pid], session=result[1],
+                                        taken=list(zip(result[2::2], result[3::2],
+                                                       strict=True))))
+                elif isinstance(result, list) and result and int(result[0]) == 2:
+                    busy.append(pid)
+            elif isinstance(result, Exception) and not self._ticket_elsewhere(pid):
                 self._take_back(pid, [(job, member) for (p, job), member, r
                                       in zip(jobs, members, stored, strict=True)
                                       if p == pid and r == 1])
                 stored = [RuntimeError("no ticket") if p == pid and r == 1 else r
                           for (p, _), r in zip(jobs, stored, strict=True)]
+        if busy:
+            self._tickets(busy)
+        replicated = True
         if waits and self.wait is not None and not self.wait.acknowledged(results[-waits:]):
+            replicated = False
             metrics.REDIS_ERRORS.labels("line_wait").inc()
             logs.event(log, "accept_not_replicated", logging.WARNING, events=len(jobs),
                        refused=self.refuse_unreplicated)
-            if self.refuse_unreplicated:
-                raise NotDurable()
-        return [None if isinstance(r, Exception) else bool(r) for r in stored]
+        return Accepted([None if isinstance(r, Exception) else bool(r) for r in stored],
+                        claims, replicated)
+
+    def _tickets(self, pids: list[str]) -> None:
+        """People someone else has locked: a drainer answers what arrived meanwhile, but
+        another holder (a staff answer being relayed) does not — a ticket makes sure, its
+        drain finding nothing left in the common case. Rare (two events of one person at
+        once), so a round trip of its own. Failing, the due entries still answer them."""
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            for pid in pids:
+                pipe.xadd(self.shards.of(pid), {"p": pid})
+            pipe.execute()
+        except redis.RedisError as exc:
+            logs.event(log, "accept_ticket_failed", logging.WARNING, error=type(exc).__name__)
+
+    def due(self, pid: str) -> str:
+        return due_key(self.shards.of(pid))
+
+    def _due_elsewhere(self, pid: str, entries: dict[str, int]) -> None:
+        """The person's shard is down: keep the due entries in another one. If none takes
+        them, the events are still answered — by this process's claim or by the person's
+        lock holder — but not recovered if that process dies before answering."""
+        for name in self.shards.others(self.shards.of(pid)):
+            try:
+                self.redis.zadd(due_key(name), entries)
+                return
+            except redis.RedisError:
+                continue
+        logs.event(log, "accept_no_due_entry", logging.ERROR, pid=pid[:16])
 
     def _ticket_elsewhere(self, pid: str) -> bool:
         """The person's shard is down: put the ticket in the first shard that takes it."""
@@ -234,11 +424,16 @@ class Dispatcher:
         self.consumer = default_consumer()
         self._stop = threading.Event()
         self._workers: list[threading.Thread] = []
+        self._pool: ThreadPoolExecutor | None = None
+        self._claims = threading.BoundedSemaphore(threads * CLAIMS_PER_THREAD)
+        self._sweep = threading.Lock()
+        self._swept_at = 0.0
 
     def start(self) -> None:
         # On a cluster each shard needs a thread blocking on it (bot.streams).
         threads = max(self.threads, len(self.queue.shards) if is_cluster(self.queue.redis)
                       else 1)
+        self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="line-answer")
         for i in range(threads):
             consumer = self.queue.consumer(self.consumer, home=i)
             t = threading.Thread(target=self._run, args=(consumer,), name=f"line-dispatch-{i}",
@@ -248,8 +443,84 @@ class Dispatcher:
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
+        if self._pool is not None:
+            # Claims not started keep their lock until it expires; their due entries
+            # bring them to another process then.
+            self._pool.shutdown(wait=False, cancel_futures=True)
         for t in self._workers:
             t.join(timeout)
+
+    def can_claim(self) -> bool:
+        """Whether this process answers the events it accepts: its threads run and are not
+        too far behind (else tickets spread the work over every process)."""
+        return self._pool is not None and not self._stop.is_set()
+
+    def answer_claims(self, claims: list[Claim]) -> None:
+        """Answer people locked while accepting their events, off the webhook's thread."""
+        assert self._pool is not None
+        for claim in claims:
+            if not self._claims.acquire(blocking=False):
+                # Too many waiting: the event is answered, just not first in line — by the
+                # ticket's drain once this lock is released.
+                self._give_back(claim)
+                continue
+            try:
+                self._pool.submit(self._claimed, claim)
+            except RuntimeError:  # shutting down: another process answers it
+                self._claims.release()
+                self._give_back(claim)
+
+    def _give_back(self, claim: Claim) -> None:
+        """Undo a claim never started: its jobs no longer marked as being answered (nothing
+        was sent, so their drain must not take them for a retry after a crash), the lock
+        released, and a ticket for the dispatchers."""
+        pipe = self.queue.redis.pipeline(transaction=False)
+        marks = [f"t{json.loads(raw)['event_id']}" for raw, tried in claim.taken
+                 if tried in (b"0", "0")]
+        if marks:
+            pipe.zrem(self.queue.marks(claim.pid), *marks)
+        script(pipe, _RELEASE, [self.queue.store.key(claim.pid, "lock")], claim.token)
+        pipe.execute()
+        self.queue._tickets([claim.pid])
+
+    def _claimed(self, claim: Claim) -> None:
+        try:
+            lock_s = self.queue.store.lock_ms / 1000
+            if time.monotonic() - claim.at > lock_s / 2:
+                deadline = self._renew(claim.pid, claim.token)  # waited long: still ours?
+            else:
+                deadline = claim.at + lock_s * 0.8
+            session = Session.loads(claim.session) if claim.session else None
+            self._answer_taken(claim.pid, claim.token, session, claim.taken, None, deadline)
+        except (DeliveryPending, LockTimeout):
+            logs.event(log, "delivery_pending", logging.WARNING, pid=claim.pid[:16])
+        except UNAVAILABLE as exc:
+            self.conversations.outage("line_dispatch", exc)
+        except Exception as exc:
+            logs.failure("line.claim", exc, pid=claim.pid[:16])
+        finally:
+            self._claims.release()
+
+    def sweep(self, now_ms: int | None = None) -> int:
+        """Turn overdue due entries into tickets (their process died, or LINE was down)."""
+        now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
+        pipe = self.queue.redis.pipeline(transaction=False)
+        for name in self.queue.shards:
+            script(pipe, _SWEEP, [due_key(name), name], now_ms, 100)
+        swept = sum(n for n in pipe.execute(raise_on_error=False) if isinstance(n, int))
+        if swept:
+            logs.event(log, "due_swept", logging.WARNING, events=swept)
+        return swept
+
+    def _sweep_if_due(self) -> None:
+        if time.monotonic() - self._swept_at < SWEEP_EVERY_S or \
+                not self._sweep.acquire(blocking=False):
+            return
+        try:
+            self._swept_at = time.monotonic()
+            self.sweep()
+        finally:
+            self._sweep.release()
 
     def _run(self, consumer: StreamConsumer) -> None:
         last_reclaim = last_followup = 0.0
@@ -261,6 +532,7 @@ class Dispatcher:
                 if time.monotonic() - last_followup > FOLLOWUP_EVERY_S:
                     last_followup = time.monotonic()
                     self.send_followups()
+                self._sweep_if_due()
                 self.poll_once(consumer)
             except UNAVAILABLE as exc:
                 consumer.lost()
@@ -341,61 +613,119 @@ class Dispatcher:
         — later events, a crisis answer included, are answered — and parked after
         `job_tries` failures, the person then getting the degraded answer.
         """
+        store = self.queue.store
+        token = drainer_token()
+        session, (taken, *_) = store.lock_and_load(pid, token,
+                                                   also=lambda p: self._take(p, pid, token))
+        try:
+            pairs = list(zip(taken[0::2], taken[1::2], strict=True))
+        except BaseException:
+            store.commit(pid, Turn(session=None), token)
+            raise
+        return self._answer_taken(pid, token, session, pairs, ack, self._deadline())
+
+    def _take(self, pipe: Any, pid: str, token: str) -> None:
+        script(pipe, _TAKE, [self.queue.inbox(pid), self.queue.marks(pid),
+                             self.queue.store.key(pid, "lock")],
+               int(time.time() * 1000), MARKS_TTL_MS, token)
+        if self.queue.wait is not None:
+            # The "being answered" marks reach a replica before anything is sent: after a
+            # failover the retry knows to check, so nothing is said twice.
+            self.queue.wait.add(pipe, [self.queue.inbox(pid)])
+
+    def _answer_taken(self, pid: str, token: str, session: Session | None,
+                      pairs: list[tuple[Any, Any]], ack: tuple[str, str] | None,
+                      deadline: float) -> int:
+        """Answer the jobs taken under our lock, in order; then release the lock — or, when
+        events arrived meanwhile, take and answer those too (see _FINISH)."""
         store, inbox = self.queue.store, self.queue.inbox(pid)
-        token = uuid.uuid4().hex
-        marks = self.queue.marks(pid)
-
-        def take(pipe: Any) -> None:
-            script(pipe, _TAKE, [inbox, marks, store.key(pid, "lock")],
-                   int(time.time() * 1000), MARKS_TTL_MS, token)
-            if self.queue.wait is not None:
-                # The "being answered" marks reach a replica before anything is sent: after a
-                # failover the retry knows to check, so nothing is said twice.
-                self.queue.wait.add(pipe, [inbox])
-
-        session, (taken, *_) = store.lock_and_load(pid, token, also=take)
-        pairs = list(zip(taken[0::2], taken[1::2], strict=True))
         turn = Turn(session=session)
-        left = 0
         done = 0
         try:
-            deadline = self._deadline()
-            for index, (raw, tried) in enumerate(pairs):
-                if index:
-                    deadline = self._renew(pid, token)
-                job = self.queue.open(raw)
-                remove = True
-                try:
-                    if job is None:  # sealed with a key no longer configured
-                        logs.event(log, "job_unreadable", logging.ERROR, pid=pid[:16])
-                    else:
-                        self._answer(pid, turn, job, retrying=tried in (b"1", "1"),
-                                     deadline=deadline)
-                except (DeliveryPending, LockTimeout, redis.RedisError):
-                    raise
-                except Exception as exc:
-                    logs.failure("line.job", exc, pid=pid[:16])
-                    assert job is not None
-                    turn.changed = False
-                    remove = self._failed(pid, job, deadline)
-                    left += 0 if remove else 1
-                last = index == len(pairs) - 1
-                finished = last and not left
-
-                def after(pipe: Any, finished: bool = finished) -> None:
-                    if finished:  # after the job's removal: a ticket acknowledged early
-                        self._ack(pipe, ack)  # could leave a job without one
-
-                store.commit(pid, turn, token if last else None, also=after,
-                             done=(inbox, raw) if remove else None)
-                turn.changed = False
-                done += remove
-            if not pairs:
-                store.commit(pid, turn, token, also=lambda p: self._ack(p, ack))
+            for rounds in range(MAX_ROUNDS + 1):
+                left = 0
+                for index, (raw, tried) in enumerate(pairs):
+                    if index:
+                        deadline = self._renew(pid, token)
+                    job = self.queue.open(raw)
+                    remove = True
+                    try:
+                        if job is None:  # sealed with a key no longer configured
+                            logs.event(log, "job_unreadable", logging.ERROR, pid=pid[:16])
+                        else:
+                            self._answer(pid, turn, job, retrying=tried in (b"1", "1"),
+                                         deadline=deadline)
+                    except (DeliveryPending, LockTimeout, redis.RedisError):
+                        raise
+                    except Exception as exc:
+                        logs.failure("line.job", exc, pid=pid[:16])
+                        assert job is not None
+                        turn.changed = False
+                        remove = self._failed(pid, job, deadline)
+                        left += 0 if remove else 1
+                    done += remove
+                    answered = self._due_member(pid, raw) if remove else None
+                    if index < len(pairs) - 1:
+                        store.commit(pid, turn, None, done=(inbox, raw) if remove else None,
+                                     also=lambda p, a=answered: self._unlist(p, pid, a))
+                        turn.changed = False
+                # A ticket is acknowledged only with the last job removed (and not while a
+                # failed one waits for its retry, which the ticket's reclaim brings).
+                last = pairs[-1][0] if pairs and remove else None
+                answered = self._due_member(pid, last) if last is not None else None
+                more = self._finish(pid, turn, token, last, answered, None if left else ack,
+                                    force=rounds == MAX_ROUNDS)
+                if more is None:
+                    return done
+                ack = None if not left else ack
+                pairs, deadline = more, self._deadline()  # _FINISH renewed the lock
         except BaseException:
             store.commit(pid, Turn(session=None), token)
             raise
         return done
+
+    @staticmethod
+    def _due_member(pid: str, raw: Any) -> str:
+        text = raw.decode() if isinstance(raw, bytes) else raw
+        return f"{pid}|{json.loads(text)['event_id']}"
+
+    def _unlist(self, pipe: Any, pid: str, member: str | None) -> None:
+        if member is not None:
+            pipe.zrem(self.queue.due(pid), member)
+
+    def _finish(self, pid: str, turn: Turn, token: str, raw: Any, member: str | None,
+                ack: tuple[str, str] | None,
+                force: bool = False) -> list[tuple[Any, Any]] | None:
+        """Save, remove the last job, acknowledge, and release — or, when events arrived
+        meanwhile, keep the lock and return them, taken (answer those too). `force` (too
+        many rounds): let go anyway — what arrived is answered by its due entry."""
+        store = self.queue.store
+        pipe = self.queue.redis.pipeline(transaction=False)
+        blob, at = "", 0
+        if turn.changed:
+            if turn.session is None:
+                pipe.delete(store.key(pid, "session"), store.key(pid, "outbox"),
+                            store.key(pid, "outbox:n"), store.key(pid, "unseen"))
+                at = 1
+            else:
+                blob = turn.session.dumps()
+        script(pipe, _FINISH, [store.key(pid, "session"), store.key(pid, "lock"),
+                               self.queue.inbox(pid), self.queue.marks(pid)],
+               blob, store.ttl, token, raw or "", "1" if force else "",
+               int(time.time() * 1000), MARKS_TTL_MS, store.lock_ms)
+        if self.queue.wait is not None:
+            # Marks of jobs taken here reach a replica before anything is sent (see _take).
+            self.queue.wait.add(pipe, [self.queue.inbox(pid)])
+        self._unlist(pipe, pid, member)
+        self._ack(pipe, ack)
+        for write in turn.writes:
+            write(pipe)
+        turn.writes.clear()
+        turn.changed = False
+        result = pipe.execute()[at]
+        if int(result[0]) == 1:
+            return None
+        return list(zip(result[1::2], result[2::2], strict=True))
 
     def _renew(self, pid: str, token: str) -> float:
         lock_ms = self.queue.store.lock_ms

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from bot import logs, metrics
 from bot.channels.line_events import Job, translate, user_id_of
-from bot.channels.line_queue import NotDurable, answer_degraded
+from bot.channels.line_queue import answer_degraded
 from bot.service import REDIS_DOWN
 
 log = logs.get("line")
@@ -78,12 +78,16 @@ def callback() -> Response:
                               state=state, reply_token=getattr(event, "reply_token", None),
                               timestamp_ms=event.timestamp, sealed_user=line.sealer.seal(user_id))))
     if jobs:
+        replicated = True
         try:
-            accepted = line.queue.accept(jobs)
-        except NotDurable:
-            return Response("not replicated in time", status=500, mimetype="text/plain")
+            result = line.queue.accept(jobs, claim=line.dispatcher.can_claim())
+            accepted, replicated = result.stored, result.replicated
+            if result.claims:  # this process answers them now, off this thread
+                line.dispatcher.answer_claims(result.claims)
         except REDIS_DOWN:
             accepted = [None] * len(jobs)
+        if not replicated and line.queue.refuse_unreplicated:
+            return Response("not replicated in time", status=500, mimetype="text/plain")
         unstored = [job for job, ok in zip(jobs, accepted, strict=True) if ok is None]
         duplicates = accepted.count(False)
         # Every answer gets its own "message" line; an ordinary accept is only worth a line

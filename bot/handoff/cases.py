@@ -12,6 +12,8 @@ Keys (DESIGN.md conventions; <p> is the key prefix):
   <p>:{case:<number>}:sent    which (queue entry, notifier) pairs were delivered, so a retry
                               after a partial failure does not post to Slack twice
   <p>:{<pid>}:case            the number of this person's open case (the dialogue asks it)
+  <p>:{<pid>}:unseen          LIST, sealed items: what the person's neutral notices stand for
+                              (bot.phonesafe), deleted with their session (bot.store LIVE_KEYS)
   <p>:handoff:open            ZSET number → created_at: the open cases, for expiry
   <p>:handoff:unqueued        ZSET number → time: cases being stored and not yet queued; a
                               case left here by a crash is queued by the worker's sweep
@@ -33,6 +35,7 @@ after the transaction that made the change commits, so every transition counts o
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import re
@@ -124,6 +127,49 @@ return out
 """
 
 
+UNSEEN_TTL_S = 7 * 24 * 3600  # as long as a case stays open before it expires
+
+
+class Unseen:
+    """Sealed items waiting for 「ひらく」 (bot.phonesafe): ("staff", text), ("closed", ""),
+    ("expired", "")."""
+
+    def __init__(self, client: redis.Redis, key: Callable[[str, str], str], sealer: Sealer):
+        self.redis = client
+        self.key = key
+        self.sealer = sealer
+
+    def push(self, pid: str, event_id: str, items: list[tuple[str, str]]) -> None:
+        """Keep items once per event (a retried delivery pushes the same event again)."""
+        key = self.key(pid, "unseen")
+        raw = [json.dumps({"e": event_id, "k": kind, "t": text}, ensure_ascii=False)
+               for kind, text in items]
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.rpush(key, *(self.sealer.seal(r) for r in raw))
+        pipe.expire(key, UNSEEN_TTL_S)
+        pipe.execute()
+
+    def take(self, pid: str) -> list[tuple[str, str]]:
+        """Everything waiting, in order, each event once; the list is emptied."""
+        key = self.key(pid, "unseen")
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.lrange(key, 0, -1)
+        pipe.delete(key)
+        sealed, _ = pipe.execute()
+        seen: set[tuple[str, str]] = set()
+        items: list[tuple[str, str]] = []
+        for token in sealed:
+            plain = self.sealer.open(token.decode() if isinstance(token, bytes) else token)
+            if plain is None:  # sealed with a key no longer configured: unreadable
+                continue
+            item = json.loads(plain)
+            mark = (item["e"], item["k"])
+            if mark not in seen:
+                seen.add(mark)
+                items.append((item["k"], item["t"]))
+        return items
+
+
 class TooManyCases(Exception):
     """This client address opened its day's share of cases; the resident gets phone numbers."""
 
@@ -179,6 +225,7 @@ class CaseStore:
         self.open_index = f"{prefix}:handoff:open"
         self.unqueued = f"{prefix}:handoff:unqueued"
         self.figures = Figures(client, prefix)  # the city's anonymous counts
+        self.unseen = Unseen(client, self.person_key, sealer)
 
     def _count(self, now: float, *cells: tuple[str, str]) -> None:
         """Count a staff-side transition in the city's figures (a lost count is only lost)."""
@@ -193,8 +240,13 @@ class CaseStore:
     def case_key(self, number: str, what: str = "case") -> str:
         return f"{self.prefix}:{{case:{number}}}:{what}"
 
+    def person_key(self, pid: str, what: str) -> str:
+        """A key of one person, under their hash tag: the same as bot.store.SessionStore.key,
+        so the session store finds and deletes it with the person's other keys."""
+        return f"{self.prefix}:{{{pid}}}:{what}"
+
     def pid_key(self, pid: str) -> str:
-        return f"{self.prefix}:{{{pid}}}:case"
+        return self.person_key(pid, "case")
 
     def thread_key(self, channel: str, ts: str) -> str:
         return f"{self.prefix}:handoff:slack:{channel}:{ts}"
@@ -730,6 +782,16 @@ class CaseStore:
         self.enqueue(number, "forgotten")
         logs.event(log, "case_forgotten", number=number)
         return stored
+
+    # -- what neutral notices stand for (bot.phonesafe) ---------------------------------------
+
+    def keep_unseen(self, pid: str, event_id: str, items: list[tuple[str, str]]) -> None:
+        """Keep, sealed, what a neutral notice stands for, once per event."""
+        self.unseen.push(pid, event_id, items)
+
+    def take_unseen(self, pid: str) -> list[tuple[str, str]]:
+        """Everything waiting for 「ひらく」, in order, each event once; none left after."""
+        return self.unseen.take(pid)
 
     # -- delivery bookkeeping (bot.handoff.worker) -------------------------------------------
 
