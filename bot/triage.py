@@ -141,7 +141,9 @@ class _Cue:
 _NEGATION = NEGATION  # every negation is this one lemma (bot/language.py)
 _NEG_GAP = (r" (?:(?:" + "|".join(map(re.escape, (
     "が", "は", "も", "を", "に", "の", "で", "と", "へ", "しか", "さえ", "すら", "まで", "など",
-    "なんか", "って", "もう", "全然", "全く", "何", "余り", "殆ど"))) + r") ){0,3}")
+    "なんか", "って", "もう", "全然", "全く", "何", "余り", "殆ど",
+    # the glue of a negated verb: 出てこない, 出ていない, 出られない, 出ようとしない
+    "て", "来る", "居る", "てる", "られる", "れる", "う", "よう", "為る"))) + r") ){0,3}")
 
 
 def _word_cue(word: str, weight: float, lang: str, whole: bool = False) -> _Cue:
@@ -404,8 +406,10 @@ def _slots(found: Analysis, table: Vocab, pack: Pack | None,
     whose = _whose(found, table, lemmas)
     if whose:
         slots["whose"] = whose
-    for name, cues in (("age", table.age), ("hiki_duration", table.hiki_duration),
-                       ("contact", table.contact)):
+    age = _age(found, table)
+    if age:
+        slots["age"] = age
+    for name, cues in (("hiki_duration", table.hiki_duration), ("contact", table.contact)):
         value = next((v for v, cue in cues if cue.find(found, lemmas)), None)
         if value:
             slots[name] = value
@@ -413,6 +417,23 @@ def _slots(found: Analysis, table: Vocab, pack: Pack | None,
     if ward:
         slots["ward"] = ward
     return slots
+
+
+_EXACT_AGE = re.compile("[0-9]|[十二三四五六七八九]十|歳|才|さい")
+
+
+def _age(found: Analysis, table: Vocab) -> str | None:
+    """The age band the text gives. An age said in numbers (20歳, 今27です, 80代) wins over one
+    inferred from a word (高校, 祖母): 「中学から不登校のまま20歳になった」 is 18-39."""
+    inferred = None
+    for value, cue in table.age:
+        hit = cue.regex.search(found.norm) if cue.regex is not None else None
+        if hit is None:
+            continue
+        if _EXACT_AGE.search(hit.group()):
+            return value
+        inferred = inferred or value
+    return inferred
 
 
 def _whose(found: Analysis, table: Vocab, lemmas: frozenset[str]) -> str | None:

@@ -272,14 +272,16 @@ def holdout_reports():
     engine = build_engine(load_pack("kyoto"))
     data = Path(__file__).parent / "data"
     return {name: evaluate_triage(engine, data / f"{name}.yaml", WEEKDAY_MORNING)
-            for name in ("triage_holdout", "triage_holdout_b")}
+            for name in ("triage_holdout", "triage_holdout_b", "triage_holdout_c")}
 
 
-# Floors a little below the figures reached (`python -m bot eval-triage --data FILE`):
-# triage_holdout 83.0% before the held-out round, 93.9% after its fixes (which looked at its
-# misses, so it is no longer unseen); triage_holdout_b, written before any fix and never tuned
-# on, 75.7% before and 77.1% after: the honest figure for text nobody has seen.
-HOLDOUT_FLOORS = {"triage_holdout": 0.90, "triage_holdout_b": 0.74}
+# Floors a little below the figures reached (`python -m bot eval-triage --data FILE`). Each set
+# was written before the vocabulary work it measures; once its misses were looked at and fixed
+# it stopped being unseen, so the newest set is the honest figure:
+#   triage_holdout    83.0% before, 94.3% after two rounds (round 1 fixed its misses)
+#   triage_holdout_b  75.7% before, 77.1% after round 1 (blind), 94.3% after round 2 (tuned on)
+#   triage_holdout_c  57.1% before, 60.0% after both rounds (blind: never tuned on)
+HOLDOUT_FLOORS = {"triage_holdout": 0.92, "triage_holdout_b": 0.91, "triage_holdout_c": 0.57}
 
 
 @pytest.mark.parametrize("name", sorted(HOLDOUT_FLOORS))
