@@ -187,6 +187,36 @@ _GLUE = {"ない": NEGATION, "ず": NEGATION, "へん": NEGATION, "ひん": NEGA
 _AUX = "助動詞"
 
 
+# 出ないといけない, 出なければならない, 出なくちゃ(いけない), 出なきゃ: "must leave" is not "does
+# not leave". The negation and its glue become one word, OBLIGATION (部屋 を 出る 必要).
+OBLIGATION = "必要"
+_MUST_JOIN = ("と", "ば", "て", "ちゃ", "は")  # the glue between the negation and いけない/ならない
+_MUST_END = frozenset({"行く", "成る", "駄目", "行ける"})
+_MUST_ALONE = frozenset({"なきゃ", "なくちゃ", "なけりゃ", "ねば"})
+
+
+def _obligations(tokens: list[Token]) -> list[Token]:
+    out = list(tokens)
+    for i, token in enumerate(out):
+        if token.lemma != NEGATION:
+            continue
+        j = i + 1
+        while j < len(out) and out[j].lemma in _MUST_JOIN and j - i <= 2:
+            j += 1
+        ends = j > i + 1 and j < len(out) and out[j].lemma in _MUST_END
+        if not ends and token.surface not in _MUST_ALONE:
+            continue
+        out[i] = Token(token.surface, token.reading, OBLIGATION, token.pos)
+        if ends:
+            k = j + 1
+            while k < len(out) and not out[k].lemma:  # ます, dropped
+                k += 1
+            k = k if k < len(out) and out[k].lemma == NEGATION else j
+            for m in range(i + 1, k + 1):
+                out[m] = Token(out[m].surface, out[m].reading, "", out[m].pos)
+    return out
+
+
 def _standard(text: str) -> str:
     """The text with the dialect forms of `_DIALECT` rewritten (for the analyser only)."""
     for pattern, replacement in _DIALECT:
@@ -213,6 +243,7 @@ def analyze(text: str) -> Analysis:
                 if pos == _AUX and lemma in _GLUE:
                     lemma = _GLUE[lemma]
                 tokens.append(Token(surface, _lemma_form(m.reading_form()), lemma, pos))
+    tokens = _obligations(tokens)
     words = [t.lemma for t in tokens if t.lemma]
     lemmas = " " + " ".join(words) + " " if words else " "
     return Analysis(text=text, norm=normalize(text), tokens=tuple(tokens), lemmas=lemmas)
@@ -262,6 +293,7 @@ __all__ = [
     "ALNUM",
     "DICTIONARY",
     "NEGATION",
+    "OBLIGATION",
     "SAFE_LOADER",
     "Analysis",
     "Token",

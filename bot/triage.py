@@ -146,10 +146,31 @@ _NEG_GAP = (r" (?:(?:" + "|".join(map(re.escape, (
     "て", "来る", "居る", "てる", "られる", "れる", "う", "よう", "為る"))) + r") ){0,3}")
 
 
+_EN_GLUE = frozenset({"this", "that", "with", "from", "your", "them", "they", "what", "when",
+                      "into", "onto", "than", "then", "there", "their"})
+
+
+def _en_inflected(words: list[str]) -> str:
+    """An English phrase whose every word may take its endings, not only the last: "talk to
+    anyone" finds "talking to anyone", "leave the house" finds "leaving the house" (English has
+    no analyser here; the last word already takes any ending)."""
+    out = []
+    for w in words[:-1]:
+        part = re.escape(w)
+        if len(w) >= 4 and w.isalpha() and w not in _EN_GLUE:
+            stem = re.escape(w[:-1]) if w.endswith("e") else part
+            part = f"(?:{part}(?:s|es|ed|d)?|{stem}ing)"
+        out.append(part)
+    out.append(re.escape(words[-1]))
+    return " ?".join(out)
+
+
 def _word_cue(word: str, weight: float, lang: str, whole: bool = False) -> _Cue:
     norm = normalize(word)
     if lang == "en":  # English: a word start, any ending (debt, debts; lonely, loneliness)
-        edge = r"(?<![a-z0-9])" + re.escape(norm).replace(r"\ ", " ?")
+        words = norm.split(" ")
+        body = re.escape(norm).replace(r"\ ", " ?") if whole else _en_inflected(words)
+        edge = r"(?<![a-z0-9])" + body
         return _Cue(word, weight, regex=re.compile(edge + (r"(?![a-z0-9])" if whole else "")))
     analysed = [analyze(part) for part in word.split()]
     parts = [a.lemmas.strip() for a in analysed if a.lemmas.strip()]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bot.language import NEGATION, analyze, lemma_form, normalize, script_language
+from bot.language import NEGATION, OBLIGATION, analyze, lemma_form, normalize, script_language
 
 
 @pytest.mark.parametrize("variant", ["殴られる", "なぐられてる", "殴られている", "殴られました"])
@@ -71,3 +71,12 @@ def test_dialect_rules_leave_standard_words_alone(text):
 def test_the_surface_keeps_what_was_typed():
     """Only the analyser sees the rewrite: literal crisis terms still match the typed text."""
     assert analyze("しにたいねん、あかん").norm == "しにたいねんあかん"
+
+
+@pytest.mark.parametrize("text", ["部屋を出ないといけない", "部屋を出なければならない",
+                                  "部屋を出なきゃ", "部屋を出なくてはいけません",
+                                  "部屋を出なあかん"])
+def test_must_is_not_a_negation(text):
+    """「出ないといけない」 is "must leave", the opposite of 「出ない」: one word, OBLIGATION."""
+    assert analyze(text).lemmas == f" 部屋 を 出る {OBLIGATION} "
+    assert analyze("部屋から出ない").lemmas == f" 部屋 から 出る {NEGATION} "

@@ -272,23 +272,26 @@ def holdout_reports():
     engine = build_engine(load_pack("kyoto"))
     data = Path(__file__).parent / "data"
     return {name: evaluate_triage(engine, data / f"{name}.yaml", WEEKDAY_MORNING)
-            for name in ("triage_holdout", "triage_holdout_b", "triage_holdout_c")}
+            for name in HOLDOUT_FLOORS}
 
 
 # Floors a little below the figures reached (`python -m bot eval-triage --data FILE`). Each set
-# was written before the vocabulary work it measures; once its misses were looked at and fixed
-# it stopped being unseen, so the newest set is the honest figure:
-#   triage_holdout    83.0% before, 94.3% after two rounds (round 1 fixed its misses)
-#   triage_holdout_b  75.7% before, 77.1% after round 1 (blind), 94.3% after round 2 (tuned on)
-#   triage_holdout_c  57.1% before, 60.0% after both rounds (blind: never tuned on)
-HOLDOUT_FLOORS = {"triage_holdout": 0.92, "triage_holdout_b": 0.91, "triage_holdout_c": 0.57}
+# was written before the round of vocabulary work it measures blind; once its misses were looked
+# at and fixed it stopped being unseen, so the newest set gives the honest figure:
+#   triage_holdout    83.0% before, 94.3% after (round 1 fixed its misses)
+#   triage_holdout_b  75.7% before, 77.1% blind after round 1, 95.7% after round 2 (tuned on)
+#   triage_holdout_c  57.1% before, 60.0% blind after rounds 1-2, 78.6% after round 3 (tuned on)
+#   triage_holdout_d  59.1% before, 61.4% after rounds 1-2, 70.5% blind after round 3 (the
+#                     obligation fix 〜ないといけない, prompted by one of its misses, left it there)
+HOLDOUT_FLOORS = {"triage_holdout": 0.92, "triage_holdout_b": 0.92, "triage_holdout_c": 0.75,
+                  "triage_holdout_d": 0.68}
 
 
 @pytest.mark.parametrize("name", sorted(HOLDOUT_FLOORS))
 def test_held_out_text_reaches_the_right_category(holdout_reports, name):
     report = holdout_reports[name]
     first, middle = report.passes
-    assert len(first.outcomes) >= (200 if name == "triage_holdout" else 70)
+    assert len(first.outcomes) >= (200 if name == "triage_holdout" else 40)
     assert first.accuracy() >= HOLDOUT_FLOORS[name], report.format(verbose=True)
     assert middle.accuracy() >= HOLDOUT_FLOORS[name], report.format(verbose=True)
     nones = [o for o in first.outcomes if o.expected == "none"]
