@@ -361,13 +361,13 @@ def online_replicas(info: dict) -> int:
                if k.startswith("slave") and isinstance(v, dict) and v.get("state") == "online")
 
 
-def start_cluster(node_timeout_ms: int = 1000) -> LocalCluster:
-    """Start 6 nodes and create the cluster; raises ClusterFailed (redis-server missing,
-    ports, creation) so CI can treat it as an error."""
+def start_cluster(node_timeout_ms: int = 1000, ports: list[int] | None = None) -> LocalCluster:
+    """Start 6 nodes (on `ports` if given, else free ones) and create the cluster; raises
+    ClusterFailed (redis-server missing, ports, creation) so CI can treat it as an error."""
     server, cli = shutil.which("redis-server"), shutil.which("redis-cli")
     if not server or not cli:
         raise ClusterFailed("redis-server and redis-cli are needed for a local cluster")
-    ports = _cluster_ports(6)
+    ports = list(ports) if ports else _cluster_ports(6)
     workdir = tempfile.mkdtemp(prefix="tsunagu-cluster-")
     procs: dict[int, subprocess.Popen] = {}
     cluster = LocalCluster(ports=ports, procs=procs, workdir=workdir)

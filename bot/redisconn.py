@@ -10,6 +10,8 @@ multi-key commands and Lua scripts inside one hash slot (a person's `{pid}`, a c
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 import zlib
 from typing import Any
@@ -20,8 +22,6 @@ from redis.cluster import RedisCluster
 from bot import logs
 
 log = logs.get("redis")
-
-Client = redis.Redis | RedisCluster
 
 
 def discover(url: str, timeout: float = 2.0) -> bool:
@@ -37,20 +37,93 @@ def discover(url: str, timeout: float = 2.0) -> bool:
 
 
 def connect(url: str, cluster: bool | None = None, socket_timeout: float = 2.0) -> Client:
-    """A client for `url`; `cluster` None asks the server (see `discover`)."""
+    """A client for `url`; `cluster` None asks the server (see `discover`). With no cluster
+    node answering, a `LazyCluster`: the process starts even then."""
     if cluster is None:
         cluster = discover(url)
     if cluster:
         # require_full_coverage=False: while one primary fails over, the slots of the others
         # keep answering (people there are served as usual; the rest in degraded mode).
-        return RedisCluster.from_url(url, socket_timeout=socket_timeout,
-                                     socket_connect_timeout=2.0, require_full_coverage=False)
+        lazy = LazyCluster(url, socket_timeout=socket_timeout, socket_connect_timeout=2.0,
+                           require_full_coverage=False)
+        # A node answers: the cluster client itself, as before. Else one built later, the
+        # process answering in degraded mode meanwhile.
+        try:
+            return lazy.cluster()
+        except redis.ConnectionError:
+            return lazy
     return redis.Redis.from_url(url, socket_timeout=socket_timeout, socket_connect_timeout=2.0,
                                 health_check_interval=30)
 
 
+class LazyCluster:
+    """A `RedisCluster` built on first use, so a process starts in degraded mode while no
+    node answers (redis-py's constructor asks the nodes for the slot map and raises) and
+    serves normally once one does.
+
+    Until then every command raises `redis.ConnectionError` — the error the degraded mode
+    already handles — and the nodes are asked again at most every `retry_s`, by one thread
+    at a time (the others wait for its answer rather than fail while it may succeed). Once
+    built, it only forwards to the real client, which follows the cluster as before (MOVED,
+    failovers).
+    """
+
+    def __init__(self, url: str, retry_s: float = 1.0, **options: Any):
+        self.url = url
+        self.options = options
+        self.retry_s = retry_s
+        # One try asks each start-up node in turn: wait for it rather than fail meanwhile.
+        self.wait_s = 2 * float(options.get("socket_connect_timeout") or 2.0) + 1.0
+        self._client: RedisCluster | None = None
+        self._next_try = float("-inf")
+        self._building = threading.Lock()
+        self._outage = logs.Throttle(60.0)
+
+    @property
+    def connected(self) -> bool:
+        return self._client is not None
+
+    def cluster(self) -> RedisCluster:
+        """The real client; redis.ConnectionError while no node has answered yet."""
+        client = self._client
+        if client is not None:
+            return client
+        if time.monotonic() < self._next_try:
+            raise redis.ConnectionError("Redis Cluster: no node has answered yet")
+        if not self._building.acquire(timeout=self.wait_s):
+            raise redis.ConnectionError("Redis Cluster: still asking the nodes")
+        try:
+            if self._client is None and time.monotonic() >= self._next_try:
+                try:
+                    self._client = RedisCluster.from_url(self.url, **self.options)
+                except (redis.RedisError, redis.exceptions.RedisClusterException) as exc:
+                    self._next_try = time.monotonic() + self.retry_s
+                    if self._outage.ready():
+                        logs.event(log, "cluster_unreachable", logging.WARNING,
+                                   error=type(exc).__name__)
+                    raise redis.ConnectionError("Redis Cluster: no node answers") from exc
+                logs.event(log, "cluster_connected")
+            if self._client is None:  # another thread's try just failed
+                raise redis.ConnectionError("Redis Cluster: no node has answered yet")
+            return self._client
+        finally:
+            self._building.release()
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):  # copy, pickle and friends probe these: not Redis calls
+            raise AttributeError(name)
+        return getattr(self.cluster(), name)
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+
+
+Client = redis.Redis | RedisCluster | LazyCluster
+
+
 def is_cluster(client: Any) -> bool:
-    return isinstance(client, RedisCluster)
+    return isinstance(client, RedisCluster | LazyCluster)
 
 
 def shard_of(name: str, shards: int) -> int:
@@ -136,7 +209,7 @@ def node_of(client: Any, key: str) -> dict[str, Any]:
     """On a cluster, `target_nodes=` for a command on `key` whose keys redis-py cannot read
     itself (EVAL in a pipeline, XREADGROUP: "movablekeys"), which would otherwise cost a
     COMMAND GETKEYS round trip each time; on one Redis, nothing."""
-    if not isinstance(client, RedisCluster):
+    if not is_cluster(client):
         return {}
     return {"target_nodes": client.get_node_from_key(key)}
 

@@ -8,7 +8,10 @@ older version are still read.
 On one Redis a consumer reads all shards with one blocking XREADGROUP. On a cluster one
 command cannot name keys of several slots: the consumer reads every shard but its `home`
 without blocking, then blocks on the home shard; the LINE dispatcher gives each thread a
-different home, so each shard has a reader waiting on it.
+different home, so each shard has a reader waiting on it. A consumer that must stay one
+reader (the handoff worker: one case's events in order, one delivery at a time) rings a
+`Doorbell` instead: a thread per shard blocks on it (XREAD, which consumes nothing) and wakes
+the consumer, which then reads every shard without blocking.
 
 Entries are deleted when acknowledged (XACK + XDEL), so a stream holds only what is still to
 be done and needs no trimming.
@@ -16,13 +19,16 @@ be done and needs no trimming.
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import redis
 
-from bot.redisconn import is_cluster, node_of, shard_of
+from bot import logs
+from bot.redisconn import UNAVAILABLE, is_cluster, node_of, shard_of
 
 
 def shard_names(base: str, count: int) -> list[str]:
@@ -34,8 +40,11 @@ def shard_names(base: str, count: int) -> list[str]:
 class Shards:
     """The shard streams of one queue, and which shard a person or a case writes to."""
 
+    DOWN_FOR_S = 30.0  # how long a shard whose write failed is tried last (a failover's time)
+
     def __init__(self, base: str, count: int):
         self.names = shard_names(base, count)
+        self._down: dict[str, float] = {}  # shard → until when it is tried last
 
     def __iter__(self):
         return iter(self.names)
@@ -52,6 +61,25 @@ class Shards:
         which the readers tolerate: a LINE ticket only names a person)."""
         i = self.names.index(name)
         return self.names[i + 1:] + self.names[:i]
+
+    def failed(self, name: str) -> None:
+        """A write to `name` found its primary unreachable: try it last for a while, so each
+        write during a failover does not first wait for the client's retries to give up."""
+        self._down[name] = time.monotonic() + self.DOWN_FOR_S
+
+    def recovered(self, name: str) -> None:
+        """`name` answered again (a doorbell's read worked): back to its place at once."""
+        self._down.pop(name, None)
+
+    def is_down(self, name: str) -> bool:
+        return self._down.get(name, 0.0) > time.monotonic()
+
+    def for_writing(self, owner: str) -> list[str]:
+        """Where an owner's entry goes, in order: its own shard, then the others (see
+        `others`); shards that failed lately come last, yet are still tried."""
+        own = self.of(owner)
+        order = [own, *self.others(own)]
+        return [n for n in order if not self.is_down(n)] + [n for n in order if self.is_down(n)]
 
 
 @dataclass(frozen=True)
@@ -74,6 +102,77 @@ def _entries(got: Any) -> list[Entry]:
     return out
 
 
+class Doorbell:
+    """Rings when any shard of a queue gets an entry: one thread per shard blocks on it with
+    XREAD (no group, so it takes nothing from the consumer), from the last id it saw, so an
+    entry added between two of its reads still rings. A shard whose primary is down is
+    watched again after a growing pause; meanwhile the consumer's own timeout reads it. Its
+    reads also tell whether the shard is up (`Shards.failed`, `Shards.recovered`), so the
+    consumer skips a shard that is down instead of waiting for the client's retries on it
+    at every pass."""
+
+    def __init__(self, client: Any, shards: Shards, block_ms: int):
+        self.redis = client
+        self.shards = shards
+        self.names = list(shards)
+        self.block_ms = max(1, block_ms)
+        self._rung = threading.Event()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        if self._threads:
+            return
+        self._stop.clear()
+        for i, name in enumerate(self.names):
+            thread = threading.Thread(target=self._watch, args=(name,), daemon=True,
+                                      name=f"doorbell-{i}")
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout)
+        self._threads = []
+
+    @property
+    def running(self) -> bool:
+        return bool(self._threads) and not self._stop.is_set()
+
+    def clear(self) -> None:
+        """Before reading: an entry that arrives after this rings again."""
+        self._rung.clear()
+
+    def wait(self, seconds: float) -> bool:
+        """Wait for a ring (True) or `seconds` (False)."""
+        return self._rung.wait(seconds)
+
+    def _watch(self, name: str) -> None:
+        last, pause = "$", 0.1
+        while not self._stop.is_set():
+            try:
+                got = _entries(self.redis.execute_command(
+                    "XREAD", "COUNT", 64, "BLOCK", self.block_ms, "STREAMS", name, last,
+                    **node_of(self.redis, name)))
+            except UNAVAILABLE:
+                self.shards.failed(name)
+                self._stop.wait(pause)  # this shard's primary is failing over
+                pause = min(pause * 2, 5.0)
+                continue
+            except Exception as exc:  # a surprise: keep ringing (the consumer's timeout
+                logs.failure("streams.doorbell", exc)  # still reads this shard meanwhile)
+                self._stop.wait(pause)
+                pause = min(pause * 2, 5.0)
+                continue
+            pause = 0.1
+            if self.shards.is_down(name):
+                self.shards.recovered(name)
+            if got:
+                last = got[-1].id
+                self._rung.set()
+
+
 class StreamConsumer:
     """One consumer of one group over all shards of a queue."""
 
@@ -86,18 +185,48 @@ class StreamConsumer:
         self.cluster = is_cluster(client)
         self._ready = False
         self._reclaim_from = 0
+        self.bell: Doorbell | None = None
+
+    def ring_on_every_shard(self, block_ms: int) -> Doorbell | None:
+        """On a cluster with several shards, start a `Doorbell` so `read` waits on every
+        shard, not only `home`; the caller stops it (`stop_ringing`). None where one blocking
+        read already covers every shard."""
+        if not self.cluster or len(self.shards) == 1:
+            return None
+        if self.bell is None:
+            self.bell = Doorbell(self.redis, self.shards, block_ms)
+        self.bell.start()
+        return self.bell
+
+    def stop_ringing(self) -> None:
+        if self.bell is not None:
+            self.bell.stop()
+
+    def _skip(self, name: str) -> bool:
+        """With a doorbell watching every shard, a shard known down is left alone until the
+        doorbell sees it answer (without one, e.g. the LINE dispatcher, every shard is read)."""
+        return self.bell is not None and self.bell.running and self.shards.is_down(name)
 
     def ensure_groups(self, force: bool = False) -> None:
         """Create the group on every shard (once, and again after Redis lost it)."""
         if self._ready and not force:
             return
+        missing: list[Exception] = []
         for name in self.shards:
+            if self._skip(name):
+                missing.append(redis.ConnectionError(f"shard {name} is down"))
+                continue
             try:
                 self.redis.xgroup_create(name, self.group, id="0", mkstream=True)
             except redis.ResponseError as exc:
                 if "BUSYGROUP" not in str(exc):
                     raise
-        self._ready = True
+            except UNAVAILABLE as exc:  # that shard's primary is down: the others are read
+                self.shards.failed(name)
+                missing.append(exc)
+        if len(missing) == len(self.shards):
+            raise missing[0]  # Redis is down: the caller backs off
+        self._ready = not missing  # else tried again before the next read
 
     def lost(self) -> None:
         """Redis went away or lost the group (NOGROUP): create it again before the next read."""
@@ -106,7 +235,14 @@ class StreamConsumer:
     def read(self, count: int, block_ms: int | None) -> list[Entry]:
         """New entries for this consumer; blocks up to `block_ms` (None: not at all)."""
         self.ensure_groups()
-        return self._read(">", count, block_ms)
+        bell = self.bell
+        if bell is None or not bell.running or not block_ms:
+            return self._read(">", count, block_ms)
+        bell.clear()
+        got = self._read(">", count, None)
+        if got or not bell.wait(block_ms / 1000):
+            return got
+        return self._read(">", count, None)
 
     def own_pending(self, count: int) -> list[Entry]:
         """Entries this consumer read earlier and has not acknowledged (to try again)."""
@@ -129,6 +265,8 @@ class StreamConsumer:
         return self._one(home, start, count, block_ms)
 
     def _one(self, name: str, start: str, count: int, block_ms: int | None) -> list[Entry]:
+        if block_ms is None and self._skip(name):
+            return []
         args: list[Any] = ["GROUP", self.group, self.consumer, "COUNT", count]
         if block_ms is not None:
             args += ["BLOCK", block_ms]
@@ -136,7 +274,8 @@ class StreamConsumer:
             # Routed by hand: XREADGROUP's keys are "movable" (see bot.redisconn.node_of).
             return _entries(self.redis.execute_command("XREADGROUP", *args, "STREAMS", name,
                                                        start, **node_of(self.redis, name)))
-        except (redis.ConnectionError, redis.TimeoutError):
+        except UNAVAILABLE:
+            self.shards.failed(name)
             if name == self.shards.names[self.home] and block_ms:
                 raise  # our own shard is down: the caller backs off
             return []   # another shard's primary is failing over: read it next time
@@ -148,11 +287,14 @@ class StreamConsumer:
         names = list(self.shards)
         for offset in range(len(names)):
             name = names[(self._reclaim_from + offset) % len(names)]
+            if self._skip(name):
+                continue
             try:
                 _next, got, *_ = self.redis.xautoclaim(name, self.group, self.consumer,
                                                        min_idle_time=min_idle_ms,
                                                        start_id="0-0", count=count)
-            except (redis.ConnectionError, redis.TimeoutError):
+            except UNAVAILABLE:
+                self.shards.failed(name)
                 continue
             out += _entries([(name, got)])
         self._reclaim_from = (self._reclaim_from + 1) % len(names)

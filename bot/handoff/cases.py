@@ -17,7 +17,9 @@ Keys (DESIGN.md conventions; <p> is the key prefix):
   <p>:handoff:open            ZSET number → created_at: the open cases, for expiry
   <p>:handoff:unqueued        ZSET number → time: cases being stored and not yet queued; a
                               case left here by a crash is queued by the worker's sweep
-  <p>:handoff:queue           STREAM of staff-side events (see bot.handoff.worker)
+  <p>:handoff:queue           STREAM of staff-side events (see bot.handoff.worker), in
+                              shards (bot.streams); a case's events go to its own shard, or
+                              to another while that shard's primary is unreachable
   <p>:handoff:slack:<channel>:<ts>   the case whose Slack message is <ts> (staff replies)
   <p>:handoff:content:<delivery>     a wrong-number report's post to Slack: tried / sent
 
@@ -51,7 +53,7 @@ from bot.crypto import Sealer
 from bot.figures import Figures, first_reply_bucket
 from bot.handoff.models import Case, CaseRequest, Channel, StaffMessage
 from bot.limits import LIMITED, ORIGIN, Backlog
-from bot.redisconn import script
+from bot.redisconn import UNAVAILABLE, script
 from bot.streams import Shards
 
 log = logs.get("handoff")
@@ -70,6 +72,8 @@ CASES_RESOLVED = Counter("tsunagu_handoff_cases_resolved", "Handoff cases resolv
                          ["city"])
 CASES_EXPIRED = Counter("tsunagu_handoff_cases_expired", "Handoff cases expired unresolved",
                         ["city"])
+QUEUE_REDIRECTED = Counter("tsunagu_handoff_queue_redirected",
+                           "Staff-queue entries written to another shard (their own was down)")
 FIRST_STAFF_REPLY = Histogram(
     "tsunagu_handoff_first_staff_reply_seconds",
     "Time from a case being opened to the first staff reply in its thread", ["city"],
@@ -314,15 +318,55 @@ class CaseStore:
             raise TooManyCases(origin[:8])
 
     def _queue_opened(self, case: Case) -> None:
+        """Queue the case (in another shard if its own is down), then index it and drop its
+        `unqueued` note. The entry is written on its own: on a cluster a pipeline that meets
+        a node down raises without saying which commands ran, and the note must go only once
+        the entry is surely queued. If this dies after queueing, the sweep queues it again:
+        a second "opened" updates the staff message instead of posting it twice."""
+        self._add(case.number, {"k": "opened", "n": case.number})
         pipe = self.redis.pipeline(transaction=False)
         if case.pid:
             pipe.set(self.pid_key(case.pid), case.number, ex=self.expire_after_s)
         pipe.zadd(self.open_index, {case.number: case.created_at})
-        pipe.xadd(self.queue_of(case.number), {"k": "opened", "n": case.number})
         pipe.zrem(self.unqueued, case.number)
-        for name in self.queues:
+        pipe.execute()
+        self._note_backlog()
+
+    def _add(self, number: str, entry: dict[str, str]) -> str:
+        """XADD to the case's shard; when its primary is unreachable, to the first other
+        shard that takes it (as LINE tickets do, bot.channels.line_queue). The case's events
+        may then reach the worker out of order: one that needs an earlier one (a thread
+        message before the case's own message) waits pending and is retried (NotReady).
+        Raises only when no shard takes it; an opened case then stays noted for the sweep."""
+        own = self.queue_of(number)
+        failed: Exception | None = None
+        for name in self.queues.for_writing(number):
+            try:
+                entry_id = self.redis.xadd(name, entry)
+            except UNAVAILABLE as exc:
+                self.queues.failed(name)
+                failed = failed or exc
+                continue
+            if name != own:
+                QUEUE_REDIRECTED.inc()
+                logs.event(log, "queue_redirected", logging.WARNING, number=number,
+                           kind=entry.get("k", ""), shard=self.queues.names.index(name))
+            return entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+        assert failed is not None
+        raise failed
+
+    def _note_backlog(self) -> None:
+        """The whole queue's length for the backlog alarm; best effort (a shard lately down
+        is left out rather than waited for)."""
+        names = [n for n in self.queues if not self.queues.is_down(n)]
+        pipe = self.redis.pipeline(transaction=False)
+        for name in names:
             pipe.xlen(name)
-        self.backlog.note(sum(pipe.execute()[-len(self.queues):]))
+        try:
+            lengths = pipe.execute(raise_on_error=False)
+        except UNAVAILABLE:
+            return
+        self.backlog.note(sum(n for n in lengths if isinstance(n, int)))
 
     def requeue_stranded(self, older_than_s: float = 60.0) -> list[str]:
         """Queue the cases a dying process stored but never queued (see `open`)."""
@@ -435,13 +479,9 @@ class CaseStore:
         entry: dict[str, str] = {"k": kind, "n": number, **fields}
         if done:
             entry["done"] = ",".join(done)
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.xadd(self.queue_of(number), entry)
-        for name in self.queues:  # the backlog alarm watches the whole queue
-            pipe.xlen(name)
-        entry_id, *lengths = pipe.execute()
-        self.backlog.note(sum(lengths))
-        return entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+        entry_id = self._add(number, entry)
+        self._note_backlog()  # the backlog alarm watches the whole queue
+        return entry_id
 
     def claim(self, number: str, staff_id: str) -> tuple[bool, Case | None]:
         """new → claimed. Exactly one of several simultaneous claims wins."""
@@ -767,6 +807,11 @@ class CaseStore:
         return int(self.redis.eval(_NOTE, 2, self.case_key(number, "tries"),
                                    self.case_key(number), marker, self.open_ttl * 1000,
                                    "count"))
+
+    def delivered(self, number: str) -> set[str]:
+        """Every delivery marker of a case (see `mark_delivered`)."""
+        return {m.decode() if isinstance(m, bytes) else m
+                for m in self.redis.smembers(self.case_key(number, "sent"))}
 
     def was_delivered(self, number: str, marker: str) -> bool:
         return bool(self.redis.sismember(self.case_key(number, "sent"), marker))

@@ -48,10 +48,12 @@ from bot.handoff.cases import (
 from bot.handoff.models import Case, StaffMessage
 from bot.handoff.notify import Notifier, NotifierDown, NotifierError
 from bot.ports import StaffRelay
+from bot.redisconn import UNAVAILABLE
 from bot.streams import Entry, StreamConsumer
 
 log = logs.get("handoff")
 GROUP = "notifiers"
+ANSWERS_GRACE_S = 120.0  # how long a farewell waits for staff answers read after it
 WRONG_NUMBER = "wrong_number"  # a content problem, not a case: {k, w: window, name, phone, d}
 
 DELIVERIES = Counter("tsunagu_handoff_deliveries", "Queue events handed to a notifier",
@@ -234,16 +236,21 @@ class HandoffWorker:
             message = message.model_copy(update={"text": text})
         if (message is None or not message.text or not case.pid
                 or case.forgotten_at is not None or self.cases.was_delivered(number, marker)):
+            if message is not None:  # done with it: a farewell need not wait for it
+                self.cases.mark_delivered(number, marker)
             self._ack(entry)  # trimmed, released, forgotten (staff were told), or done
             return True
         return self._to_resident(entry, case, marker,
                                  lambda: self._relay().staff_reply(case, message), "undelivered")
 
     def _farewell(self, entry: Entry, case: Case) -> bool:
-        """Resolved: tell the resident it has ended, then release their address."""
+        """Resolved: tell the resident it has ended, then release their address — after the
+        staff answers written before it (see `_answers_outstanding`)."""
         if not case.pid:
             self._ack(entry)
             return True
+        if self._answers_outstanding(case):
+            return False  # pending: tried again after them
         done = True
         if case.forgotten_at is None and not self.cases.was_delivered(case.number, "farewell"):
             done = self._to_resident(entry, case, "farewell",
@@ -252,6 +259,21 @@ class HandoffWorker:
             self.cases.release(case.number)
             self._ack(entry)
         return done
+
+    def _answers_outstanding(self, case: Case) -> bool:
+        """Staff answers in the thread not yet relayed nor given up on. The farewell is queued
+        after them, but not always in the same shard (one written while the case's shard was
+        down went to another, bot.handoff.cases `_add`), so it may be read first; releasing
+        the address then would drop them. Waited for at most `ANSWERS_GRACE_S` after the case
+        closed (an answer whose queueing failed never comes)."""
+        ids = {f"reply:{m.id}" for m in case.thread if m.who == "staff" and m.id}
+        if not ids or case.resolved_at is None \
+                or self.cases.clock() - case.resolved_at > ANSWERS_GRACE_S:
+            return False
+        waiting = ids - self.cases.delivered(case.number)
+        if waiting:
+            logs.event(log, "farewell_waits", number=case.number, answers=len(waiting))
+        return bool(waiting)
 
     def _relay(self) -> StaffRelay:
         if self.relay is None:
@@ -355,13 +377,23 @@ class HandoffWorker:
         self.poll_once(block_ms=wait_ms)
 
     def run(self, stop: threading.Event) -> None:
-        """Loop until `stop` is set; Redis outages back off instead of spinning."""
+        """Loop until `stop` is set; Redis outages back off instead of spinning.
+
+        On a cluster the wait for new entries covers every shard (a doorbell thread per
+        shard, bot.streams.Doorbell), so an entry in any shard is read at once."""
+        self.queue.ring_on_every_shard(self.block_ms)
+        try:
+            self._loop(stop)
+        finally:
+            self.queue.stop_ringing()
+
+    def _loop(self, stop: threading.Event) -> None:
         delay = 0.5
         while not stop.is_set():
             try:
                 self.step()
                 delay = 0.5
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
+            except UNAVAILABLE as exc:
                 self.queue.lost()
                 if self._outage.ready():
                     logs.event(log, "redis_unavailable", logging.WARNING,
