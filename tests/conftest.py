@@ -27,6 +27,8 @@ from bot.redisconn import connect
 from bot.wiring import build, build_engine
 from tests import line_helpers as lh
 from tests.fakes.line_api import FakeLine, serve
+from tests.fakes.slack_api import FakeSlack
+from tests.fakes.slack_api import serve as serve_slack
 
 TOKYO = ZoneInfo("Asia/Tokyo")
 SECRET = "test-secret-" + "x" * 32
@@ -95,16 +97,31 @@ def redis_url(single_redis_url: str | None) -> str | None:
     return single_redis_url
 
 
-@pytest.fixture(scope="session")
-def redis_cluster() -> Iterator[LocalCluster]:
-    """A local 3+3 Redis Cluster for the whole session (bench.redisbox.start_cluster). No
-    redis-server: skipped, except in CI, where it is an error."""
+def _local_cluster() -> LocalCluster:
+    """A local 3+3 Redis Cluster (bench.redisbox.start_cluster). No redis-server: skipped,
+    except in CI, where it is an error."""
     try:
-        cluster = start_cluster()
+        return start_cluster()
     except ClusterFailed as exc:
         if os.environ.get("CI") == "true":
             pytest.fail(f"CI: the local Redis Cluster did not start: {exc}")
         pytest.skip(f"no local Redis Cluster: {exc}")
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[LocalCluster]:
+    """One local cluster for the whole session, shared by the tests that only use it."""
+    cluster = _local_cluster()
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@pytest.fixture
+def own_cluster() -> Iterator[LocalCluster]:
+    """A cluster of the test's own, for a test that kills its nodes."""
+    cluster = _local_cluster()
     try:
         yield cluster
     finally:
@@ -280,3 +297,13 @@ def pack_copy(tmp_path: Path) -> Path:
     shutil.copytree(CONTENT_ROOT / "kyoto", dest)
     shutil.copytree(CONTENT_ROOT / COMMON, tmp_path / COMMON)
     return dest
+
+
+@pytest.fixture
+def fake_slack() -> Iterator[tuple[FakeSlack, str]]:
+    """The fake Slack Web API on loopback (tests/fakes/slack_api.py) and its base URL."""
+    fake = FakeSlack()
+    server, url = serve_slack(fake)
+    yield fake, url
+    server.shutdown()
+    server.server_close()

@@ -19,7 +19,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from bench.redisbox import ClusterFailed, start_cluster
 from bot.channels.line_api import RETRY_NAMESPACE
 from tests import line_helpers as lh
 from tests.fakes.line_api import FakeLine, serve
@@ -27,20 +26,9 @@ from tests.test_burst import _event_of
 from tests.test_line_process import GUNICORN, _free_port, post, server_env, start_server
 
 
-@pytest.fixture
-def cluster():
-    try:
-        local = start_cluster()
-    except ClusterFailed as exc:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI: the local Redis Cluster did not start: {exc}")
-        pytest.skip(f"no local Redis Cluster: {exc}")
-    yield local
-    local.close()
-
-
 @pytest.mark.skipif(not GUNICORN.exists(), reason="gunicorn is installed with the package")
-def test_primary_killed_during_a_burst_every_accepted_event_answered_once(cluster):
+def test_primary_killed_during_a_burst_every_accepted_event_answered_once(own_cluster):
+    cluster = own_cluster
     fake = FakeLine()
     server, line_url = serve(fake)
     port = _free_port()

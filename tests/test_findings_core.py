@@ -32,7 +32,6 @@ from tests.test_handoff_backend import (  # noqa: F401 (fixtures)
     Relays,
     click,
     drain,
-    fake_slack,
     handoff,
     http,
     make_handoff,

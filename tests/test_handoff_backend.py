@@ -33,7 +33,7 @@ from bot.store import pseudonym
 from bot.wiring import Handoff, build_handoff, run_worker
 from tests.conftest import SECRET
 from tests.fakes.http import serve_json
-from tests.fakes.slack_api import FakeSlack, serve
+from tests.fakes.slack_api import FakeSlack
 
 RAW_ID = "U" + "4f7e2a9c" * 4          # a LINE-style user id: only ever inside the sealed address
 PID = pseudonym(SECRET, "line", RAW_ID)
@@ -85,14 +85,6 @@ def receiver() -> Iterator[tuple[Receiver, str]]:
     server.shutdown()
     server.server_close()
 
-
-@pytest.fixture
-def fake_slack() -> Iterator[tuple[FakeSlack, str]]:
-    fake = FakeSlack()
-    server, url = serve(fake)
-    yield fake, url
-    server.shutdown()
-    server.server_close()
 
 
 @dataclass

@@ -5,21 +5,18 @@ reaches staff. The same scenarios run on one Redis where they apply."""
 from __future__ import annotations
 
 import json
-import os
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import replace
 
 import pytest
 
-from bench.redisbox import ClusterFailed, LocalCluster, start_cluster
 from bot.config import Settings
 from bot.handoff.models import CaseRequest
 from bot.redisconn import connect, shard_of
 from bot.wiring import Handoff, build_handoff
 from tests.conftest import SECRET
-from tests.fakes.slack_api import FakeSlack, serve
+from tests.fakes.slack_api import FakeSlack
 from tests.test_handoff_backend import (
     CHANNEL,
     PID,
@@ -38,15 +35,6 @@ SHARDS = 4
 @pytest.fixture
 def redis_url(either_redis: str | None) -> str | None:
     return either_redis
-
-
-@pytest.fixture
-def slack() -> Iterator[tuple[FakeSlack, str]]:
-    fake = FakeSlack()
-    server, url = serve(fake)
-    yield fake, url
-    server.shutdown()
-    server.server_close()
 
 
 def numbers_by_shard(prefix: str = "T") -> list[str]:
@@ -77,14 +65,14 @@ def root_post_at(fake: FakeSlack, number: str, timeout: float) -> float | None:
 
 
 def test_an_entry_in_any_shard_is_read_at_once_not_after_the_wait(redis_url, settings: Settings,
-                                                                  slack):
+                                                                  fake_slack):
     """With block_ms 5000, the worker waits 5 s per turn for new entries. Before, on a cluster,
     it waited on one shard and looked at the others only between waits: a case in another
     shard waited for the rest of the 5 s. Each case here is opened while the worker is idle
     in that wait, one per shard, and must reach Slack well before the wait would end."""
     if redis_url is None:
         pytest.skip("needs a real Redis")
-    fake, url = slack
+    fake, url = fake_slack
     block_ms = 5000
     client = connect(redis_url, socket_timeout=10)  # longer than the blocking read
     s = replace(settings, slack_bot_token=fake.token, slack_signing_secret=SIGNING,
@@ -114,19 +102,6 @@ def test_an_entry_in_any_shard_is_read_at_once_not_after_the_wait(redis_url, set
 # -- a shard with no primary -----------------------------------------------------------------
 
 
-@pytest.fixture
-def own_cluster() -> Iterator[LocalCluster]:
-    """A cluster of this test's own: it loses a primary and that primary's replica."""
-    try:
-        local = start_cluster()
-    except ClusterFailed as exc:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI: the local Redis Cluster did not start: {exc}")
-        pytest.skip(f"no local Redis Cluster: {exc}")
-    yield local
-    local.close()
-
-
 def _port(client, key: str) -> int:
     return int(client.get_node_from_key(key).port)
 
@@ -151,10 +126,11 @@ def a_shard_alone_on_its_node(client, settings: Settings) -> tuple[Settings, str
     raise AssertionError("no prefix put a shard alone on a node")
 
 
-def test_a_case_whose_shard_is_down_is_queued_in_another_and_reaches_staff(own_cluster, slack):
+def test_a_case_whose_shard_is_down_is_queued_in_another_and_reaches_staff(own_cluster,
+                                                                          fake_slack):
     """The web process (its own client) opens a case and relays a message while the case's
     shard has no primary; the worker process (its own client) delivers both to Slack."""
-    fake, url = slack
+    fake, url = fake_slack
     web_client = connect(own_cluster.url, cluster=True, socket_timeout=5)
     worker_client = connect(own_cluster.url, cluster=True, socket_timeout=5)
     settings = Settings(redis_url=own_cluster.url, bot_secret_key=SECRET,
@@ -201,11 +177,11 @@ def test_a_case_whose_shard_is_down_is_queued_in_another_and_reaches_staff(own_c
 
 
 def test_a_farewell_read_before_a_staff_answer_waits_for_it(redis_url, redis_client,
-                                                            settings: Settings, slack):
+                                                            settings: Settings, fake_slack):
     """A staff answer written while the case's shard was down went to the next shard; the
     shard is back when staff resolve, so the farewell lands in the case's own shard and is
     read first. The answer must still reach the resident before the address is released."""
-    fake, url = slack
+    fake, url = fake_slack
     relays = Relays()
     s = replace(settings, slack_bot_token=fake.token, slack_signing_secret=SIGNING,
                 slack_staff_channel=CHANNEL, slack_api_base_url=url, stream_shards=SHARDS)
