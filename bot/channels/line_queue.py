@@ -98,23 +98,29 @@ return 0
 # on every write and the key's TTL is renewed, so de-duplication holds for 24 h after an
 # event while one small listpack replaces two keys per event.
 
+# The one Lua loop that takes a person's inbox: mark each job "being answered" and append it to
+# `out` with whether it had been marked before (a process died while answering it). Shared by
+# _TAKE, _CLAIM and _FINISH.
+_TAKE_FN = """
+local function take(inbox, marks, now, ttl, out)
+  local jobs = redis.call('zrange', inbox, 0, -1)
+  for _, raw in ipairs(jobs) do
+    local added = redis.call('zadd', marks, 'NX', now, 't' .. cjson.decode(raw)['event_id'])
+    out[#out + 1] = raw
+    out[#out + 1] = added == 0 and '1' or '0'
+  end
+  if #jobs > 0 then redis.call('pexpire', marks, ttl) end
+  return out
+end
+"""
 # Read the person's inbox and mark, for each event, that we are about to answer it; return
 # each job with whether it had been marked before (a process died while answering it). Only
 # under our lock (it runs right after the lock was tried, in the same pipeline): a try that
 # found the lock taken must mark nothing, or its later successful try would take every job
 # for a retry after a crash. KEYS: inbox, marks, lock. ARGV: now (ms), marks TTL (ms), token.
-_TAKE = """
+_TAKE = _TAKE_FN + """
 if redis.call('get', KEYS[3]) ~= ARGV[3] then return {} end
-local jobs = redis.call('zrange', KEYS[1], 0, -1)
-local out = {}
-for i, raw in ipairs(jobs) do
-  local id = cjson.decode(raw)['event_id']
-  local added = redis.call('zadd', KEYS[2], 'NX', ARGV[1], 't' .. id)
-  out[#out + 1] = raw
-  out[#out + 1] = added == 0 and '1' or '0'
-end
-if #jobs > 0 then redis.call('pexpire', KEYS[2], ARGV[2]) end
-return out
+return take(KEYS[1], KEYS[2], ARGV[1], ARGV[2], {})
 """
 
 # ARGV: now (ms), marks TTL (ms), event id, LINE timestamp, inbox member, inbox TTL (s).
@@ -136,22 +142,14 @@ return 0
 # a drainer (its token starts "d:"), which answers this too before letting go (_FINISH); {2}
 # held by someone else (a staff answer being relayed): a ticket is needed; or
 # {1, session, job, tried, job, …}.
-_CLAIM = """
+_CLAIM = _TAKE_FN + """
 if redis.call('zcard', KEYS[3]) == 0 then return {0} end
 if not redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   local holder = redis.call('get', KEYS[1])
   if holder and string.sub(holder, 1, 2) == 'd:' then return {3} end
   return {2}
 end
-local out = {1, redis.call('get', KEYS[2])}
-for _, raw in ipairs(redis.call('zrange', KEYS[3], 0, -1)) do
-  local id = cjson.decode(raw)['event_id']
-  local added = redis.call('zadd', KEYS[4], 'NX', ARGV[3], 't' .. id)
-  out[#out + 1] = raw
-  out[#out + 1] = added == 0 and '1' or '0'
-end
-redis.call('pexpire', KEYS[4], ARGV[4])
-return out
+return take(KEYS[3], KEYS[4], ARGV[3], ARGV[4], {1, redis.call('get', KEYS[2])})
 """
 
 # The last step of answering a person, atomically: save the session (ARGV[1] not empty, TTL
@@ -163,7 +161,7 @@ return out
 # Everything that arrives while a drainer holds a person is answered by it, without a ticket
 # and without another round trip. {1}: released (or the lock was no longer ours).
 # KEYS: session, lock, inbox, marks.
-_FINISH = """
+_FINISH = _TAKE_FN + """
 if ARGV[1] ~= '' then redis.call('set', KEYS[1], ARGV[1], 'EX', ARGV[2]) end
 if ARGV[4] ~= '' then redis.call('zrem', KEYS[3], ARGV[4]) end
 if redis.call('get', KEYS[2]) ~= ARGV[3] then return {1} end
@@ -177,13 +175,7 @@ if ARGV[5] ~= '1' then
     end
   end
   if new then
-    local out = {0}
-    for _, raw in ipairs(jobs) do
-      local added = redis.call('zadd', KEYS[4], 'NX', ARGV[6], 't' .. cjson.decode(raw)['event_id'])
-      out[#out + 1] = raw
-      out[#out + 1] = added == 0 and '1' or '0'
-    end
-    redis.call('pexpire', KEYS[4], ARGV[7])
+    local out = take(KEYS[3], KEYS[4], ARGV[6], ARGV[7], {0})
     redis.call('pexpire', KEYS[2], ARGV[8])
     return out
   end
@@ -341,7 +333,7 @@ class LineQueue:
                 stored = [RuntimeError("no ticket") if p == pid and r == 1 else r
                           for (p, _), r in zip(jobs, stored, strict=True)]
         if busy:
-            self._tickets(busy)
+            self.tickets(busy)
         replicated = True
         if waits and self.wait is not None and not self.wait.acknowledged(results[-waits:]):
             replicated = False
@@ -351,7 +343,7 @@ class LineQueue:
         return Accepted([None if isinstance(r, Exception) else bool(r) for r in stored],
                         claims, replicated)
 
-    def _tickets(self, pids: list[str]) -> None:
+    def tickets(self, pids: list[str]) -> None:
         """People someone else has locked: a drainer answers what arrived meanwhile, but
         another holder (a staff answer being relayed) does not — a ticket makes sure, its
         drain finding nothing left in the common case. Rare (two events of one person at
@@ -481,7 +473,7 @@ class Dispatcher:
             pipe.zrem(self.queue.marks(claim.pid), *marks)
         script(pipe, _RELEASE, [self.queue.store.key(claim.pid, "lock")], claim.token)
         pipe.execute()
-        self.queue._tickets([claim.pid])
+        self.queue.tickets([claim.pid])
 
     def _claimed(self, claim: Claim) -> None:
         try:
