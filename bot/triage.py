@@ -87,8 +87,20 @@ class SlotVocab(BaseModel):
     agent_particles: list[str] = Field(default_factory=list)
     self_categories: list[str] = Field(default_factory=list)
     age: dict[str, list[str]] = Field(default_factory=dict)
+    # A pattern that, found in the text an age pattern matched, says the age was given in
+    # numbers: that age wins over one inferred from a word (see _age).
+    exact_age: str = ""
     hiki_duration: dict[str, list[str]] = Field(default_factory=dict)
     contact: dict[str, list[str]] = Field(default_factory=dict)
+
+    @field_validator("exact_age")
+    @classmethod
+    def _compile(cls, source: str) -> str:
+        try:
+            re.compile(source)
+        except re.error as exc:
+            raise ValueError(f"pattern {source!r} does not compile: {exc}") from None
+        return source
 
 
 class TriageFile(BaseModel):
@@ -107,6 +119,9 @@ class TriageFile(BaseModel):
     # Lemmas too common to say anything about a worry (be, do, thing, I, ...). The lists of all
     # languages apply together: a message in one language may carry words of the other.
     stopwords: list[str] = Field(default_factory=list)
+    # Lemmas that may stand between a word and its negation in an "X ない" entry (particles,
+    # the glue of a negated verb), so that the negation belongs to the word.
+    negation_gap: list[str] = Field(default_factory=list)
 
 
 class TriageError(ValueError):
@@ -139,11 +154,15 @@ class _Cue:
 
 
 _NEGATION = NEGATION  # every negation is this one lemma (bot/language.py)
-_NEG_GAP = (r" (?:(?:" + "|".join(map(re.escape, (
-    "が", "は", "も", "を", "に", "の", "で", "と", "へ", "しか", "さえ", "すら", "まで", "など",
-    "なんか", "って", "もう", "全然", "全く", "何", "余り", "殆ど",
-    # the glue of a negated verb: 出てこない, 出ていない, 出られない, 出ようとしない
-    "て", "来る", "居る", "てる", "られる", "れる", "う", "よう", "為る"))) + r") ){0,3}")
+_ANY_GAP = r" (?:\S+ ){0,2}"
+
+
+def _neg_gap(lemmas: list[str]) -> str:
+    """Up to three of these lemmas between a word and its negation (TriageFile.negation_gap);
+    without a list, any two words, as between the other words of an entry."""
+    if not lemmas:
+        return _ANY_GAP
+    return r" (?:(?:" + "|".join(map(re.escape, lemmas)) + r") ){0,3}"
 
 
 _EN_GLUE = frozenset({"this", "that", "with", "from", "your", "them", "they", "what", "when",
@@ -165,7 +184,8 @@ def _en_inflected(words: list[str]) -> str:
     return " ?".join(out)
 
 
-def _word_cue(word: str, weight: float, lang: str, whole: bool = False) -> _Cue:
+def _word_cue(word: str, weight: float, lang: str, whole: bool = False,
+              neg_gap: str = _ANY_GAP) -> _Cue:
     norm = normalize(word)
     if lang == "en":  # English: a word start, any ending (debt, debts; lonely, loneliness)
         words = norm.split(" ")
@@ -183,7 +203,7 @@ def _word_cue(word: str, weight: float, lang: str, whole: bool = False) -> _Cue:
         # 仕事はもうない, not 仕事に行けない: the negation must belong to the word).
         form = re.escape(parts[0])
         for part in parts[1:]:
-            gap = _NEG_GAP if part == _NEGATION else r" (?:\S+ ){0,2}"
+            gap = neg_gap if part == _NEGATION else _ANY_GAP
             form += gap + re.escape(part)
         # A compound the analyser splits (精神科 → 精神 科) keeps its reading, for kana typing.
         reading = "".join(t.reading for t in analysed[0].tokens) \
@@ -244,6 +264,7 @@ class Vocab:
     agent_particles: frozenset[str]
     self_categories: frozenset[str]
     age: list[tuple[str, _Cue]]
+    exact_age: re.Pattern[str] | None
     hiki_duration: list[tuple[str, _Cue]]
     contact: list[tuple[str, _Cue]]
     idf: dict[str, float] = field(default_factory=dict)
@@ -256,12 +277,17 @@ class Vocab:
     def build(cls, spec: TriageFile, lang: str, stop: frozenset[str]) -> Vocab:
         cats = []
         docs: list[frozenset[str]] = []
+        gap = _neg_gap(spec.negation_gap)
+
+        def word(w: str, x: float, whole: bool = False) -> _Cue:
+            return _word_cue(w, x, lang, whole, gap)
+
         for cid, cv in spec.categories.items():
-            cues = _one_vote([_word_cue(w, x, lang) for w, x in _weighted(cv.words, 1.0)])
+            cues = _one_vote([word(w, x) for w, x in _weighted(cv.words, 1.0)])
             cues += [_pattern_cue(p, x) for p, x in _weighted(cv.patterns, 2.0)]
             examples = [_content(analyze(e), stop) for e in cv.examples]
             docs += examples
-            cats.append(_Category(cid, cues, [_word_cue(w, 0, lang) for w in cv.negative],
+            cats.append(_Category(cid, cues, [word(w, 0) for w in cv.negative],
                                   [(ex, 0.0) for ex in examples]))
         df: dict[str, int] = {}
         for doc in docs:
@@ -274,13 +300,15 @@ class Vocab:
         slots = spec.slots
 
         def values(table: dict[str, list[str]], patterns: bool) -> list[tuple[str, _Cue]]:
-            return [(value, _pattern_cue(w, 1) if patterns else _word_cue(w, 1, lang, True))
+            return [(value, _pattern_cue(w, 1) if patterns else word(w, 1, True))
                     for value, words in table.items() for w in words]
 
         return cls(lang=lang, categories=cats, whose=values(slots.whose, False),
                    agent_particles=frozenset(map(normalize, slots.agent_particles)),
                    self_categories=frozenset(slots.self_categories),
-                   age=values(slots.age, True), hiki_duration=values(slots.hiki_duration, True),
+                   age=values(slots.age, True),
+                   exact_age=re.compile(slots.exact_age) if slots.exact_age else None,
+                   hiki_duration=values(slots.hiki_duration, True),
                    contact=values(slots.contact, True), idf=idf,
                    greetings=frozenset(map(normalize, spec.greetings)),
                    other_language=spec.other_language,
@@ -440,9 +468,6 @@ def _slots(found: Analysis, table: Vocab, pack: Pack | None,
     return slots
 
 
-_EXACT_AGE = re.compile("[0-9]|[十二三四五六七八九]十|歳|才|さい")
-
-
 def _age(found: Analysis, table: Vocab) -> str | None:
     """The age band the text gives. An age said in numbers (20歳, 今27です, 80代) wins over one
     inferred from a word (高校, 祖母): 「中学から不登校のまま20歳になった」 is 18-39."""
@@ -451,7 +476,7 @@ def _age(found: Analysis, table: Vocab) -> str | None:
         hit = cue.regex.search(found.norm) if cue.regex is not None else None
         if hit is None:
             continue
-        if _EXACT_AGE.search(hit.group()):
+        if table.exact_age is not None and table.exact_age.search(hit.group()):
             return value
         inferred = inferred or value
     return inferred
