@@ -952,7 +952,8 @@ class Engine:
                 if state.choices_from and not state.repeat and session.concerns:
                     labels = [self.pack.categories[c].label.ja for c in session.concerns
                               if c in self.pack.categories]
-                    lines.append((question, "、".join(labels)))
+                    lines.append((question, self.pack.msg("common.list_separator", "ja")
+                                  .join(labels)))
                 continue
             value = session.answers.get(state.answer)
             if value is None:

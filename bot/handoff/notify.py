@@ -333,7 +333,8 @@ class SlackNotifier:
         """Block Kit for a case: header (urgent marker), facts, answers, message, state."""
         req, none = case.request, self.labels["none"]
         title = self.label("urgent_title" if req.urgent else "title", case)
-        cats = "、".join(self.category_names.get(c, c) for c in req.categories) or none
+        cats = self.labels["list_separator"].join(self.category_names.get(c, c)
+                                                  for c in req.categories) or none
         ward = self.ward_names.get(req.ward, req.ward) if req.ward else none
         received = datetime.fromtimestamp(case.created_at, TOKYO).strftime("%Y-%m-%d %H:%M")
         facts = [("categories", cats), ("ward", ward),
