@@ -143,6 +143,12 @@ class SessionStore:
             time.sleep(delay)
             delay = min(delay * 2, 0.05)
 
+    def forget(self, pipe: Any, pid: str) -> None:
+        """Delete-my-data / unfollow: queue the deletion of the session and whatever waits
+        for the person."""
+        pipe.delete(self.key(pid, "session"), self.key(pid, "outbox"),
+                    self.key(pid, "outbox:n"), self.key(pid, "unseen"))
+
     def commit(self, pid: str, turn: Turn, token: str | None,
                also: Callable[[Any], None] | None = None,
                done: tuple[str, bytes | str] | None = None) -> None:
@@ -154,9 +160,7 @@ class SessionStore:
         blob = ""
         if turn.changed:
             if turn.session is None:
-                # Delete-my-data / unfollow: the session and whatever waits for the person.
-                pipe.delete(session_key, self.key(pid, "outbox"), self.key(pid, "outbox:n"),
-                            self.key(pid, "unseen"))
+                self.forget(pipe, pid)
             else:
                 blob = turn.session.dumps()
         if blob or token or done:

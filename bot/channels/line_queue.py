@@ -696,8 +696,7 @@ class Dispatcher:
         blob, at = "", 0
         if turn.changed:
             if turn.session is None:
-                pipe.delete(store.key(pid, "session"), store.key(pid, "outbox"),
-                            store.key(pid, "outbox:n"), store.key(pid, "unseen"))
+                store.forget(pipe, pid)
                 at = 1
             else:
                 blob = turn.session.dumps()
