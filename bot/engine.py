@@ -12,6 +12,7 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import lru_cache
 from typing import Any, Literal, Protocol
 
 from transitions import EventData, Machine
@@ -41,6 +42,7 @@ TRIAGE = "triage"  # the state where understood free text is confirmed
 LISTENING = ("question", "info", "results", "triage")
 FOREIGN_NOTES = ("zh", "ko", "vi", "th", "ru", "ne", "ar")
 SYNONYM_GROUP = {"categories": "cat", "wards": "ward"}
+CACHE_SIZE = 4096  # entries per memo table of one engine (options, questions, cards, matches)
 
 
 class Detector(Protocol):
@@ -143,6 +145,10 @@ class Engine:
         self.labels = {kind: dict(items) for kind, items in self.items.items()}
         self.machine = self._compile()
         self.command_words = self._command_words()
+        # Pure functions of this engine's flow and pack, asked again on every message: memoised
+        # per engine (so per pack), bounded; functools.lru_cache is safe across threads.
+        self._option_list = lru_cache(maxsize=CACHE_SIZE)(self._options_of)
+        self._question = lru_cache(maxsize=CACHE_SIZE)(self._question_of)
         start = flow.states[flow.start]
         # Where a confirmed worry continues when it was written before any question.
         self.first_question = next((c.next for c in start.choices if c.next), flow.start)
@@ -231,37 +237,47 @@ class Engine:
         """
         name = state_name or session.state
         state = self.flow.states[name]
-        opts: list[Option] = []
         guess = session.guess or {}
         if state.kind == TRIAGE and guess.get("mode") in ("confirm", "pick"):
             return self._triage_options(session, state, guess)
+        return list(self._option_list(
+            name, session.lang, session.page if name == session.state else 0,
+            frozenset(session.concerns) if state.exclude_answered else None,
+            bool(session.resume), session.direct, reserve))
+
+    def _options_of(self, name: str, lang: Lang, page: int, answered: frozenset[str] | None,
+                    resume: bool, direct: bool, reserve: int) -> tuple[Option, ...]:
+        """`options` from the few things of a session it depends on: a pure function of the
+        flow and the pack, memoised per engine (`_option_list`)."""
+        state = self.flow.states[name]
+        opts: list[Option] = []
         if state.choices_from:
             items = self.items[state.choices_from]
-            if state.exclude_answered:
-                items = [(v, lab) for v, lab in items if v not in session.concerns]
+            if answered is not None:
+                items = [(v, lab) for v, lab in items if v not in answered]
             size = self._page_size(state, len(items), reserve)
             last_page = max(0, (len(items) - 1) // size) if size else 0
-            page = min(session.page, last_page) if name == session.state else 0
+            page = min(page, last_page)
             start = page * size
-            opts += [Option(v, lab.get(session.lang)) for v, lab in items[start:start + size]]
+            opts += [Option(v, lab.get(lang)) for v, lab in items[start:start + size]]
             if page > 0:
-                opts.append(Option(f"{PAGE_PREFIX}{page - 1}", self.t("common.prev", session),
+                opts.append(Option(f"{PAGE_PREFIX}{page - 1}", self.pack.msg("common.prev", lang),
                                    page=page - 1))
             if start + size < len(items):
-                opts.append(Option(f"{PAGE_PREFIX}{page + 1}", self.t("common.next", session),
+                opts.append(Option(f"{PAGE_PREFIX}{page + 1}", self.pack.msg("common.next", lang),
                                    page=page + 1))
         for choice in [*state.choices, *state.extra]:
             if state.kind == TRIAGE:
                 break  # the full category list: its own yes/no/other are for the guesses
-            if choice.command == "resume" and not session.resume:
+            if choice.command == "resume" and not resume:
                 continue
-            if choice.command == "direct_on" and session.direct:
-                opts.append(self.command_option("direct_off", session))
+            if choice.command == "direct_on" and direct:
+                opts.append(self._command_option("direct_off", lang))
                 continue
             value = f"{CMD_PREFIX}{choice.command}" if choice.command else choice.value
-            opts.append(Option(value, self.t(choice.label, session), spec=choice,
+            opts.append(Option(value, self.pack.msg(choice.label, lang), spec=choice,
                                command=choice.command))
-        return opts
+        return tuple(opts)
 
     @staticmethod
     def _page_size(state: StateSpec, n_items: int, reserve: int = 0) -> int:
@@ -271,7 +287,27 @@ class Engine:
 
     def ask(self, session: Session) -> Question:
         """The current state's question. After a crisis it also offers a person, on every
-        question, with room kept on the page for that choice."""
+        question, with room kept on the page for that choice.
+
+        Outside the triage state (whose prompt and choices come from the guess) the question
+        depends on a few fields of the session only: memoised per engine, the same frozen
+        Question for everyone at that point (`_question`)."""
+        state = self.flow.states[session.state]
+        if state.kind == TRIAGE:
+            return self._ask(session)
+        return self._question(
+            session.state, session.lang, session.page,
+            frozenset(session.concerns) if state.exclude_answered else None,
+            bool(session.resume), session.direct, bool(session.crisis), session.unseen)
+
+    def _question_of(self, state: str, lang: Lang, page: int, answered: frozenset[str] | None,
+                     resume: bool, direct: bool, crisis: bool, unseen: bool) -> Question:
+        session = Session(flow=self.flow.id, state=state, lang=lang, page=page,
+                          concerns=sorted(answered or ()), resume=state if resume else None,
+                          direct=direct, crisis="any" if crisis else None, unseen=unseen)
+        return self._ask(session)
+
+    def _ask(self, session: Session) -> Question:
         extra = []
         if session.crisis:
             human = self.command_option("human", session)
@@ -293,8 +329,11 @@ class Engine:
         return self.ask(session)
 
     def command_option(self, command: str, session: Session) -> Option:
+        return self._command_option(command, session.lang)
+
+    def _command_option(self, command: str, lang: Lang) -> Option:
         spec = next(c for c in self.flow.commands if c.id == command)
-        return Option(f"{CMD_PREFIX}{command}", self.t(spec.label, session), command=command)
+        return Option(f"{CMD_PREFIX}{command}", self.pack.msg(spec.label, lang), command=command)
 
     def answers(self, session: Session) -> Answers:
         def get(key: str) -> str | None:
