@@ -11,8 +11,8 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
-from functools import lru_cache
+from datetime import UTC, datetime, timedelta
+from functools import lru_cache, partial
 from typing import Any, Literal, Protocol
 
 from transitions import EventData, Machine
@@ -25,7 +25,7 @@ from bot.pack.hours import is_open, next_opening
 from bot.pack.loader import Pack
 from bot.pack.matching import Answers, fits, match, rank
 from bot.pack.models import LANGS, Lang, Window
-from bot.replies import WRONG_PREFIX, Cards, Choice, Question, Reply, Text
+from bot.replies import WRONG_PREFIX, Card, Cards, Choice, Question, Reply, Text
 from bot.session import Session
 from bot.triage import Result, other_language_category, triage
 
@@ -42,6 +42,8 @@ TRIAGE = "triage"  # the state where understood free text is confirmed
 LISTENING = ("question", "info", "results", "triage")
 FOREIGN_NOTES = ("zh", "ko", "vi", "th", "ru", "ne", "ar")
 SYNONYM_GROUP = {"categories": "cat", "wards": "ward"}
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MINUTE = timedelta(minutes=1)
 CACHE_SIZE = 4096  # entries per memo table of one engine (options, questions, cards, matches)
 
 
@@ -149,6 +151,8 @@ class Engine:
         # per engine (so per pack), bounded; functools.lru_cache is safe across threads.
         self._option_list = lru_cache(maxsize=CACHE_SIZE)(self._options_of)
         self._question = lru_cache(maxsize=CACHE_SIZE)(self._question_of)
+        self._card_at = lru_cache(maxsize=CACHE_SIZE)(self._card_of)
+        self._match = lru_cache(maxsize=CACHE_SIZE)(partial(match, pack))
         start = flow.states[flow.start]
         # Where a confirmed worry continues when it was written before any question.
         self.first_question = next((c.next for c in start.choices if c.next), flow.start)
@@ -345,8 +349,22 @@ class Engine:
     def cards(self, title: str, windows: list[Window], session: Session, now: datetime,
               urgent: bool = False, live: bool = False) -> Cards:
         return Cards(title=self.t(title, session), urgent=urgent,
-                     cards=[card(self.pack, w, session.lang, now, live=live)
-                            for w in windows[:MAX_CARDS]])
+                     cards=[self._card(w, session.lang, now, live) for w in windows[:MAX_CARDS]])
+
+    def _card(self, window: Window, lang: Lang, now: datetime, live: bool) -> Card:
+        """`bot.cards.card`, memoised per engine. Opening hours start and end on whole minutes
+        (Asia/Tokyo is a whole number of hours from UTC), so whether a window is open and when
+        it opens next are the same all through one minute: a card is keyed by that minute
+        (or by nothing, without hours or open around the clock) and stays exact."""
+        if now.tzinfo is None or self.pack.windows.get(window.id) is not window:
+            return card(self.pack, window, lang, now, live=live)
+        hours = window.hours
+        minute = None if hours is None or hours.always else (now - EPOCH) // MINUTE
+        return self._card_at(window.id, lang, live, minute)
+
+    def _card_of(self, window_id: str, lang: Lang, live: bool, minute: int | None) -> Card:
+        at = EPOCH if minute is None else EPOCH + minute * MINUTE
+        return card(self.pack, self.pack.windows[window_id], lang, at, live=live)
 
     # -- the step ------------------------------------------------------------------------
     def step(self, session: Session | None, incoming: Incoming, now: datetime,
@@ -731,7 +749,7 @@ class Engine:
         return out
 
     def _results(self, session: Session, now: datetime) -> list[Reply]:
-        found = match(self.pack, self.answers(session))
+        found = self._match(self.answers(session))
         replies: list[Reply] = [Text(text=self.t("results.intro", session))]
         seen: set[str] = set()
 
@@ -898,7 +916,7 @@ class Engine:
 
     def _human(self, session: Session, now: datetime) -> list[Reply]:
         """Until staff handoff is wired, say how to reach a person by phone (never a dead end)."""
-        found = match(self.pack, self.answers(session), max_windows=3, max_hotlines=2)
+        found = self._match(self.answers(session), max_windows=3, max_hotlines=2)
         windows = ([found.centre] if found.centre else []) + [m.window for m in found.windows]
         if not windows:
             windows = self.general_lines(3)
