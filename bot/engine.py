@@ -164,6 +164,7 @@ class Engine:
         self._card_at = lru_cache(maxsize=CACHE_SIZE)(self._card_of)
         self._match = lru_cache(maxsize=CACHE_SIZE)(partial(match, pack))
         self._destination = lru_cache(maxsize=CACHE_SIZE)(self._destination_of)
+        self._words = lru_cache(maxsize=CACHE_SIZE)(self._words_of)
         start = flow.states[flow.start]
         # Where a confirmed worry continues when it was written before any question.
         self.first_question = next((c.next for c in start.choices if c.next), flow.start)
@@ -689,22 +690,29 @@ class Engine:
             if not self._move(session, "answer", value=value):
                 return
 
-    def _words_for(self, session: Session, opt: Option) -> list[str]:
-        """The label in every language plus the pack's synonyms (`syn.<label key>`)."""
-        state = self.flow.states[session.state]
-        words = [opt.label]
-        if opt.spec is not None:
-            words += [self.pack.msg(opt.spec.label, lang) for lang in LANGS]
-            syn_key = f"syn.{opt.spec.label}"
-        elif state.choices_from and opt.page is None:
-            label = self.labels[state.choices_from][opt.value]
-            words += [label.get(lang) for lang in LANGS]
-            syn_key = f"syn.{SYNONYM_GROUP[state.choices_from]}.{opt.value}"
+    def _words_for(self, session: Session, opt: Option) -> tuple[str, ...]:
+        """The label in every language plus the pack's synonyms (`syn.<label key>`),
+        normalised: memoised per engine (`_words`), as normalising them all again for every
+        typed answer was most of the engine's work on it."""
+        return self._words(session.state, opt.value, opt.label,
+                           opt.spec.label if opt.spec is not None else None, opt.page)
+
+    def _words_of(self, state_name: str, value: str, label: str, spec_label: str | None,
+                  page: int | None) -> tuple[str, ...]:
+        state = self.flow.states[state_name]
+        words = [label]
+        if spec_label is not None:
+            words += [self.pack.msg(spec_label, lang) for lang in LANGS]
+            syn_key = f"syn.{spec_label}"
+        elif state.choices_from and page is None:
+            item = self.labels[state.choices_from][value]
+            words += [item.get(lang) for lang in LANGS]
+            syn_key = f"syn.{SYNONYM_GROUP[state.choices_from]}.{value}"
         else:
-            return [normalize(w) for w in words]
+            return tuple(normalize(w) for w in words)
         if self.pack.has_msg(syn_key):
             words += [str(w) for lang in LANGS for w in self.pack.msg(syn_key, lang)]
-        return [normalize(w) for w in words]
+        return tuple(normalize(w) for w in words)
 
     def _reask(self, out: Step, key: str, after_crisis: bool) -> Step:
         session = out.session
