@@ -41,9 +41,9 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -213,7 +213,7 @@ return #late
 def drainer_token() -> str:
     """The lock token of whoever answers a person's LINE events: its "d:" tells a claim that
     the holder will answer what arrives meanwhile (no ticket needed)."""
-    return f"d:{uuid.uuid4().hex}"
+    return f"d:{secrets.token_hex(16)}"
 
 
 def due_key(stream: str) -> str:
@@ -231,6 +231,8 @@ class Claim:
     session: bytes | None
     taken: list[tuple[bytes, bytes]]
     at: float = field(default_factory=time.monotonic)
+    # The jobs this process sealed itself, by inbox member: no need to open those again.
+    known: dict[bytes, Job] = field(default_factory=dict)
 
 
 @dataclass
@@ -249,6 +251,7 @@ class LineQueue:
         self.sealer = sealer
         self.shards = Shards(f"{store.prefix}:line:work", shards)
         self.stream = self.shards.names[0]
+        self._dues = {name: due_key(name) for name in self.shards}
         self.wait = wait
         self.refuse_unreplicated = refuse_unreplicated
         self.backlog = Backlog("line", backlog_alert_at)  # never trimmed: see bot.limits
@@ -331,7 +334,8 @@ class LineQueue:
                 stored[i] = int(flag)
             if claimed and int(claimed[0]) == 1:
                 claims.append(Claim(pid=pid, token=tokens[pid], session=claimed[1],
-                                    taken=list(zip(claimed[2::2], claimed[3::2], strict=True))))
+                                    taken=list(zip(claimed[2::2], claimed[3::2], strict=True)),
+                                    known={members[i].encode(): jobs[i][1] for i in mine}))
             elif claimed and int(claimed[0]) == 2:
                 busy.append(pid)
             if isinstance(ticket, Exception) and not self._ticket_elsewhere(pid):
@@ -367,7 +371,7 @@ class LineQueue:
             logs.event(log, "accept_ticket_failed", logging.WARNING, error=type(exc).__name__)
 
     def due(self, pid: str) -> str:
-        return due_key(self.shards.of(pid))
+        return self._dues[self.shards.of(pid)]
 
     def _due_elsewhere(self, pid: str, entries: dict[str, int]) -> None:
         """The person's shard is down: keep the due entries in another one. If none takes
@@ -493,7 +497,8 @@ class Dispatcher:
             else:
                 deadline = claim.at + lock_s * 0.8
             session = Session.loads(claim.session) if claim.session else None
-            self._answer_taken(claim.pid, claim.token, session, claim.taken, None, deadline)
+            self._answer_taken(claim.pid, claim.token, session, claim.taken, None, deadline,
+                               claim.known)
         except (DeliveryPending, LockTimeout):
             logs.event(log, "delivery_pending", logging.WARNING, pid=claim.pid[:16])
         except UNAVAILABLE as exc:
@@ -637,9 +642,10 @@ class Dispatcher:
 
     def _answer_taken(self, pid: str, token: str, session: Session | None,
                       pairs: list[tuple[Any, Any]], ack: tuple[str, str] | None,
-                      deadline: float) -> int:
+                      deadline: float, known: dict[bytes, Job] | None = None) -> int:
         """Answer the jobs taken under our lock, in order; then release the lock — or, when
-        events arrived meanwhile, take and answer those too (see _FINISH)."""
+        events arrived meanwhile, take and answer those too (see _FINISH). `known`: jobs
+        this process sealed itself, by inbox member (not opened again)."""
         store, inbox = self.queue.store, self.queue.inbox(pid)
         turn = Turn(session=session)
         done = 0
@@ -649,7 +655,8 @@ class Dispatcher:
                 for index, (raw, tried) in enumerate(pairs):
                     if index:
                         deadline = self._renew(pid, token)
-                    job = self.queue.open(raw)
+                    job = known.get(raw) if known else None
+                    job = job or self.queue.open(raw)
                     remove = True
                     try:
                         if job is None:  # sealed with a key no longer configured
@@ -666,7 +673,7 @@ class Dispatcher:
                         remove = self._failed(pid, job, deadline)
                         left += 0 if remove else 1
                     done += remove
-                    answered = self._due_member(pid, raw) if remove else None
+                    answered = self._due_member(pid, raw, job) if remove else None
                     if index < len(pairs) - 1:
                         store.commit(pid, turn, None, done=(inbox, raw) if remove else None,
                                      also=lambda p, a=answered: self._unlist(p, pid, a))
@@ -674,7 +681,7 @@ class Dispatcher:
                 # A ticket is acknowledged only with the last job removed (and not while a
                 # failed one waits for its retry, which the ticket's reclaim brings).
                 last = pairs[-1][0] if pairs and remove else None
-                answered = self._due_member(pid, last) if last is not None else None
+                answered = self._due_member(pid, last, job) if last is not None else None
                 more = self._finish(pid, turn, token, last, answered, None if left else ack,
                                     force=rounds == MAX_ROUNDS)
                 if more is None:
@@ -687,7 +694,9 @@ class Dispatcher:
         return done
 
     @staticmethod
-    def _due_member(pid: str, raw: Any) -> str:
+    def _due_member(pid: str, raw: Any, job: Job | None) -> str:
+        if job is not None:
+            return f"{pid}|{job.event_id}"
         text = raw.decode() if isinstance(raw, bytes) else raw
         return f"{pid}|{json.loads(text)['event_id']}"
 
