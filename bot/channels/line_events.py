@@ -7,7 +7,7 @@ address that lets us reach the person; it never appears in a key or a log.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from linebot.v3.webhooks import (
     AudioMessageContent,
@@ -44,7 +44,9 @@ class Job:
     sealed_user: str
 
     def dumps(self) -> str:
-        return json.dumps(asdict(self), ensure_ascii=False, separators=(",", ":"))
+        # The instance's own dict: asdict() deep-copies every field first (3x the cost, per
+        # event) for a record of plain strings and an int.
+        return json.dumps(vars(self), ensure_ascii=False, separators=(",", ":"))
 
     @classmethod
     def loads(cls, raw: str | bytes) -> Job:
