@@ -11,7 +11,8 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
+from functools import lru_cache, partial
 from typing import Any, Literal, Protocol
 
 from transitions import EventData, Machine
@@ -24,7 +25,7 @@ from bot.pack.hours import is_open, next_opening
 from bot.pack.loader import Pack
 from bot.pack.matching import Answers, fits, match, rank
 from bot.pack.models import LANGS, Lang, Window
-from bot.replies import WRONG_PREFIX, Cards, Choice, Question, Reply, Text
+from bot.replies import WRONG_PREFIX, Card, Cards, Choice, Question, Reply, Text
 from bot.session import Session
 from bot.triage import Result, other_language_category, triage
 
@@ -41,6 +42,9 @@ TRIAGE = "triage"  # the state where understood free text is confirmed
 LISTENING = ("question", "info", "results", "triage")
 FOREIGN_NOTES = ("zh", "ko", "vi", "th", "ru", "ne", "ar")
 SYNONYM_GROUP = {"categories": "cat", "wards": "ward"}
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MINUTE = timedelta(minutes=1)
+CACHE_SIZE = 4096  # entries per memo table of one engine (options, questions, cards, matches)
 
 
 class Detector(Protocol):
@@ -110,6 +114,16 @@ class Conversation:
     state: str
 
 
+@dataclass(frozen=True)
+class Mover:
+    """What of a session the flow's conditions may read: its channel and how many concerns it
+    holds. `_move` memoises the machine's answer by these (and the value), so a condition that
+    read anything else would fail loudly here rather than be answered from memory wrongly."""
+
+    channel: str | None
+    concerns: tuple[str, ...]
+
+
 def _value_is(value: str) -> Callable[[EventData], bool]:
     return lambda event: event.kwargs["value"] == value
 
@@ -143,6 +157,14 @@ class Engine:
         self.labels = {kind: dict(items) for kind, items in self.items.items()}
         self.machine = self._compile()
         self.command_words = self._command_words()
+        # Pure functions of this engine's flow and pack, asked again on every message: memoised
+        # per engine (so per pack), bounded; functools.lru_cache is safe across threads.
+        self._option_list = lru_cache(maxsize=CACHE_SIZE)(self._options_of)
+        self._question = lru_cache(maxsize=CACHE_SIZE)(self._question_of)
+        self._card_at = lru_cache(maxsize=CACHE_SIZE)(self._card_of)
+        self._match = lru_cache(maxsize=CACHE_SIZE)(partial(match, pack))
+        self._destination = lru_cache(maxsize=CACHE_SIZE)(self._destination_of)
+        self._words = lru_cache(maxsize=CACHE_SIZE)(self._words_of)
         start = flow.states[flow.start]
         # Where a confirmed worry continues when it was written before any question.
         self.first_question = next((c.next for c in start.choices if c.next), flow.start)
@@ -199,20 +221,31 @@ class Engine:
                     words[normalize(str(word))] = command.id
         return words
 
-    def _move(self, session: Session, trigger: str, **kwargs: Any) -> bool:
+    def _move(self, session: Session, trigger: str, value: str | None = None) -> bool:
         """Fire a trigger of the shared machine for this session's state.
 
         We call the machine's Event with a model that carries only the state, instead of
         add_model/remove_model: attaching binds convenience methods for every state (~0.25 ms
         a message here, against ~20 µs for the trigger itself). Same Machine, same edges and
-        conditions; no per-message Machine, no model left attached.
+        conditions; no per-message Machine, no model left attached. The flow has no callbacks,
+        so where a trigger leads is a pure function of the state, the value and what the
+        conditions read (`Mover`): memoised per engine (`_destination`).
         """
+        dest = self._destination(trigger, session.state, value, session.channel,
+                                 len(session.concerns))
+        if dest is not None:
+            session.enter(dest)
+        return dest is not None
+
+    def _destination_of(self, trigger: str, state: str, value: str | None,
+                        channel: str | None, concerns: int) -> str | None:
+        """Where the machine takes `trigger` from `state`; None when it does not move."""
         model = Conversation()
-        model.state = session.state
-        moved = self.machine.events[trigger].trigger(model, session=session, **kwargs)
-        if moved:
-            session.enter(model.state)
-        return bool(moved)
+        model.state = state
+        kwargs = {} if value is None else {"value": value}
+        moved = self.machine.events[trigger].trigger(
+            model, session=Mover(channel=channel, concerns=("",) * concerns), **kwargs)
+        return model.state if moved else None
 
     # -- helpers -------------------------------------------------------------------------
     def t(self, key: str, session: Session) -> str:
@@ -231,37 +264,47 @@ class Engine:
         """
         name = state_name or session.state
         state = self.flow.states[name]
-        opts: list[Option] = []
         guess = session.guess or {}
         if state.kind == TRIAGE and guess.get("mode") in ("confirm", "pick"):
             return self._triage_options(session, state, guess)
+        return list(self._option_list(
+            name, session.lang, session.page if name == session.state else 0,
+            frozenset(session.concerns) if state.exclude_answered else None,
+            bool(session.resume), session.direct, reserve))
+
+    def _options_of(self, name: str, lang: Lang, page: int, answered: frozenset[str] | None,
+                    resume: bool, direct: bool, reserve: int) -> tuple[Option, ...]:
+        """`options` from the few things of a session it depends on: a pure function of the
+        flow and the pack, memoised per engine (`_option_list`)."""
+        state = self.flow.states[name]
+        opts: list[Option] = []
         if state.choices_from:
             items = self.items[state.choices_from]
-            if state.exclude_answered:
-                items = [(v, lab) for v, lab in items if v not in session.concerns]
+            if answered is not None:
+                items = [(v, lab) for v, lab in items if v not in answered]
             size = self._page_size(state, len(items), reserve)
             last_page = max(0, (len(items) - 1) // size) if size else 0
-            page = min(session.page, last_page) if name == session.state else 0
+            page = min(page, last_page)
             start = page * size
-            opts += [Option(v, lab.get(session.lang)) for v, lab in items[start:start + size]]
+            opts += [Option(v, lab.get(lang)) for v, lab in items[start:start + size]]
             if page > 0:
-                opts.append(Option(f"{PAGE_PREFIX}{page - 1}", self.t("common.prev", session),
+                opts.append(Option(f"{PAGE_PREFIX}{page - 1}", self.pack.msg("common.prev", lang),
                                    page=page - 1))
             if start + size < len(items):
-                opts.append(Option(f"{PAGE_PREFIX}{page + 1}", self.t("common.next", session),
+                opts.append(Option(f"{PAGE_PREFIX}{page + 1}", self.pack.msg("common.next", lang),
                                    page=page + 1))
         for choice in [*state.choices, *state.extra]:
             if state.kind == TRIAGE:
                 break  # the full category list: its own yes/no/other are for the guesses
-            if choice.command == "resume" and not session.resume:
+            if choice.command == "resume" and not resume:
                 continue
-            if choice.command == "direct_on" and session.direct:
-                opts.append(self.command_option("direct_off", session))
+            if choice.command == "direct_on" and direct:
+                opts.append(self._command_option("direct_off", lang))
                 continue
             value = f"{CMD_PREFIX}{choice.command}" if choice.command else choice.value
-            opts.append(Option(value, self.t(choice.label, session), spec=choice,
+            opts.append(Option(value, self.pack.msg(choice.label, lang), spec=choice,
                                command=choice.command))
-        return opts
+        return tuple(opts)
 
     @staticmethod
     def _page_size(state: StateSpec, n_items: int, reserve: int = 0) -> int:
@@ -271,7 +314,27 @@ class Engine:
 
     def ask(self, session: Session) -> Question:
         """The current state's question. After a crisis it also offers a person, on every
-        question, with room kept on the page for that choice."""
+        question, with room kept on the page for that choice.
+
+        Outside the triage state (whose prompt and choices come from the guess) the question
+        depends on a few fields of the session only: memoised per engine, the same frozen
+        Question for everyone at that point (`_question`)."""
+        state = self.flow.states[session.state]
+        if state.kind == TRIAGE:
+            return self._ask(session)
+        return self._question(
+            session.state, session.lang, session.page,
+            frozenset(session.concerns) if state.exclude_answered else None,
+            bool(session.resume), session.direct, bool(session.crisis), session.unseen)
+
+    def _question_of(self, state: str, lang: Lang, page: int, answered: frozenset[str] | None,
+                     resume: bool, direct: bool, crisis: bool, unseen: bool) -> Question:
+        session = Session(flow=self.flow.id, state=state, lang=lang, page=page,
+                          concerns=sorted(answered or ()), resume=state if resume else None,
+                          direct=direct, crisis="any" if crisis else None, unseen=unseen)
+        return self._ask(session)
+
+    def _ask(self, session: Session) -> Question:
         extra = []
         if session.crisis:
             human = self.command_option("human", session)
@@ -293,8 +356,11 @@ class Engine:
         return self.ask(session)
 
     def command_option(self, command: str, session: Session) -> Option:
+        return self._command_option(command, session.lang)
+
+    def _command_option(self, command: str, lang: Lang) -> Option:
         spec = next(c for c in self.flow.commands if c.id == command)
-        return Option(f"{CMD_PREFIX}{command}", self.t(spec.label, session), command=command)
+        return Option(f"{CMD_PREFIX}{command}", self.pack.msg(spec.label, lang), command=command)
 
     def answers(self, session: Session) -> Answers:
         def get(key: str) -> str | None:
@@ -306,8 +372,22 @@ class Engine:
     def cards(self, title: str, windows: list[Window], session: Session, now: datetime,
               urgent: bool = False, live: bool = False) -> Cards:
         return Cards(title=self.t(title, session), urgent=urgent,
-                     cards=[card(self.pack, w, session.lang, now, live=live)
-                            for w in windows[:MAX_CARDS]])
+                     cards=[self._card(w, session.lang, now, live) for w in windows[:MAX_CARDS]])
+
+    def _card(self, window: Window, lang: Lang, now: datetime, live: bool) -> Card:
+        """`bot.cards.card`, memoised per engine. Opening hours start and end on whole minutes
+        (Asia/Tokyo is a whole number of hours from UTC), so whether a window is open and when
+        it opens next are the same all through one minute: a card is keyed by that minute
+        (or by nothing, without hours or open around the clock) and stays exact."""
+        if now.tzinfo is None or self.pack.windows.get(window.id) is not window:
+            return card(self.pack, window, lang, now, live=live)
+        hours = window.hours
+        minute = None if hours is None or hours.always else (now - EPOCH) // MINUTE
+        return self._card_at(window.id, lang, live, minute)
+
+    def _card_of(self, window_id: str, lang: Lang, live: bool, minute: int | None) -> Card:
+        at = EPOCH if minute is None else EPOCH + minute * MINUTE
+        return card(self.pack, self.pack.windows[window_id], lang, at, live=live)
 
     # -- the step ------------------------------------------------------------------------
     def step(self, session: Session | None, incoming: Incoming, now: datetime,
@@ -610,22 +690,29 @@ class Engine:
             if not self._move(session, "answer", value=value):
                 return
 
-    def _words_for(self, session: Session, opt: Option) -> list[str]:
-        """The label in every language plus the pack's synonyms (`syn.<label key>`)."""
-        state = self.flow.states[session.state]
-        words = [opt.label]
-        if opt.spec is not None:
-            words += [self.pack.msg(opt.spec.label, lang) for lang in LANGS]
-            syn_key = f"syn.{opt.spec.label}"
-        elif state.choices_from and opt.page is None:
-            label = self.labels[state.choices_from][opt.value]
-            words += [label.get(lang) for lang in LANGS]
-            syn_key = f"syn.{SYNONYM_GROUP[state.choices_from]}.{opt.value}"
+    def _words_for(self, session: Session, opt: Option) -> tuple[str, ...]:
+        """The label in every language plus the pack's synonyms (`syn.<label key>`),
+        normalised: memoised per engine (`_words`), as normalising them all again for every
+        typed answer was most of the engine's work on it."""
+        return self._words(session.state, opt.value, opt.label,
+                           opt.spec.label if opt.spec is not None else None, opt.page)
+
+    def _words_of(self, state_name: str, value: str, label: str, spec_label: str | None,
+                  page: int | None) -> tuple[str, ...]:
+        state = self.flow.states[state_name]
+        words = [label]
+        if spec_label is not None:
+            words += [self.pack.msg(spec_label, lang) for lang in LANGS]
+            syn_key = f"syn.{spec_label}"
+        elif state.choices_from and page is None:
+            item = self.labels[state.choices_from][value]
+            words += [item.get(lang) for lang in LANGS]
+            syn_key = f"syn.{SYNONYM_GROUP[state.choices_from]}.{value}"
         else:
-            return [normalize(w) for w in words]
+            return tuple(normalize(w) for w in words)
         if self.pack.has_msg(syn_key):
             words += [str(w) for lang in LANGS for w in self.pack.msg(syn_key, lang)]
-        return [normalize(w) for w in words]
+        return tuple(normalize(w) for w in words)
 
     def _reask(self, out: Step, key: str, after_crisis: bool) -> Step:
         session = out.session
@@ -692,7 +779,7 @@ class Engine:
         return out
 
     def _results(self, session: Session, now: datetime) -> list[Reply]:
-        found = match(self.pack, self.answers(session))
+        found = self._match(self.answers(session))
         replies: list[Reply] = [Text(text=self.t("results.intro", session))]
         seen: set[str] = set()
 
@@ -859,7 +946,7 @@ class Engine:
 
     def _human(self, session: Session, now: datetime) -> list[Reply]:
         """Until staff handoff is wired, say how to reach a person by phone (never a dead end)."""
-        found = match(self.pack, self.answers(session), max_windows=3, max_hotlines=2)
+        found = self._match(self.answers(session), max_windows=3, max_hotlines=2)
         windows = ([found.centre] if found.centre else []) + [m.window for m in found.windows]
         if not windows:
             windows = self.general_lines(3)

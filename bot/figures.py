@@ -28,6 +28,7 @@ import redis
 
 from bot import logs
 from bot.redisconn import script
+from bot.replies import Cards
 
 if TYPE_CHECKING:
     from bot.engine import Incoming, Step
@@ -97,10 +98,29 @@ MEASURES: dict[str, str] = {
 DERIVED = {"stopped_at"}
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_HOUR = timedelta(hours=1)
+_last_day: tuple[int, tuple[str, str]] = (-1, ("", ""))  # (UTC hour, its answer)
+
+
 def tokyo_day(now: datetime) -> tuple[str, str]:
-    """(date, hour) in Asia/Tokyo for a moment."""
-    local = (now if now.tzinfo else now.replace(tzinfo=UTC)).astimezone(TOKYO)
-    return local.date().isoformat(), f"{local.hour:02d}"
+    """(date, hour) in Asia/Tokyo for a moment.
+
+    The answer for the UTC hour last asked is kept (one tuple, replaced whole: safe across
+    threads): Tokyo is a whole number of hours from UTC, so it holds for all of that hour,
+    and every message asks it about the present."""
+    global _last_day
+    aware = now if now.tzinfo else now.replace(tzinfo=UTC)
+    hour = (aware - _EPOCH) // _HOUR
+    last = _last_day
+    if last[0] == hour:
+        return last[1]
+    local = aware.astimezone(TOKYO)
+    found = local.date().isoformat(), f"{local.hour:02d}"
+    offset = local.utcoffset()
+    if offset is not None and not offset % _HOUR:
+        _last_day = (hour, found)
+    return found
 
 
 def today() -> date:
@@ -163,8 +183,9 @@ def tally(channel: str, before: Session | None, step: Step, incoming: Incoming |
         counts["conversations_completed", channel] += 1
         counts["completed_language", after.lang] += 1
     for reply in step.replies:
-        for card in getattr(reply, "cards", ()):
-            counts["window_shown", card.id] += 1
+        if isinstance(reply, Cards):  # (getattr with a default costs a pydantic miss each)
+            for card in reply.cards:
+                counts["window_shown", card.id] += 1
     return counts
 
 

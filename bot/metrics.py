@@ -11,7 +11,7 @@ beside the case store in bot/handoff/cases.py, with the same `city` label.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Counter, Histogram
 
@@ -31,12 +31,30 @@ DEGRADED = Counter("tsunagu_degraded_answers_total", "Answers given without Redi
                    ["city", "channel"])
 
 
+MAX_CHILDREN = 10_000  # label combinations remembered by `child`; past that, looked up each time
+_children: dict[tuple[Any, ...], Any] = {}
+
+
+def child(metric: Any, *values: str) -> Any:
+    """`metric.labels(*values)` (values in the order of the metric's label names), remembered:
+    prometheus_client checks and sorts the labels and takes a lock on every call, a few µs a
+    message for the same few combinations. The library returns the same child for the same
+    values until it is removed, and we never remove one; a lost race only looks it up twice."""
+    key = (metric, *values)
+    found = _children.get(key)
+    if found is None:
+        found = metric.labels(*values)
+        if len(_children) < MAX_CHILDREN:
+            _children[key] = found
+    return found
+
+
 def record_step(city: str, channel: str, kind: str, step: Step) -> None:
     """Count one answered message from what its step says (metrics read the step; nothing
     reads the metrics to decide what to do)."""
-    EVENTS.labels(city=city, channel=channel, kind=kind).inc()
+    child(EVENTS, city, channel, kind).inc()
     for event in step.events:
         if event.startswith("crisis:"):
-            CRISIS.labels(city=city, kind=event.split(":", 1)[1]).inc()
+            child(CRISIS, city, event.split(":", 1)[1]).inc()
         elif event == "degraded":
-            DEGRADED.labels(city=city, channel=channel).inc()
+            child(DEGRADED, city, channel).inc()

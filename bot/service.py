@@ -232,11 +232,11 @@ class Conversations:
     def _record(self, event: Event, step: Step, via: str, started: float) -> None:
         elapsed = time.perf_counter() - started
         metrics.record_step(self.city, event.channel, event.incoming.kind, step)
-        metrics.ANSWERS.labels(city=self.city, channel=event.channel, via=via).inc()
+        metrics.child(metrics.ANSWERS, self.city, event.channel, via).inc()
         waited = elapsed
         if event.received is not None:
             waited = max(0.0, self.clock().timestamp() - event.received)
-        metrics.LATENCY.labels(city=self.city, channel=event.channel).observe(waited)
+        metrics.child(metrics.LATENCY, self.city, event.channel).observe(waited)
         logs.event(log, "message", channel=event.channel, pid=event.pid[:16],
                    kind=event.incoming.kind, via=via,
                    state=step.session.state if step.session else None,

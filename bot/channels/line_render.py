@@ -13,6 +13,7 @@ per event. The SDK's own models still check every rendered message in the tests
 from __future__ import annotations
 
 import json
+from functools import lru_cache
 from typing import Any
 
 from bot.replies import WRONG_PREFIX, Card, Cards, Question, Reply, Text
@@ -28,8 +29,12 @@ URGENT_COLOR = "#B3261E"
 ACCENT_COLOR = "#1B6E5A"
 
 
+@lru_cache(maxsize=4096)
 def postback_data(state: str | None, value: str) -> str:
-    """What a quick reply sends back: the state it belongs to, so stale taps can be told."""
+    """What a quick reply sends back: the state it belongs to, so stale taps can be told.
+
+    Memoised: the same few (state, value) pairs of the flow come back on every answer, and
+    encoding them was the largest part of rendering one (bounded; strings only)."""
     return json.dumps({"s": state, "v": value}, separators=(",", ":"))[:MAX_DATA]
 
 
