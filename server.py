@@ -21,24 +21,12 @@ from bot.config import Settings, SettingsError
 from bot.limits import Limits
 from bot.pack import PackError
 from bot.web.chat import bp as webchat
+from bot.web.headers import HSTS, SECURITY_HEADERS
 from bot.web.report import bp as staff_report
 from bot.wiring import Services, build
 
 MAX_BODY = 1024 * 1024
 
-# The page loads its own script and stylesheet and talks only to this origin; its texts ride in
-# a JSON data block, which CSP does not execute. Nothing may frame it (clickjacking), and no
-# referrer leaves it (the page a resident came from, or ours, says something about them).
-SECURITY_HEADERS = {
-    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
-                               "img-src 'self' data:; connect-src 'self'; form-action 'self'; "
-                               "base-uri 'none'; frame-ancestors 'none'",
-    "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
-    "X-Content-Type-Options": "nosniff",
-    "Permissions-Policy": "camera=(), microphone=(), geolocation=(), payment=(), usb=()",
-    "Cross-Origin-Opener-Policy": "same-origin",
-}
 LOOPBACK = ("127.0.0.1", "::1")
 
 
@@ -47,7 +35,7 @@ def secure_headers(resp: Response) -> Response:
     for name, value in SECURITY_HEADERS.items():
         resp.headers.setdefault(name, value)
     if request.is_secure:
-        resp.headers.setdefault("Strict-Transport-Security", "max-age=31536000")
+        resp.headers.setdefault(*HSTS)
     return resp
 
 
@@ -135,15 +123,10 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     services = services or build(settings)
     app = Flask(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
-    if settings.trusted_proxies:
-        # remote_addr, scheme and host as the client used them, taken from the headers of
-        # exactly that many proxies in front of us (more would let a client forge them).
-        n = settings.trusted_proxies
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n)  # type: ignore[method-assign]
     app.after_request(secure_headers)
     app.extensions["tsunagu"] = services
-    app.extensions["tsunagu_limits"] = Limits(services.redis, settings.key_prefix,
-                                              settings.bot_secret_key)
+    limits = Limits(services.redis, settings.key_prefix, settings.bot_secret_key)
+    app.extensions["tsunagu_limits"] = limits
     if settings.secret_is_ephemeral:
         logs.event(logs.get("server"), "ephemeral_secret",
                    note="BOT_SECRET_KEY is unset: using a random key for this process")
@@ -151,12 +134,12 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.register_blueprint(staff_report)  # 404 unless STAFF_REPORT_TOKEN is set
     if settings.line_enabled:
         from bot.channels.line import build_line
-        from bot.channels.line_webhook import bp as line_bp
+        from bot.channels.line_webhook import Callback
 
         line = build_line(services, threads=settings.line_dispatch_threads,
                           reclaim_idle_ms=settings.line_reclaim_idle_ms)
         app.extensions["tsunagu_line"] = line
-        app.register_blueprint(line_bp)
+        app.wsgi_app = Callback(app.wsgi_app, line, limits, MAX_BODY)  # type: ignore[method-assign]
         if start_workers:
             line.dispatcher.start()
     else:
@@ -182,6 +165,12 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         return {"content": bool(services.pack.windows), "redis": redis_answers(services.redis)}
 
     ops_routes(app, settings, ready)
+    if settings.trusted_proxies:
+        # remote_addr, scheme and host as the client used them, taken from the headers of
+        # exactly that many proxies in front of us (more would let a client forge them).
+        # Outermost, so that every path (the LINE webhook's included) sees them.
+        n = settings.trusted_proxies
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n)  # type: ignore[method-assign]
     return app
 
 

@@ -2,7 +2,7 @@
 in order, per person, by dispatcher threads (or the worker process).
 
   <prefix>:{<pid>}:line:ev                      ZSET of event marks (seen, being answered)
-                                                by time, trimmed to 24 h — see _ENQUEUE
+                                                by time, trimmed to 24 h — see _ACCEPT
   <prefix>:{<pid>}:line:inbox                   ZSET by LINE's timestamp — the person's order;
                                                 members {"event_id", "sealed"}: the job (text,
                                                 reply token, address) sealed with Fernet, since
@@ -100,7 +100,7 @@ return 0
 
 # The one Lua loop that takes a person's inbox: mark each job "being answered" and append it to
 # `out` with whether it had been marked before (a process died while answering it). Shared by
-# _TAKE, _CLAIM and _FINISH.
+# _TAKE, _ACCEPT and _FINISH.
 _TAKE_FN = """
 local function take(inbox, marks, now, ttl, out)
   local jobs = redis.call('zrange', inbox, 0, -1)
@@ -123,34 +123,43 @@ if redis.call('get', KEYS[3]) ~= ARGV[3] then return {} end
 return take(KEYS[1], KEYS[2], ARGV[1], ARGV[2], {})
 """
 
-# ARGV: now (ms), marks TTL (ms), event id, LINE timestamp, inbox member, inbox TTL (s).
-_ENQUEUE = """
+# Accept one person's events, in one call in the person's slot: for each event not seen
+# before, a "seen" mark and its inbox entry (a redelivery is dropped: the mark exists); marks
+# older than the TTL are trimmed. Then, when ARGV[4] (a lock token) is not empty, claim the
+# person if their inbox has work: take their lock, read their session and take the inbox (as
+# _TAKE does) — so the process that accepted the events answers them, without a ticket.
+# KEYS: marks, inbox, lock, session. ARGV: now (ms), marks TTL (ms), inbox TTL (s), token or
+# '', lock ms, then (event id, LINE timestamp, inbox member) per event.
+# Returns {stored, claim}: stored[i] 1 new / 0 a redelivery; claim {} (not asked), {0}
+# nothing to do, {3} the lock is held by a drainer (its token starts "d:"), which answers
+# this too before letting go (_FINISH), {2} held by someone else (a staff answer being
+# relayed: a ticket is needed), or {1, session, job, tried, job, …}.
+_ACCEPT = _TAKE_FN + """
 redis.call('zremrangebyscore', KEYS[1], '-inf', ARGV[1] - ARGV[2])
-if redis.call('zadd', KEYS[1], 'NX', ARGV[1], 's' .. ARGV[3]) == 1 then
+local stored, new = {}, false
+for i = 6, #ARGV, 3 do
+  if redis.call('zadd', KEYS[1], 'NX', ARGV[1], 's' .. ARGV[i]) == 1 then
+    redis.call('zadd', KEYS[2], ARGV[i + 1], ARGV[i + 2])
+    stored[#stored + 1] = 1
+    new = true
+  else
+    stored[#stored + 1] = 0
+  end
+end
+if new then
   redis.call('pexpire', KEYS[1], ARGV[2])
-  redis.call('zadd', KEYS[2], ARGV[4], ARGV[5])
-  redis.call('expire', KEYS[2], ARGV[6])
-  return 1
+  redis.call('expire', KEYS[2], ARGV[3])
 end
-return 0
+if ARGV[4] == '' then return {stored, {}} end
+if redis.call('zcard', KEYS[2]) == 0 then return {stored, {0}} end
+if not redis.call('set', KEYS[3], ARGV[4], 'NX', 'PX', ARGV[5]) then
+  local holder = redis.call('get', KEYS[3])
+  if holder and string.sub(holder, 1, 2) == 'd:' then return {stored, {3}} end
+  return {stored, {2}}
+end
+return {stored, take(KEYS[2], KEYS[1], ARGV[1], ARGV[2], {1, redis.call('get', KEYS[4])})}
 """
 
-
-# Claim a person whose inbox has work: take their lock, read their session and take the inbox
-# (as _TAKE does), in the webhook's round trip. KEYS: lock, session, inbox, marks.
-# ARGV: token, lock ms, now (ms), marks TTL (ms). {0} nothing to do; {3} the lock is held by
-# a drainer (its token starts "d:"), which answers this too before letting go (_FINISH); {2}
-# held by someone else (a staff answer being relayed): a ticket is needed; or
-# {1, session, job, tried, job, …}.
-_CLAIM = _TAKE_FN + """
-if redis.call('zcard', KEYS[3]) == 0 then return {0} end
-if not redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  local holder = redis.call('get', KEYS[1])
-  if holder and string.sub(holder, 1, 2) == 'd:' then return {3} end
-  return {2}
-end
-return take(KEYS[3], KEYS[4], ARGV[3], ARGV[4], {1, redis.call('get', KEYS[2])})
-"""
 
 # The last step of answering a person, atomically: save the session (ARGV[1] not empty, TTL
 # ARGV[2] s), remove the job answered (ARGV[4] not empty), then release the lock (token
@@ -281,25 +290,23 @@ class LineQueue:
         keys: list[str] = []
         members = [self.seal(job) for _, job in jobs]  # sealing is random: keep what was sent
         now_ms = int(time.time() * 1000)
-        for (pid, job), member in zip(jobs, members, strict=True):
-            marks = self.marks(pid)
-            script(pipe, _ENQUEUE, [marks, self.inbox(pid)], now_ms, MARKS_TTL_MS,
-                   job.event_id, job.timestamp_ms, member, INBOX_TTL_S)
-            keys.append(marks)
-        pids = list(dict.fromkeys(pid for pid, _ in jobs))
         due_at = now_ms + self.store.lock_ms + DUE_GRACE_MS
-        dues = {pid: {f"{pid}|{job.event_id}": due_at for p, job in jobs if p == pid}
-                for pid in pids}
-        for pid in pids:
-            pipe.zadd(self.due(pid), dues[pid])
+        people: dict[str, list[int]] = {}  # pid → indexes of its jobs, in the body's order
+        for i, (pid, _) in enumerate(jobs):
+            people.setdefault(pid, []).append(i)
+        tokens: dict[str, str] = {}
+        for pid, mine in people.items():
+            args: list[Any] = []
+            for i in mine:
+                args += (jobs[i][1].event_id, jobs[i][1].timestamp_ms, members[i])
+            tokens[pid] = drainer_token() if claim else ""
+            script(pipe, _ACCEPT, [self.marks(pid), self.inbox(pid),
+                                   self.store.key(pid, "lock"), self.store.key(pid, "session")],
+                   now_ms, MARKS_TTL_MS, INBOX_TTL_S, tokens[pid], self.store.lock_ms, *args)
+            keys.append(self.marks(pid))
+            pipe.zadd(self.due(pid), {f"{pid}|{jobs[i][1].event_id}": due_at for i in mine})
             keys.append(self.due(pid))
-        tokens = {pid: drainer_token() for pid in pids}
-        for pid in pids:
-            if claim:
-                script(pipe, _CLAIM, [self.store.key(pid, "lock"), self.store.key(pid, "session"),
-                                      self.inbox(pid), self.marks(pid)],
-                       tokens[pid], self.store.lock_ms, now_ms, MARKS_TTL_MS)
-            else:
+            if not claim:
                 pipe.xadd(self.shards.of(pid), {"p": pid})
                 keys.append(self.shards.of(pid))
         measure = self.backlog.due()
@@ -308,34 +315,37 @@ class LineQueue:
                 pipe.xlen(name)
                 pipe.zcard(due_key(name))
         waits = self.wait.add(pipe, keys) if self.wait is not None else 0
-        results = pipe.execute(raise_on_error=False)
-        n, m = len(jobs), len(pids)
-        if measure:
-            self.backlog.note(sum(x for x in results[n + 2 * m:n + 2 * m + 2 * len(self.shards)]
-                                  if isinstance(x, int)))
-        stored = results[:n]
-        for pid, result in zip(pids, results[n:n + m], strict=True):
-            if isinstance(result, Exception):
-                self._due_elsewhere(pid, dues[pid])
+        results = iter(pipe.execute(raise_on_error=False))
+        stored: list[Any] = [None] * len(jobs)
         claims, busy = [], []
-        for pid, result in zip(pids, results[n + m:n + 2 * m], strict=True):
-            if claim:
-                if isinstance(result, list) and result and int(result[0]) == 1:
-                    claims.append(Claim(pid=pid, token=tokens[pid], session=result[1],
-                                        taken=list(zip(result[2::2], result[3::2],
-                                                       strict=True))))
-                elif isinstance(result, list) and result and int(result[0]) == 2:
-                    busy.append(pid)
-            elif isinstance(result, Exception) and not self._ticket_elsewhere(pid):
-                self._take_back(pid, [(job, member) for (p, job), member, r
-                                      in zip(jobs, members, stored, strict=True)
-                                      if p == pid and r == 1])
-                stored = [RuntimeError("no ticket") if p == pid and r == 1 else r
-                          for (p, _), r in zip(jobs, stored, strict=True)]
+        for pid, mine in people.items():
+            accepted, due, ticket = next(results), next(results), None if claim else next(results)
+            if isinstance(due, Exception):
+                self._due_elsewhere(pid, {f"{pid}|{jobs[i][1].event_id}": due_at for i in mine})
+            if isinstance(accepted, Exception):
+                for i in mine:
+                    stored[i] = accepted
+                continue
+            new, claimed = accepted
+            for i, flag in zip(mine, new, strict=True):
+                stored[i] = int(flag)
+            if claimed and int(claimed[0]) == 1:
+                claims.append(Claim(pid=pid, token=tokens[pid], session=claimed[1],
+                                    taken=list(zip(claimed[2::2], claimed[3::2], strict=True))))
+            elif claimed and int(claimed[0]) == 2:
+                busy.append(pid)
+            if isinstance(ticket, Exception) and not self._ticket_elsewhere(pid):
+                self._take_back(pid, [(jobs[i][1], members[i]) for i in mine if stored[i] == 1])
+                for i in mine:
+                    if stored[i] == 1:
+                        stored[i] = RuntimeError("no ticket")
+        if measure:
+            self.backlog.note(sum(x for x in [next(results) for _ in range(2 * len(self.shards))]
+                                  if isinstance(x, int)))
         if busy:
             self.tickets(busy)
         replicated = True
-        if waits and self.wait is not None and not self.wait.acknowledged(results[-waits:]):
+        if waits and self.wait is not None and not self.wait.acknowledged(list(results)):
             replicated = False
             metrics.REDIS_ERRORS.labels("line_wait").inc()
             logs.event(log, "accept_not_replicated", logging.WARNING, events=len(jobs),
