@@ -89,13 +89,32 @@ def test_wrong_secret_is_refused(line_app):
 
 
 def test_malformed_signed_body_is_400(line_app):
-    app, _ = line_app
+    app, fake = line_app
     client = app.test_client()
-    for raw in ("{not json", '{"events": "nope"}', "[]"):
+    no_time = lh.text("こんにちは", user=USER)
+    del no_time["timestamp"]
+    for raw in ("{not json", '{"events": "nope"}', "[]", '{"events": {}}', '{"events": [5]}',
+                lh.body(lh.text("a", user=USER), no_time),
+                lh.body(dict(lh.text("a", user=USER), webhookEventId=5))):
         resp = client.post("/callback", data=raw.encode(),
                            headers={"X-Line-Signature": lh.sign(raw)},
                            content_type="application/json")
         assert resp.status_code == 400, raw
+    time.sleep(0.3)
+    assert fake.received == []  # not even the well-formed event beside a malformed one
+
+
+def test_an_event_malformed_where_we_read_is_ignored(line_app):
+    app, fake = line_app
+    client = app.test_client()
+    no_text = lh.text("a", user=USER)
+    del no_text["message"]["text"]
+    for ev in (no_text, lh.event("postback", user=USER, postback={"data": 5})):
+        assert post(client, ev).status_code == 200
+    post(client, lh.text("こんにちは", user=USER))
+    assert len(fake.wait_for(1)) == 1
+    time.sleep(0.3)
+    assert len(fake.delivered()) == 1
 
 
 def test_body_over_one_megabyte_is_413(line_app):

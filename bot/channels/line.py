@@ -9,9 +9,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from linebot.v3 import WebhookParser
-
 from bot.channels.line_api import LineApi
+from bot.channels.line_events import EventParser
 from bot.channels.line_queue import Dispatcher, LineQueue
 from bot.crypto import Sealer
 from bot.engine import Engine
@@ -50,7 +49,7 @@ class DegradedAnswers:
 
 @dataclass
 class LineChannel:
-    parser: WebhookParser
+    parser: EventParser
     api: LineApi
     queue: LineQueue
     dispatcher: Dispatcher
@@ -83,7 +82,7 @@ def build_line(services: Services, threads: int = 4,
     clock = services.conversations.clock
     dispatcher = Dispatcher(queue, services.conversations, api, sealer, clock,
                             threads=threads, reclaim_idle_ms=reclaim_idle_ms)
-    return LineChannel(parser=WebhookParser(settings.line_channel_secret or ""), api=api,
+    return LineChannel(parser=EventParser(settings.line_channel_secret or ""), api=api,
                        queue=queue, dispatcher=dispatcher, engine=services.engine,
                        conversations=services.conversations, sealer=sealer, clock=clock,
                        max_event_age_s=settings.line_max_event_age_s,

@@ -7,7 +7,7 @@ bubbles, altText of 400 characters.
 We build the JSON ourselves rather than line-bot-sdk's message models: profiling showed the
 models' construction and serialisation (pydantic v1) to be about a third of the server's CPU
 per event. The SDK's own models still check every rendered message in the tests
-(`Message.from_dict`), and the SDK's API client still sends them.
+(`Message.from_dict`); LineApi sends them (see line_api for why not the SDK's client).
 """
 
 from __future__ import annotations
