@@ -29,11 +29,13 @@ from pydantic import ValidationError
 from bot.channels.line_events import (
     INVALID_TAP,
     EventParser,
+    Job,
     reply_token_of,
     translate,
     user_id_of,
 )
 from bot.channels.line_render import parse_postback
+from bot.crypto import Sealer
 from tests import line_helpers as lh
 
 USER = "U" + "c" * 32
@@ -286,3 +288,17 @@ def test_the_job_fields_of_a_tap():
     assert user_id_of(event) == USER
     assert reply_token_of(event) == "rt-tap"
     assert reply_token_of(VALID["unfollow"]) is None
+
+
+def test_a_job_names_its_person_also_when_queued_by_an_earlier_version():
+    """Jobs carry the user id inside the job's own seal; those queued before (the id sealed on
+    its own, `sealed_user`) still open — and not under another key."""
+    sealer = Sealer("k" * 32, "line-address")
+    earlier = json.dumps({"event_id": "E1", "kind": "text", "value": "x", "state": None,
+                           "reply_token": None, "timestamp_ms": 1,
+                           "sealed_user": sealer.seal("U" + "1" * 32)})
+    assert Job.loads(earlier).address(sealer) == "U" + "1" * 32
+    assert Job.loads(earlier).address(Sealer("o" * 32, "line-address")) is None
+    now = Job(event_id="E2", kind="tap", value="yes", state="q", reply_token="t",
+              timestamp_ms=2, user="U" + "2" * 32)
+    assert Job.loads(now.dumps()) == now and Job.loads(now.dumps()).address(sealer) == now.user

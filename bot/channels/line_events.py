@@ -1,7 +1,8 @@
 """LINE webhook bodies → events → jobs: the small, durable record of what a person sent.
 
-A job keeps only what answering needs. The user id is sealed (Fernet) because it is the one
-address that lets us reach the person; it never appears in a key or a log.
+A job keeps only what answering needs. It is kept only sealed whole (Fernet, LineQueue.seal),
+because the user id in it is the one address that lets us reach the person; the id never
+appears in a key or a log.
 
 Why not line-bot-sdk's WebhookParser and its event models here: they build a pydantic (v1)
 model for every event and every nested object, of which we read eight fields — 6% of the
@@ -28,6 +29,7 @@ from linebot.v3.exceptions import InvalidSignatureError
 from linebot.v3.webhook import SignatureValidator
 
 from bot.channels.line_render import parse_postback
+from bot.crypto import Sealer
 from bot.engine import Incoming
 
 MEDIA = frozenset({"image", "video", "audio", "file", "location"})
@@ -85,7 +87,10 @@ class Job:
     state: str | None
     reply_token: str | None
     timestamp_ms: int
-    sealed_user: str
+    # The LINE user id, in a job that is only ever kept sealed whole (LineQueue.seal), so it
+    # is sealed once. Jobs queued by earlier versions carry it sealed on its own instead.
+    user: str = ""
+    sealed_user: str = ""
 
     def dumps(self) -> str:
         # The instance's own dict: asdict() deep-copies every field first (3x the cost, per
@@ -95,6 +100,12 @@ class Job:
     @classmethod
     def loads(cls, raw: str | bytes) -> Job:
         return cls(**json.loads(raw))
+
+    def address(self, sealer: Sealer) -> str | None:
+        """Whom to answer: None when an earlier version's sealed id no longer opens."""
+        if self.user:
+            return self.user
+        return sealer.open(self.sealed_user) if self.sealed_user else None
 
     def incoming(self) -> Incoming:
         kind = "event" if self.kind == "unfollow" else self.kind

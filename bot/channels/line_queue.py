@@ -761,7 +761,7 @@ class Dispatcher:
         self.queue.redis.hdel(key, job.event_id)
         JOBS_PARKED.inc()
         logs.event(log, "job_parked", logging.ERROR, pid=pid[:16], tries=int(tries))
-        user_id = self.sealer.open(job.sealed_user)
+        user_id = job.address(self.sealer)
         if user_id is not None and job.kind != "unfollow":
             try:
                 answer_degraded(self.conversations, self.api, pid, user_id, job, deadline)
@@ -771,7 +771,7 @@ class Dispatcher:
 
     def _answer(self, pid: str, turn: Turn, job: Job, retrying: bool = False,
                 deadline: float | None = None) -> None:
-        user_id = self.sealer.open(job.sealed_user)
+        user_id = job.address(self.sealer)
         if job.kind == "unfollow" or user_id is None:
             self.conversations.forget(pid, turn)
             logs.event(log, "unfollow" if user_id else "unreadable_address", pid=pid[:16])

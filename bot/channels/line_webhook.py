@@ -74,7 +74,7 @@ def handle(line: Any, limits: Limits | None, body: str, signature: str | None,
         pid = line.conversations.pseudonym("line", user_id)
         jobs.append((pid, Job(event_id=event["webhookEventId"], kind=kind, value=value,
                               state=state, reply_token=reply_token_of(event),
-                              timestamp_ms=timestamp, sealed_user=line.sealer.seal(user_id))))
+                              timestamp_ms=timestamp, user=user_id)))
     if jobs:
         replicated = True
         try:
@@ -155,7 +155,7 @@ def answer_all_degraded(line: Any, jobs: list[tuple[str, Job]]) -> None:
     for pid, job in jobs:
         if job.kind == "unfollow":
             continue
-        user_id = line.sealer.open(job.sealed_user)
+        user_id = job.address(line.sealer)
         if user_id is None:
             continue
         try:
