@@ -216,6 +216,11 @@ def drainer_token() -> str:
     return f"d:{secrets.token_hex(16)}"
 
 
+def due_member(pid: str, event_id: str) -> str:
+    """An event's entry in its shard's due set ("<pid>|<event id>": _SWEEP reads the pid)."""
+    return f"{pid}|{event_id}"
+
+
 def due_key(stream: str) -> str:
     """A shard's due set, in its stream's slot (shard 0's name has no hash tag: its whole
     name is the tag then)."""
@@ -298,6 +303,8 @@ class LineQueue:
         for i, (pid, _) in enumerate(jobs):
             people.setdefault(pid, []).append(i)
         tokens: dict[str, str] = {}
+        dues = {pid: {due_member(pid, jobs[i][1].event_id): due_at for i in mine}
+                for pid, mine in people.items()}
         for pid, mine in people.items():
             args: list[Any] = []
             for i in mine:
@@ -307,7 +314,7 @@ class LineQueue:
                                    self.store.key(pid, "lock"), self.store.key(pid, "session")],
                    now_ms, MARKS_TTL_MS, INBOX_TTL_S, tokens[pid], self.store.lock_ms, *args)
             keys.append(self.marks(pid))
-            pipe.zadd(self.due(pid), {f"{pid}|{jobs[i][1].event_id}": due_at for i in mine})
+            pipe.zadd(self.due(pid), dues[pid])
             keys.append(self.due(pid))
             if not claim:
                 pipe.xadd(self.shards.of(pid), {"p": pid})
@@ -324,7 +331,7 @@ class LineQueue:
         for pid, mine in people.items():
             accepted, due, ticket = next(results), next(results), None if claim else next(results)
             if isinstance(due, Exception):
-                self._due_elsewhere(pid, {f"{pid}|{jobs[i][1].event_id}": due_at for i in mine})
+                self._due_elsewhere(pid, dues[pid])
             if isinstance(accepted, Exception):
                 for i in mine:
                     stored[i] = accepted
@@ -696,9 +703,9 @@ class Dispatcher:
     @staticmethod
     def _due_member(pid: str, raw: Any, job: Job | None) -> str:
         if job is not None:
-            return f"{pid}|{job.event_id}"
+            return due_member(pid, job.event_id)
         text = raw.decode() if isinstance(raw, bytes) else raw
-        return f"{pid}|{json.loads(text)['event_id']}"
+        return due_member(pid, json.loads(text)["event_id"])
 
     def _unlist(self, pipe: Any, pid: str, member: str | None) -> None:
         if member is not None:
