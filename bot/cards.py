@@ -48,7 +48,7 @@ def hours_text(pack: Pack, hours: Hours, lang: Lang) -> str:
 
 
 def opens_text(pack: Pack, opening: datetime, lang: Lang) -> str:
-    """When a closed line opens next, e.g. "11月24日（火）16:00から"."""
+    """When a closed line opens next, in the pack's words (`hours.opens_at`)."""
     weekday = pack.msg(f"hours.day.{WEEKDAYS[opening.weekday()]}", lang)
     return pack.msg("hours.opens_at", lang).format(
         month=opening.month, day=opening.day, weekday=weekday,
@@ -57,7 +57,8 @@ def opens_text(pack: Pack, opening: datetime, lang: Lang) -> str:
 
 def status_text(pack: Pack, hours: Hours, lang: Lang, now: datetime,
                 open_now: bool | None = None) -> str:
-    """「いま受付中」, or 「受付時間外」 with when it opens next (within a month)."""
+    """`hours.status_open`, or `hours.status_closed_until` with when it opens next (within
+    a month)."""
     if open_now is None:
         open_now = is_open(hours, now)
     if open_now:
@@ -71,8 +72,8 @@ def status_text(pack: Pack, hours: Hours, lang: Lang, now: datetime,
 
 def card(pack: Pack, window: Window, lang: Lang, now: datetime,
          live: bool = False) -> Card:
-    """A window as a card. `live` marks 24-hour lines 「いま受付中」 too (crisis replies, where
-    what matters is that the line answers now), instead of 「いつでも受付」."""
+    """A window as a card. `live` marks 24-hour lines `hours.status_open` too (crisis replies, where
+    what matters is that the line answers now), instead of `hours.status_always`."""
     open_now = is_open(window.hours, now) if window.hours else None
     if window.hours is None:
         status = None

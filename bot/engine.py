@@ -452,7 +452,7 @@ class Engine:
         if is_new and crisis is None and not (incoming.kind == "tap"
                                               and incoming.state == session.state):
             # A stranger's first words: a worry they name is confirmed at once; otherwise the
-            # welcome. A tap on the welcome's own choices (after データを消す, or an expired
+            # welcome. A tap on the welcome's own choices (after the forget command, or an expired
             # session) is simply taken.
             if found is not None and TRIAGE in self.flow.states:
                 heard = self._listen(out, found, now)
@@ -891,8 +891,8 @@ class Engine:
                 out.replies.append(Text(text=self.t("forget_staff.kept", fresh)))
             out.replies.append(self.ask(fresh))
         elif command == "quick_exit":
-            # Like データを消す, at once and for everything: the caller deletes the session and
-            # the open case's address (`forget`); the reply says how to clear the phone.
+            # Like the forget command, at once and for everything: the caller deletes the
+            # session and the open case's address (`forget`); the reply says how to clear the phone.
             fresh = self.new_session(session.lang)
             out.session = None
             out.forget = out.quick_exit = True
@@ -1081,7 +1081,8 @@ class Engine:
                 return Step(session=session.clone() if session is not None else None,
                             replies=self.staff_reply(current, incoming.value),
                             events=["handoff:staff"])
-            # Phone-safe (issue 11): a neutral notice; the text waits for 「ひらく」.
+            # Phone-safe (issue 11): a neutral notice; the text waits for its open button
+            # (`notice.open`).
             current.unseen = True
             return Step(session=current if session is not None else None,
                         replies=self.notice(current), events=["handoff:staff", "notice"],
@@ -1113,7 +1114,7 @@ class Engine:
 
     def notice(self, session: Session) -> list[Reply]:
         """The neutral notice that stands for a staff message on the phone (issue 11): nothing
-        an onlooker could read into; tapping 「ひらく」 shows the content, by reply."""
+        an onlooker could read into; tapping its open button shows the content, by reply."""
         return [Question(text=self.t("notice.text", session), state=session.state,
                          choices=[Choice(label=self.t("notice.open", session),
                                          value=f"{CMD_PREFIX}reveal")])]

@@ -3,7 +3,7 @@ who said yes to it, never to someone who blocked the account or deleted their da
 
   <prefix>:{<pid>}:followup          JSON {a: sealed LINE address, d: due (epoch s), l: lang},
                                      expires a day after it is due; the source of truth: no key,
-                                     no message (deleted by データを消す and by unfollow)
+                                     no message (deleted by the forget command and by unfollow)
   <prefix>:{followup:<shard>}:due    ZSET pid → due time; 16 shards so a Redis Cluster spreads
                                      them and no key grows without bound
 
@@ -86,7 +86,7 @@ class Followups:
     # -- in the conversation's save --------------------------------------------------------
     def writes_for(self, event: Event, before: Session | None, step: Step,
                    now: datetime) -> Callable[[Any], None] | None:
-        """Schedule on a new opt-in (LINE, with an address); cancel on データを消す."""
+        """Schedule on a new opt-in (LINE, with an address); cancel on the forget command."""
         if step.forget:
             return self.cancel_writes(event.pid)
         session = step.session
@@ -131,7 +131,7 @@ class Followups:
                 record = json.loads(raw) if raw else None
                 address = self.sealer.open(record["a"]) if record else None
                 if record is None or address is None:
-                    self.redis.zrem(due_key, pid)  # cancelled (unfollow, データを消す)
+                    self.redis.zrem(due_key, pid)  # cancelled (unfollow, the forget command)
                     continue
                 lang = record.get("l", "ja")
                 try:

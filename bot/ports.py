@@ -61,7 +61,8 @@ class Cases(Protocol):
         the same `event_id` (a retried delivery), it is still shown once."""
 
     def take_unseen(self, pid: str) -> list[tuple[str, str]]:
-        """Everything waiting for 「ひらく」, in order; nothing is left waiting after."""
+        """Everything waiting for the notice's open button, in order; nothing is left
+        waiting after."""
 
 
 class Conversation(Protocol):
