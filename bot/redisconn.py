@@ -20,6 +20,7 @@ import redis
 from redis.cluster import RedisCluster
 
 from bot import logs
+from bot.redispack import PACKER, packed
 
 log = logs.get("redis")
 
@@ -44,8 +45,9 @@ def connect(url: str, cluster: bool | None = None, socket_timeout: float = 2.0) 
     if cluster:
         # require_full_coverage=False: while one primary fails over, the slots of the others
         # keep answering (people there are served as usual; the rest in degraded mode).
+        base = redis.SSLConnection if url.startswith("rediss:") else redis.Connection
         lazy = LazyCluster(url, socket_timeout=socket_timeout, socket_connect_timeout=2.0,
-                           require_full_coverage=False)
+                           require_full_coverage=False, connection_class=packed(base))
         # A node answers: the cluster client itself, as before. Else one built later, the
         # process answering in degraded mode meanwhile.
         try:
@@ -53,7 +55,7 @@ def connect(url: str, cluster: bool | None = None, socket_timeout: float = 2.0) 
         except redis.ConnectionError:
             return lazy
     return redis.Redis.from_url(url, socket_timeout=socket_timeout, socket_connect_timeout=2.0,
-                                health_check_interval=30)
+                                health_check_interval=30, command_packer=PACKER)
 
 
 class LazyCluster:
