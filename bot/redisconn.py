@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 import zlib
+from functools import lru_cache
 from typing import Any
 
 import redis
@@ -125,11 +126,20 @@ Client = redis.Redis | RedisCluster | LazyCluster
 
 
 def is_cluster(client: Any) -> bool:
-    return isinstance(client, RedisCluster | LazyCluster)
+    return _cluster_class(type(client))
 
 
+@lru_cache(maxsize=64)
+def _cluster_class(cls: type) -> bool:
+    """Memoised per class: redis-py's client classes have a typing.Protocol among their bases,
+    whose isinstance check runs Python code, and this is asked for every script queued."""
+    return issubclass(cls, RedisCluster | LazyCluster)
+
+
+@lru_cache(maxsize=65536)
 def shard_of(name: str, shards: int) -> int:
-    """A stable shard number for a person or a case (the same one in every process)."""
+    """A stable shard number for a person or a case (the same one in every process).
+    Memoised (bounded): each event asks it for its person several times."""
     return zlib.crc32(name.encode()) % shards if shards > 1 else 0
 
 
