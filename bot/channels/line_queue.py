@@ -55,7 +55,7 @@ from prometheus_client import Counter
 from bot import logs, metrics
 from bot.channels.line_api import DeliveryPending
 from bot.channels.line_events import Job
-from bot.channels.line_render import render
+from bot.channels.line_render import render_once
 from bot.crypto import Sealer
 from bot.handoff.worker import default_consumer
 from bot.limits import Backlog
@@ -792,8 +792,8 @@ class Dispatcher:
 
 def line_messages(engine: Any, replies: list, lang: str) -> list[dict]:
     pack = engine.pack
-    return render(replies, pack.msg("web.call", lang), pack.msg("web.open_site", lang),
-                  pack.msg("wrong_number.button", lang))
+    return render_once(replies, pack.msg("web.call", lang), pack.msg("web.open_site", lang),
+                       pack.msg("wrong_number.button", lang))
 
 
 def answer_degraded(conversations: Conversation, api: LineSender, pid: str, user_id: str,
