@@ -107,7 +107,9 @@ def _tokenizer() -> Any:
 
 
 def warm_up() -> None:
-    """Load the dictionary now (at start-up) rather than on the first resident's message."""
+    """Load the dictionary and the rules now (at start-up) rather than on the first resident's
+    message."""
+    default_rules()
     _tokenizer().tokenize("")
 
 
