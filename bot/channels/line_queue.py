@@ -786,7 +786,7 @@ class Dispatcher:
         now = self.clock()
         age_s = max(0.0, now.timestamp() - job.timestamp_ms / 1000)
         if age_s > 2.0:
-            self.api.show_loading(user_id)
+            self.api.show_loading(user_id, deadline=deadline)
         event = Event(channel="line", pid=pid, incoming=job.incoming(), event_id=job.event_id,
                       address=user_id, received=job.timestamp_ms / 1000)
 
