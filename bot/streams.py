@@ -254,7 +254,10 @@ class StreamConsumer:
     def _skip(self, name: str) -> bool:
         """Leave a shard known down alone: with a doorbell watching every shard, until the
         doorbell sees it answer; without one (the LINE dispatcher's threads), between the
-        tries `Shards.due` spaces out — each costs a timeout while its primary is down."""
+        tries `Shards.due` spaces out — each costs a timeout while its primary is down. On
+        one Redis every shard shares its fate: the caller's own backoff covers it."""
+        if not self.cluster:
+            return False
         if self.bell is not None and self.bell.running:
             return self.shards.is_down(name)
         return not self.shards.due(name)
