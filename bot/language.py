@@ -7,9 +7,15 @@ Two views of a message:
   - `normalize(text)`: the surface, folded (see its docstring). Literal terms and patterns run
     on it: it keeps whatever the analyser would split oddly (slang, typos, English).
   - `Analysis.lemmas`: the message cut into words by SudachiPy, each word replaced by its
-    normalised dictionary form (`normalized_form`: 殴られ → 殴る, なぐら → 殴る, 淋しい/さびしい →
-    寂しい), joined with spaces and wrapped in spaces (" 殴る れる てる "), so that every
-    conjugation, okurigana variant and kana spelling of a word meets one entry.
+    normalised dictionary form (`normalized_form`: "was hit" written in kanji or in kana, and
+    "lonely" in its three spellings, each meet one lemma), joined with spaces and wrapped in
+    spaces (" l1 l2 l3 "), so that every conjugation, okurigana variant and kana spelling of a
+    word meets one entry.
+
+How SudachiPy's output is read — dialect forms rewritten before analysis, auxiliaries glued
+(every negation one lemma), "must" told from "not", the parts of speech that carry meaning,
+the characters that mark Chinese — is data: bot/content/common/language.ja.yaml (the examples
+are there, next to each rule), compiled once per process (`default_rules`, `load_rules`).
 
 The dictionary is `sudachidict_small`, installed as a Python package (pyproject.toml); nothing is
 downloaded at run time. One tokenizer per thread (SudachiPy tokenizers keep state while they
@@ -21,11 +27,13 @@ from __future__ import annotations
 import re
 import threading
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache, cached_property
+from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 # libyaml's safe loader when the build has it (several times faster on the big vocabulary files,
 # which start-up reads), else PyYAML's own.
@@ -99,7 +107,9 @@ def _tokenizer() -> Any:
 
 
 def warm_up() -> None:
-    """Load the dictionary now (at start-up) rather than on the first resident's message."""
+    """Load the dictionary and the rules now (at start-up) rather than on the first resident's
+    message."""
+    default_rules()
     _tokenizer().tokenize("")
 
 
@@ -108,13 +118,10 @@ class Token:
     surface: str  # normalised surface
     reading: str  # normalised reading (kana), so text typed in kana meets words in kanji
     lemma: str  # normalised dictionary form (normalized_form, folded like the surface)
-    pos: str  # the first part-of-speech field: 名詞, 動詞, ...
+    pos: str  # the first part-of-speech field, as SudachiPy names it in Japanese (noun, verb...)
 
 
-# Parts of speech that carry meaning (for example-sentence similarity); particles and
-# auxiliaries only glue.
 _KANA_ONLY = re.compile("[\u3041-\u309f]+")
-CONTENT_POS = frozenset({"名詞", "動詞", "形容詞", "形状詞", "副詞", "代名詞", "接頭辞", "接尾辞"})
 _SPLIT_TEXT = re.compile(r"[\s\u3000]+")
 
 
@@ -126,111 +133,219 @@ class Analysis:
     norm: str  # normalize(text)
     tokens: tuple[Token, ...]
     lemmas: str  # " l1 l2 l3 ": lemma forms with a space on both sides of each
+    # the parts of speech that carry meaning (the rules' content_pos), for `content`
+    content_pos: frozenset[str] = field(repr=False, compare=False)
 
     @cached_property
     def reading(self) -> str:
-        """The parts typed in kana, as read aloud (folded): 「ふとうこうです」 → ふとうこうです,
-        to meet 不登校 (read ふとうこう). Words typed in kanji are left out ("|"): they meet
-        their vocabulary by lemma, and their readings would only collide (自閉症 じへいしょう
-        holds いしょ)."""
+        """The parts typed in kana, as read aloud (folded): "futoukou desu" typed in hiragana
+        reads futoukoudesu, and so meets the word futoukou (school refusal) listed in kanji.
+        Words typed in kanji are left out ("|"): they meet their vocabulary by lemma, and their
+        readings would only collide (jiheishou, autism, holds isho, a suicide note)."""
         return "".join(t.reading if _KANA_ONLY.fullmatch(t.surface) else "|"
                        for t in self.tokens)
 
     @cached_property
     def content(self) -> frozenset[str]:
-        """The lemmas of the meaning-bearing words."""
-        return frozenset(t.lemma for t in self.tokens if t.pos in CONTENT_POS and t.lemma)
+        """The lemmas of the meaning-bearing words (particles and auxiliaries only glue)."""
+        return frozenset(t.lemma for t in self.tokens if t.pos in self.content_pos and t.lemma)
 
 
 def _lemma_form(word: str) -> str:
     return normalize(word).replace(" ", "")
 
 
-# -- dialect and glue ---------------------------------------------------------------------------
-# Kansai forms (the older どす/おす too) that the analyser's dictionary cuts into the wrong
-# words, rewritten to standard Japanese before analysis. Only the analysis sees the rewrite: the
-# surface keeps what was typed, so literal terms still match it. Each rule is narrow on purpose:
-# あかん but not あかんぼう (赤ん坊), a verb stem + ひん but not ひんこん (貧困). These are
-# spelling facts of the language, not resident-facing text, so they live next to the analyser.
-_DIALECT: tuple[tuple[re.Pattern[str], str], ...] = tuple(
-    (re.compile(pattern), replacement) for pattern, replacement in (
-        # 出なあかん, せんとあかん: must
-        ("(な|なきゃ|んと|へんと|ひんと)(あかん|あきまへん|あきません)", "なければいけない"),
-        ("あかん(?![ぼべ])", "だめ"),  # あかん = だめ (analysed as あ + 彼)
-        ("(?<![ぁ-んァ-ン])(おかん|オカン)(?![じけむぞきこ])", "母"),  # mum (お + 彼)
-        ("(?<![ぁ-んァ-ン])(おとん|オトン)(?![ぼ])", "父"),  # dad (お + 飛ぶ)
-        ("(しいひん|せえへん|せーへん|せへん)", "しない"),
-        ("(けえへん|けーへん|こおへん|こーへん|きいひん|きーひん|こやへん)", "こない"),
-        ("来[えーい]?へん", "来ない"),
-        # a verb stem + ひん (できひん, 見いひん): ない; ひんこん/ひんけつ/ひんぱん stay
-        ("(?<=[\u4e00-\u9fff])いひん", "ない"),  # 見いひん, 居いひん
-        ("(?<=[きしちにひみりぎじびえけせてねへめれげぜでべ])ひん(?![こけぱしそ])", "ない"),
-        ("おへん", "ない"),  # old Kansai: ありません
-        ("(?<=[てで])へん(?![かがしじてでなにりるれ])", "ない"),  # 決まってへん, 読んでへん
-        # 〜とった/〜とって (= ていた/ていて) after a verb stem written with a kanji: 生きとって
-        # is analysed as 生きる + 取る (〜とる itself is read right). Not after に/で (にとって).
-        ("(?<=[\u4e00-\u9fff][いきしちひみりぎびえけせてねべめれげぜ])と(?=っ[てた])", "てお"),
-        (r"どす(?=[。、,.！？!?\s]|$|[かえなねよわけ])", "です"),  # old Kansai copula
-        ("(?<=[いきしちにひみりぎじび])とう(おす|おすえ)(?![ぁ-ん])", "たいです"),  # 〜とうおす
-        (r"(?<=[うい])おす(?=[。、,.！？!?\s]|$|[えなねよかわ])", "です"),  # old Kansai: 〜とうおす
-    ))
-
-# Glue that says nothing about a worry, mapped so that one vocabulary entry meets every way of
-# saying the same thing (lemma → replacement; "" drops the word from `Analysis.lemmas`):
-# negation in all its forms is one word (ない, ず from ん/ません, へん/ひん of Kansai, ぬ, and
-# the adjective 無い), polite ます/です and the Kansai honorific はる are dropped, Kansai や is だ.
-# Only auxiliaries (助動詞) are mapped: the noun 変 (へん) and the particle や stay.
-NEGATION = "無い"  # the one lemma of every negation
-_GLUE = {"ない": NEGATION, "ず": NEGATION, "へん": NEGATION, "ひん": NEGATION, "ぬ": NEGATION,
-         "ん": NEGATION,
-         "ます": "", "です": "", "はる": "", "や": "だ", "とる": "てる"}
-_AUX = "助動詞"
+# -- the rules (bot/content/common/language.ja.yaml) ---------------------------------------------
+RULES_NAME = "language.ja.yaml"
+RULES_FILE = Path(__file__).resolve().parent / "content" / "common" / RULES_NAME
 
 
-# 出ないといけない, 出なければならない, 出なくちゃ(いけない), 出なきゃ: "must leave" is not "does
-# not leave". The negation and its glue become one word, OBLIGATION (部屋 を 出る 必要).
-OBLIGATION = "必要"
-_MUST_JOIN = ("と", "ば", "て", "ちゃ", "は")  # the glue between the negation and いけない/ならない
-_MUST_END = frozenset({"行く", "成る", "駄目", "行ける"})
-_MUST_ALONE = frozenset({"なきゃ", "なくちゃ", "なけりゃ", "ねば"})
+class RulesError(Exception):
+    """The analyser's rules file cannot be used; one line per problem, naming file and field.
+
+    Not a ValueError: raised while another file's words are analysed (in a pydantic validator,
+    say), it must stop the load, not be taken for a fault of those words."""
 
 
-def _obligations(tokens: list[Token]) -> list[Token]:
+class DialectRule(BaseModel):
+    """A dialect form rewritten to the standard one before analysis."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pattern: str = Field(min_length=1)  # a regular expression on the text as typed (NFKC)
+    replace: str  # literal text
+
+    @field_validator("pattern")
+    @classmethod
+    def _compile(cls, source: str) -> str:
+        try:
+            re.compile(source)
+        except re.error as exc:
+            raise ValueError(f"pattern {source!r} does not compile: {exc}") from None
+        return source
+
+
+class ObligationRule(BaseModel):
+    """A negation followed by `join` glue and an `end` word means "must" (see _obligations)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    lemma: str = Field(min_length=1)
+    join: list[str] = Field(min_length=1)
+    end: list[str] = Field(min_length=1)
+    alone: list[str]
+
+
+class RulesFile(BaseModel):
+    """language.ja.yaml: every field required, so a rule left out fails at start-up."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: int = Field(ge=1)
+    content_pos: list[str] = Field(min_length=1)
+    auxiliary_pos: str = Field(min_length=1)
+    negation: str = Field(min_length=1)
+    glue: dict[str, str] = Field(min_length=1)
+    obligation: ObligationRule
+    dialect: list[DialectRule]
+    chinese_only: str = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _lemmas(self) -> RulesFile:
+        """The two lemmas the analyser writes are words once folded (a stretch mark alone is
+        not), and every negation can become the one lemma."""
+        for name, word in (("negation", self.negation),
+                           ("obligation.lemma", self.obligation.lemma)):
+            if not _lemma_form(word):
+                raise ValueError(f"{name}: {word!r} is no word once folded")
+        if _lemma_form(self.negation) not in map(_lemma_form, self.glue.values()):
+            raise ValueError(f"glue: no auxiliary is mapped to the negation {self.negation!r}")
+        return self
+
+
+@dataclass(frozen=True)
+class Rules:
+    """The rules compiled for the hot path: sets, one dict, precompiled patterns."""
+
+    content_pos: frozenset[str]
+    aux: str  # the part of speech whose lemmas `glue` maps
+    negation: str  # the one lemma of every negation
+    glue: dict[str, str]  # auxiliary lemma -> replacement ("" drops it)
+    obligation: str  # the lemma a "must" negation becomes
+    must_join: frozenset[str]
+    must_end: frozenset[str]
+    must_alone: frozenset[str]
+    dialect: tuple[tuple[re.Pattern[str], str], ...]  # (pattern, literal replacement), in order
+    chinese_only: re.Pattern[str]
+
+    @classmethod
+    def build(cls, spec: RulesFile) -> Rules:
+        def words(items: list[str]) -> frozenset[str]:
+            return frozenset(map(_lemma_form, items))
+
+        ob = spec.obligation
+        # Replacements are literal text: a backslash is not a group reference.
+        dialect = tuple((re.compile(r.pattern), r.replace.replace("\\", "\\\\"))
+                        for r in spec.dialect)
+        chars = "".join(spec.chinese_only.split())
+        return cls(content_pos=frozenset(spec.content_pos), aux=spec.auxiliary_pos,
+                   negation=_lemma_form(spec.negation),
+                   glue={_lemma_form(k): _lemma_form(v) for k, v in spec.glue.items()},
+                   obligation=_lemma_form(ob.lemma), must_join=words(ob.join),
+                   must_end=words(ob.end), must_alone=words(ob.alone), dialect=dialect,
+                   chinese_only=re.compile("[" + re.escape(chars) + "]"))
+
+
+def load_rules(path: Path = RULES_FILE) -> Rules:
+    """Read and compile a rules file; raise RulesError naming every problem.
+
+    Compiled once per file and version: the packs of a process share them."""
+    path = Path(path)
+    try:
+        key = (str(path.resolve()), path.stat().st_mtime_ns)
+    except FileNotFoundError:
+        raise RulesError(f"{path.name}: file is missing") from None
+    if key not in _COMPILED:
+        _COMPILED[key] = _load_rules(path)
+    return _COMPILED[key]
+
+
+_COMPILED: dict[tuple[str, int], Rules] = {}
+
+
+def _load_rules(path: Path) -> Rules:
+    try:
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=SAFE_LOADER)
+        return Rules.build(RulesFile.model_validate(data))
+    except FileNotFoundError:
+        raise RulesError(f"{path.name}: file is missing") from None
+    except yaml.YAMLError as exc:
+        raise RulesError(f"{path.name}: not valid YAML: {exc}") from None
+    except ValidationError as exc:
+        raise RulesError("\n".join(_describe(path.name, e) for e in exc.errors())) from None
+
+
+def _describe(filename: str, error: Any) -> str:
+    """One line: file, where (dialect[3].pattern), what."""
+    where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error["loc"])
+    message = str(error["msg"]).removeprefix("Value error, ")
+    return f"{filename}: {where.lstrip('.')}: {message}" if where else f"{filename}: {message}"
+
+
+_RULES: Rules | None = None  # the process's rules, read from RULES_FILE on first use
+
+
+def default_rules() -> Rules:
+    """The rules every analysis uses unless told otherwise: the package's language.ja.yaml,
+    as the dictionary is the package's (a pack loaded from another folder has its copy of the
+    file checked by load_pack, not used)."""
+    global _RULES
+    if _RULES is None:
+        _RULES = load_rules(RULES_FILE)
+    return _RULES
+
+
+def _obligations(tokens: list[Token], r: Rules) -> list[Token]:
+    """A negation followed by its "must" glue and end word (see `obligation` in the rules file)
+    becomes one word, `r.obligation`, and the glue after it is dropped."""
     out = list(tokens)
     for i, token in enumerate(out):
-        if token.lemma != NEGATION:
+        if token.lemma != r.negation:
             continue
         j = i + 1
-        while j < len(out) and out[j].lemma in _MUST_JOIN and j - i <= 2:
+        while j < len(out) and out[j].lemma in r.must_join and j - i <= 2:
             j += 1
-        ends = j > i + 1 and j < len(out) and out[j].lemma in _MUST_END
-        if not ends and token.surface not in _MUST_ALONE:
+        ends = j > i + 1 and j < len(out) and out[j].lemma in r.must_end
+        if not ends and token.surface not in r.must_alone:
             continue
-        out[i] = Token(token.surface, token.reading, OBLIGATION, token.pos)
+        out[i] = Token(token.surface, token.reading, r.obligation, token.pos)
         if ends:
             k = j + 1
-            while k < len(out) and not out[k].lemma:  # ます, dropped
+            while k < len(out) and not out[k].lemma:  # a dropped polite auxiliary
                 k += 1
-            k = k if k < len(out) and out[k].lemma == NEGATION else j
+            k = k if k < len(out) and out[k].lemma == r.negation else j
             for m in range(i + 1, k + 1):
                 out[m] = Token(out[m].surface, out[m].reading, "", out[m].pos)
     return out
 
 
-def _standard(text: str) -> str:
-    """The text with the dialect forms of `_DIALECT` rewritten (for the analyser only)."""
-    for pattern, replacement in _DIALECT:
+def _standard(text: str, r: Rules) -> str:
+    """The text with the dialect forms of the rules rewritten (for the analyser only)."""
+    for pattern, replacement in r.dialect:
         if pattern.search(text):
             text = pattern.sub(replacement, text)
     return text
 
 
-def analyze(text: str) -> Analysis:
-    """Cut, lemmatise and normalise a message (~0.05 ms for a sentence)."""
+def analyze(text: str, rules: Rules | None = None) -> Analysis:
+    """Cut, lemmatise and normalise a message (~0.05 ms for a sentence), by the process's
+    rules (`default_rules()`) unless others are given."""
+    r = rules or _RULES or default_rules()
     tokens: list[Token] = []
     if text.strip():
+        aux, glue = r.aux, r.glue
         # NFKC first: SudachiPy sees full-width kana and ASCII digits, as residents mean them.
-        clean = _standard(unicodedata.normalize("NFKC", text)[:2000])
+        clean = _standard(unicodedata.normalize("NFKC", text)[:2000], r)
         for part in _SPLIT_TEXT.split(clean):
             if not part:
                 continue
@@ -240,18 +355,20 @@ def analyze(text: str) -> Analysis:
                 if not lemma or not surface:
                     continue
                 pos = m.part_of_speech()[0]
-                if pos == _AUX and lemma in _GLUE:
-                    lemma = _GLUE[lemma]
+                if pos == aux and lemma in glue:
+                    lemma = glue[lemma]
                 tokens.append(Token(surface, _lemma_form(m.reading_form()), lemma, pos))
-    tokens = _obligations(tokens)
+    tokens = _obligations(tokens, r)
     words = [t.lemma for t in tokens if t.lemma]
     lemmas = " " + " ".join(words) + " " if words else " "
-    return Analysis(text=text, norm=normalize(text), tokens=tuple(tokens), lemmas=lemmas)
+    return Analysis(text=text, norm=normalize(text), tokens=tuple(tokens), lemmas=lemmas,
+                    content_pos=r.content_pos)
 
 
 def lemma_form(phrase: str) -> str:
-    """A phrase as it appears in `Analysis.lemmas`, without the outer spaces: 殴られる →
-    "殴る れる". Vocabulary is written naturally and converted with this."""
+    """A phrase as it appears in `Analysis.lemmas`, without the outer spaces: nagurareru (be
+    hit) becomes "naguru reru" (hit + passive). Vocabulary is written naturally and converted
+    with this."""
     return analyze(phrase).lemmas.strip()
 
 
@@ -268,8 +385,6 @@ _HAN = re.compile(r"[\u4e00-\u9fff]")
 _LATIN_WORD = re.compile(r"[A-Za-z]{2,}")
 # Letters with the marks Vietnamese uses (ơ ư đ and tone marks on vowels).
 _VIET = re.compile(r"[ăâđêôơưạảấầẩẫậắằẳẵặẹẻẽếềểễệỉịọỏốồổỗộớờởỡợụủứừửữựỳỵỷỹ]", re.I)
-# Simplified characters common in Chinese and absent from Japanese writing.
-_ZH_ONLY = re.compile("[你您们这说么请帮问题钱没应为谁还会吗吧呢哪怎让给对时间现谢语]")
 
 
 def script_language(text: str) -> str:
@@ -281,7 +396,7 @@ def script_language(text: str) -> str:
         if pattern.search(text):
             return lang
     if _HAN.search(text):
-        return "zh" if _ZH_ONLY.search(text) else "ja"
+        return "zh" if default_rules().chinese_only.search(text) else "ja"
     if _VIET.search(text):
         return "vi"
     if _LATIN_WORD.search(text):
@@ -292,14 +407,17 @@ def script_language(text: str) -> str:
 __all__ = [
     "ALNUM",
     "DICTIONARY",
-    "NEGATION",
-    "OBLIGATION",
+    "RULES_FILE",
     "SAFE_LOADER",
     "Analysis",
+    "Rules",
+    "RulesError",
     "Token",
     "analyze",
+    "default_rules",
     "fold_pattern",
     "lemma_form",
+    "load_rules",
     "normalize",
     "script_language",
     "warm_up",

@@ -2,7 +2,7 @@
 
 The web chat has no push channel, so the page polls `GET /api/chat/poll`; what staff sent is
 kept here (one list per person, under their hash tag) for a day — sealed (Fernet), since it is
-what staff typed; deleted with the session (データを消す). Each batch is numbered. A poll
+what staff typed; deleted with the session (the forget command). Each batch is numbered. A poll
 returns every batch with a cursor (the last number); the next poll sends that cursor back and
 only then are those batches deleted — a response lost on the way loses nothing.
 """

@@ -182,8 +182,8 @@ class Exclusion(BaseModel):
     id: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$")
     term: str | None = None
     regex: str | None = None
-    # "lemmas": match on the dictionary forms (bot/language.py), so that 殴られる, なぐられてる and
-    # 殴られている are one entry; "surface" (default): on the normalised text as typed.
+    # "lemmas": match on the dictionary forms (bot/language.py), so that every conjugation and
+    # kana spelling of a verb is one entry; "surface" (default): on the normalised text as typed.
     form: Literal["surface", "lemmas"] = "surface"
 
     @model_validator(mode="after")

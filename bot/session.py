@@ -34,8 +34,8 @@ class Session(BaseModel):
     guess: dict[str, Any] | None = None
     skip: list[str] = Field(default_factory=list)
     # Phone-safe delivery (issue 11): staff messages reach the phone as a neutral notice unless
-    # the resident chose `direct`; `unseen` says a notice waits to be opened (「ひらく」 is then
-    # offered on every question). What it stands for waits sealed (bot.handoff.cases.Unseen).
+    # the resident chose `direct`; `unseen` says a notice waits to be opened (`notice.open` is
+    # then offered on every question). What it stands for waits sealed (bot.handoff.cases.Unseen).
     direct: bool = False
     unseen: bool = False
     channel: str | None = None  # where the conversation happens (some states are LINE-only)

@@ -27,10 +27,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from bot.language import (
-    NEGATION,
     SAFE_LOADER,
     Analysis,
     analyze,
+    default_rules,
     normalize,
     script_language,
 )
@@ -83,7 +83,8 @@ class SlotVocab(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     whose: dict[str, list[str]] = Field(default_factory=dict)
-    # Words after a family word that make it the actor, not the person of concern (夫に, 夫から).
+    # Words after a family word that make it the actor, not the person of concern ("by my
+    # husband", "from my husband").
     agent_particles: list[str] = Field(default_factory=list)
     self_categories: list[str] = Field(default_factory=list)
     age: dict[str, list[str]] = Field(default_factory=dict)
@@ -108,9 +109,9 @@ class TriageFile(BaseModel):
 
     version: int = Field(ge=1)
     categories: dict[str, CategoryVocab]
-    # Whole messages that name no worry (こんにちは, テスト): nothing is confirmed for them.
+    # Whole messages that name no worry (hello, "test"): nothing is confirmed for them.
     greetings: list[str] = Field(default_factory=list)
-    # The category of a message written in a language the bot does not speak (中文, 한국어...):
+    # The category of a message written in a language the bot does not speak (Chinese, Korean...):
     # the resident is offered it, in English, after a note in their language.
     other_language: str | None = None
     # An age read from the text adds to a category: age band → {category: points}.
@@ -119,8 +120,8 @@ class TriageFile(BaseModel):
     # Lemmas too common to say anything about a worry (be, do, thing, I, ...). The lists of all
     # languages apply together: a message in one language may carry words of the other.
     stopwords: list[str] = Field(default_factory=list)
-    # Lemmas that may stand between a word and its negation in an "X ない" entry (particles,
-    # the glue of a negated verb), so that the negation belongs to the word.
+    # Lemmas that may stand between a word and its negation in an entry "X <negation>"
+    # (particles, the glue of a negated verb), so that the negation belongs to the word.
     negation_gap: list[str] = Field(default_factory=list)
 
 
@@ -153,7 +154,6 @@ class _Cue:
         return bool(self.regex and self.regex.search(found.norm))
 
 
-_NEGATION = NEGATION  # every negation is this one lemma (bot/language.py)
 _ANY_GAP = r" (?:\S+ ){0,2}"
 
 
@@ -198,14 +198,17 @@ def _word_cue(word: str, weight: float, lang: str, whole: bool = False,
         return _Cue(word, weight, surface=norm)
     first = parts[0].split(" ")[0]
     if len(parts) > 1 or " " in parts[0]:
-        # Words written apart may have up to two words between them: 手 上げる finds 手をあげる.
-        # Before a negation only particles may come between (仕事 ない finds 仕事がない and
-        # 仕事はもうない, not 仕事に行けない: the negation must belong to the word).
+        # Words written apart may have up to two words between them ("hand raise" finds "raised
+        # a hand against"). Before the negation (every negation is one lemma: the analyser's
+        # rules) only `negation_gap` may come between: "no job" finds "have no job" but not
+        # "cannot go to the job" — the negation must belong to the word.
+        negation = default_rules().negation
         form = re.escape(parts[0])
         for part in parts[1:]:
-            gap = neg_gap if part == _NEGATION else _ANY_GAP
+            gap = neg_gap if part == negation else _ANY_GAP
             form += gap + re.escape(part)
-        # A compound the analyser splits (精神科 → 精神 科) keeps its reading, for kana typing.
+        # A compound the analyser splits in two (seishin-ka, psychiatry: seishin + ka) keeps
+        # its reading, for kana typing.
         reading = "".join(t.reading for t in analysed[0].tokens) \
             if len(parts) == 1 and " " not in word else ""
         return _Cue(word, weight, first=first, lemma=re.compile(f"(?<= ){form}(?= )"),
@@ -220,9 +223,9 @@ def _word_cue(word: str, weight: float, lang: str, whole: bool = False,
 
 
 def _one_vote(cues: list[_Cue]) -> list[_Cue]:
-    """One word, one vote: entries that are the same word once analysed (ひとり, 一人 and 独り
-    are all 一人; 怒鳴る listed twice) count once, with the highest weight given. Otherwise a
-    word listed in several spellings outweighs a rarer, more telling one."""
+    """One word, one vote: entries that are the same word once analysed ("alone" in its three
+    spellings is one lemma; a word listed twice) count once, with the highest weight given.
+    Otherwise a word listed in several spellings outweighs a rarer, more telling one."""
     best: dict[tuple[str, str], _Cue] = {}
     out: list[_Cue] = []
     for cue in cues:
@@ -427,7 +430,7 @@ def triage(text: str | Analysis, lang: str, pack: Pack | None = None,
             evidence[cat.id] = hits
     ranked = sorted(scores.items(), key=lambda kv: -kv[1])
     if ranked and ranked[0][0] in table.self_categories and slots.get("whose") == "family":
-        slots["whose"] = "self"  # 夫の暴言, 子どもと二人: the writer's own worry
+        slots["whose"] = "self"  # "my husband's abuse", "my child and I": the writer's own
     implicit: frozenset[str] = frozenset()
     if ranked and "whose" not in slots:  # a worry told with no one else named: the writer's
         slots["whose"] = "self"
@@ -469,8 +472,9 @@ def _slots(found: Analysis, table: Vocab, pack: Pack | None,
 
 
 def _age(found: Analysis, table: Vocab) -> str | None:
-    """The age band the text gives. An age said in numbers (20歳, 今27です, 80代) wins over one
-    inferred from a word (高校, 祖母): 「中学から不登校のまま20歳になった」 is 18-39."""
+    """The age band the text gives. An age said in numbers (the vocabulary's `exact_age`) wins
+    over one inferred from a word (high school, grandmother): "out of school since junior high,
+    and now I am 20" is 18-39."""
     inferred = None
     for value, cue in table.age:
         hit = cue.regex.search(found.norm) if cue.regex is not None else None
@@ -483,8 +487,9 @@ def _age(found: Analysis, table: Vocab) -> str | None:
 
 
 def _whose(found: Analysis, table: Vocab, lemmas: frozenset[str]) -> str | None:
-    """Whose worry: someone else named as the subject (息子が, 母の) wins over the writer; a
-    family word followed by に/から is the one doing it (夫に殴られる: the writer's worry)."""
+    """Whose worry: someone else named as the subject ("my son is", "my mother's") wins over
+    the writer; a family word followed by an agent particle (`agent_particles`) is the one
+    doing it ("I am hit by my husband": the writer's worry)."""
     others: list[str] = []
     mine = False
     for value, cue in table.whose:
@@ -494,7 +499,7 @@ def _whose(found: Analysis, table: Vocab, lemmas: frozenset[str]) -> str | None:
             mine = True
         elif not _only_agent(found, cue, table.agent_particles):
             others.append(value)
-        elif value == "family":  # 夫に殴られる: someone at home hurts the writer
+        elif value == "family":  # "hit by my husband": someone at home hurts the writer
             mine = True
     if others:
         return others[0]
@@ -516,7 +521,8 @@ def _only_agent(found: Analysis, cue: _Cue, particles: frozenset[str]) -> bool:
 
 
 def _ward(found: Analysis, pack: Pack | None) -> str | None:
-    """A ward (or branch office area) named in the text, from the pack's wards.yaml names."""
+    """A ward (or branch office area) named in the text, from the pack's wards.yaml names read
+    as its `suffixes` say."""
     if pack is None:
         return None
     names = _WARD_NAMES.get(pack.root)
@@ -532,20 +538,26 @@ _WARD_NAMES: dict[Path, list[tuple[str, str]]] = {}
 
 
 def _ward_names(pack: Pack) -> list[tuple[str, str]]:
-    """(normalised name, ward id): branch areas first (深草 before 伏見区), then wards with and
-    without 区, then the pack's ward synonyms; one character alone (北) is too little."""
+    """(normalised name, ward id): branch areas first (Fukakusa before Fushimi Ward), then
+    wards with and without the ward suffix, then the pack's ward synonyms; a name of one
+    character (Kita Ward's, without its suffix) is too little. The suffixes are the pack's
+    (wards.yaml `suffixes`)."""
     branches, heads = [], []
+    suffixes = pack.wards.suffixes
+    ward_suffix = suffixes.ward if suffixes is not None else ""
+    branch_name = re.compile(r"(\S+?)" + re.escape(suffixes.branch)) \
+        if suffixes is not None and suffixes.branch else None
     for ward in pack.wards.wards:
         names = [ward.name.en.removesuffix(" Ward")]
         key = f"syn.ward.{ward.id}"
         if pack.has_msg(key):
             names += [str(w) for w in pack.msg(key, "ja")]
-        branch = re.search(r"(\S+?)支所", ward.name.ja)
+        branch = branch_name.search(ward.name.ja) if branch_name is not None else None
         if branch:
             branches.append((branch.group(1), ward.id))
             branches.append((branch.group(1).split("(")[0], ward.id))
-        head = re.split(r"[（( ]", ward.name.ja)[0]
-        heads += [(head, ward.id), (head.removesuffix("区"), ward.id)]
+        head = re.split(r"[\uff08( ]", ward.name.ja)[0]  # up to a bracket (either width) or space
+        heads += [(head, ward.id), (head.removesuffix(ward_suffix), ward.id)]
         heads += [(n, ward.id) for n in names]
     out = []
     for name, ward_id in [*branches, *heads]:

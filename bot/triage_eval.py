@@ -115,7 +115,7 @@ def _outcome(engine: Engine, step: Any) -> tuple[str, list[str]]:
 
 
 def _mid_flow(engine: Engine, lang: str, now: Any) -> Any:
-    """A session at the age question, as after はじめる → 自分のこと."""
+    """A session at the age question, as after `welcome.start` → `whose.self`."""
     session = engine.new_session(lang)
     for value, state in (("start", engine.flow.start), ("self", "whose")):
         session = engine.step(session, Incoming("tap", value, state), now).session

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from bot.language import NEGATION, OBLIGATION, analyze, lemma_form, normalize, script_language
+from bot.language import analyze, default_rules, lemma_form, normalize, script_language
+
+NEGATION = default_rules().negation  # the rules file's (bot/content/common/language.ja.yaml)
+OBLIGATION = default_rules().obligation
 
 
 @pytest.mark.parametrize("variant", ["殴られる", "なぐられてる", "殴られている", "殴られました"])

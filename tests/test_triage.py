@@ -3,12 +3,17 @@ fill the answers the text gave, skip their questions)."""
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 
 from bot.engine import Incoming
+from bot.pack import load_pack
 from bot.replies import Cards, Question, Text
 from bot.triage import TriageError, load_vocab, triage
+from bot.validate import validate
 from tests.conftest import WEEKDAY_MORNING, Walker
+from tests.pack_helpers import edit_yaml
 
 
 # -- the function -----------------------------------------------------------------------------
@@ -65,6 +70,28 @@ def test_vocabulary_errors_name_the_file_and_field(tmp_path):
     (tmp_path / "triage.en.yaml").write_text("version: 1\ncategories: {}\n", encoding="utf-8")
     with pytest.raises(TriageError, match=r"triage\.ja\.yaml: categories\.poverty\.patterns"):
         load_vocab(tmp_path)
+
+
+def test_wards_are_named_as_the_packs_suffixes_say(pack_copy):
+    """wards.yaml `suffixes`: a ward is found without its ward suffix, a branch area by the
+    word before the branch suffix; change them and the same text names no ward."""
+    assert [triage(t, "ja", load_pack(pack_copy)).slots.get("ward")
+            for t in ("伏見に住んでいます", "深草に住んでいます", "伏見区に住んでいます")] == [
+        "fushimi", "fukakusa", "fushimi"]
+    other = pack_copy.parent / "otherpack"  # ward names are kept per pack folder
+    shutil.copytree(pack_copy, other)
+    edit_yaml(other / "wards.yaml", lambda d: d.update(suffixes={"ward": "市"}))
+    assert [triage(t, "ja", load_pack(other)).slots.get("ward")
+            for t in ("伏見に住んでいます", "深草に住んでいます", "伏見区に住んでいます")] == [
+        None, None, "fushimi"]
+
+
+def test_wards_without_suffixes_do_not_validate(pack_copy):
+    edit_yaml(pack_copy / "wards.yaml", lambda d: d.pop("suffixes"))
+    assert validate(str(pack_copy)) == ["wards.yaml: suffixes: Field required"]
+    edit_yaml(pack_copy / "wards.yaml", lambda d: d.update(suffixes={"ward": ""}))
+    assert validate(str(pack_copy)) == [
+        "wards.yaml: suffixes.ward: String should have at least 1 character"]
 
 
 # -- the dialogue -----------------------------------------------------------------------------

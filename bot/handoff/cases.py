@@ -131,7 +131,7 @@ UNSEEN_TTL_S = 7 * 24 * 3600  # as long as a case stays open before it expires
 
 
 class Unseen:
-    """Sealed items waiting for 「ひらく」 (bot.phonesafe): ("staff", text), ("closed", ""),
+    """Sealed items waiting for `notice.open` (bot.phonesafe): ("staff", text), ("closed", ""),
     ("expired", "")."""
 
     def __init__(self, client: redis.Redis, key: Callable[[str, str], str], sealer: Sealer):
@@ -790,7 +790,7 @@ class CaseStore:
         self.unseen.push(pid, event_id, items)
 
     def take_unseen(self, pid: str) -> list[tuple[str, str]]:
-        """Everything waiting for 「ひらく」, in order, each event once; none left after."""
+        """Everything waiting for `notice.open`, in order, each event once; none left after."""
         return self.unseen.take(pid)
 
     # -- delivery bookkeeping (bot.handoff.worker) -------------------------------------------

@@ -45,7 +45,7 @@ class Case(BaseModel):
     claimed_at: float | None = None
     resolved_at: float | None = None
     resolved_by: str | None = None   # Slack user id of the staff member who closed it
-    forgotten_at: float | None = None  # the resident chose データを消す: no address, no text
+    forgotten_at: float | None = None  # the resident chose `cmd.forget`: no address, no text
     first_staff_reply_at: float | None = None
     request: CaseRequest
     slack_channel: str | None = None

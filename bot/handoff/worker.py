@@ -145,7 +145,7 @@ class HandoffWorker:
             sealed = self.cases.sealer.open(fields["t"]) if fields.get("t") else None
             if sealed and case.forgotten_at is None:  # the case may have closed since
                 message = StaffMessage(at=at, who="resident", text=sealed)
-            if message is None or not message.text:  # trimmed, or deleted by データを消す
+            if message is None or not message.text:  # trimmed, or deleted by `cmd.forget`
                 self._ack(entry)
                 return True
         done = set(filter(None, fields.get("done", "").split(",")))

@@ -10,13 +10,14 @@ wrong at once, not the first failure.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import TypeAdapter, ValidationError
 
-from bot.language import SAFE_LOADER
+from bot.language import RULES_NAME, SAFE_LOADER, RulesError, default_rules, load_rules
 from bot.pack.models import LANGS, Category, Lang, PackInfo, Ward, WardsFile, Window
 
 CONTENT_ROOT = Path(__file__).resolve().parents[1] / "content"
@@ -253,7 +254,7 @@ def load_pack(name_or_path: str | Path) -> Pack:
     # A city without wards (or districts) has no wards.yaml: the ward question is skipped.
     wards_path = root / "wards.yaml"
     wards = (_validate(wards_path, _read_yaml(wards_path, errors), WardsFile, errors)
-             if wards_path.is_file() else WardsFile(groups=[], wards=[]))
+             if wards_path.is_file() else WardsFile(groups=[], wards=[], suffixes=None))
     windows: dict[str, Window] = {}
     for fname in ("windows.yaml", "hotlines.yaml"):
         raw = _read_yaml(root / fname, errors)
@@ -262,12 +263,28 @@ def load_pack(name_or_path: str | Path) -> Pack:
                 errors.append(f"{fname}: {w.id}: duplicate window id")
             windows[w.id] = w
     messages = _load_messages(root, errors, info)
-    triage = _load_triage(common_dir(root), errors)
+    # The analyser's rules first: the triage vocabulary is compiled through the analyser.
+    language = _check_language(common_dir(root), errors)
+    triage = _load_triage(common_dir(root), errors) if language else {}
     _cross_check(categories, wards, windows, errors)
     if errors or info is None or wards is None:
         raise PackError(errors or [f"{root}: pack could not be loaded"])
     return Pack(root=root, info=info, categories=categories, wards=wards, windows=windows,
                 messages=messages, triage=triage)
+
+
+def _check_language(common: Path, errors: list[str]) -> bool:
+    """The analyser's rules beside the pack (common/language.ja.yaml) and the ones it runs on
+    (bot/language.py `default_rules`: the package's file, usually the same) can be used."""
+    found: list[str] = []
+    for load in (partial(load_rules, common / RULES_NAME), default_rules):
+        try:
+            load()
+        except RulesError as exc:
+            found += [f"{COMMON}/{line}" for line in str(exc).splitlines()
+                      if f"{COMMON}/{line}" not in found]
+    errors += found
+    return not found
 
 
 def _load_triage(common: Path, errors: list[str]) -> dict[str, Any]:

@@ -189,9 +189,18 @@ class WardGroup(Strict):
     wards: list[str] = Field(min_length=1, max_length=12)
 
 
+class WardSuffixes(Strict):
+    """How the ward names are written, so that free text naming a ward is found (bot/triage.py):
+    a ward also without `ward`, a branch office area by the word before `branch`."""
+
+    ward: str = Field(min_length=1)
+    branch: str = ""  # a city without branch offices leaves it out
+
+
 class WardsFile(Strict):
     groups: list[WardGroup]
     wards: list[Ward]
+    suffixes: WardSuffixes | None  # required in wards.yaml; None only for a city without wards
 
 
 class PackInfo(Strict):

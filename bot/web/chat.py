@@ -189,11 +189,11 @@ def _answer(step: Step, cookie: str | None = None) -> Any:
     kept — an over-limit answer sets none, since nothing was stored for it."""
     replies: list[Reply] = step.replies
     answer: dict[str, Any] = {"replies": [r.model_dump() for r in replies],
-                              # the page clears its screen after データを消す
+                              # the page clears its screen after `cmd.forget`
                               "cleared": step.forget, "resumed": step.resumed}
     if step.session is not None:
         answer["lang"] = step.session.lang
-    if step.quick_exit:  # 「けす」: the page leaves for a neutral site and clears itself
+    if step.quick_exit:  # quick exit: the page leaves for a neutral site and clears itself
         answer["exit"] = True
     resp = make_response(jsonify(answer))
     if cookie is not None:
