@@ -14,12 +14,14 @@ import logging
 import threading
 import time
 import zlib
+from functools import lru_cache
 from typing import Any
 
 import redis
 from redis.cluster import RedisCluster
 
 from bot import logs
+from bot.redispack import PACKER, packed
 
 log = logs.get("redis")
 
@@ -44,8 +46,9 @@ def connect(url: str, cluster: bool | None = None, socket_timeout: float = 2.0) 
     if cluster:
         # require_full_coverage=False: while one primary fails over, the slots of the others
         # keep answering (people there are served as usual; the rest in degraded mode).
+        base = redis.SSLConnection if url.startswith("rediss:") else redis.Connection
         lazy = LazyCluster(url, socket_timeout=socket_timeout, socket_connect_timeout=2.0,
-                           require_full_coverage=False)
+                           require_full_coverage=False, connection_class=packed(base))
         # A node answers: the cluster client itself, as before. Else one built later, the
         # process answering in degraded mode meanwhile.
         try:
@@ -53,7 +56,7 @@ def connect(url: str, cluster: bool | None = None, socket_timeout: float = 2.0) 
         except redis.ConnectionError:
             return lazy
     return redis.Redis.from_url(url, socket_timeout=socket_timeout, socket_connect_timeout=2.0,
-                                health_check_interval=30)
+                                health_check_interval=30, command_packer=PACKER)
 
 
 class LazyCluster:
@@ -123,11 +126,20 @@ Client = redis.Redis | RedisCluster | LazyCluster
 
 
 def is_cluster(client: Any) -> bool:
-    return isinstance(client, RedisCluster | LazyCluster)
+    return _cluster_class(type(client))
 
 
+@lru_cache(maxsize=64)
+def _cluster_class(cls: type) -> bool:
+    """Memoised per class: redis-py's client classes have a typing.Protocol among their bases,
+    whose isinstance check runs Python code, and this is asked for every script queued."""
+    return issubclass(cls, RedisCluster | LazyCluster)
+
+
+@lru_cache(maxsize=65536)
 def shard_of(name: str, shards: int) -> int:
-    """A stable shard number for a person or a case (the same one in every process)."""
+    """A stable shard number for a person or a case (the same one in every process).
+    Memoised (bounded): each event asks it for its person several times."""
     return zlib.crc32(name.encode()) % shards if shards > 1 else 0
 
 

@@ -215,3 +215,33 @@ def test_an_event_line_is_what_logger_log_wrote():
     assert ours == theirs == {"level": "info", "logger": "tsunagu.cache-test",
                               "event": "message", "pid": "abc", "events": ["results"],
                               "ms": 1.5}
+
+
+def test_rendered_answers_are_rendered_afresh_for_new_objects_and_encode_as_json_does(cities):
+    """line_render.render_once: every question of every state, in every language, renders and
+    encodes exactly as `render` and `json.dumps` do; the same objects come back rendered
+    once; an equal but new object is rendered again; the cache stays bounded."""
+    from bot.channels import line_render
+    from bot.channels.line_api import encode
+    from bot.channels.line_queue import line_messages
+
+    for engine in cities:
+        for state in engine.flow.states:
+            if engine.flow.states[state].kind == TRIAGE:
+                continue
+            for lang in LANGS:
+                session = engine.new_session(lang)
+                session.enter(state)
+                replies = [engine.ask(session)]
+                pack = engine.pack
+                labels = (pack.msg("web.call", lang), pack.msg("web.open_site", lang),
+                          pack.msg("wrong_number.button", lang))
+                got = line_messages(engine, replies, lang)
+                assert list(got) == line_render.render(replies, *labels)
+                assert line_messages(engine, replies, lang) is got  # from memory
+                body = {"replyToken": "r\"1", "messages": got}
+                assert encode(body) == json.dumps({**body, "messages": list(got)}).encode()
+                copy = replies[0].model_copy()
+                again = line_messages(engine, [copy], lang)
+                assert again is not got and list(again) == list(got)
+    assert len(line_render._RENDERED) <= line_render.RENDERED_MAX

@@ -85,7 +85,6 @@ def test_what_arrives_while_a_person_is_locked_is_answered_before_the_lock_is_le
     assert [c.pid for c in one.claims] == [pid]
     two = queue.accept([(pid, second)], claim=True)
     assert two.stored == [True] and two.claims == []   # locked: not claimed again
-    dispatcher._claims.acquire()                        # as answer_claims does
     dispatcher._claimed(one.claims[0])
     got = fake.delivered()
     assert [r.body["replyToken"] for r in got] == [first.reply_token, second.reply_token]
@@ -99,12 +98,9 @@ def test_a_claim_given_back_when_too_many_wait_is_answered_as_never_tried(line_a
     ticket written). Its jobs must not look "being answered" — or a reply token LINE refuses
     would be taken for a delivery that never happened. Here the token is expired: the
     answer must come by push, once."""
-    import threading
-
     app, fake = line_app
     line = app.extensions["tsunagu_line"]
-    line.dispatcher._claims = threading.BoundedSemaphore(1)
-    line.dispatcher._claims.acquire()                  # the process is "full"
+    line.dispatcher._pool.backlog = 0                  # the process is "full"
     ev = lh.text("こんにちは", user=USER)
     fake.expired_tokens.add(ev["replyToken"])
     assert post(app.test_client(), ev).status_code == 200

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -16,6 +14,7 @@ from bot.crypto import Sealer
 from bot.engine import Engine
 from bot.redisconn import ReplicaWait
 from bot.service import Conversations
+from bot.workers import Workers
 
 if TYPE_CHECKING:
     from bot.wiring import Services
@@ -27,24 +26,14 @@ class DegradedAnswers:
     thread answers (the server's thread count bounds those), never a new thread per webhook."""
 
     def __init__(self, workers: int = 4, backlog: int = 64):
-        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="line-degraded")
-        self._slots = threading.BoundedSemaphore(backlog)
+        self._workers = Workers("line-degraded", workers, backlog)
 
     def submit(self, answer: Callable[..., None], *args: Any) -> None:
-        if not self._slots.acquire(blocking=False):
+        if not self._workers.offer(answer, *args):
             answer(*args)
-            return
-
-        def run() -> None:
-            try:
-                answer(*args)
-            finally:
-                self._slots.release()
-
-        self._pool.submit(run)
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._workers.stop()
 
 
 @dataclass

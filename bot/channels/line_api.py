@@ -76,6 +76,16 @@ def _refusal(resp: urllib3.BaseHTTPResponse) -> ApiException:
     return exc
 
 
+def encode(body: dict[str, Any]) -> bytes:
+    """`json.dumps(body)` as bytes; messages rendered once (line_render.Rendered) bring their
+    JSON along, which is spliced in as `json.dumps` would have written it (same bytes)."""
+    text = getattr(body.get("messages"), "json", None)
+    if text is None or len(body) < 2 or next(reversed(body)) != "messages":
+        return json.dumps(body).encode()
+    head = json.dumps({k: v for k, v in body.items() if k != "messages"})
+    return f"{head[:-1]}, \"messages\": {text}}}".encode()
+
+
 class DeliveryPending(Exception):
     """LINE did not take the answer yet (down, throttling): keep the job and retry later."""
 
@@ -120,7 +130,7 @@ class LineApi:
         headers = self._headers
         if retry_key:
             headers = {**headers, "X-Line-Retry-Key": retry_key}
-        data = json.dumps(body).encode()
+        data = encode(body)
         for tries in range(CONNECT_TRIES, 0, -1):
             try:
                 resp = self._pool.urlopen("POST", self._prefix + path, body=data,

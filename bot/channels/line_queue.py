@@ -45,7 +45,6 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -56,7 +55,7 @@ from prometheus_client import Counter
 from bot import logs, metrics
 from bot.channels.line_api import DeliveryPending
 from bot.channels.line_events import Job
-from bot.channels.line_render import render
+from bot.channels.line_render import render_once
 from bot.crypto import Sealer
 from bot.handoff.worker import default_consumer
 from bot.limits import Backlog
@@ -65,6 +64,7 @@ from bot.redisconn import UNAVAILABLE, ReplicaWait, is_cluster, script
 from bot.session import Session
 from bot.store import LockTimeout, SessionStore, Turn
 from bot.streams import Entry, Shards, StreamConsumer
+from bot.workers import Workers
 
 log = logs.get("line")
 GROUP = "line"
@@ -439,8 +439,7 @@ class Dispatcher:
         self.consumer = default_consumer()
         self._stop = threading.Event()
         self._workers: list[threading.Thread] = []
-        self._pool: ThreadPoolExecutor | None = None
-        self._claims = threading.BoundedSemaphore(threads * CLAIMS_PER_THREAD)
+        self._pool: Workers | None = None
         self._sweep = threading.Lock()
         self._swept_at = 0.0
 
@@ -448,7 +447,7 @@ class Dispatcher:
         # On a cluster each shard needs a thread blocking on it (bot.streams).
         threads = max(self.threads, len(self.queue.shards) if is_cluster(self.queue.redis)
                       else 1)
-        self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="line-answer")
+        self._pool = Workers("line-answer", self.threads, self.threads * CLAIMS_PER_THREAD)
         for i in range(threads):
             consumer = self.queue.consumer(self.consumer, home=i)
             t = threading.Thread(target=self._run, args=(consumer,), name=f"line-dispatch-{i}",
@@ -461,7 +460,7 @@ class Dispatcher:
         if self._pool is not None:
             # Claims not started keep their lock until it expires; their due entries
             # bring them to another process then.
-            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool.stop()
         for t in self._workers:
             t.join(timeout)
 
@@ -474,15 +473,9 @@ class Dispatcher:
         """Answer people locked while accepting their events, off the webhook's thread."""
         assert self._pool is not None
         for claim in claims:
-            if not self._claims.acquire(blocking=False):
-                # Too many waiting: the event is answered, just not first in line — by the
-                # ticket's drain once this lock is released.
-                self._give_back(claim)
-                continue
-            try:
-                self._pool.submit(self._claimed, claim)
-            except RuntimeError:  # shutting down: another process answers it
-                self._claims.release()
+            if not self._pool.offer(self._claimed, claim):
+                # Too many waiting, or shutting down: the event is answered, just not first
+                # in line — by the ticket's drain once this lock is released.
                 self._give_back(claim)
 
     def _give_back(self, claim: Claim) -> None:
@@ -514,8 +507,6 @@ class Dispatcher:
             self.conversations.outage("line_dispatch", exc)
         except Exception as exc:
             logs.failure("line.claim", exc, pid=claim.pid[:16])
-        finally:
-            self._claims.release()
 
     def sweep(self, now_ms: int | None = None) -> int:
         """Turn overdue due entries into tickets (their process died, or LINE was down).
@@ -814,8 +805,8 @@ class Dispatcher:
 
 def line_messages(engine: Any, replies: list, lang: str) -> list[dict]:
     pack = engine.pack
-    return render(replies, pack.msg("web.call", lang), pack.msg("web.open_site", lang),
-                  pack.msg("wrong_number.button", lang))
+    return render_once(replies, pack.msg("web.call", lang), pack.msg("web.open_site", lang),
+                       pack.msg("wrong_number.button", lang))
 
 
 def answer_degraded(conversations: Conversation, api: LineSender, pid: str, user_id: str,
