@@ -83,7 +83,8 @@ class Conversation(Protocol):
 class LineSender(Protocol):
     """The LINE Messaging API client (bot.channels.line_api.LineApi)."""
 
-    def show_loading(self, user_id: str, seconds: int = 20) -> None: ...
+    def show_loading(self, user_id: str, seconds: int = 20,
+                     deadline: float | None = None) -> None: ...
 
     def deliver(self, user_id: str, event_id: str, reply_token: str | None, age_s: float,
                 messages: list[dict], retrying: bool = False,

@@ -13,6 +13,11 @@ reader (the handoff worker: one case's events in order, one delivery at a time) 
 `Doorbell` instead: a thread per shard blocks on it (XREAD, which consumes nothing) and wakes
 the consumer, which then reads every shard without blocking.
 
+A shard whose primary is down costs a timeout at each read: it is left alone between tries
+spaced by a growing pause (0.1 s doubling to 5 s, `Shards.due`, shared by every consumer of
+the queue in the process, one try at a time), and read again as soon as one works. Where a
+doorbell runs, its thread for that shard makes the tries.
+
 Entries are deleted when acknowledged (XACK + XDEL), so a stream holds only what is still to
 be done and needs no trimming.
 """
@@ -37,14 +42,37 @@ def shard_names(base: str, count: int) -> list[str]:
     return [base] + [f"{base}:{{{tag}-{i}}}" for i in range(1, count)]
 
 
+class Backoff:
+    """A pause that doubles after each failure, from `first` up to `longest`, and starts from
+    `first` again after a success: how long to leave a shard whose primary is down alone."""
+
+    def __init__(self, first: float = 0.1, longest: float = 5.0):
+        self.first = first
+        self.longest = longest
+        self.pause = 0.0
+
+    def failed(self) -> float:
+        """The pause to take now."""
+        self.pause = min(self.pause * 2, self.longest) if self.pause else self.first
+        return self.pause
+
+    def reset(self) -> None:
+        self.pause = 0.0
+
+
 class Shards:
     """The shard streams of one queue, and which shard a person or a case writes to."""
 
     DOWN_FOR_S = 30.0  # how long a shard whose write failed is tried last (a failover's time)
+    # A shard found down is read again after 0.1 s, then twice as long each time it is still
+    # down, up to 5 s: each read of it costs a timeout while its primary fails over.
+    RETRY_S = (0.1, 5.0)
 
     def __init__(self, base: str, count: int):
         self.names = shard_names(base, count)
         self._down: dict[str, float] = {}  # shard → until when it is tried last
+        self._retry: dict[str, tuple[float, Backoff]] = {}  # shard → when it is read again
+        self._lock = threading.Lock()
 
     def __iter__(self):
         return iter(self.names)
@@ -63,13 +91,37 @@ class Shards:
         return self.names[i + 1:] + self.names[:i]
 
     def failed(self, name: str) -> None:
-        """A write to `name` found its primary unreachable: try it last for a while, so each
-        write during a failover does not first wait for the client's retries to give up."""
-        self._down[name] = time.monotonic() + self.DOWN_FOR_S
+        """A command on `name` found its primary unreachable: writes try it last for a while,
+        so each write during a failover does not first wait for the client's retries to give
+        up; readers leave it alone for a growing pause (`due`)."""
+        now = time.monotonic()
+        with self._lock:
+            self._down[name] = now + self.DOWN_FOR_S
+            _, backoff = self._retry.get(name) or (0.0, Backoff(*self.RETRY_S))
+            self._retry[name] = (now + backoff.failed(), backoff)
 
     def recovered(self, name: str) -> None:
-        """`name` answered again (a doorbell's read worked): back to its place at once."""
-        self._down.pop(name, None)
+        """`name` answered (a read worked): back to its place at once."""
+        if name in self._down or name in self._retry:
+            with self._lock:
+                self._down.pop(name, None)
+                self._retry.pop(name, None)
+
+    def due(self, name: str) -> bool:
+        """Whether a reader should read `name` now: yes, unless it failed lately; then once
+        its pause is over, and by one reader at a time — the others leave it alone until
+        that read tells (`failed`, `recovered`), or a longest pause has gone by."""
+        if name not in self._retry:
+            return True
+        now = time.monotonic()
+        with self._lock:
+            at, backoff = self._retry.get(name) or (0.0, None)
+            if backoff is None:
+                return True
+            if now < at:
+                return False
+            self._retry[name] = (now + backoff.longest, backoff)
+            return True
 
     def is_down(self, name: str) -> bool:
         return self._down.get(name, 0.0) > time.monotonic()
@@ -149,7 +201,7 @@ class Doorbell:
         return self._rung.wait(seconds)
 
     def _watch(self, name: str) -> None:
-        last, pause = "$", 0.1
+        last, backoff = "$", Backoff(*Shards.RETRY_S)
         while not self._stop.is_set():
             try:
                 got = _entries(self.redis.execute_command(
@@ -157,17 +209,14 @@ class Doorbell:
                     **node_of(self.redis, name)))
             except UNAVAILABLE:
                 self.shards.failed(name)
-                self._stop.wait(pause)  # this shard's primary is failing over
-                pause = min(pause * 2, 5.0)
+                self._stop.wait(backoff.failed())  # this shard's primary is failing over
                 continue
             except Exception as exc:  # a surprise: keep ringing (the consumer's timeout
                 logs.failure("streams.doorbell", exc)  # still reads this shard meanwhile)
-                self._stop.wait(pause)
-                pause = min(pause * 2, 5.0)
+                self._stop.wait(backoff.failed())
                 continue
-            pause = 0.1
-            if self.shards.is_down(name):
-                self.shards.recovered(name)
+            backoff.reset()
+            self.shards.recovered(name)
             if got:
                 last = got[-1].id
                 self._rung.set()
@@ -203,9 +252,15 @@ class StreamConsumer:
             self.bell.stop()
 
     def _skip(self, name: str) -> bool:
-        """With a doorbell watching every shard, a shard known down is left alone until the
-        doorbell sees it answer (without one, e.g. the LINE dispatcher, every shard is read)."""
-        return self.bell is not None and self.bell.running and self.shards.is_down(name)
+        """Leave a shard known down alone: with a doorbell watching every shard, until the
+        doorbell sees it answer; without one (the LINE dispatcher's threads), between the
+        tries `Shards.due` spaces out — each costs a timeout while its primary is down. On
+        one Redis every shard shares its fate: the caller's own backoff covers it."""
+        if not self.cluster:
+            return False
+        if self.bell is not None and self.bell.running:
+            return self.shards.is_down(name)
+        return not self.shards.due(name)
 
     def ensure_groups(self, force: bool = False) -> None:
         """Create the group on every shard (once, and again after Redis lost it)."""
@@ -224,6 +279,8 @@ class StreamConsumer:
             except UNAVAILABLE as exc:  # that shard's primary is down: the others are read
                 self.shards.failed(name)
                 missing.append(exc)
+                continue
+            self.shards.recovered(name)
         if len(missing) == len(self.shards):
             raise missing[0]  # Redis is down: the caller backs off
         self._ready = not missing  # else tried again before the next read
@@ -252,9 +309,12 @@ class StreamConsumer:
     def _read(self, start: str, count: int, block_ms: int | None) -> list[Entry]:
         names = list(self.shards)
         if not self.cluster or len(names) == 1:
-            return _entries(self.redis.xreadgroup(self.group, self.consumer,
-                                                  dict.fromkeys(names, start), count=count,
-                                                  block=block_ms))
+            got = _entries(self.redis.xreadgroup(self.group, self.consumer,
+                                                 dict.fromkeys(names, start), count=count,
+                                                 block=block_ms))
+            for name in names:  # they all answered
+                self.shards.recovered(name)
+            return got
         home = names[self.home]
         out: list[Entry] = []
         for name in names:
@@ -265,20 +325,24 @@ class StreamConsumer:
         return self._one(home, start, count, block_ms)
 
     def _one(self, name: str, start: str, count: int, block_ms: int | None) -> list[Entry]:
-        if block_ms is None and self._skip(name):
+        if self._skip(name):
+            if block_ms:  # our own shard, left alone: wait as its read would have
+                time.sleep(block_ms / 1000)
             return []
         args: list[Any] = ["GROUP", self.group, self.consumer, "COUNT", count]
         if block_ms is not None:
             args += ["BLOCK", block_ms]
         try:
             # Routed by hand: XREADGROUP's keys are "movable" (see bot.redisconn.node_of).
-            return _entries(self.redis.execute_command("XREADGROUP", *args, "STREAMS", name,
-                                                       start, **node_of(self.redis, name)))
+            got = _entries(self.redis.execute_command("XREADGROUP", *args, "STREAMS", name,
+                                                      start, **node_of(self.redis, name)))
         except UNAVAILABLE:
             self.shards.failed(name)
             if name == self.shards.names[self.home] and block_ms:
                 raise  # our own shard is down: the caller backs off
-            return []   # another shard's primary is failing over: read it next time
+            return []   # another shard's primary is failing over: read it later (`_skip`)
+        self.shards.recovered(name)
+        return got
 
     def reclaim(self, min_idle_ms: int, count: int) -> list[Entry]:
         """Take over entries another consumer (a dead process) left pending too long."""
@@ -296,6 +360,7 @@ class StreamConsumer:
             except UNAVAILABLE:
                 self.shards.failed(name)
                 continue
+            self.shards.recovered(name)
             out += _entries([(name, got)])
         self._reclaim_from = (self._reclaim_from + 1) % len(names)
         return out

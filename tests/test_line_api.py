@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
+from collections.abc import Iterator
 
 import pytest
 from linebot.v3.messaging import ApiClient, ApiException, Configuration
 from linebot.v3.messaging.exceptions import ServiceException, UnauthorizedException
 
-from bot.channels.line_api import LineApi
+from bot.channels.line_api import DeliveryPending, LineApi
 from tests.fakes.http import serve_json
 
 USER = "U" + "d" * 32
@@ -122,3 +124,115 @@ def test_a_connection_that_cannot_be_made_is_tried_as_the_sdk_did():
                   timeout=(1.0, 1.0))
     assert api._pool.num_connections == 4
     assert not sent_maybe(caught.value)
+
+
+# -- a deadline (the person lock's expiry) bounds every wait ------------------------------------
+
+SLACK_S = 0.1  # between computing the time left and the socket call: scheduling, not waiting
+
+
+@pytest.fixture
+def blackhole() -> Iterator[str]:
+    """A loopback address whose connections are never made: a listening socket whose backlog
+    is full drops every new SYN, so each connect waits its whole timeout (as to a host that is
+    down), unlike a refused port (which fails at once)."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(0)
+    port = server.getsockname()[1]
+    held = []
+    while True:  # fill the backlog (one connection on Linux)
+        client = socket.socket()
+        client.settimeout(0.2)
+        try:
+            client.connect(("127.0.0.1", port))
+        except TimeoutError:
+            client.close()
+            break
+        held.append(client)
+        assert len(held) < 64, "the backlog never filled"
+    yield f"http://127.0.0.1:{port}"
+    for client in held:
+        client.close()
+    server.close()
+
+
+def watch(api: LineApi, connect_delay_s: float = 0.0) -> list[tuple[str, float, float]]:
+    """Record each socket wait a call makes — ("connect" or "read", when it starts, its
+    timeout) — through the pool's connection class; `connect_delay_s`: a TCP connect that
+    takes that long (of its timeout) to be made."""
+    waits: list[tuple[str, float, float]] = []
+
+    class Watched(api._pool.ConnectionCls):  # type: ignore[name-defined]
+        def connect(self) -> None:
+            waits.append(("connect", time.monotonic(), self.timeout))
+            time.sleep(min(connect_delay_s, self.timeout))
+            super().connect()
+
+        def getresponse(self, *args, **kwargs):
+            waits.append(("read", time.monotonic(), self.timeout))
+            return super().getresponse(*args, **kwargs)
+
+    api._pool.ConnectionCls = Watched
+    return waits
+
+
+@pytest.mark.parametrize("reply_token", ["rt", None])
+def test_connect_tries_under_a_deadline_all_end_before_it(blackhole, reply_token):
+    """LINE unreachable (every connect times out), 0.6 s left under the lock: the connect
+    tries share the time left. Before, urllib3 retried each call 3 times with the timeout
+    the call began with: 4 x 0.6 s of connecting for a reply, the push after it too."""
+    api = LineApi(blackhole, "tok")
+    waits = watch(api)
+    deadline = time.monotonic() + 0.6
+    with pytest.raises(DeliveryPending):
+        api.deliver(USER, "ev-d", reply_token, 0.0, MESSAGES, deadline=deadline)
+    assert waits and {kind for kind, _, _ in waits} == {"connect"}
+    late = [(round(at + timeout - deadline, 3)) for _, at, timeout in waits
+            if at + timeout > deadline + SLACK_S]
+    assert not late, f"waits ending after the deadline by (s): {late}"
+    api.close()
+
+
+def test_with_time_enough_a_connection_is_still_tried_four_times(blackhole):
+    """The deadline only shortens the tries: far away, each of the 4 connects gets the whole
+    connect timeout (as without a deadline), and none is made."""
+    from urllib3.exceptions import MaxRetryError
+
+    api = LineApi(blackhole, "tok", timeout=(0.2, 0.2))
+    waits = watch(api)
+    with pytest.raises(MaxRetryError):
+        api._post("/v2/bot/message/push", {"to": USER, "messages": MESSAGES},
+                  timeout=api.timeout, deadline=time.monotonic() + 60)
+    assert [(kind, timeout) for kind, _, timeout in waits] == [("connect", 0.2)] * 4
+    api.close()
+
+
+def test_a_slow_connect_leaves_the_read_only_the_time_left():
+    """A connect that took 0.4 s of the 0.8 s left: the wait for LINE's answer gets the
+    rest (urllib3's Timeout total), not the 0.8 s the call began with. LINE never answers,
+    so the reply is not known to be delivered: pending, not pushed."""
+    silent = socket.socket()  # accepts (the kernel does) and never answers
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    api = LineApi(f"http://127.0.0.1:{silent.getsockname()[1]}", "tok")
+    waits = watch(api, connect_delay_s=0.4)
+    deadline = time.monotonic() + 0.8
+    with pytest.raises(DeliveryPending):
+        api.deliver(USER, "ev-s", "rt", 0.0, MESSAGES, deadline=deadline)
+    assert [kind for kind, _, _ in waits] == ["connect", "read"]
+    late = [(kind, round(at + timeout - deadline, 3)) for kind, at, timeout in waits
+            if at + timeout > deadline + SLACK_S]
+    assert not late, f"waits ending after the deadline by (s): {late}"
+    api.close()
+    silent.close()
+
+
+def test_loading_is_not_shown_without_time_left(recorder):
+    """The loading animation runs under the lock too: with no time left it is skipped."""
+    got, _answers, url, _ = recorder
+    api = LineApi(url, "tok")
+    api.show_loading(USER, deadline=time.monotonic())
+    api.show_loading(USER, deadline=time.monotonic() + 5)
+    assert len(got) == 1
+    api.close()

@@ -47,9 +47,13 @@ TIMEOUT = (2.0, 5.0)      # connect, read
 LOADING_TIMEOUT = (1.0, 1.0)
 USER_AGENT = f"line-bot-sdk-python/{linebot.__version__}"  # what the SDK's client sends
 # As the SDK's PoolManager did: a connection that could not be made is tried 3 more times at
-# once (nothing was sent); a sent POST is never repeated by urllib3 (read errors raise).
+# once (nothing was sent); a sent POST is never repeated (read errors raise). The tries are
+# made here, one urllib3 call each (`ONCE`), not by urllib3's Retry: its tries all get the
+# timeout the call began with, so under a deadline 4 connects could each wait the time left.
 # Redirects are not followed: LINE does not redirect, and a 3xx raises like any non-2xx.
-RETRIES = urllib3.Retry(3, redirect=False)
+CONNECT_TRIES = 4
+ONCE = urllib3.Retry(0, redirect=False)
+MIN_LEFT_S = 0.05  # less time than this under the lock: no call is started
 RETRYABLE = {429, 500, 502, 503, 504}
 # What a call may raise besides ApiException: urllib3's timeouts and connection errors.
 NETWORK = (urllib3.exceptions.HTTPError, OSError)
@@ -102,33 +106,53 @@ class LineApi:
         self._prefix = url.path or ""
         tls = {"cert_reqs": "CERT_REQUIRED"} if url.scheme == "https" else {}  # as the SDK
         self._pool = urllib3.connection_from_url(
-            self.host, maxsize=self.connections, block=False, retries=RETRIES, **tls)
+            self.host, maxsize=self.connections, block=False, retries=ONCE, **tls)
         self._headers = {"Authorization": f"Bearer {self.access_token}",
                          "Content-Type": "application/json", "User-Agent": USER_AGENT}
         self._timeouts: dict[tuple[float, float], urllib3.Timeout] = {}
 
     def worst_case_s(self) -> float:
-        """How long one delivery can take at most without a deadline: a reply and every push
-        attempt timing out, plus the backoff pauses (~46 s with the defaults)."""
-        return sum(self.timeout) * (3 + len(self.backoff)) + sum(self.backoff)
+        """How long one delivery can take at most without a deadline: two replies and every
+        push attempt timing out, each after its connect tries, plus the backoff pauses (~95 s
+        with the defaults)."""
+        connect, read = self.timeout
+        return (CONNECT_TRIES * connect + read) * (3 + len(self.backoff)) + sum(self.backoff)
 
     def _post(self, path: str, body: dict[str, Any], timeout: tuple[float, float],
-              retry_key: str | None = None) -> None:
+              retry_key: str | None = None, deadline: float | None = None) -> None:
         """POST JSON; raise ApiException (with .status) on a non-2xx, urllib3's errors on
-        network failures. The bytes are the SDK's (`json.dumps` defaults, ASCII): compact
-        or UTF-8 JSON measured no cheaper (~12 µs a body either way) and ASCII can never
-        fail to encode."""
+        network failures, DeliveryPending when `deadline` leaves no time. The bytes are the
+        SDK's (`json.dumps` defaults, ASCII): compact or UTF-8 JSON measured no cheaper
+        (~12 µs a body either way) and ASCII can never fail to encode.
+
+        A connection that could not be made is tried again (`CONNECT_TRIES`), each try with
+        at most the time left: with a deadline, connect, send and read end before it."""
         headers = self._headers
         if retry_key:
             headers = {**headers, "X-Line-Retry-Key": retry_key}
-        resp = self._pool.urlopen("POST", self._prefix + path, body=encode(body),
-                                  headers=headers, timeout=self._timeout_of(timeout),
-                                  redirect=False, preload_content=True)
+        data = encode(body)
+        for tries in range(CONNECT_TRIES, 0, -1):
+            try:
+                resp = self._pool.urlopen("POST", self._prefix + path, body=data,
+                                          headers=headers,
+                                          timeout=self._timeout_of(timeout, deadline),
+                                          retries=ONCE, redirect=False, preload_content=True)
+                break
+            except urllib3.exceptions.MaxRetryError as exc:
+                if tries == 1 or sent_maybe(exc):
+                    raise
         if not 200 <= resp.status <= 299:
             raise _refusal(resp)
 
-    def _timeout_of(self, timeout: tuple[float, float]) -> urllib3.Timeout:
-        """One Timeout per fixed value; those cut short by a deadline are not kept."""
+    def _timeout_of(self, timeout: tuple[float, float],
+                    deadline: float | None = None) -> urllib3.Timeout:
+        """One Timeout per fixed value; under a deadline one whose total (connect, send and
+        read together) is the time left — not kept."""
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= MIN_LEFT_S:
+                raise DeliveryPending("no time left under the lock")
+            return urllib3.Timeout(connect=timeout[0], read=timeout[1], total=left)
         found = self._timeouts.get(timeout)
         if found is None:
             found = urllib3.Timeout(connect=timeout[0], read=timeout[1])
@@ -166,7 +190,7 @@ class LineApi:
                 try:
                     self._post("/v2/bot/message/reply",
                                {"replyToken": reply_token, "messages": messages},
-                               timeout=self._timeout(deadline))
+                               timeout=self.timeout, deadline=deadline)
                     return "reply"
                 except ApiException as exc:
                     if exc.status == 400 and unsure:
@@ -188,21 +212,13 @@ class LineApi:
                     unsure = True
         return self._push(user_id, event_id, messages, deadline)
 
-    def _timeout(self, deadline: float | None) -> tuple[float, float]:
-        if deadline is None:
-            return self.timeout
-        left = deadline - time.monotonic()
-        if left <= 0.05:
-            raise DeliveryPending("no time left under the lock")
-        return min(self.timeout[0], left), min(self.timeout[1], left)
-
     def _push(self, user_id: str, event_id: str, messages: list[dict],
               deadline: float | None = None) -> str:
         key = self.retry_key(event_id)
         for attempt, pause in enumerate((*self.backoff, None)):
             try:
                 self._post("/v2/bot/message/push", {"to": user_id, "messages": messages},
-                           retry_key=key, timeout=self._timeout(deadline))
+                           retry_key=key, timeout=self.timeout, deadline=deadline)
                 return "push"
             except ApiException as exc:
                 if exc.status == 409:  # this retry key was accepted before: delivered
@@ -221,10 +237,13 @@ class LineApi:
             time.sleep(pause)
         raise DeliveryPending(event_id)
 
-    def show_loading(self, user_id: str, seconds: int = 20) -> None:
-        """Best effort: the animation is a courtesy, never a reason to fail."""
+    def show_loading(self, user_id: str, seconds: int = 20,
+                     deadline: float | None = None) -> None:
+        """Best effort: the animation is a courtesy, never a reason to fail. Under the
+        caller's lock it ends before `deadline` like every call."""
         try:
             self._post("/v2/bot/chat/loading/start",
-                       {"chatId": user_id, "loadingSeconds": seconds}, timeout=LOADING_TIMEOUT)
-        except (ApiException, *NETWORK) as exc:
+                       {"chatId": user_id, "loadingSeconds": seconds}, timeout=LOADING_TIMEOUT,
+                       deadline=deadline)
+        except (ApiException, DeliveryPending, *NETWORK) as exc:
             logs.event(log, "loading_failed", logging.INFO, error=type(exc).__name__)

@@ -319,11 +319,13 @@ class LineQueue:
             if not claim:
                 pipe.xadd(self.shards.of(pid), {"p": pid})
                 keys.append(self.shards.of(pid))
-        measure = self.backlog.due()
-        if measure:  # the backlog alarm watches the whole queue: tickets and due events
-            for name in self.shards:
-                pipe.xlen(name)
-                pipe.zcard(due_key(name))
+        # The backlog alarm watches the whole queue: tickets and due events (not in a shard
+        # known down: its timeout would hold up this answer).
+        measured = [n for n in self.shards if not self.shards.is_down(n)] \
+            if self.backlog.due() else []
+        for name in measured:
+            pipe.xlen(name)
+            pipe.zcard(due_key(name))
         waits = self.wait.add(pipe, keys) if self.wait is not None else 0
         results = iter(pipe.execute(raise_on_error=False))
         stored: list[Any] = [None] * len(jobs)
@@ -350,8 +352,8 @@ class LineQueue:
                 for i in mine:
                     if stored[i] == 1:
                         stored[i] = RuntimeError("no ticket")
-        if measure:
-            self.backlog.note(sum(x for x in [next(results) for _ in range(2 * len(self.shards))]
+        if measured:
+            self.backlog.note(sum(x for x in [next(results) for _ in range(2 * len(measured))]
                                   if isinstance(x, int)))
         if busy:
             self.tickets(busy)
@@ -507,12 +509,23 @@ class Dispatcher:
             logs.failure("line.claim", exc, pid=claim.pid[:16])
 
     def sweep(self, now_ms: int | None = None) -> int:
-        """Turn overdue due entries into tickets (their process died, or LINE was down)."""
+        """Turn overdue due entries into tickets (their process died, or LINE was down).
+        Shard by shard: one whose primary is down is left alone between tries, as its
+        readers do (`Shards.due`), and does not hold up the others."""
         now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
-        pipe = self.queue.redis.pipeline(transaction=False)
-        for name in self.queue.shards:
+        shards, swept = self.queue.shards, 0
+        for name in shards:
+            if not shards.due(name):
+                continue
+            pipe = self.queue.redis.pipeline(transaction=False)
             script(pipe, _SWEEP, [due_key(name), name], now_ms, 100)
-        swept = sum(n for n in pipe.execute(raise_on_error=False) if isinstance(n, int))
+            try:
+                n = pipe.execute(raise_on_error=False)[0]
+            except UNAVAILABLE:
+                shards.failed(name)
+                continue
+            shards.recovered(name)
+            swept += n if isinstance(n, int) else 0
         if swept:
             logs.event(log, "due_swept", logging.WARNING, events=swept)
         return swept
@@ -777,7 +790,7 @@ class Dispatcher:
         now = self.clock()
         age_s = max(0.0, now.timestamp() - job.timestamp_ms / 1000)
         if age_s > 2.0:
-            self.api.show_loading(user_id)
+            self.api.show_loading(user_id, deadline=deadline)
         event = Event(channel="line", pid=pid, incoming=job.incoming(), event_id=job.event_id,
                       address=user_id, received=job.timestamp_ms / 1000)
 
