@@ -46,9 +46,13 @@ def connect(url: str, cluster: bool | None = None, socket_timeout: float = 2.0) 
     if cluster:
         # require_full_coverage=False: while one primary fails over, the slots of the others
         # keep answering (people there are served as usual; the rest in degraded mode).
-        base = redis.SSLConnection if url.startswith("rediss:") else redis.Connection
+        # The cluster client takes no `command_packer`: its connections get it through their
+        # class. Not over TLS: for rediss:// RedisCluster puts back its own SSLConnection
+        # class from the URL, so those keep redis-py's packer (same bytes, more CPU).
+        packer = {} if url.startswith("rediss:") else {"connection_class": packed(
+            redis.Connection)}
         lazy = LazyCluster(url, socket_timeout=socket_timeout, socket_connect_timeout=2.0,
-                           require_full_coverage=False, connection_class=packed(base))
+                           require_full_coverage=False, **packer)
         # A node answers: the cluster client itself, as before. Else one built later, the
         # process answering in degraded mode meanwhile.
         try:
@@ -136,7 +140,7 @@ def _cluster_class(cls: type) -> bool:
     return issubclass(cls, RedisCluster | LazyCluster)
 
 
-@lru_cache(maxsize=65536)
+@lru_cache(maxsize=4096)
 def shard_of(name: str, shards: int) -> int:
     """A stable shard number for a person or a case (the same one in every process).
     Memoised (bounded): each event asks it for its person several times."""

@@ -22,7 +22,7 @@ from typing import Any
 import hiredis
 import redis
 from redis._parsers.encoders import Encoder
-from redis.connection import HiredisRespSerializer, PythonRespSerializer
+from redis.connection import PythonRespSerializer
 
 # redis-py's defaults for the bytes it writes: UTF-8, strict; 6000 is its buffer cut-off.
 _ENCODER = Encoder("utf-8", "strict", False)
@@ -33,8 +33,7 @@ class Packer:
     """`pack(*args) -> list[bytes]`, the interface redis-py's connections call."""
 
     def __init__(self) -> None:
-        python = PythonRespSerializer(_BUFFER_CUTOFF, _ENCODER.encode)
-        self._library = HiredisRespSerializer(python.pack, _ENCODER.encode)
+        self._library = PythonRespSerializer(_BUFFER_CUTOFF, _ENCODER.encode)
 
     def pack(self, *args: Any) -> list[bytes]:
         name = args[0]

@@ -10,40 +10,57 @@ blocking `get` release the GIL like a lock; the bound is read from its size.
 
 from __future__ import annotations
 
+import atexit
+import logging
 import threading
+import time
+import weakref
 from collections.abc import Callable
 from queue import Empty, SimpleQueue
 from typing import Any
 
 from bot import logs
 
+log = logs.get("workers")
+
 Task = tuple[Callable[..., Any], tuple[Any, ...]]
+EXIT_WAIT_S = 5.0  # at interpreter exit, how long queued and running tasks may still take
 
 
 class Workers:
     """`threads` daemon threads run what `offer` hands them, oldest first.
 
-    `offer` refuses (returns False) when `backlog` tasks already wait or the workers were
-    stopped: the caller then does the work another way (on its own thread, or by a ticket).
-    A task raising is logged by its name, never its arguments (they may hold a person's
-    address), and the thread goes on. `stop` lets running tasks finish and drops the waiting
-    ones, like `shutdown(cancel_futures=True)`.
+    `offer` refuses (returns False) when `backlog` tasks already wait, when no thread can be
+    started, or once the workers stop: the caller then does the work another way (on its own
+    thread, or by a ticket). A task raising is logged by its name, never its arguments (they
+    may hold a person's address), and the thread goes on.
+
+    Two ways to end: `stop` drops what waits and lets running tasks finish (the executor's
+    `shutdown(cancel_futures=True)`); at interpreter exit — a gunicorn worker ends with
+    `sys.exit` on every restart — what was handed over still runs, for up to EXIT_WAIT_S, as
+    the executor's (non-daemon) threads did: a degraded answer has nothing else behind it.
     """
 
     def __init__(self, name: str, threads: int, backlog: int):
         self.name = name
         self.backlog = backlog
         self._queue: SimpleQueue[Task | None] = SimpleQueue()
-        self._stopped = False
+        self._accepting = True
+        self._dropping = False
         self._count = threads
         self._threads: list[threading.Thread] = []
         self._starting = threading.Lock()
+        _LIVE.add(self)
 
     def offer(self, task: Callable[..., Any], *args: Any) -> bool:
-        if self._stopped or self._queue.qsize() >= self.backlog:
+        if not self._accepting or self._queue.qsize() >= self.backlog:
             return False
         if not self._threads:
-            self._start()
+            try:
+                self._start()
+            except RuntimeError:  # "can't start new thread": the caller does the work
+                logs.event(log, "workers_not_started", logging.ERROR, pool=self.name)
+                return False
         self._queue.put((task, args))
         return True
 
@@ -55,38 +72,67 @@ class Workers:
                 return
             threads = [threading.Thread(target=self._run, name=f"{self.name}-{i}", daemon=True)
                        for i in range(self._count)]
-            for thread in threads:
-                thread.start()
-            self._threads = threads
+            started = []
+            try:
+                for thread in threads:
+                    thread.start()
+                    started.append(thread)
+            finally:
+                self._threads = started
 
     def waiting(self) -> int:
         return self._queue.qsize()
 
+    def full(self) -> bool:
+        return not self._accepting or self._queue.qsize() >= self.backlog
+
     def stop(self, timeout: float | None = None) -> None:
-        """No new tasks; waiting ones are dropped; with `timeout`, wait for running ones."""
-        self._stopped = True
-        while True:  # drop what waits, then one wake-up per thread
+        """No new tasks; waiting ones are dropped; with `timeout`, wait that long in all for
+        the running ones."""
+        self._accepting, self._dropping = False, True
+        while True:
             try:
                 self._queue.get_nowait()
             except Empty:
                 break
-        for _ in self._threads:
+        self._end(timeout)
+
+    def finish(self, timeout: float) -> None:
+        """No new tasks; what waits still runs; wait up to `timeout` in all."""
+        self._accepting = False
+        self._end(timeout)
+
+    def _end(self, timeout: float | None) -> None:
+        for _ in self._threads:  # behind what waits: one wake-up per thread
             self._queue.put(None)
-        if timeout is not None:
-            for thread in self._threads:
-                thread.join(timeout)
+        if timeout is None:
+            return
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
 
     def _run(self) -> None:
         get = self._queue.get
         while True:
             item = get()
-            if item is None or self._stopped:
+            if item is None or self._dropping:
                 return
             task, args = item
             try:
                 task(*args)
-            except Exception as exc:  # the task's own failure: logged, the thread goes on
+            except BaseException as exc:  # the task's own failure: logged, the thread goes on
                 logs.failure(self.name, exc)
 
 
-__all__ = ["Workers"]
+_LIVE: weakref.WeakSet[Workers] = weakref.WeakSet()
+
+
+@atexit.register
+def _finish_all() -> None:
+    """At exit (atexit runs while daemon threads still live): let every pool finish."""
+    deadline = time.monotonic() + EXIT_WAIT_S
+    for workers in list(_LIVE):
+        workers.finish(max(0.0, deadline - time.monotonic()))
+
+
+__all__ = ["EXIT_WAIT_S", "Workers"]

@@ -245,3 +245,28 @@ def test_rendered_answers_are_rendered_afresh_for_new_objects_and_encode_as_json
                 again = line_messages(engine, [copy], lang)
                 assert again is not got and list(again) == list(got)
     assert len(line_render._RENDERED) <= line_render.RENDERED_MAX
+
+
+def test_only_questions_are_remembered_never_a_persons_words(cities):
+    """A text (a staff message revealed on a shared phone) or a list of cards is rendered
+    afresh and never kept in the renderer's memory."""
+    from bot.channels import line_render
+    from bot.channels.line_queue import line_messages
+    from bot.replies import Text
+
+    engine = cities[0]
+    session = engine.new_session("ja")
+    session.enter(engine.first_question)
+    question = engine.ask(session)
+    secret = Text(text="staff: 明日の午後にお電話します")
+    line_render._RENDERED.clear()
+    got = line_messages(engine, [secret, question], "ja")
+    pack = engine.pack
+    assert got == line_render.render([secret, question], pack.msg("web.call", "ja"),
+                                     pack.msg("web.open_site", "ja"),
+                                     pack.msg("wrong_number.button", "ja"))
+    assert not isinstance(got, line_render.Rendered)
+    assert line_render._RENDERED == {}
+    assert "明日の午後" not in repr(line_render._RENDERED)
+    assert isinstance(line_messages(engine, [question], "ja"), line_render.Rendered)
+    assert len(line_render._RENDERED) == 1

@@ -151,9 +151,19 @@ def test_validate_names_a_broken_rule(pack_copy, change, problem):
     assert info.value.errors == errors
 
 
-def test_a_missing_rules_file_is_named(pack_copy):
+def test_a_pack_root_without_a_copy_uses_the_analysers_rules(pack_copy):
     (pack_copy.parent / COMMON / "language.ja.yaml").unlink()
-    assert validate(str(pack_copy)) == ["common/language.ja.yaml: file is missing"]
+    assert validate(str(pack_copy)) == []
+
+
+def test_a_copy_that_differs_from_the_rules_in_use_is_named(pack_copy):
+    """A pack root's own copy is not what the analyser runs on: an edit that validates would
+    change nothing, so it is an error, not a silent no-op."""
+    edit_yaml(pack_copy.parent / COMMON / "language.ja.yaml",
+              lambda d: d["dialect"].pop(0))
+    errors = validate(str(pack_copy))
+    assert len(errors) == 1
+    assert errors[0].startswith("common/language.ja.yaml: differs from the rules the analyser")
 
 
 def test_load_rules_raises_one_line_per_problem(rules_copy):

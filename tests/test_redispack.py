@@ -5,14 +5,13 @@ from __future__ import annotations
 import pytest
 import redis
 from redis._parsers.encoders import Encoder
-from redis.connection import HiredisRespSerializer, PythonRespSerializer
+from redis.connection import PythonRespSerializer
 
 from bot.redisconn import connect
 from bot.redispack import PACKER, packed
 
 _ENC = Encoder("utf-8", "strict", False)
-LIBRARY = HiredisRespSerializer(PythonRespSerializer(6000, _ENC.encode).pack, _ENC.encode)
-PURE = PythonRespSerializer(6000, _ENC.encode)
+LIBRARY = PythonRespSerializer(6000, _ENC.encode)  # redis-py's own, as without hiredis
 
 COMMANDS = [
     ("SET", "key", "value"),
@@ -33,7 +32,8 @@ COMMANDS = [
 def test_same_bytes_as_redis_py(args: tuple) -> None:
     ours = b"".join(bytes(chunk) for chunk in PACKER.pack(*args))
     assert ours == b"".join(bytes(chunk) for chunk in LIBRARY.pack(*args))
-    assert ours == b"".join(bytes(chunk) for chunk in PURE.pack(*args))
+    connection = redis.Connection()  # the serializer redis-py picks itself (hiredis's here)
+    assert ours == b"".join(bytes(chunk) for chunk in connection.pack_command(*args))
 
 
 @pytest.mark.parametrize("bad", [True, None, object()])
@@ -73,3 +73,28 @@ def test_the_cluster_connection_class_keeps_its_base_and_uses_it() -> None:
         cls = packed(base)
         assert issubclass(cls, base)
         assert cls(host="127.0.0.1", port=1)._command_packer is PACKER
+
+
+def test_a_cluster_client_from_connect_packs_with_it_on_every_node(redis_cluster) -> None:
+    client = connect(redis_cluster.url, cluster=True)
+    try:
+        keys = [f"tsunagu-test:{{pack{i}}}" for i in range(12)]  # slots on every primary
+        pipe = client.pipeline()
+        for key in keys:
+            pipe.set(key, "寂しい")
+        pipe.execute()
+        assert [client.get(key) for key in keys] == ["寂しい".encode()] * len(keys)
+        nodes = client.get_primaries()
+        assert len(nodes) == 3
+        for node in nodes:
+            pool = node.redis_connection.connection_pool
+            conn = pool.get_connection()
+            try:
+                assert conn._command_packer is PACKER
+            finally:
+                pool.release(conn)
+        client.delete(*keys[:1])
+        for key in keys[1:]:
+            client.delete(key)
+    finally:
+        client.close()

@@ -92,6 +92,9 @@ def test_wards_without_suffixes_do_not_validate(pack_copy):
     edit_yaml(pack_copy / "wards.yaml", lambda d: d.update(suffixes={"ward": ""}))
     assert validate(str(pack_copy)) == [
         "wards.yaml: suffixes.ward: String should have at least 1 character"]
+    edit_yaml(pack_copy / "wards.yaml", lambda d: d.update(suffixes=None))  # not a quiet off
+    errors = validate(str(pack_copy))
+    assert len(errors) == 1 and "suffixes: required when the city has wards" in errors[0]
 
 
 # -- the dialogue -----------------------------------------------------------------------------

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 from bot import logs
 from bot.workers import Workers
@@ -83,9 +86,51 @@ def test_stop_drops_what_waits_and_lets_the_running_task_finish() -> None:
     assert workers.offer(running)
     assert started.wait(5)
     assert workers.offer(lambda: ran.append("waiting"))
-    stopper = threading.Thread(target=workers.stop, kwargs={"timeout": 5})
-    stopper.start()
+    workers.stop()                # while the running task still holds its thread
     gate.set()
-    stopper.join(10)
+    workers.stop(timeout=5)       # again, now waiting for the running one
     assert ran == ["running"]
     assert not workers.offer(lambda: ran.append("late"))
+
+
+def test_at_exit_what_was_handed_over_still_runs() -> None:
+    """A gunicorn worker ends with sys.exit on every restart: the threads are daemons, yet
+    what was queued (a degraded answer has nothing else behind it) is answered first."""
+    script = (
+        "import sys, time\n"
+        "from bot.workers import Workers\n"
+        "w = Workers('line-degraded', 1, 64)\n"
+        "def answer(i):\n"
+        "    time.sleep(0.05)\n"
+        "    print('answered', i, flush=True)\n"
+        "for i in range(4):\n"
+        "    assert w.offer(answer, i)\n"
+        "sys.exit(0)\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=60, cwd=Path(__file__).resolve().parents[1])
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [f"answered {i}" for i in range(4)]
+
+
+def test_no_thread_to_start_means_the_caller_keeps_the_work(monkeypatch) -> None:
+    def refuse(self) -> None:
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+    workers = Workers("no-threads", threads=2, backlog=5)
+    assert not workers.offer(print)
+
+
+def test_a_task_raising_base_exception_does_not_take_its_thread() -> None:
+    workers = Workers("base", threads=1, backlog=5)
+    finished = threading.Event()
+
+    def leave() -> None:
+        raise SystemExit(3)
+
+    try:
+        assert workers.offer(leave)
+        assert workers.offer(finished.set)
+        assert finished.wait(5)
+    finally:
+        workers.stop(timeout=5)

@@ -467,7 +467,7 @@ class Dispatcher:
     def can_claim(self) -> bool:
         """Whether this process answers the events it accepts: its threads run and are not
         too far behind (else tickets spread the work over every process)."""
-        return self._pool is not None and not self._stop.is_set()
+        return self._pool is not None and not self._stop.is_set() and not self._pool.full()
 
     def answer_claims(self, claims: list[Claim]) -> None:
         """Answer people locked while accepting their events, off the webhook's thread."""

@@ -184,17 +184,21 @@ class Rendered(list):
 
 
 _RENDERED: dict[tuple[int, ...], tuple[tuple[Any, ...], Rendered]] = {}
-RENDERED_MAX = 2048
+RENDERED_MAX = 512
 
 
 def render_once(replies: list[Reply], call_label: str, site_label: str,
-                wrong_label: str | None = None) -> Rendered:
-    """`render`, remembered while the same reply objects come back: the engine hands out one
-    Question object per state and language (and one Card per window and minute), so most
-    answers are made of replies already rendered. The key is the objects' identity (replies
-    hold lists, so they cannot be hashed), checked on every hit and kept alive by the entry;
-    replies built afresh (a results list) simply miss. Bounded: emptied when full. Rendering
-    and encoding a question's quick replies cost ~60 µs an answer (bench.stages)."""
+                wrong_label: str | None = None) -> list[dict]:
+    """`render`, remembered for answers made only of questions: the engine hands out one
+    Question object per state and language, so most answers of a walk are replies already
+    rendered (rendering and encoding a question's quick replies cost ~60 µs an answer,
+    bench.stages). The key is the objects' identity (replies hold lists, so they cannot be
+    hashed), checked on every hit and kept alive by the entry. Anything else — texts, cards,
+    a staff message revealed on a shared phone — is rendered afresh and never kept: it would
+    not come back, and a person's words must not outlive their answer. Bounded: emptied
+    when full."""
+    if not replies or not all(type(r) is Question for r in replies):
+        return render(replies, call_label, site_label, wrong_label)
     key = (id(call_label), id(site_label), id(wrong_label), *map(id, replies))
     hit = _RENDERED.get(key)
     if hit is not None and len(hit[0]) == len(replies) + 3 and all(

@@ -10,13 +10,13 @@ wrong at once, not the first failure.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import TypeAdapter, ValidationError
 
+from bot import language
 from bot.language import RULES_NAME, SAFE_LOADER, RulesError, default_rules, load_rules
 from bot.pack.models import LANGS, Category, Lang, PackInfo, Ward, WardsFile, Window
 
@@ -274,15 +274,26 @@ def load_pack(name_or_path: str | Path) -> Pack:
 
 
 def _check_language(common: Path, errors: list[str]) -> bool:
-    """The analyser's rules beside the pack (common/language.ja.yaml) and the ones it runs on
-    (bot/language.py `default_rules`: the package's file, usually the same) can be used."""
+    """The analyser's rules can be used. It runs on one file for the whole process, the
+    package's (bot/language.py `default_rules`). A pack root of its own may hold a copy
+    (common/language.ja.yaml): it is checked so that an edit there is named, and a copy that
+    differs from the file the analyser runs on is an error — it would not be used."""
     found: list[str] = []
-    for load in (partial(load_rules, common / RULES_NAME), default_rules):
+    try:
+        default_rules()
+    except RulesError as exc:
+        found += [f"{COMMON}/{line}" for line in str(exc).splitlines()]
+    copy = common / RULES_NAME
+    if not found and copy.is_file() and copy.resolve() != language.RULES_FILE.resolve():
         try:
-            load()
+            load_rules(copy)
         except RulesError as exc:
-            found += [f"{COMMON}/{line}" for line in str(exc).splitlines()
-                      if f"{COMMON}/{line}" not in found]
+            found += [f"{COMMON}/{line}" for line in str(exc).splitlines()]
+        else:
+            if copy.read_bytes() != language.RULES_FILE.read_bytes():
+                found.append(f"{COMMON}/{RULES_NAME}: differs from the rules the analyser runs "
+                             f"on (bot/content/{COMMON}/{RULES_NAME}), which every pack uses: "
+                             "edit that file, or remove this copy")
     errors += found
     return not found
 

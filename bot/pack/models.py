@@ -202,6 +202,13 @@ class WardsFile(Strict):
     wards: list[Ward]
     suffixes: WardSuffixes | None  # required in wards.yaml; None only for a city without wards
 
+    @model_validator(mode="after")
+    def _suffixes_with_wards(self) -> WardsFile:
+        # `suffixes: null` beside wards would quietly stop finding ward names in free text.
+        if self.wards and self.suffixes is None:
+            raise ValueError("suffixes: required when the city has wards")
+        return self
+
 
 class PackInfo(Strict):
     id: str
