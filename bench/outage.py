@@ -163,7 +163,8 @@ def shard(stop: bool, down_s: float) -> None:
     got = fake.wait_for(total, timeout=30)
     print(f"after SIGCONT: {len(got)}/{total} answered in {time.monotonic() - back:.1f} s")
     time.sleep(2)
-    twice = Counter(r.body.get("replyToken") for r in fake.delivered())
+    twice = Counter(r.body.get("replyToken") or r.headers.get("x-line-retry-key")
+                    for r in fake.delivered())  # a reply's token, a push's retry key
     print(f"answered twice: {sum(1 for n in twice.values() if n > 1)}")
     line.stop()
     line_server.shutdown()
