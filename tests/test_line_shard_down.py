@@ -103,9 +103,11 @@ def test_a_shard_without_primary_is_left_alone_and_read_once_back(own_cluster, f
     finally:
         os.kill(own_cluster.procs[replica].pid, signal.SIGCONT)  # it takes over: D is back
     print(f"\nshard down: {tries} connections tried to its node in {window_s:.1f} s")
-    # Before, every thread asked D at each pass (~130 connections in 10 s); now at most once
-    # per pause (0.1, 0.2, 0.4 … 5 s), each command tried up to 4 times by redis-py.
-    assert tries <= 48, tries
+    # Before, every thread asked D at each pass (~130 connections in 10 s, 303 in 22.5 s);
+    # now at most once per pause (0.1, 0.2, 0.4 … 5 s), each command tried up to 4 times by
+    # redis-py: 22–43 seen. The bound leaves room for a slow machine and still fails the old
+    # way of reading (over 100 in this window).
+    assert tries <= 64, tries
     assert own_cluster.wait_primaries(3, timeout=30), "the replica took over"
     got = fake.wait_for(len(live) + len(held), timeout=30)
     assert len(got) == len(live) + len(held), "D's tickets were answered once it was back"
