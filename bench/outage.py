@@ -19,36 +19,27 @@ import argparse
 import contextlib
 import os
 import signal
-import socket
 import time
 import traceback
-import uuid
 from collections import Counter
+from typing import Any
 
 USER = "U" + "d" * 32
 
 
 def deadline() -> None:
     from bot.channels.line_api import DeliveryPending, LineApi
+    from tests.fakes.net import blackhole
 
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(0)
-    port, held = server.getsockname()[1], []
-    while True:  # fill the backlog: every later connect waits its whole timeout
-        client = socket.socket()
-        client.settimeout(0.2)
-        try:
-            client.connect(("127.0.0.1", port))
-        except TimeoutError:
-            client.close()
-            break
-        held.append(client)
-    api = LineApi(f"http://127.0.0.1:{port}", "tok")
+    with blackhole() as port:
+        _deadline_runs(LineApi(f"http://127.0.0.1:{port}", "tok"), DeliveryPending)
+
+
+def _deadline_runs(api: Any, pending: type[Exception]) -> None:
     for token in ("rt", None):
         for left in (0.5, 1.0, 3.0):
             started = time.monotonic()
-            with contextlib.suppress(DeliveryPending):
+            with contextlib.suppress(pending):
                 api.deliver(USER, "ev", token, 0.0, [{"type": "text", "text": "x"}],
                             deadline=started + left)
             took = time.monotonic() - started
@@ -62,12 +53,12 @@ def shard(stop: bool, down_s: float) -> None:
     from bench.redisbox import start_cluster
     from bot.config import Settings
     from bot.redisconn import connect
-    from bot.streams import shard_names
     from bot.wiring import build
     from server import create_app
     from tests import line_helpers as lh
     from tests.conftest import SECRET
     from tests.fakes.line_api import FakeLine, serve
+    from tests.fakes.net import line_users, lonely_shard
     from tests.test_line import post
 
     cluster = start_cluster()
@@ -75,19 +66,7 @@ def shard(stop: bool, down_s: float) -> None:
     line_server, line_url = serve(fake)
     client = connect(cluster.url, cluster=True)  # 2 s socket timeout, as in production
 
-    def port(key: str) -> int:
-        return int(client.get_node_from_key(key).port)
-
-    day = time.strftime("%Y-%m-%d", time.gmtime(time.time() + 9 * 3600))
-    while True:  # a shard alone on a node that holds no key every answer writes (figures)
-        prefix = f"tsunagu-bench-{uuid.uuid4().hex[:10]}"
-        names = shard_names(f"{prefix}:line:work", 4)
-        by_node = Counter(port(n) for n in names)
-        alone = [n for n in names if by_node[port(n)] == 1
-                 and port(n) != port(f"{prefix}:{{fig:{day}}}:counts")]
-        if alone:
-            down, victim = alone[0], port(alone[0])
-            break
+    prefix, down, victim = lonely_shard(client, "tsunagu-bench")
     settings = Settings(redis_url=cluster.url, redis_cluster=True, bot_secret_key=SECRET,
                         key_prefix=prefix, line_channel_secret=lh.LINE_SECRET,
                         line_channel_access_token="tok", line_api_base_url=line_url,
@@ -110,14 +89,7 @@ def shard(stop: bool, down_s: float) -> None:
     redis.connection.AbstractConnection.connect = counted
 
     def people(in_down: bool, n: int, tag: str) -> list[str]:
-        out, i = [], 0
-        while len(out) < n:
-            user = f"U{tag}{i:031x}"
-            i += 1
-            pid = services.conversations.pseudonym("line", user)
-            if port(f"{{{pid}}}") != victim and (line.queue.shards.of(pid) == down) == in_down:
-                out.append(user)
-        return out
+        return line_users(client, line, down, victim, in_down, n, tag)
 
     web = app.test_client()
     held = [lh.text("こんにちは", user=u) for u in people(True, 3, "d")]

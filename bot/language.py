@@ -167,6 +167,16 @@ class RulesError(Exception):
     say), it must stop the load, not be taken for a fault of those words."""
 
 
+def checked_pattern(source: str) -> str:
+    """A regular expression from a data file, as written; ValueError naming it when it does
+    not compile (the line validate and start-up print)."""
+    try:
+        re.compile(source)
+    except re.error as exc:
+        raise ValueError(f"pattern {source!r} does not compile: {exc}") from None
+    return source
+
+
 class DialectRule(BaseModel):
     """A dialect form rewritten to the standard one before analysis."""
 
@@ -178,11 +188,7 @@ class DialectRule(BaseModel):
     @field_validator("pattern")
     @classmethod
     def _compile(cls, source: str) -> str:
-        try:
-            re.compile(source)
-        except re.error as exc:
-            raise ValueError(f"pattern {source!r} does not compile: {exc}") from None
-        return source
+        return checked_pattern(source)
 
 
 class ObligationRule(BaseModel):
@@ -414,6 +420,7 @@ __all__ = [
     "RulesError",
     "Token",
     "analyze",
+    "checked_pattern",
     "default_rules",
     "fold_pattern",
     "lemma_form",

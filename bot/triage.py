@@ -30,6 +30,7 @@ from bot.language import (
     SAFE_LOADER,
     Analysis,
     analyze,
+    checked_pattern,
     default_rules,
     normalize,
     script_language,
@@ -97,11 +98,7 @@ class SlotVocab(BaseModel):
     @field_validator("exact_age")
     @classmethod
     def _compile(cls, source: str) -> str:
-        try:
-            re.compile(source)
-        except re.error as exc:
-            raise ValueError(f"pattern {source!r} does not compile: {exc}") from None
-        return source
+        return checked_pattern(source)
 
 
 class TriageFile(BaseModel):

@@ -13,6 +13,7 @@ from linebot.v3.messaging import ApiClient, ApiException, Configuration
 from linebot.v3.messaging.exceptions import ServiceException, UnauthorizedException
 
 from bot.channels.line_api import DeliveryPending, LineApi
+from tests.fakes import net
 from tests.fakes.http import serve_json
 
 USER = "U" + "d" * 32
@@ -133,28 +134,9 @@ SLACK_S = 0.1  # between computing the time left and the socket call: scheduling
 
 @pytest.fixture
 def blackhole() -> Iterator[str]:
-    """A loopback address whose connections are never made: a listening socket whose backlog
-    is full drops every new SYN, so each connect waits its whole timeout (as to a host that is
-    down), unlike a refused port (which fails at once)."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(0)
-    port = server.getsockname()[1]
-    held = []
-    while True:  # fill the backlog (one connection on Linux)
-        client = socket.socket()
-        client.settimeout(0.2)
-        try:
-            client.connect(("127.0.0.1", port))
-        except TimeoutError:
-            client.close()
-            break
-        held.append(client)
-        assert len(held) < 64, "the backlog never filled"
-    yield f"http://127.0.0.1:{port}"
-    for client in held:
-        client.close()
-    server.close()
+    """A loopback address whose connections are never made (tests.fakes.net)."""
+    with net.blackhole() as port:
+        yield f"http://127.0.0.1:{port}"
 
 
 def watch(api: LineApi, connect_delay_s: float = 0.0) -> list[tuple[str, float, float]]:

@@ -8,17 +8,17 @@ from __future__ import annotations
 import os
 import signal
 import time
-import uuid
 from collections import Counter
 
 import redis.connection
 
 from bot.config import Settings
 from bot.redisconn import connect
-from bot.streams import shard_names
 from bot.wiring import build
 from tests import line_helpers as lh
 from tests.conftest import SECRET
+from tests.fakes import net
+from tests.fakes.net import line_users
 from tests.test_line import post
 
 WINDOW_S = 8.0
@@ -31,21 +31,9 @@ def test_a_shard_without_primary_is_left_alone_and_read_once_back(own_cluster, f
     fake, line_url = fake_line
     client = connect(own_cluster.url, cluster=True)  # a 2 s socket timeout, as in production
 
-    def port(key: str) -> int:
-        return int(client.get_node_from_key(key).port)
-
     # A prefix whose shard D is alone on its node, which holds none of the keys every
-    # answer writes (the day's figures: Tokyo's day, whose slot no prefix changes).
-    day = time.strftime("%Y-%m-%d", time.gmtime(time.time() + 9 * 3600))
-    for _ in range(500):
-        prefix = f"tsunagu-test-{uuid.uuid4().hex[:10]}"
-        names = shard_names(f"{prefix}:line:work", 4)
-        by_node = Counter(port(n) for n in names)
-        alone = [n for n in names if by_node[port(n)] == 1
-                 and port(n) != port(f"{prefix}:{{fig:{day}}}:counts")]
-        if alone:
-            down, victim = alone[0], port(alone[0])
-            break
+    # answer writes.
+    prefix, down, victim = net.lonely_shard(client, "tsunagu-test")
     settings = Settings(redis_url=own_cluster.url, redis_cluster=True, bot_secret_key=SECRET,
                         key_prefix=prefix, line_channel_secret=lh.LINE_SECRET,
                         line_channel_access_token="tok", line_api_base_url=line_url,
@@ -58,15 +46,7 @@ def test_a_shard_without_primary_is_left_alone_and_read_once_back(own_cluster, f
     monkeypatch.setattr(line.dispatcher, "send_followups", lambda now=None: 0)
 
     def people(in_down: bool, n: int, tag: str) -> list[str]:
-        """LINE users whose own keys are on a live node, their tickets in D or not."""
-        out, i = [], 0
-        while len(out) < n:
-            user = f"U{tag}{i:031x}"
-            i += 1
-            pid = services.conversations.pseudonym("line", user)
-            if port(f"{{{pid}}}") != victim and (line.queue.shards.of(pid) == down) == in_down:
-                out.append(user)
-        return out
+        return line_users(client, line, down, victim, in_down, n, tag)
 
     asked = Counter()  # connections tried to the stopped node (each command needs one)
     connect_once = redis.connection.AbstractConnection.connect
