@@ -51,14 +51,10 @@ def shard(stop: bool, down_s: float) -> None:
     import redis.connection
 
     from bench.redisbox import start_cluster
-    from bot.config import Settings
     from bot.redisconn import connect
-    from bot.wiring import build
-    from server import create_app
     from tests import line_helpers as lh
-    from tests.conftest import SECRET
     from tests.fakes.line_api import FakeLine, serve
-    from tests.fakes.net import line_users, lonely_shard
+    from tests.fakes.net import line_users, lonely_shard, ticket_app
     from tests.test_line import post
 
     cluster = start_cluster()
@@ -67,15 +63,8 @@ def shard(stop: bool, down_s: float) -> None:
     client = connect(cluster.url, cluster=True)  # 2 s socket timeout, as in production
 
     prefix, down, victim = lonely_shard(client, "tsunagu-bench")
-    settings = Settings(redis_url=cluster.url, redis_cluster=True, bot_secret_key=SECRET,
-                        key_prefix=prefix, line_channel_secret=lh.LINE_SECRET,
-                        line_channel_access_token="tok", line_api_base_url=line_url,
-                        line_reclaim_idle_ms=2000, lock_ms=5000)
-    services = build(settings, client=client)
-    app = create_app(settings, services=services, start_workers=False)
+    app = ticket_app(cluster.url, client, prefix, line_url)  # every event through a ticket
     line = app.extensions["tsunagu_line"]
-    line.dispatcher.can_claim = lambda: False  # every event through a ticket
-    line.dispatcher.send_followups = lambda now=None: 0  # their own 16 shards: not measured
 
     asked: Counter = Counter()
     connect_once = redis.connection.AbstractConnection.connect

@@ -12,11 +12,8 @@ from collections import Counter
 
 import redis.connection
 
-from bot.config import Settings
 from bot.redisconn import connect
-from bot.wiring import build
 from tests import line_helpers as lh
-from tests.conftest import SECRET
 from tests.fakes import net
 from tests.fakes.net import line_users
 from tests.test_line import post
@@ -26,24 +23,15 @@ WINDOW_S = 8.0
 
 def test_a_shard_without_primary_is_left_alone_and_read_once_back(own_cluster, fake_line,
                                                                  monkeypatch):
-    from server import create_app
-
     fake, line_url = fake_line
     client = connect(own_cluster.url, cluster=True)  # a 2 s socket timeout, as in production
 
     # A prefix whose shard D is alone on its node, which holds none of the keys every
     # answer writes.
     prefix, down, victim = net.lonely_shard(client, "tsunagu-test")
-    settings = Settings(redis_url=own_cluster.url, redis_cluster=True, bot_secret_key=SECRET,
-                        key_prefix=prefix, line_channel_secret=lh.LINE_SECRET,
-                        line_channel_access_token="tok", line_api_base_url=line_url,
-                        line_reclaim_idle_ms=2000, lock_ms=5000)
-    services = build(settings, client=client)
-    app = create_app(settings, services=services, start_workers=False)
+    # Every event through a ticket; follow-ups (their own 16 shards) off: not this test's.
+    app = net.ticket_app(own_cluster.url, client, prefix, line_url)
     line = app.extensions["tsunagu_line"]
-    monkeypatch.setattr(line.dispatcher, "can_claim", lambda: False)  # every event a ticket
-    # Follow-ups keep 16 shards of their own, some on the node stopped here: not this test's.
-    monkeypatch.setattr(line.dispatcher, "send_followups", lambda now=None: 0)
 
     def people(in_down: bool, n: int, tag: str) -> list[str]:
         return line_users(client, line, down, victim, in_down, n, tag)

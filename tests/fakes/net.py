@@ -75,3 +75,24 @@ def line_users(client: Any, line: Any, down: str, victim: int, in_down: bool, n:
         if own != victim and (line.queue.shards.of(pid) == down) == in_down:
             out.append(user)
     return out
+
+
+def ticket_app(cluster_url: str, client: Any, prefix: str, line_url: str) -> Any:
+    """The app on a cluster with LINE (fake at `line_url`), no worker started, every event
+    answered through a ticket (no claim on the webhook) and follow-ups off (they keep 16
+    shards of their own, some on the node an outage test stops)."""
+    from bot.config import Settings
+    from bot.wiring import build
+    from server import create_app
+    from tests import line_helpers as lh
+    from tests.conftest import SECRET
+
+    settings = Settings(redis_url=cluster_url, redis_cluster=True, bot_secret_key=SECRET,
+                        key_prefix=prefix, line_channel_secret=lh.LINE_SECRET,
+                        line_channel_access_token="tok", line_api_base_url=line_url,
+                        line_reclaim_idle_ms=2000, lock_ms=5000)
+    app = create_app(settings, services=build(settings, client=client), start_workers=False)
+    dispatcher = app.extensions["tsunagu_line"].dispatcher
+    dispatcher.can_claim = lambda: False
+    dispatcher.send_followups = lambda now=None: 0
+    return app
