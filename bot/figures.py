@@ -1,7 +1,8 @@
 """The city's figures: anonymous counts of what residents needed, where they stopped, whether
 it helped — counted as it happens, one dimension × one day at a time.
 
-  <prefix>:{fig:<YYYY-MM-DD>}:counts   HASH "<measure>|<key>" → count, kept 400 days
+  <prefix>:{fig:<YYYY-MM-DD>}:counts     HASH "<measure>|<key>" → count, kept 400 days
+  <prefix>:{fig:<YYYY-MM-DD>:<n>}:counts the same, on a Redis Cluster: the day's shards
 
 The day is the Asia/Tokyo date; the hour of day is a measure of its own (`hour`), never
 combined with another. No pseudonym, no typed text, no per-person row: a field is a measure
@@ -12,6 +13,14 @@ it showed), not metric labels. The writes ride in the pipeline that saves the se
 (`writes_for`), so a message costs no extra round trip; staff-side figures (claims, first
 answers) have their own small pipeline (`count`). A failure to count never fails an answer:
 the count is lost, not the reply.
+
+On a Redis Cluster one day's hash would be one node that every answer's pipeline writes: with
+that node down, every answer failed (the pipeline raised after the client's retries, ~4.5 s,
+and the person got the degraded answer). So there the day is `SHARDS` hashes whose hash tags
+fall in `SHARDS` equal slot ranges (`day_tags`), and an answer counts into the one on the node
+of the person's own session (`writes_for(near=…)`): its pipeline touches no other node for the
+figures. `count` writes to a shard on a node not found down lately, else the count is lost
+(`figures_lost`). The report sums the day's hash and its shards (older days: the hash alone).
 """
 
 from __future__ import annotations
@@ -21,14 +30,17 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 import redis
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
 from bot import logs
-from bot.redisconn import script
+from bot.redisconn import UNAVAILABLE, is_cluster, script
 from bot.replies import Cards
+from bot.streams import Outages
 
 if TYPE_CHECKING:
     from bot.engine import Incoming, Step
@@ -38,6 +50,9 @@ log = logs.get("figures")
 TOKYO = ZoneInfo("Asia/Tokyo")
 KEEP_DAYS = 400
 SEP = "|"
+# A day's shards on a cluster: one hash tag in each of this many equal slot ranges, so every
+# node owning at least two ranges' worth of contiguous slots (up to 16 even primaries) holds one.
+SHARDS = 32
 
 # Add several counts to the day's hash and renew its TTL. ARGV: TTL (s), field, n, field, n…
 _ADD = """
@@ -134,6 +149,21 @@ def first_reply_bucket(seconds: float) -> str:
     return "over_3d"
 
 
+@lru_cache(maxsize=512)
+def day_tags(day: str) -> tuple[tuple[int, str], ...]:
+    """(slot, hash tag) of a day's shards on a cluster, by slot: for each of `SHARDS` equal
+    slot ranges the first `fig:<day>:<n>` that falls in it. The same in every process."""
+    width = REDIS_CLUSTER_HASH_SLOTS // SHARDS
+    found: dict[int, tuple[int, str]] = {}
+    n = 0
+    while len(found) < SHARDS:
+        tag = f"fig:{day}:{n}"
+        slot = key_slot(tag.encode())
+        found.setdefault(slot // width, (slot, tag))
+        n += 1
+    return tuple(found[i] for i in range(SHARDS))
+
+
 def tally(channel: str, before: Session | None, step: Step, incoming: Incoming | None = None,
           hour: str | None = None) -> Counter[tuple[str, str]]:
     """What one step adds to the figures: (measure, key) → n. Pure; no I/O.
@@ -227,26 +257,55 @@ class Figures:
         self.prefix = prefix
         self.keep_s = keep_days * 24 * 3600
         self._outage = logs.Throttle(60.0)
+        self._down = Outages()  # cluster nodes whose `count` failed lately: tried last
+        self._turn = 0
 
-    def key(self, day: str) -> str:
-        return f"{self.prefix}:{{fig:{day}}}:counts"
+    def key(self, day: str, tag: str | None = None) -> str:
+        """The day's hash (on one Redis, and days counted before the shards), or one shard."""
+        return f"{self.prefix}:{{{tag or f'fig:{day}'}}}:counts"
 
-    def add(self, pipe: Any, now: datetime, counts: Counter[tuple[str, str]]) -> None:
-        """Queue the increments on a pipeline someone else executes (no round trip of ours)."""
+    def _node(self, key: str) -> str | None:
+        try:
+            node = self.redis.get_node_from_key(key)
+        except UNAVAILABLE:  # a slot with no primary known: as if down
+            return None
+        return getattr(node, "name", None)
+
+    def _near(self, day: str, near: str) -> str:
+        """The day's shard on the node of `near` (a key of the person's): its range first,
+        then the ranges beside it, then any (a node too small to own a range: the nearest)."""
+        tags = day_tags(day)
+        home = self._node(near)
+        j = key_slot(near.encode()) * SHARDS // REDIS_CLUSTER_HASH_SLOTS
+        for i in (j, j - 1, j + 1, *range(SHARDS)):
+            if 0 <= i < SHARDS and home is not None and self._node(
+                    self.key(day, tags[i][1])) == home:
+                return tags[i][1]
+        return tags[j][1]
+
+    def add(self, pipe: Any, now: datetime, counts: Counter[tuple[str, str]],
+            near: str | None = None) -> None:
+        """Queue the increments on a pipeline someone else executes (no round trip of ours).
+        On a cluster, `near` (a key the pipeline writes anyway) picks the day's shard on its
+        node, so counting adds no node to the pipeline."""
         if not counts:
             return
         day, _ = tokyo_day(now)
         pairs = [part for (measure, value), n in counts.items() if n
                  for part in (f"{measure}{SEP}{value}", n)]
         if pairs:
+            key = self.key(day, self._near(day, near) if near and is_cluster(self.redis)
+                           else None)
             # One command however many counts: each pipelined command costs the client as
             # much as the Redis work it stands for.
-            script(pipe, _ADD, [self.key(day)], self.keep_s, *pairs)
+            script(pipe, _ADD, [key], self.keep_s, *pairs)
 
     def writes_for(self, channel: str, before: Session | None, step: Step,
-                   incoming: Incoming | None, now: datetime) -> Callable[[Any], None] | None:
+                   incoming: Incoming | None, now: datetime,
+                   near: str | None = None) -> Callable[[Any], None] | None:
         """The pipeline writes that count one step, or None; never raises (a bug in counting
-        must not cost the resident their answer)."""
+        must not cost the resident their answer). `near`: a key of the person's in the same
+        pipeline (see `add`)."""
         try:
             counts = tally(channel, before, step, incoming, hour=tokyo_day(now)[1])
         except Exception as exc:
@@ -254,32 +313,58 @@ class Figures:
             return None
         if not counts:
             return None
-        return lambda pipe: self.add(pipe, now, counts)
+        return lambda pipe: self.add(pipe, now, counts, near)
 
     def count(self, now: datetime, items: Iterable[tuple[str, str]]) -> None:
-        """Count now, in one round trip of our own; a Redis failure loses the count only."""
+        """Count now, in one round trip of our own; a Redis failure loses the count only. On a
+        cluster, into a shard on a node not found down lately (one timeout per node found
+        down, then 30 s elsewhere)."""
         counts = Counter(items)
+        node = near = None
+        if counts and is_cluster(self.redis):
+            day = tokyo_day(now)[0]
+            self._turn = (self._turn + 1) % SHARDS
+            keys = [self.key(day, tag) for _, tag in day_tags(day)]
+            live = [k for k in keys[self._turn:] + keys[:self._turn]
+                    if not self._down.is_down(self._node(k) or "")]
+            if not live:
+                self._lost(redis.ConnectionError("every figures node is down"))
+                return
+            near = live[0]
+            node = self._node(near)
         try:
             pipe = self.redis.pipeline(transaction=False)
-            self.add(pipe, now, counts)
+            self.add(pipe, now, counts, near)
             pipe.execute()
         except redis.RedisError as exc:
-            if self._outage.ready():
-                logs.event(log, "figures_lost", logging.WARNING, error=type(exc).__name__)
+            if node is not None and isinstance(exc, UNAVAILABLE):
+                self._down.failed(node)
+            self._lost(exc)
+            return
+        if node is not None:
+            self._down.recovered(node)
+
+    def _lost(self, exc: BaseException) -> None:
+        if self._outage.ready():
+            logs.event(log, "figures_lost", logging.WARNING, error=type(exc).__name__)
 
     def read(self, since: date, until: date) -> list[Row]:
         """Every stored count between two Tokyo dates (inclusive), plus the derived ones."""
         days = list(_days(since, until))
         pipe = self.redis.pipeline(transaction=False)
-        for day in days:
+        for day in days:  # the day's hash, then its shards (a cluster's): summed
             pipe.hgetall(self.key(day))
+            for _, tag in day_tags(day):
+                pipe.hgetall(self.key(day, tag))
+        got = pipe.execute()
         rows: list[Row] = []
-        for day, raw in zip(days, pipe.execute(), strict=True):
+        for i, day in enumerate(days):
             cells: dict[tuple[str, str], int] = {}
-            for field, value in raw.items():
-                text = field.decode() if isinstance(field, bytes) else field
-                measure, _, key = text.partition(SEP)
-                cells[measure, key] = int(value)
+            for raw in got[i * (SHARDS + 1):(i + 1) * (SHARDS + 1)]:
+                for field, value in raw.items():
+                    text = field.decode() if isinstance(field, bytes) else field
+                    measure, _, key = text.partition(SEP)
+                    cells[measure, key] = cells.get((measure, key), 0) + int(value)
             for state in sorted({k for m, k in cells if m == "reached"}):
                 stopped = cells.get(("reached", state), 0) - cells.get(("left", state), 0)
                 if stopped > 0:

@@ -12,6 +12,12 @@ Sending: a sender claims due entries by pushing their score forward (a lease, Lu
 shard), pushes with an X-Line-Retry-Key derived from the person and the due time, and then
 deletes both keys. A sender that dies mid-way leaves the lease to run out; the next one pushes
 again with the same retry key, which LINE refuses as a duplicate: one message, at most.
+
+On a Redis Cluster a node whose primary is down costs a timeout (the client's retries) per
+command. Senders share one view of which nodes failed (`bot.streams.Outages`, by node, the
+same back-off the LINE streams use, paced for a loop that runs every 30 s): a down node's
+shards and people are left alone for a pause growing from 30 s to 5 min, tried by one sender
+at a time and last in a pass, so the other shards' follow-ups go out on time.
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ import redis
 from bot import logs
 from bot.crypto import Sealer
 from bot.figures import TOKYO
+from bot.redisconn import UNAVAILABLE, is_cluster
+from bot.streams import Outages
 
 if TYPE_CHECKING:
     from bot.engine import Engine, Step
@@ -42,6 +50,9 @@ HOUR = 12                  # around noon, Tokyo time: daytime, and not at work's
 SPREAD_MIN = 60            # spread over an hour, so a busy day's pushes do not all leave at once
 LEASE_S = 300
 KEEP_AFTER_DUE_S = 24 * 3600
+# A node found down is tried again after 30 s (the sending loop's pace), then twice as long
+# each time it is still down, up to the lease (5 min); it comes last in a pass meanwhile.
+RETRY_S = (30.0, float(LEASE_S))
 OPT_IN = ("followup", "yes")  # the session answer that asks for it (bot/flows/handbook.yaml)
 ASK_STATE = "followup_ask"
 
@@ -64,6 +75,7 @@ class Followups:
         self.prefix = prefix
         self.sealer = sealer
         self.shards = shards
+        self.nodes = Outages(RETRY_S, down_for_s=RETRY_S[1])  # nodes found down (a cluster)
 
     def key(self, pid: str) -> str:
         return f"{self.prefix}:{{{pid}}}:followup"
@@ -112,41 +124,82 @@ class Followups:
         return cancel
 
     # -- sending (the LINE dispatcher's loop) ----------------------------------------------
+    def _node(self, key: str) -> str | None:
+        """The cluster node that holds `key` (None on one Redis: its outage is the caller's,
+        who backs off as a whole)."""
+        if not is_cluster(self.redis):
+            return None
+        node = self.redis.get_node_from_key(key)
+        return getattr(node, "name", None) or key
+
+    def _on(self, key: str, call: Callable[[], Any]) -> tuple[bool, Any]:
+        """(True, what `call` — a command on `key` — returned), or (False, None) when key's
+        node is left alone or did not answer (`Outages`): on a cluster one down node costs one
+        timeout per pause, not one per shard and person at every pass."""
+        node = self._node(key)
+        if node is None:
+            return True, call()
+        if not self.nodes.due(node):
+            return False, None
+        try:
+            got = call()
+        except UNAVAILABLE as exc:
+            self.nodes.failed(node)
+            logs.event(log, "followup_node_down", logging.WARNING, error=type(exc).__name__)
+            return False, None
+        self.nodes.recovered(node)
+        return True, got
+
     def send_due(self, engine: Engine, push: Callable[[str, str, list], str],
                  render: Callable[[Engine, list, str], list[dict]], now: datetime,
                  figures: Figures | None = None, limit: int = 20) -> int:
         """Push every due follow-up once; return how many were sent.
 
         `push(user_id, event_id, messages)` sends (and raises when LINE does not take it: the
-        lease runs out and it is tried again with the same retry key).
+        lease runs out and it is tried again with the same retry key). On a cluster, shards on
+        a node found down come last and are skipped during its pause; a person whose own keys
+        are there waits for their lease to run out (5 min).
         """
         sent = 0
         stamp = now.timestamp()
-        for shard in range(self.shards):
-            due_key = self.due_key(shard)
-            pids = [_text(p) for p in self.redis.eval(_CLAIM, 1, due_key, stamp,
-                                                      stamp + LEASE_S, limit)]
-            for pid in pids:
-                raw = self.redis.get(self.key(pid))
-                record = json.loads(raw) if raw else None
-                address = self.sealer.open(record["a"]) if record else None
-                if record is None or address is None:
-                    self.redis.zrem(due_key, pid)  # cancelled (unfollow, the forget command)
-                    continue
-                lang = record.get("l", "ja")
-                try:
-                    how = push(address, f"followup:{pid}:{record['d']}",
-                               render(engine, [engine.entry_question(ASK_STATE, lang)], lang))
-                except Exception as exc:  # LINE down: the lease runs out, it is tried again
-                    logs.failure("followup.push", exc, logging.WARNING, pid=pid[:16])
-                    continue
-                pipe = self.redis.pipeline(transaction=False)
-                pipe.delete(self.key(pid))
-                pipe.zrem(due_key, pid)
-                pipe.execute()
-                if how != "rejected":
-                    sent += 1
-                    if figures is not None:
-                        figures.count(now, [("followup_sent", "line")])
-                logs.event(log, "followup_sent", pid=pid[:16], via=how)
+        keys = [self.due_key(shard) for shard in range(self.shards)]
+        nodes = {key: self._node(key) for key in keys}
+        keys.sort(key=lambda k: self.nodes.is_down(nodes[k] or ""))  # stable: down ones last
+        for due_key in keys:
+            ok, claimed = self._on(due_key, lambda k=due_key: self.redis.eval(
+                _CLAIM, 1, k, stamp, stamp + LEASE_S, limit))
+            for pid in [_text(p) for p in claimed or []] if ok else []:
+                sent += self._send_one(engine, push, render, now, figures, due_key, pid)
         return sent
+
+    def _send_one(self, engine: Engine, push: Callable[[str, str, list], str],
+                  render: Callable[[Engine, list, str], list[dict]], now: datetime,
+                  figures: Figures | None, due_key: str, pid: str) -> int:
+        ok, raw = self._on(self.key(pid), lambda: self.redis.get(self.key(pid)))
+        if not ok:
+            return 0  # their node is down: the lease runs out, tried again then
+        record = json.loads(raw) if raw else None
+        address = self.sealer.open(record["a"]) if record else None
+        if record is None or address is None:
+            self._on(due_key, lambda: self.redis.zrem(due_key, pid))  # cancelled (unfollow,
+            return 0                                                 # the forget command)
+        lang = record.get("l", "ja")
+        try:
+            how = push(address, f"followup:{pid}:{record['d']}",
+                       render(engine, [engine.entry_question(ASK_STATE, lang)], lang))
+        except Exception as exc:  # LINE down: the lease runs out, it is tried again
+            logs.failure("followup.push", exc, logging.WARNING, pid=pid[:16])
+            return 0
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.delete(self.key(pid))
+            pipe.zrem(due_key, pid)
+            pipe.execute()
+        except UNAVAILABLE as exc:  # sent: pushed again after the lease with the same retry
+            logs.failure("followup.done", exc, logging.WARNING, pid=pid[:16])  # key (refused)
+        logs.event(log, "followup_sent", pid=pid[:16], via=how)
+        if how == "rejected":
+            return 0
+        if figures is not None:
+            figures.count(now, [("followup_sent", "line")])
+        return 1

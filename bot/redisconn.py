@@ -18,7 +18,9 @@ from functools import lru_cache
 from typing import Any
 
 import redis
+from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
+from redis.retry import Retry
 
 from bot import logs
 from bot.redispack import PACKER, packed
@@ -147,6 +149,11 @@ def shard_of(name: str, shards: int) -> int:
     return zlib.crc32(name.encode()) % shards if shards > 1 else 0
 
 
+# What names a server and lets us in, from a client's connection settings (for `ReplicaWait`).
+_ADDRESS = {"host", "port", "db", "username", "password", "credential_provider",
+            "unix_socket_path", "path"}
+
+
 def _in_sync(info: dict) -> int:
     """Replicas in sync (`slaveN` state online): one still loading acknowledges nothing."""
     return sum(1 for k, v in info.items()
@@ -158,37 +165,85 @@ class ReplicaWait:
     same pipeline (WAIT counts the writes of its own connection, and a cluster pipeline sends
     each node's commands on one connection, in order).
 
-    `replicas` None means "1 if the primaries have replicas": asked with INFO replication and
-    remembered for `refresh_s`, so a Redis without replicas never waits for nothing.
+    `replicas` None means "1 if the primaries have replicas", so a Redis without replicas never
+    waits for nothing: asked with INFO replication of each primary on a connection of our own
+    with a short timeout (`ask_s`, no retries), and remembered for `refresh_s`. Only the first
+    ask runs inline (a write must know whether to wait); after that the answer is renewed on
+    a background thread, one at a time, and writes go on meanwhile with the last answer — a
+    primary that is down or hanging costs no request its timeout. A primary that does not
+    answer is left out (its writes fail anyway, and its replica, once it has taken over, is
+    asked at the next renewal); when none answers, the last answer stays.
+
+    While a node is down a write therefore still queues `WAIT 1` on each live primary it wrote
+    (when they have replicas): the durability promise holds there. When no replica
+    acknowledges in time the caller decides as before (README, "Durable 200"): accepted and
+    counted (`line_wait`), or refused with `REDIS_WAIT_TIMEOUT=refuse`.
     """
 
     def __init__(self, client: Any, replicas: int | None, timeout_ms: int,
-                 refresh_s: float = 30.0):
+                 refresh_s: float = 30.0, ask_s: float = 0.5):
         self.client = client
         self.fixed = replicas
         self.timeout_ms = timeout_ms
         self.refresh_s = refresh_s
+        self.ask_s = ask_s
         self._auto = 0
-        self._asked = float("-inf")
+        self._asked: float | None = None  # when the last ask began (None: never)
+        self._asking = threading.Lock()   # one ask at a time
+        self._probes: dict[str, redis.Redis] = {}
 
     def wanted(self) -> int:
         if self.fixed is not None:
             return self.fixed
-        now = time.monotonic()
-        if now - self._asked > self.refresh_s:
-            self._asked = now
-            try:
-                self._auto = min(1, self._replicas())
-            except redis.RedisError:
-                self._auto = 0
+        asked = self._asked
+        if asked is None:
+            with self._asking:
+                if self._asked is None:
+                    self._ask()
+        elif time.monotonic() - asked > self.refresh_s and self._asking.acquire(blocking=False):
+            # Renewed off the request path; this write keeps the last answer.
+            threading.Thread(target=self._ask, args=(True,), daemon=True,
+                             name="replica-wait").start()
         return self._auto
 
-    def _replicas(self) -> int:
+    def _ask(self, held: bool = False) -> None:
+        """Ask every primary (`held`: the caller took `_asking` for this thread to release)."""
+        self._asked = time.monotonic()
+        try:
+            counts = []
+            for probe in self._primaries():
+                try:
+                    counts.append(_in_sync(probe.info("replication")))
+                except redis.RedisError:  # down or hanging: left out this time
+                    continue
+            if counts:
+                self._auto = min(1, min(counts))
+        except Exception as exc:  # no slot map yet (a LazyCluster before any node answered)
+            if not isinstance(exc, UNAVAILABLE):
+                logs.failure("redis.replicas", exc)
+        finally:
+            if held:
+                self._asking.release()
+
+    def _primaries(self) -> list[redis.Redis]:
+        """A client of our own per primary: short timeouts, no retries (`ask_s`)."""
         if is_cluster(self.client):
-            infos = self.client.info("replication", target_nodes=RedisCluster.PRIMARIES)
-            counts = [_in_sync(i) for i in infos.values() if isinstance(i, dict)]
-            return min(counts) if counts else 0
-        return _in_sync(self.client.info("replication"))
+            pools = [node.redis_connection.connection_pool
+                     for node in self.client.get_primaries() if node.redis_connection]
+        else:
+            pools = [self.client.connection_pool]
+        out = []
+        for pool in pools:
+            kwargs = pool.connection_kwargs
+            name = f"{kwargs.get('host')}:{kwargs.get('port')}"
+            probe = self._probes.get(name)
+            if probe is None:
+                picked = {k: v for k, v in kwargs.items() if k in _ADDRESS or k.startswith("ssl")}
+                probe = self._probes[name] = redis.Redis(connection_pool=redis.ConnectionPool(
+                    connection_class=pool.connection_class, socket_timeout=self.ask_s,
+                    socket_connect_timeout=self.ask_s, retry=Retry(NoBackoff(), 0), **picked))
+            out.append(probe)
+        return out
 
     def add(self, pipe: Any, keys: list[str]) -> int:
         """Queue the WAITs for writes to `keys`; returns how many were queued (0: none wanted).

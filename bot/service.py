@@ -136,8 +136,10 @@ class Conversations:
                 # nothing stored changes.
                 turn.keep(step.session)
             if self.figures is not None and not event.incoming.from_staff:
+                # Counted on the node of the person's session (a cluster): one down node
+                # holding the day's figures must not fail everyone's answer.
                 turn.also(self.figures.writes_for(event.channel, before, step, event.incoming,
-                                                  now))
+                                                  now, near=self.store.key(event.pid, "session")))
             if self.followups is not None and not event.incoming.from_staff:
                 turn.also(self.followups.writes_for(event, before, step, now))
             if self.cases is not None:

@@ -60,35 +60,25 @@ class Backoff:
         self.pause = 0.0
 
 
-class Shards:
-    """The shard streams of one queue, and which shard a person or a case writes to."""
+class Outages:
+    """Which places (stream shards, cluster nodes) failed lately, shared by every user of them
+    in the process: a place that failed is tried last by writers for `down_for_s`, and left
+    alone by readers for a pause that grows (`retry`: first, longest) while it stays down,
+    tried by one reader at a time, and back at once after its first success. Each try of a
+    place whose primary is down costs a timeout (the client's retries)."""
 
-    DOWN_FOR_S = 30.0  # how long a shard whose write failed is tried last (a failover's time)
-    # A shard found down is read again after 0.1 s, then twice as long each time it is still
+    DOWN_FOR_S = 30.0  # how long a place whose write failed is tried last (a failover's time)
+    # A place found down is tried again after 0.1 s, then twice as long each time it is still
     # down, up to 5 s: each read of it costs a timeout while its primary fails over.
     RETRY_S = (0.1, 5.0)
 
-    def __init__(self, base: str, count: int):
-        self.names = shard_names(base, count)
-        self._down: dict[str, float] = {}  # shard → until when it is tried last
-        self._retry: dict[str, tuple[float, Backoff]] = {}  # shard → when it is read again
+    def __init__(self, retry: tuple[float, float] | None = None,
+                 down_for_s: float | None = None):
+        self.retry = retry or self.RETRY_S
+        self.down_for_s = self.DOWN_FOR_S if down_for_s is None else down_for_s
+        self._down: dict[str, float] = {}  # place → until when it is tried last
+        self._retry: dict[str, tuple[float, Backoff]] = {}  # place → when it is tried again
         self._lock = threading.Lock()
-
-    def __iter__(self):
-        return iter(self.names)
-
-    def __len__(self) -> int:
-        return len(self.names)
-
-    def of(self, owner: str) -> str:
-        """One owner's entries stay in one shard (so they are read in order)."""
-        return self.names[shard_of(owner, len(self.names))]
-
-    def others(self, name: str) -> list[str]:
-        """Where else to write when `name`'s primary is down (its owner order is lost then,
-        which the readers tolerate: a LINE ticket only names a person)."""
-        i = self.names.index(name)
-        return self.names[i + 1:] + self.names[:i]
 
     def failed(self, name: str) -> None:
         """A command on `name` found its primary unreachable: writes try it last for a while,
@@ -96,8 +86,8 @@ class Shards:
         up; readers leave it alone for a growing pause (`due`)."""
         now = time.monotonic()
         with self._lock:
-            self._down[name] = now + self.DOWN_FOR_S
-            _, backoff = self._retry.get(name) or (0.0, Backoff(*self.RETRY_S))
+            self._down[name] = now + self.down_for_s
+            _, backoff = self._retry.get(name) or (0.0, Backoff(*self.retry))
             self._retry[name] = (now + backoff.failed(), backoff)
 
     def recovered(self, name: str) -> None:
@@ -108,7 +98,7 @@ class Shards:
                 self._retry.pop(name, None)
 
     def due(self, name: str) -> bool:
-        """Whether a reader should read `name` now: yes, unless it failed lately; then once
+        """Whether a reader should try `name` now: yes, unless it failed lately; then once
         its pause is over, and by one reader at a time — the others leave it alone until
         that read tells (`failed`, `recovered`), or a longest pause has gone by."""
         if name not in self._retry:
@@ -125,6 +115,31 @@ class Shards:
 
     def is_down(self, name: str) -> bool:
         return self._down.get(name, 0.0) > time.monotonic()
+
+
+class Shards(Outages):
+    """The shard streams of one queue, which shard a person or a case writes to, and which
+    shards failed lately (`Outages`, by shard name)."""
+
+    def __init__(self, base: str, count: int):
+        super().__init__()
+        self.names = shard_names(base, count)
+
+    def __iter__(self):
+        return iter(self.names)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def of(self, owner: str) -> str:
+        """One owner's entries stay in one shard (so they are read in order)."""
+        return self.names[shard_of(owner, len(self.names))]
+
+    def others(self, name: str) -> list[str]:
+        """Where else to write when `name`'s primary is down (its owner order is lost then,
+        which the readers tolerate: a LINE ticket only names a person)."""
+        i = self.names.index(name)
+        return self.names[i + 1:] + self.names[:i]
 
     def for_writing(self, owner: str) -> list[str]:
         """Where an owner's entry goes, in order: its own shard, then the others (see

@@ -66,3 +66,42 @@ def test_on_the_cluster_the_replicas_acknowledge(redis_cluster, key_prefix, fake
         assert len(fake.wait_for(1, timeout=20)) == 1
     finally:
         app.extensions["tsunagu_line"].stop()
+
+
+def test_a_down_primary_holds_no_webhook_while_the_replicas_are_asked_again(own_cluster,
+                                                                           fake_line):
+    """The replica count is renewed off the request path: with a primary down, a webhook
+    whose turn it is to renew it neither waits for the dead node (before: ~4.5 s, the
+    client's retries, every 30 s) nor drops WAIT (before: an ask that failed meant 0 replicas,
+    so no write waited for a replica until the next ask)."""
+    import time
+
+    from tests.fakes import net
+    from tests.test_line import post
+
+    _, line_url = fake_line
+    client = connect(own_cluster.url, cluster=True)  # a 2 s socket timeout, as in production
+    prefix, down, victim = net.lonely_shard(client, "tsunagu-test")
+    app = net.ticket_app(own_cluster.url, client, prefix, line_url)
+    line = app.extensions["tsunagu_line"]
+    wait = line.queue.wait
+    wait.refresh_s = 0.5                             # production: 30 s
+    web = app.test_client()
+    users = net.line_users(client, line, down, victim, False, 7, "w")
+    assert post(web, lh.text("こんにちは", user=users[0])).status_code == 200  # the first ask
+    assert wait.wanted() == 1
+    took, wanted = [], []
+    with net.node_down(own_cluster, victim):
+        line.queue.shards.failed(down)               # as the dispatcher finds it
+        for user in users[1:]:
+            time.sleep(0.6)                          # the answer is old: this write renews it
+            started = time.monotonic()
+            assert post(web, lh.text("こんにちは", user=user)).status_code == 200
+            took.append(time.monotonic() - started)
+            wanted.append(wait.wanted())
+    print(f"\nprimary down: webhooks renewing the replica count took "
+          f"{', '.join(f'{t * 1000:.0f}' for t in took)} ms; WAIT for {wanted}")
+    assert max(took) < 0.5, took
+    assert wanted == [1] * len(took), "the live primaries' writes still wait for a replica"
+    line.stop()
+    client.close()

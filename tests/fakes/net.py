@@ -96,3 +96,21 @@ def ticket_app(cluster_url: str, client: Any, prefix: str, line_url: str) -> Any
     dispatcher.can_claim = lambda: False
     dispatcher.send_followups = lambda now=None: 0
     return app
+
+
+@contextlib.contextmanager
+def node_down(cluster: Any, port: int) -> Iterator[int]:
+    """Cluster node `port` (a primary) SIGKILLed and its replica SIGSTOPped, so no failover
+    happens inside the block: its slots have no primary. On leaving, the replica goes on and
+    takes over (`cluster.wait_primaries`). Yields the replica's port."""
+    import os
+    import signal
+
+    replica = next(int(v["port"]) for k, v in cluster.node(port).info("replication").items()
+                   if k.startswith("slave") and isinstance(v, dict))
+    os.kill(cluster.procs[replica].pid, signal.SIGSTOP)
+    try:
+        cluster.kill(port)
+        yield replica
+    finally:
+        os.kill(cluster.procs[replica].pid, signal.SIGCONT)
