@@ -5,9 +5,11 @@ who said yes to it, never to someone who blocked the account or deleted their da
                                      expires a day after it is due; the source of truth: no key,
                                      no message (deleted by the forget command and by unfollow)
   <prefix>:{followup:<shard>}:due    ZSET pid → due time; 16 shards so a Redis Cluster spreads
-                                     them and no key grows without bound
+                                     them and no key grows without bound (an entry without its
+                                     record is dropped when due: the record decides)
 
-Scheduling and cancelling ride in the pipeline that saves the session (no extra round trip).
+Scheduling and cancelling ride in the pipeline that saves the session (no extra round trip);
+on a Redis Cluster into a due shard on the person's own node (`shard_key`).
 Sending: a sender claims due entries by pushing their score forward (a lease, Lua on one
 shard), pushes with an X-Line-Retry-Key derived from the person and the due time, and then
 deletes both keys. A sender that dies mid-way leaves the lease to run out; the next one pushes
@@ -81,7 +83,20 @@ class Followups:
         return f"{self.prefix}:{{{pid}}}:followup"
 
     def shard_key(self, pid: str) -> str:
+        """The due shard a person's follow-up is filed in. On a cluster, one on the node of
+        their own keys: scheduling and cancelling ride in the session's pipeline, which then
+        touches no other node (a down node must not fail the answers, or the data deletion, of
+        people on the others). Else, or when no shard is on that node, one by hash."""
         shard = int(hashlib.sha256(pid.encode()).hexdigest()[:8], 16) % self.shards
+        if is_cluster(self.redis):
+            try:
+                home = self._node(self.key(pid))
+                for i in range(self.shards):
+                    key = self.due_key((shard + i) % self.shards)
+                    if self._node(key) == home:
+                        return key
+            except UNAVAILABLE:  # no slot map yet: the session's pipeline fails anyway
+                pass
         return self.due_key(shard)
 
     def due_key(self, shard: int) -> str:

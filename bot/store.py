@@ -146,8 +146,10 @@ class SessionStore:
     def forget(self, pipe: Any, pid: str) -> None:
         """Delete-my-data / unfollow: queue the deletion of the session and whatever waits
         for the person."""
-        pipe.delete(self.key(pid, "session"), self.key(pid, "outbox"),
-                    self.key(pid, "outbox:n"), self.key(pid, "unseen"))
+        for what in ("session", "outbox", "outbox:n", "unseen"):
+            # One key per DEL: a cluster pipeline refuses a DEL of several keys, even of one
+            # slot ("not implemented"), which failed every forget and unfollow on a cluster.
+            pipe.delete(self.key(pid, what))
 
     def commit(self, pid: str, turn: Turn, token: str | None,
                also: Callable[[Any], None] | None = None,

@@ -103,3 +103,27 @@ def test_conversation_round_trips_through_redis(services, redis_client, key_pref
     conv.handle("web", "visitor-1", Incoming("text", "データを消す"))
     assert [k for k in redis_client.scan_iter(match=f"{key_prefix}:*")
             if b":{fig:" not in k] == []
+
+
+def test_delete_my_data_works_on_a_cluster(redis_cluster):
+    """The forget command's deletions ride in the session's pipeline; a cluster pipeline
+    refuses a DEL of several keys, so before, every forget (and LINE unfollow) on a cluster
+    failed: the degraded answer, and the data kept."""
+    import uuid
+
+    from bot.config import Settings
+    from bot.redisconn import connect
+    from bot.wiring import build
+
+    client = connect(redis_cluster.url, cluster=True)
+    prefix = f"tsunagu-test-{uuid.uuid4().hex[:10]}"
+    conv = build(Settings(redis_url=redis_cluster.url, redis_cluster=True,
+                          bot_secret_key=SECRET, key_prefix=prefix), client=client).conversations
+    conv.handle("web", "visitor-1", Incoming("event", "first_contact"))
+    conv.handle("web", "visitor-1", Incoming("tap", "start", "welcome"))
+    step = conv.handle("web", "visitor-1", Incoming("text", "データを消す"))
+    assert "degraded" not in step.events and step.forget
+    assert [k for k in client.scan_iter(match=f"{prefix}:*") if b":{fig:" not in k] == []
+    for key in client.scan_iter(match=f"{prefix}:*"):
+        client.delete(key)
+    client.close()
