@@ -38,7 +38,7 @@ import redis
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
 from bot import logs
-from bot.redisconn import UNAVAILABLE, is_cluster, script
+from bot.redisconn import UNAVAILABLE, beside, is_cluster, node_name, script
 from bot.replies import Cards
 from bot.streams import Outages
 
@@ -264,24 +264,12 @@ class Figures:
         """The day's hash (on one Redis, and days counted before the shards), or one shard."""
         return f"{self.prefix}:{{{tag or f'fig:{day}'}}}:counts"
 
-    def _node(self, key: str) -> str | None:
-        try:
-            node = self.redis.get_node_from_key(key)
-        except UNAVAILABLE:  # a slot with no primary known: as if down
-            return None
-        return getattr(node, "name", None)
-
     def _near(self, day: str, near: str) -> str:
-        """The day's shard on the node of `near` (a key of the person's): its range first,
-        then the ranges beside it, then any (a node too small to own a range: the nearest)."""
-        tags = day_tags(day)
-        home = self._node(near)
+        """The day's shard on the node of `near` (a key of the person's): its own slot range
+        first, then the next ones (a node too small to own a range: the range's shard)."""
+        keys = [self.key(day, tag) for _, tag in day_tags(day)]
         j = key_slot(near.encode()) * SHARDS // REDIS_CLUSTER_HASH_SLOTS
-        for i in (j, j - 1, j + 1, *range(SHARDS)):
-            if 0 <= i < SHARDS and home is not None and self._node(
-                    self.key(day, tags[i][1])) == home:
-                return tags[i][1]
-        return tags[j][1]
+        return beside(self.redis, near, keys, j) or keys[j]
 
     def add(self, pipe: Any, now: datetime, counts: Counter[tuple[str, str]],
             near: str | None = None) -> None:
@@ -294,8 +282,8 @@ class Figures:
         pairs = [part for (measure, value), n in counts.items() if n
                  for part in (f"{measure}{SEP}{value}", n)]
         if pairs:
-            key = self.key(day, self._near(day, near) if near and is_cluster(self.redis)
-                           else None)
+            key = (self._near(day, near) if near and is_cluster(self.redis)
+                   else self.key(day))
             # One command however many counts: each pipelined command costs the client as
             # much as the Redis work it stands for.
             script(pipe, _ADD, [key], self.keep_s, *pairs)
@@ -326,12 +314,12 @@ class Figures:
             self._turn = (self._turn + 1) % SHARDS
             keys = [self.key(day, tag) for _, tag in day_tags(day)]
             live = [k for k in keys[self._turn:] + keys[:self._turn]
-                    if not self._down.is_down(self._node(k) or "")]
+                    if not self._down.is_down(node_name(self.redis, k) or "")]
             if not live:
                 self._lost(redis.ConnectionError("every figures node is down"))
                 return
             near = live[0]
-            node = self._node(near)
+            node = node_name(self.redis, near)
         try:
             pipe = self.redis.pipeline(transaction=False)
             self.add(pipe, now, counts, near)

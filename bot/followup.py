@@ -36,7 +36,7 @@ import redis
 from bot import logs
 from bot.crypto import Sealer
 from bot.figures import TOKYO
-from bot.redisconn import UNAVAILABLE, is_cluster
+from bot.redisconn import UNAVAILABLE, beside, is_cluster
 from bot.streams import Outages
 
 if TYPE_CHECKING:
@@ -88,16 +88,8 @@ class Followups:
         touches no other node (a down node must not fail the answers, or the data deletion, of
         people on the others). Else, or when no shard is on that node, one by hash."""
         shard = int(hashlib.sha256(pid.encode()).hexdigest()[:8], 16) % self.shards
-        if is_cluster(self.redis):
-            try:
-                home = self._node(self.key(pid))
-                for i in range(self.shards):
-                    key = self.due_key((shard + i) % self.shards)
-                    if self._node(key) == home:
-                        return key
-            except UNAVAILABLE:  # no slot map yet: the session's pipeline fails anyway
-                pass
-        return self.due_key(shard)
+        keys = [self.due_key(i) for i in range(self.shards)]
+        return beside(self.redis, self.key(pid), keys, shard) or keys[shard]
 
     def due_key(self, shard: int) -> str:
         return f"{self.prefix}:{{followup:{shard}}}:due"

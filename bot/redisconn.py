@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 import zlib
+from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -274,6 +275,34 @@ class ReplicaWait:
 UNAVAILABLE: tuple[type[Exception], ...] = (
     redis.ConnectionError, redis.TimeoutError, redis.exceptions.ClusterError,
     redis.exceptions.TryAgainError, redis.exceptions.RedisClusterException)
+
+
+def node_name(client: Any, key: str) -> str | None:
+    """The name of the cluster node holding `key`; None on one Redis, or while its slot has
+    no primary known."""
+    if not is_cluster(client):
+        return None
+    try:
+        node = client.get_node_from_key(key)
+    except UNAVAILABLE:
+        return None
+    return getattr(node, "name", None)
+
+
+def beside(client: Any, near: str, keys: Sequence[str], first: int = 0) -> str | None:
+    """The first of `keys` (from index `first`, wrapping) held by the node that holds `near`.
+
+    On a cluster a write that rides in the pipeline of a person's keys then touches no other
+    node: a node that is down fails the answers of its own people only. None on one Redis,
+    when no key of `keys` is on that node, or while the slot map is not known."""
+    home = node_name(client, near)
+    if home is None:
+        return None
+    for i in range(len(keys)):
+        key = keys[(first + i) % len(keys)]
+        if node_name(client, key) == home:
+            return key
+    return None
 
 
 def node_of(client: Any, key: str) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from bot.figures import Figures, tokyo_day
 from bot.followup import Followups
 from bot.handoff.cases import TooManyCases
 from bot.ports import Cases, Deliver, Event
-from bot.redisconn import UNAVAILABLE
+from bot.redisconn import UNAVAILABLE, beside
 from bot.replies import Text
 from bot.store import LockTimeout, SessionStore, Turn
 
@@ -143,13 +143,16 @@ class Conversations:
             if self.followups is not None and not event.incoming.from_staff:
                 turn.also(self.followups.writes_for(event, before, step, now))
             if self.cases is not None:
-                turn.also(self._wrong_numbers(step, now))
+                turn.also(self._wrong_numbers(step, now, event.pid))
         self._record(event, step, via, started)
         return step
 
-    def _wrong_numbers(self, step: Step, now: datetime) -> Callable[[Any], None] | None:
+    def _wrong_numbers(self, step: Step, now: datetime,
+                       pid: str) -> Callable[[Any], None] | None:
         """A card's number reported as not working: queue it for staff (a content problem,
-        no case, nothing about the person), in the session's round trip."""
+        no case, nothing about the person), in the session's round trip — on a cluster in a
+        staff-queue shard on the node of the person's session (any shard does: it belongs to
+        no case), so a down node holding another shard cannot fail this person's answer."""
         reports = []
         for name in step.events:
             if name.startswith("wrong_number:"):
@@ -160,7 +163,8 @@ class Conversations:
                                     "d": tokyo_day(now)[0]})
         if not reports or self.cases is None:
             return None
-        queue = self.cases.queue  # type: ignore[attr-defined]
+        shards = self.cases.queues.names  # type: ignore[attr-defined]
+        queue = beside(self.store.redis, self.store.key(pid, "session"), shards) or shards[0]
 
         def enqueue(pipe: Any) -> None:
             for report in reports:
