@@ -59,9 +59,11 @@ OPT_IN = ("followup", "yes")  # the session answer that asks for it (bot/flows/h
 ASK_STATE = "followup_ask"
 
 # Claim up to ARGV[3] entries due by ARGV[1]: move their score to ARGV[2] (the lease's end).
+# Returns pid, score before the claim, pid, score, …
 _CLAIM = """
-local due = redis.call('zrangebyscore', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
-for _, pid in ipairs(due) do redis.call('zadd', KEYS[1], ARGV[2], pid) end
+local due = redis.call('zrangebyscore', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0,
+                       ARGV[3])
+for i = 1, #due, 2 do redis.call('zadd', KEYS[1], ARGV[2], due[i]) end
 return due
 """
 
@@ -183,19 +185,24 @@ class Followups:
         for due_key in keys:
             ok, claimed = self._on(due_key, lambda k=due_key: self.redis.eval(
                 _CLAIM, 1, k, stamp, stamp + LEASE_S, limit))
-            for pid in [_text(p) for p in claimed or []] if ok else []:
-                sent += self._send_one(engine, push, render, now, figures, due_key, pid)
+            claimed = (claimed or []) if ok else []
+            for pid, score in zip(claimed[::2], claimed[1::2], strict=True):
+                sent += self._send_one(engine, push, render, now, figures, due_key,
+                                       _text(pid), float(score))
         return sent
 
     def _send_one(self, engine: Engine, push: Callable[[str, str, list], str],
                   render: Callable[[Engine, list, str], list[dict]], now: datetime,
-                  figures: Figures | None, due_key: str, pid: str) -> int:
+                  figures: Figures | None, due_key: str, pid: str, score: float) -> int:
         ok, raw = self._on(self.key(pid), lambda: self.redis.get(self.key(pid)))
         if not ok:
             return 0  # their node is down: the lease runs out, tried again then
         record = json.loads(raw) if raw else None
         address = self.sealer.open(record["a"]) if record else None
-        if record is None or address is None:
+        # An entry due before its record's time is stale: an opt-in cancelled, then made
+        # again and filed in another shard (the shard by hash before c5f739b, or a slot map
+        # that changed) — the record's own entry sends it on its day.
+        if record is None or address is None or int(record["d"]) > score:
             self._on(due_key, lambda: self.redis.zrem(due_key, pid))  # cancelled (unfollow,
             return 0                                                 # the forget command)
         lang = record.get("l", "ja")

@@ -142,3 +142,50 @@ def test_a_down_node_fails_no_one_else_s_data_deletion(own_cluster):
     print(f"\nnode down: the forget command took {', '.join(f'{t * 1000:.0f}' for t in took)} ms")
     assert max(took) < 1.0, took
     client.close()
+
+
+def test_an_entry_left_in_the_shard_by_hash_sends_nothing_early(redis_cluster, kyoto_engine):
+    """Since c5f739b a follow-up is filed in a due shard on the person's node, cancelled
+    there too; one filed before (in the shard by hash) stays where it was. A person who opted
+    in then, said データを消す and opted in again had two entries: the old one, due first,
+    found the new record and pushed it days early (the new one then found no record). An
+    entry due before its record's time is stale: dropped, and the follow-up goes out once, on
+    its own day."""
+    client = connect(redis_cluster.url, cluster=True)
+    sealer = Sealer(SECRET, "followup")
+    prefix = f"tsunagu-test-{uuid.uuid4().hex[:10]}"
+    followups = Followups(client, prefix, sealer)
+
+    def by_hash(pid: str) -> str:  # where the previous version filed it
+        return followups.due_key(int(hashlib.sha256(pid.encode()).hexdigest()[:8], 16)
+                                 % followup.SHARDS)
+
+    pid = next(p for p in (hashlib.sha256(f"stale-{i}".encode()).hexdigest()
+                           for i in range(1000)) if by_hash(p) != followups.shard_key(p))
+    now = time.time()
+    old_due, new_due = int(now) - 60, int(now) + 3 * 24 * 3600
+    client.zadd(by_hash(pid), {pid: old_due})      # the first opt-in, cancelled since (its
+    record = json.dumps({"a": sealer.seal(f"U{pid[:32]}"), "d": new_due, "l": "ja"})  # record
+    pipe = client.pipeline(transaction=False)      # gone), then the new opt-in, as the
+    pipe.set(followups.key(pid), record)           # session's pipeline files it
+    pipe.zadd(followups.shard_key(pid), {pid: new_due})
+    pipe.execute()
+    pushed: list[str] = []
+
+    def push(user_id: str, event_id: str, messages: list) -> str:
+        pushed.append(event_id)
+        return "push"
+
+    def send(at: float) -> int:
+        return followups.send_due(kyoto_engine, push, lambda e, q, lang: [],
+                                  datetime.fromtimestamp(at, TOKYO))
+
+    try:
+        assert send(now) == 0 and pushed == [], "nothing before its day"
+        assert client.zscore(by_hash(pid), pid) is None, "the stale entry is dropped"
+        assert send(new_due + 1) == 1 and pushed == [f"followup:{pid}:{new_due}"]
+        assert send(new_due + 2 * followup.LEASE_S) == 0 and len(pushed) == 1
+    finally:
+        for key in (followups.key(pid), by_hash(pid), followups.shard_key(pid)):
+            client.delete(key)
+        client.close()
