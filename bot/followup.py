@@ -143,10 +143,14 @@ class Followups:
     # -- sending (the LINE dispatcher's loop) ----------------------------------------------
     def _node(self, key: str) -> str | None:
         """The cluster node that holds `key` (None on one Redis: its outage is the caller's,
-        who backs off as a whole)."""
+        who backs off as a whole); `key` itself when no node serves its slot (a dead primary
+        forgotten, no slot map yet): a place of its own, left alone like a down node."""
         if not is_cluster(self.redis):
             return None
-        node = self.redis.get_node_from_key(key)
+        try:
+            node = self.redis.get_node_from_key(key)
+        except UNAVAILABLE:
+            return key
         return getattr(node, "name", None) or key
 
     def _on(self, key: str, call: Callable[[], Any]) -> tuple[bool, Any]:
