@@ -6,7 +6,8 @@ who said yes to it, never to someone who blocked the account or deleted their da
                                      no message (deleted by the forget command and by unfollow)
   <prefix>:{followup:<shard>}:due    ZSET pid → due time; 16 shards so a Redis Cluster spreads
                                      them and no key grows without bound (an entry without its
-                                     record is dropped when due: the record decides)
+                                     record, or due before the record's time, is dropped when
+                                     due: the record decides)
 
 Scheduling and cancelling ride in the pipeline that saves the session (no extra round trip);
 on a Redis Cluster into a due shard on the person's own node (`shard_key`).
