@@ -16,6 +16,7 @@ import secrets
 import sys
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 from bench import redisbox
@@ -28,6 +29,15 @@ from bot.store import pseudonym
 from tests import line_helpers as lh
 
 HERE = Path(__file__).resolve().parent
+
+
+@dataclass
+class Round:
+    """One round of a level on one system: what the residents saw and what it cost."""
+
+    run: LevelRun
+    cpu: Cpu
+    use: redisbox.Usage | None
 HANG_RESIDENTS, HANG_GAP_S = 10, 0.2
 
 
@@ -37,6 +47,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="concurrent residents per level, comma-separated (default %(default)s)")
     p.add_argument("--duration", type=float, default=12.0,
                    help="seconds per level and system (default %(default)s)")
+    p.add_argument("--rounds", type=int, default=2,
+                   help="rounds per level and system, in mirrored order (default %(default)s: "
+                        "tsunagu, echo, echo, tsunagu); each lasts --duration")
     p.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds first")
     p.add_argument("--hang-s", type=float, default=3.0, help="how long LINE hangs per call")
     p.add_argument("--hang-duration", type=float, default=6.0,
@@ -134,31 +147,41 @@ class Bench:
     def left(self) -> float:
         return self.args.budget - (time.monotonic() - self.started)
 
-    def level(self, server: Server, n: int, redis: bool, think_s: float = 0.0) -> Figures:
-        """One measured level. Paced residents (`think_s`) stop where they are when the time
-        is up, so their sessions are not weighed (many would be half-way)."""
+    def measure(self, server: Server, n: int, redis: bool, think_s: float = 0.0) -> Round:
+        """One round of a level on one system. Paced residents (`think_s`) stop where they
+        are when the time is up, so their sessions are not weighed (many would be half-way)."""
         cpu0, bench0 = server.cpu_seconds(), bench_cpu()
         ports = local_ports(server.pids()) if redis else set()
         snap0 = redisbox.snapshot(self.target) if redis else None
         run: LevelRun = run_level(server.port, self.line, n, self.args.duration,
                                   grace_s=0.0 if think_s else 30.0, think_s=think_s)
-        use = memory = None
-        redis_cpu = None
+        use = None
         if redis and snap0 is not None:
             ports |= local_ports(server.pids())
-            snap1 = redisbox.snapshot(self.target)
-            use = redisbox.usage(self.target, snap0, snap1, ports)
-            redis_cpu = use.cpu_s
-            if not think_s:
-                memory = person_memory(self.target, self.prefix, self.secret, run.walks)
-        cpu = Cpu(server=server.cpu_seconds() - cpu0, redis=redis_cpu,
+            use = redisbox.usage(self.target, snap0, redisbox.snapshot(self.target), ports)
+        cpu = Cpu(server=server.cpu_seconds() - cpu0, redis=use.cpu_s if use else None,
                   bench=bench_cpu() - bench0)
-        fig = level_figures(server.name, run, cpu, use, memory)
+        return Round(run, cpu, use)
+
+    def level(self, server: Server, n: int, rounds: list[Round], redis: bool,
+              think_s: float = 0.0) -> Figures:
+        """A level's figures from its rounds on one system."""
+        memory = None
+        if redis and not think_s:
+            memory = person_memory(self.target, self.prefix, self.secret,
+                                   [w for r in rounds for w in r.run.walks])
+        uses = [r.use for r in rounds if r.use is not None]
+        cpu = Cpu(server=sum(r.cpu.server for r in rounds),
+                  redis=sum(u.cpu_s for u in uses) if uses else None,
+                  bench=sum(r.cpu.bench for r in rounds))
+        fig = level_figures(server.name, [r.run for r in rounds], cpu,
+                            redisbox.combined(uses) if uses else None, memory)
         label = f"N={n}" + (f" paced {think_s:g} s" if think_s else "")
-        print(f"  {server.name:>14} {label:<6} {fig.events_per_s:8.1f} events/s  "
-              f"p50 {fig.latency_ms['p50']:7.1f} ms  p99 {fig.latency_ms['p99']:7.1f} ms  "
-              f"({fig.sent} events, {fig.unanswered} unanswered, {fig.non_200} non-200)",
-              flush=True)
+        by_round = " / ".join(f"{x:.0f}" for x in fig.rounds_per_s)
+        print(f"  {server.name:>14} {label:<6} {fig.events_per_s:8.1f} events/s "
+              f"({by_round})  p50 {fig.latency_ms['p50']:7.1f} ms  "
+              f"p99 {fig.latency_ms['p99']:7.1f} ms  ({fig.sent} events, {fig.unanswered} "
+              f"unanswered, {fig.non_200} non-200)", flush=True)
         return fig
 
     def idle(self, server: Server, seconds: float = 3.0) -> tuple[float, float, str]:
@@ -200,18 +223,26 @@ class Bench:
         results: dict[str, dict[int, Figures]] = {OURS: {}, BASE: {}}
         hang: list[HangFigures] = []
         reserve = 2 * (self.args.hang_duration + 15)
+        rounds = self.args.rounds
         for i, n in enumerate(levels):
-            if self.left() < reserve + 2 * (self.args.duration + 10):
+            if self.left() < reserve + 2 * rounds * (self.args.duration + 10):
                 self.notes.append(f"N={n} skipped: the run's time budget was used up")
                 continue
+            # Rounds in mirrored order (ABBA, then BAAB at the next level): a machine that
+            # slows down or speeds up during the level weighs on both systems alike.
+            done: dict[str, list[Round]] = {OURS: [], BASE: []}
             order = [(ours, True), (base, False)]
-            for server, redis in order if i % 2 == 0 else order[::-1]:
-                results[server.name][n] = self.level(server, n, redis)
-                time.sleep(1.0)
+            for r in range(rounds):
+                for server, redis in order if (i + r) % 2 == 0 else order[::-1]:
+                    done[server.name].append(self.measure(server, n, redis))
+                    time.sleep(1.0)
+            for server, redis in order:
+                results[server.name][n] = self.level(server, n, done[server.name], redis)
         paced: dict[str, Figures] = {}
         if self.args.paced and self.left() > reserve + 2 * (self.args.duration + 10):
             for server, redis in ((ours, True), (base, False)):
-                paced[server.name] = self.level(server, self.args.paced, redis,
+                one = [self.measure(server, self.args.paced, redis, think_s=self.args.think)]
+                paced[server.name] = self.level(server, self.args.paced, one, redis,
                                                 think_s=self.args.think)
                 time.sleep(1.0)
         elif self.args.paced:
@@ -235,7 +266,7 @@ class Bench:
                    redis_source=self.target.source, redis_version=self.target.version,
                    calibration=calibration, idle=idle,
                    settings={**self.settings, "hang_gap_s": f"{HANG_GAP_S:g}"},
-                   duration_s=self.args.duration, notes=self.notes)
+                   duration_s=self.args.duration, rounds=rounds, notes=self.notes)
 
     def close(self) -> None:
         for server in self.servers:

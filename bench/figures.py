@@ -58,25 +58,37 @@ class Figures:
     session_max: int | None = None
     person_mean: float | None = None
     person_keys: dict[str, tuple[float, float]] = field(default_factory=dict)
+    rounds_per_s: list[float] = field(default_factory=list)  # events/s of each round
 
 
-def level_figures(system: str, run: LevelRun, cpu: Cpu, redis_use: Usage | None = None,
+def _rate(run: LevelRun) -> tuple[int, float]:
+    """Answers that reached the fake LINE API within the run's window, and that window."""
+    in_window = sum(1 for s in run.samples if s.status == 200 and s.arrived is not None
+                    and s.arrived <= run.stop_at)
+    return in_window, run.stop_at - run.started
+
+
+def level_figures(system: str, runs: list[LevelRun], cpu: Cpu, redis_use: Usage | None = None,
                   memory: Memory | None = None) -> Figures:
-    samples = run.samples
+    """One level's figures from its rounds (`runs`, one system): counts, CPU and Redis
+    summed, latencies pooled, events/s = answers in the rounds' windows / their length."""
+    samples = [s for run in runs for s in run.samples]
+    walks = [w for run in runs for w in run.walks]
     ok = [s for s in samples if s.status == 200]
     answered = [s for s in ok if s.latency_s is not None]
-    window = run.stop_at - run.started
-    in_window = sum(1 for s in answered if s.arrived is not None and s.arrived <= run.stop_at)
+    rates = [_rate(run) for run in runs]
+    in_window, window = sum(r[0] for r in rates), sum(r[1] for r in rates)
     latencies = [s.latency_s for s in answered if s.latency_s is not None]
     webhooks = [s.webhook_s for s in samples if s.status]
-    wall = run.ended - run.started
+    wall = sum(run.ended - run.started for run in runs)
     per_event = max(1, len(ok))
     fig = Figures(
-        system=system, n=run.residents, sent=len(samples), answered=len(answered),
+        system=system, n=runs[0].residents, sent=len(samples), answered=len(answered),
         non_200=len(samples) - len(ok), unanswered=len(ok) - len(answered),
-        walks=len(run.walks), complete_walks=sum(w.complete for w in run.walks),
-        results_walks=sum(w.reached_results for w in run.walks), wall_s=wall,
+        walks=len(walks), complete_walks=sum(w.complete for w in walks),
+        results_walks=sum(w.reached_results for w in walks), wall_s=wall,
         events_per_s=in_window / window if window > 0 else math.nan,
+        rounds_per_s=[n / w if w > 0 else math.nan for n, w in rates],
         latency_ms={q: percentile(latencies, float(q[1:])) * MS for q in ("p50", "p95", "p99")},
         webhook_ms={q: percentile(webhooks, float(q[1:])) * MS for q in ("p50", "p99")},
         cpu_ms_per_event=cpu.server / per_event * MS,

@@ -172,6 +172,17 @@ class Usage:
         return sum(self.calls.values())
 
 
+def combined(uses: list[Usage]) -> Usage:
+    """Several windows' usage as one (a level's rounds)."""
+    calls: dict[str, int] = {}
+    for use in uses:
+        for name, n in use.calls.items():
+            calls[name] = calls.get(name, 0) + n
+    return Usage(calls=calls, round_trips=sum(u.round_trips for u in uses),
+                 cpu_s=sum(u.cpu_s for u in uses),
+                 foreign=", ".join(dict.fromkeys(u.foreign for u in uses if u.foreign)))
+
+
 def _port(client: dict) -> int:
     try:
         return int(str(client.get("addr", "")).rsplit(":", 1)[1])
