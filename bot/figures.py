@@ -313,8 +313,9 @@ class Figures:
             day = tokyo_day(now)[0]
             self._turn = (self._turn + 1) % SHARDS
             keys = [self.key(day, tag) for _, tag in day_tags(day)]
-            live = [k for k in keys[self._turn:] + keys[:self._turn]
-                    if not self._down.is_down(node_name(self.redis, k) or "")]
+            live = [k for k in keys[self._turn:] + keys[:self._turn]  # (a slot no node
+                    if (n := node_name(self.redis, k)) is not None  # serves is left out)
+                    and not self._down.is_down(n)]
             if not live:
                 self._lost(redis.ConnectionError("every figures node is down"))
                 return
@@ -324,7 +325,7 @@ class Figures:
             pipe = self.redis.pipeline(transaction=False)
             self.add(pipe, now, counts, near)
             pipe.execute()
-        except redis.RedisError as exc:
+        except (redis.RedisError, *UNAVAILABLE) as exc:  # RedisClusterException is no RedisError
             if node is not None and isinstance(exc, UNAVAILABLE):
                 self._down.failed(node)
             self._lost(exc)

@@ -6,7 +6,8 @@ who said yes to it, never to someone who blocked the account or deleted their da
                                      no message (deleted by the forget command and by unfollow)
   <prefix>:{followup:<shard>}:due    ZSET pid → due time; 16 shards so a Redis Cluster spreads
                                      them and no key grows without bound (an entry without its
-                                     record is dropped when due: the record decides)
+                                     record, or due before the record's time, is dropped when
+                                     due: the record decides)
 
 Scheduling and cancelling ride in the pipeline that saves the session (no extra round trip);
 on a Redis Cluster into a due shard on the person's own node (`shard_key`).
@@ -59,9 +60,11 @@ OPT_IN = ("followup", "yes")  # the session answer that asks for it (bot/flows/h
 ASK_STATE = "followup_ask"
 
 # Claim up to ARGV[3] entries due by ARGV[1]: move their score to ARGV[2] (the lease's end).
+# Returns pid, score before the claim, pid, score, …
 _CLAIM = """
-local due = redis.call('zrangebyscore', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
-for _, pid in ipairs(due) do redis.call('zadd', KEYS[1], ARGV[2], pid) end
+local due = redis.call('zrangebyscore', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0,
+                       ARGV[3])
+for i = 1, #due, 2 do redis.call('zadd', KEYS[1], ARGV[2], due[i]) end
 return due
 """
 
@@ -133,10 +136,14 @@ class Followups:
     # -- sending (the LINE dispatcher's loop) ----------------------------------------------
     def _node(self, key: str) -> str | None:
         """The cluster node that holds `key` (None on one Redis: its outage is the caller's,
-        who backs off as a whole)."""
+        who backs off as a whole); `key` itself when no node serves its slot (a dead primary
+        forgotten, no slot map yet): a place of its own, left alone like a down node."""
         if not is_cluster(self.redis):
             return None
-        node = self.redis.get_node_from_key(key)
+        try:
+            node = self.redis.get_node_from_key(key)
+        except UNAVAILABLE:
+            return key
         return getattr(node, "name", None) or key
 
     def _on(self, key: str, call: Callable[[], Any]) -> tuple[bool, Any]:
@@ -175,19 +182,24 @@ class Followups:
         for due_key in keys:
             ok, claimed = self._on(due_key, lambda k=due_key: self.redis.eval(
                 _CLAIM, 1, k, stamp, stamp + LEASE_S, limit))
-            for pid in [_text(p) for p in claimed or []] if ok else []:
-                sent += self._send_one(engine, push, render, now, figures, due_key, pid)
+            claimed = (claimed or []) if ok else []
+            for pid, score in zip(claimed[::2], claimed[1::2], strict=True):
+                sent += self._send_one(engine, push, render, now, figures, due_key,
+                                       _text(pid), float(score))
         return sent
 
     def _send_one(self, engine: Engine, push: Callable[[str, str, list], str],
                   render: Callable[[Engine, list, str], list[dict]], now: datetime,
-                  figures: Figures | None, due_key: str, pid: str) -> int:
+                  figures: Figures | None, due_key: str, pid: str, score: float) -> int:
         ok, raw = self._on(self.key(pid), lambda: self.redis.get(self.key(pid)))
         if not ok:
             return 0  # their node is down: the lease runs out, tried again then
         record = json.loads(raw) if raw else None
         address = self.sealer.open(record["a"]) if record else None
-        if record is None or address is None:
+        # An entry due before its record's time is stale: an opt-in cancelled, then made
+        # again and filed in another shard (the shard by hash before c5f739b, or a slot map
+        # that changed) — the record's own entry sends it on its day.
+        if record is None or address is None or int(record["d"]) > score:
             self._on(due_key, lambda: self.redis.zrem(due_key, pid))  # cancelled (unfollow,
             return 0                                                 # the forget command)
         lang = record.get("l", "ja")

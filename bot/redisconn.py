@@ -203,8 +203,13 @@ class ReplicaWait:
                     self._ask()
         elif time.monotonic() - asked > self.refresh_s and self._asking.acquire(blocking=False):
             # Renewed off the request path; this write keeps the last answer.
-            threading.Thread(target=self._ask, args=(True,), daemon=True,
-                             name="replica-wait").start()
+            try:
+                threading.Thread(target=self._ask, args=(True,), daemon=True,
+                                 name="replica-wait").start()
+            except Exception as exc:  # no thread (a limit, the interpreter exiting): the
+                self._asked = time.monotonic()  # write goes on, renewed again in refresh_s
+                self._asking.release()
+                logs.failure("redis.replicas_thread", exc, logging.WARNING)
         return self._auto
 
     def _ask(self, held: bool = False) -> None:

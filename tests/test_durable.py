@@ -105,3 +105,34 @@ def test_a_down_primary_holds_no_webhook_while_the_replicas_are_asked_again(own_
     assert wanted == [1] * len(took), "the live primaries' writes still wait for a replica"
     line.stop()
     client.close()
+
+
+def test_no_thread_for_the_renewal_neither_fails_the_write_nor_stops_renewing(redis_url,
+                                                                            monkeypatch):
+    """A renewal whose thread does not start (a thread limit, the interpreter exiting) must
+    not raise into the write that asked — a webhook, a dispatcher's save — and must not keep
+    the renewal's lock: before, Thread.start's RuntimeError escaped and every renewal after it
+    was skipped for good (the lock was never released)."""
+    import threading
+    import time
+
+    if not redis_url:
+        pytest.skip("needs the real Redis")
+    wait = ReplicaWait(connect(redis_url), None, 100, refresh_s=0.05)
+    first = wait.wanted()                             # the first ask, inline
+    real = threading.Thread
+
+    class NoThread(real):
+        def start(self) -> None:
+            raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(threading, "Thread", NoThread)
+    time.sleep(0.1)
+    assert wait.wanted() == first                     # the write goes on with the last answer
+    monkeypatch.setattr(threading, "Thread", real)
+    asked = wait._asked
+    deadline = time.monotonic() + 5
+    while wait._asked == asked and time.monotonic() < deadline:
+        time.sleep(0.1)
+        wait.wanted()                                 # a later write renews it again
+    assert wait._asked != asked, "renewals go on once threads start again"

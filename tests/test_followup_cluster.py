@@ -142,3 +142,102 @@ def test_a_down_node_fails_no_one_else_s_data_deletion(own_cluster):
     print(f"\nnode down: the forget command took {', '.join(f'{t * 1000:.0f}' for t in took)} ms")
     assert max(took) < 1.0, took
     client.close()
+
+
+def test_an_entry_left_in_the_shard_by_hash_sends_nothing_early(redis_cluster, kyoto_engine):
+    """Since c5f739b a follow-up is filed in a due shard on the person's node, cancelled
+    there too; one filed before (in the shard by hash) stays where it was. A person who opted
+    in then, said データを消す and opted in again had two entries: the old one, due first,
+    found the new record and pushed it days early (the new one then found no record). An
+    entry due before its record's time is stale: dropped, and the follow-up goes out once, on
+    its own day."""
+    client = connect(redis_cluster.url, cluster=True)
+    sealer = Sealer(SECRET, "followup")
+    prefix = f"tsunagu-test-{uuid.uuid4().hex[:10]}"
+    followups = Followups(client, prefix, sealer)
+
+    def by_hash(pid: str) -> str:  # where the previous version filed it
+        return followups.due_key(int(hashlib.sha256(pid.encode()).hexdigest()[:8], 16)
+                                 % followup.SHARDS)
+
+    pid = next(p for p in (hashlib.sha256(f"stale-{i}".encode()).hexdigest()
+                           for i in range(1000)) if by_hash(p) != followups.shard_key(p))
+    now = time.time()
+    old_due, new_due = int(now) - 60, int(now) + 3 * 24 * 3600
+    client.zadd(by_hash(pid), {pid: old_due})      # the first opt-in, cancelled since (its
+    record = json.dumps({"a": sealer.seal(f"U{pid[:32]}"), "d": new_due, "l": "ja"})  # record
+    pipe = client.pipeline(transaction=False)      # gone), then the new opt-in, as the
+    pipe.set(followups.key(pid), record)           # session's pipeline files it
+    pipe.zadd(followups.shard_key(pid), {pid: new_due})
+    pipe.execute()
+    pushed: list[str] = []
+
+    def push(user_id: str, event_id: str, messages: list) -> str:
+        pushed.append(event_id)
+        return "push"
+
+    def send(at: float) -> int:
+        return followups.send_due(kyoto_engine, push, lambda e, q, lang: [],
+                                  datetime.fromtimestamp(at, TOKYO))
+
+    try:
+        assert send(now) == 0 and pushed == [], "nothing before its day"
+        assert client.zscore(by_hash(pid), pid) is None, "the stale entry is dropped"
+        assert send(new_due + 1) == 1 and pushed == [f"followup:{pid}:{new_due}"]
+        assert send(new_due + 2 * followup.LEASE_S) == 0 and len(pushed) == 1
+    finally:
+        for key in (followups.key(pid), by_hash(pid), followups.shard_key(pid)):
+            client.delete(key)
+        client.close()
+
+
+def test_a_slot_no_node_serves_stops_no_other_follow_up_or_count(own_cluster, kyoto_engine):
+    """A dead primary with no replica forgotten by the cluster (a node being replaced): its
+    slots are served by no one and redis-py finds no node for them (SlotNotCoveredError,
+    not a RedisError). Before, the follow-up pass asked every shard's node first and raised
+    there — no follow-up at all went out while it lasted — and a staff-side count meant for
+    such a shard raised into the caller (a claim, a sent follow-up) instead of being lost."""
+    import logging
+
+    from bot import figures
+
+    client = connect(own_cluster.url, cluster=True)
+    sealer = Sealer(SECRET, "followup")
+    prefix = f"tsunagu-test-{uuid.uuid4().hex[:10]}"
+    followups = Followups(client, prefix, sealer)
+    counts = figures.Figures(client, prefix)
+    now = datetime.now(TOKYO)
+    day = figures.tokyo_day(now)[0]
+    gone = [client.keyslot(followups.due_key(0)), figures.day_tags(day)[0][0]]
+    for port in own_cluster.ports:                   # forgotten by every node
+        for slot in gone:
+            try:
+                own_cluster.node(port).execute_command("CLUSTER", "DELSLOTS", slot)
+            except Exception as exc:  # a node that did not own it says so on some versions
+                logging.getLogger(__name__).info("delslots %s: %s", port, exc)
+    client.nodes_manager.initialize()                # the client's next slot map
+    assert client.nodes_manager.slots_cache.get(gone[0]) is None
+    due = int(time.time()) - 60
+    live = []
+    for i in range(200):
+        pid = hashlib.sha256(f"uncovered-{i}".encode()).hexdigest()
+        shard = followups.shard_key(pid)
+        if client.keyslot(shard) not in gone and client.keyslot(followups.key(pid)) not in gone:
+            client.set(followups.key(pid), json.dumps({"a": sealer.seal(f"U{pid[:32]}"),
+                                                       "d": due, "l": "ja"}))
+            client.zadd(shard, {pid: due})
+            live.append(pid)
+        if len(live) == 4:
+            break
+    pushed: list[str] = []
+
+    def push(user_id: str, event_id: str, messages: list) -> str:
+        pushed.append(event_id.split(":")[1])
+        return "push"
+
+    sent = followups.send_due(kyoto_engine, push, lambda e, q, lang: [], now)
+    assert sent == 4 and set(pushed) == set(live)
+    counts._turn = -1                                # the next count aims at the first shard
+    for _ in range(3):
+        counts.count(now, [("handoff_claimed", "web")])   # counted elsewhere, never raised
+    client.close()

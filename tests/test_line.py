@@ -238,6 +238,34 @@ def test_unfollow_deletes_the_session(line_app, redis_client, key_prefix):
     assert len(fake.delivered()) == 1
 
 
+@pytest.mark.parametrize("leave", ["unfollow", "データを消す"])
+def test_deleting_the_data_over_line_is_no_failure(line_app, redis_client, key_prefix, caplog,
+                                                   leave):
+    """The dispatcher's last save reads its script's result by position: after the deletions
+    it queued (one DEL per key since c5f739b), not at a fixed place. Reading a DEL's count
+    there raised TypeError after every unfollow and データを消す (`line.claim` failure, and
+    events that arrived meanwhile left to their due entries)."""
+    import logging
+
+    caplog.set_level(logging.WARNING, logger="tsunagu")
+    app, fake = line_app
+    client = app.test_client()
+    post(client, lh.event("follow", user=USER))
+    fake.wait_for(1)
+    post(client, lh.event("unfollow", user=USER) if leave == "unfollow"
+         else lh.text(leave, user=USER))
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and (list(redis_client.scan_iter(
+            match=f"{key_prefix}:*:session")) or len(fake.delivered()) < 1 + (leave != "unfollow")):
+        time.sleep(0.05)
+    time.sleep(0.3)  # the dispatcher's save comes after the answer is sent
+    assert list(redis_client.scan_iter(match=f"{key_prefix}:*:session")) == []
+    failures = [getattr(r, "tsunagu_fields", {}) for r in caplog.records
+                if r.getMessage() == "failure"]
+    assert failures == []
+    assert len(fake.delivered()) == 1 + (leave != "unfollow")
+
+
 def test_unknown_and_group_events_are_ignored(line_app):
     app, fake = line_app
     client = app.test_client()

@@ -723,13 +723,13 @@ class Dispatcher:
         many rounds): let go anyway — what arrived is answered by its due entry."""
         store = self.queue.store
         pipe = self.queue.redis.pipeline(transaction=False)
-        blob, at = "", 0
+        blob = ""
         if turn.changed:
             if turn.session is None:
                 store.forget(pipe, pid)
-                at = 1
             else:
                 blob = turn.session.dumps()
+        at = len(pipe)  # _FINISH's result comes after whatever `forget` queued
         script(pipe, _FINISH, [store.key(pid, "session"), store.key(pid, "lock"),
                                self.queue.inbox(pid), self.queue.marks(pid)],
                blob, store.ttl, token, raw or "", "1" if force else "",
