@@ -30,6 +30,8 @@ from tests import line_helpers as lh
 
 HERE = Path(__file__).resolve().parent
 
+HANG_RESIDENTS, HANG_GAP_S = 10, 0.2
+
 
 @dataclass
 class Round:
@@ -38,7 +40,13 @@ class Round:
     run: LevelRun
     cpu: Cpu
     use: redisbox.Usage | None
-HANG_RESIDENTS, HANG_GAP_S = 10, 0.2
+
+
+def _at_least_one(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return n
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -47,7 +55,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="concurrent residents per level, comma-separated (default %(default)s)")
     p.add_argument("--duration", type=float, default=12.0,
                    help="seconds per level and system (default %(default)s)")
-    p.add_argument("--rounds", type=int, default=2,
+    p.add_argument("--rounds", type=_at_least_one, default=2,
                    help="rounds per level and system, in mirrored order (default %(default)s: "
                         "tsunagu, echo, echo, tsunagu); each lasts --duration")
     p.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds first")
