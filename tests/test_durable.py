@@ -90,6 +90,7 @@ def test_a_down_primary_holds_no_webhook_while_the_replicas_are_asked_again(own_
     users = net.line_users(client, line, down, victim, False, 7, "w")
     assert post(web, lh.text("こんにちは", user=users[0])).status_code == 200  # the first ask
     assert wait.wanted() == 1
+    first_ask = wait._asked
     took, wanted = [], []
     with net.node_down(own_cluster, victim):
         line.queue.shards.failed(down)               # as the dispatcher finds it
@@ -99,10 +100,13 @@ def test_a_down_primary_holds_no_webhook_while_the_replicas_are_asked_again(own_
             assert post(web, lh.text("こんにちは", user=user)).status_code == 200
             took.append(time.monotonic() - started)
             wanted.append(wait.wanted())
+        renewed = wait._asked                        # asked again while the node was down
     print(f"\nprimary down: webhooks renewing the replica count took "
           f"{', '.join(f'{t * 1000:.0f}' for t in took)} ms; WAIT for {wanted}")
     assert max(took) < 0.5, took
     assert wanted == [1] * len(took), "the live primaries' writes still wait for a replica"
+    assert first_ask is not None and renewed is not None and renewed > first_ask + 1.0, \
+        "the count was renewed during the outage (not merely kept)"
     line.stop()
     client.close()
 
