@@ -103,7 +103,7 @@ def test_a_down_primary_holds_no_webhook_while_the_replicas_are_asked_again(own_
         renewed = wait._asked                        # asked again while the node was down
     print(f"\nprimary down: webhooks renewing the replica count took "
           f"{', '.join(f'{t * 1000:.0f}' for t in took)} ms; WAIT for {wanted}")
-    assert max(took) < 0.5, took
+    assert max(took) < 1.0, took                 # before: 3.0–8.2 s
     assert wanted == [1] * len(took), "the live primaries' writes still wait for a replica"
     assert first_ask is not None and renewed is not None and renewed > first_ask + 1.0, \
         "the count was renewed during the outage (not merely kept)"
