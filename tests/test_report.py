@@ -121,3 +121,35 @@ def test_write_screenshots_for_review(report_app, pack, tmp_path):
     for i, raw in enumerate(pngs(html)):
         (tmp_path / f"chart-{i:02d}.png").write_bytes(raw)
     assert len(list(tmp_path.glob("chart-*.png"))) == len(pngs(html)) >= 10
+
+
+def test_report_is_503_not_a_partial_month_while_a_cluster_node_is_down(own_cluster):
+    """On a cluster a day's counts are spread over every node (bot.figures.day_tags): while
+    one has no primary, the page and the CSV say so (503, the staff wording) instead of a 500
+    — or of a month missing a node's counts, shown or published as the month."""
+    import uuid
+
+    from bot.config import Settings
+    from bot.handoff.notify import load_labels
+    from bot.redisconn import connect
+    from bot.wiring import build
+    from tests.conftest import SECRET
+    from tests.fakes import net
+
+    client = connect(own_cluster.url, cluster=True)
+    settings = Settings(redis_url=own_cluster.url, redis_cluster=True, bot_secret_key=SECRET,
+                        key_prefix=f"tsunagu-test-{uuid.uuid4().hex[:10]}",
+                        staff_report_token=TOKEN)
+    services = build(settings, client=client)
+    app = create_app(settings, services=services)
+    http = app.test_client()
+    assert http.get(f"/staff/report.csv?month={month()}&token={TOKEN}").status_code == 200
+    wording = load_labels(settings.municipality)["report.unavailable"]
+    victim = int(client.get_primaries()[0].port)
+    with net.node_down(own_cluster, victim):
+        for path in ("/staff/report", "/staff/report.csv"):
+            resp = http.get(f"{path}?month={month()}&token={TOKEN}")
+            assert resp.status_code == 503, (path, resp.status_code)
+            assert resp.get_data(as_text=True).strip() == wording
+            assert resp.headers["Cache-Control"] == "no-store"
+    client.close()

@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import hmac
 import io
+import logging
 import re
 from collections import Counter
 from datetime import date, timedelta
@@ -25,12 +26,14 @@ from functools import cache
 from typing import Any
 
 import matplotlib
+import redis
 from flask import Blueprint, Response, abort, current_app, render_template, request
 from matplotlib.figure import Figure
 
-from bot import figures
+from bot import figures, logs
 from bot.figures import SMALL_CELL, Row
 from bot.handoff.notify import load_labels
+from bot.redisconn import UNAVAILABLE
 
 matplotlib.use("Agg")  # no display; figures are drawn into PNG bytes
 bp = Blueprint("staff_report", __name__, template_folder="templates")
@@ -39,6 +42,7 @@ JAPANESE_FONTS = ("Noto Sans CJK JP", "Noto Sans JP", "IPAexGothic", "IPAGothic"
                   "TakaoGothic", "Source Han Sans JP", "VL Gothic", "Hiragino Sans")
 HANDOFF = ("handoff_opened", "handoff_claimed", "handoff_resolved", "handoff_expired")
 TOP_WINDOWS = 15
+log = logs.get("report")
 
 
 @cache
@@ -82,11 +86,25 @@ def month_range(raw: str | None) -> tuple[date, date]:
     return first, last
 
 
+def month_rows(first: date, last: date) -> list[Row]:
+    """The month's counts, or a 503 naming why: on a Redis Cluster a day's counts are spread
+    over every node, so while one node has no primary the month cannot be read whole — and a
+    partial month must never be shown, or published, as the month."""
+    services = _services()
+    try:
+        return services.figures.read(first, last)
+    except (redis.RedisError, *UNAVAILABLE) as exc:
+        logs.event(log, "report_unavailable", logging.WARNING, error=type(exc).__name__)
+        text = load_labels(services.settings.municipality)["report.unavailable"]
+        abort(Response(text + "\n", 503, {"Content-Type": "text/plain; charset=utf-8",
+                                           "Retry-After": "60", "Cache-Control": "no-store"}))
+
+
 @bp.get("/staff/report.csv")
 def report_csv() -> Any:
     authorised()
     first, last = month_range(request.args.get("month"))
-    rows = _services().figures.read(first, last)
+    rows = month_rows(first, last)
     small = _small_words("ja") if request.args.get("publish") == "1" else None
     name = f"tsunagu-{first:%Y-%m}{'-published' if small else ''}.csv"
     return Response(figures.to_csv(rows, small), 200, {
@@ -100,7 +118,7 @@ def report_page() -> Any:
     authorised()
     first, last = month_range(request.args.get("month"))
     services = _services()
-    rows = services.figures.read(first, last)
+    rows = month_rows(first, last)
     labels = load_labels(services.settings.municipality)
     charts = [{"title": labels[f"report.chart.{name}"], "png": _png(fig)}
               for name, fig in Charts(services, rows, first, last).all()]
