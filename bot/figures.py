@@ -164,6 +164,16 @@ def day_tags(day: str) -> tuple[tuple[int, str], ...]:
     return tuple(found[i] for i in range(SHARDS))
 
 
+def _hash_key(prefix: str, tag: str) -> str:
+    return f"{prefix}:{{{tag}}}:counts"
+
+
+@lru_cache(maxsize=512)
+def shard_keys(prefix: str, day: str) -> tuple[str, ...]:
+    """The keys of a day's shards (`day_tags`), in slot order: built once, not per answer."""
+    return tuple(_hash_key(prefix, tag) for _, tag in day_tags(day))
+
+
 def tally(channel: str, before: Session | None, step: Step, incoming: Incoming | None = None,
           hour: str | None = None) -> Counter[tuple[str, str]]:
     """What one step adds to the figures: (measure, key) → n. Pure; no I/O.
@@ -262,12 +272,12 @@ class Figures:
 
     def key(self, day: str, tag: str | None = None) -> str:
         """The day's hash (on one Redis, and days counted before the shards), or one shard."""
-        return f"{self.prefix}:{{{tag or f'fig:{day}'}}}:counts"
+        return _hash_key(self.prefix, tag or f"fig:{day}")
 
     def _near(self, day: str, near: str) -> str:
         """The day's shard on the node of `near` (a key of the person's): its own slot range
         first, then the next ones (a node too small to own a range: the range's shard)."""
-        keys = [self.key(day, tag) for _, tag in day_tags(day)]
+        keys = shard_keys(self.prefix, day)
         j = key_slot(near.encode()) * SHARDS // REDIS_CLUSTER_HASH_SLOTS
         return beside(self.redis, near, keys, j) or keys[j]
 
@@ -312,15 +322,14 @@ class Figures:
         if counts and is_cluster(self.redis):
             day = tokyo_day(now)[0]
             self._turn = (self._turn + 1) % SHARDS
-            keys = [self.key(day, tag) for _, tag in day_tags(day)]
-            live = [k for k in keys[self._turn:] + keys[:self._turn]  # (a slot no node
+            keys = shard_keys(self.prefix, day)
+            live = ((k, n) for k in keys[self._turn:] + keys[:self._turn]  # (a slot no node
                     if (n := node_name(self.redis, k)) is not None  # serves is left out)
-                    and not self._down.is_down(n)]
-            if not live:
+                    and not self._down.is_down(n))
+            near, node = next(live, (None, None))
+            if near is None:
                 self._lost(redis.ConnectionError("every figures node is down"))
                 return
-            near = live[0]
-            node = node_name(self.redis, near)
         try:
             pipe = self.redis.pipeline(transaction=False)
             self.add(pipe, now, counts, near)
@@ -343,8 +352,8 @@ class Figures:
         pipe = self.redis.pipeline(transaction=False)
         for day in days:  # the day's hash, then its shards (a cluster's): summed
             pipe.hgetall(self.key(day))
-            for _, tag in day_tags(day):
-                pipe.hgetall(self.key(day, tag))
+            for key in shard_keys(self.prefix, day):
+                pipe.hgetall(key)
         got = pipe.execute()
         rows: list[Row] = []
         for i, day in enumerate(days):

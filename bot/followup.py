@@ -37,7 +37,7 @@ import redis
 from bot import logs
 from bot.crypto import Sealer
 from bot.figures import TOKYO
-from bot.redisconn import UNAVAILABLE, beside, is_cluster
+from bot.redisconn import UNAVAILABLE, beside, is_cluster, node_name
 from bot.streams import Outages
 
 if TYPE_CHECKING:
@@ -140,11 +140,7 @@ class Followups:
         forgotten, no slot map yet): a place of its own, left alone like a down node."""
         if not is_cluster(self.redis):
             return None
-        try:
-            node = self.redis.get_node_from_key(key)
-        except UNAVAILABLE:
-            return key
-        return getattr(node, "name", None) or key
+        return node_name(self.redis, key) or key
 
     def _on(self, key: str, call: Callable[[], Any]) -> tuple[bool, Any]:
         """(True, what `call` — a command on `key` — returned), or (False, None) when key's
