@@ -53,7 +53,7 @@ class Workers:
         _LIVE.add(self)
 
     def offer(self, task: Callable[..., Any], *args: Any) -> bool:
-        if not self._accepting or self._queue.qsize() >= self.backlog:
+        if self.full():
             return False
         if not self._threads:
             try:
