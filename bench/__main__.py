@@ -179,11 +179,11 @@ class Bench:
             memory = person_memory(self.target, self.prefix, self.secret,
                                    [w for r in rounds for w in r.run.walks])
         uses = [r.use for r in rounds if r.use is not None]
+        use = redisbox.combined(uses) if uses else None
         cpu = Cpu(server=sum(r.cpu.server for r in rounds),
-                  redis=sum(u.cpu_s for u in uses) if uses else None,
+                  redis=use.cpu_s if use else None,
                   bench=sum(r.cpu.bench for r in rounds))
-        fig = level_figures(server.name, [r.run for r in rounds], cpu,
-                            redisbox.combined(uses) if uses else None, memory)
+        fig = level_figures(server.name, [r.run for r in rounds], cpu, use, memory)
         label = f"N={n}" + (f" paced {think_s:g} s" if think_s else "")
         by_round = " / ".join(f"{x:.0f}" for x in fig.rounds_per_s)
         print(f"  {server.name:>14} {label:<6} {fig.events_per_s:8.1f} events/s "
