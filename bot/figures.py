@@ -38,7 +38,7 @@ import redis
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
 from bot import logs
-from bot.redisconn import UNAVAILABLE, beside, is_cluster, node_name, script
+from bot.redisconn import UNAVAILABLE, beside, is_cluster, node_name, script, spread_tags
 from bot.replies import Cards
 from bot.streams import Outages
 
@@ -149,19 +149,10 @@ def first_reply_bucket(seconds: float) -> str:
     return "over_3d"
 
 
-@lru_cache(maxsize=512)
 def day_tags(day: str) -> tuple[tuple[int, str], ...]:
     """(slot, hash tag) of a day's shards on a cluster, by slot: for each of `SHARDS` equal
     slot ranges the first `fig:<day>:<n>` that falls in it. The same in every process."""
-    width = REDIS_CLUSTER_HASH_SLOTS // SHARDS
-    found: dict[int, tuple[int, str]] = {}
-    n = 0
-    while len(found) < SHARDS:
-        tag = f"fig:{day}:{n}"
-        slot = key_slot(tag.encode())
-        found.setdefault(slot // width, (slot, tag))
-        n += 1
-    return tuple(found[i] for i in range(SHARDS))
+    return spread_tags(f"fig:{day}", SHARDS)
 
 
 def _hash_key(prefix: str, tag: str) -> str:

@@ -1,7 +1,8 @@
 """One way to reach Redis — one server or a Redis Cluster — for the web process, the worker,
 the tests and the bench.
 
-`REDIS_CLUSTER=1` makes the client a `redis.cluster.RedisCluster` (it follows MOVED/ASK
+`REDIS_CLUSTER=1` makes the client a `redis.cluster.RedisCluster` (ours, `bot.clusterpipe.Cluster`,
+sends a pipeline whose commands share one node straight to it; it follows MOVED/ASK
 redirections and learns the new primary after a failover); `0` a plain `redis.Redis`; unset,
 the server is asked once on connect (`INFO cluster`). Everything the bot writes keeps
 multi-key commands and Lua scripts inside one hash slot (a person's `{pid}`, a case's
@@ -21,9 +22,11 @@ from typing import Any
 import redis
 from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 from redis.retry import Retry
 
 from bot import logs
+from bot.clusterpipe import Cluster, NodePipeline
 from bot.redispack import PACKER, packed
 
 log = logs.get("redis")
@@ -84,7 +87,7 @@ class LazyCluster:
         self.retry_s = retry_s
         # One try asks each start-up node in turn: wait for it rather than fail meanwhile.
         self.wait_s = 2 * float(options.get("socket_connect_timeout") or 2.0) + 1.0
-        self._client: RedisCluster | None = None
+        self._client: Cluster | None = None
         self._next_try = float("-inf")
         self._building = threading.Lock()
         self._outage = logs.Throttle(60.0)
@@ -93,7 +96,7 @@ class LazyCluster:
     def connected(self) -> bool:
         return self._client is not None
 
-    def cluster(self) -> RedisCluster:
+    def cluster(self) -> Cluster:
         """The real client; redis.ConnectionError while no node has answered yet."""
         client = self._client
         if client is not None:
@@ -105,7 +108,7 @@ class LazyCluster:
         try:
             if self._client is None and time.monotonic() >= self._next_try:
                 try:
-                    self._client = RedisCluster.from_url(self.url, **self.options)
+                    self._client = Cluster.from_url(self.url, **self.options)
                 except (redis.RedisError, redis.exceptions.RedisClusterException) as exc:
                     self._next_try = time.monotonic() + self.retry_s
                     if self._outage.ready():
@@ -140,7 +143,7 @@ def is_cluster(client: Any) -> bool:
 def _cluster_class(cls: type) -> bool:
     """Memoised per class: redis-py's client classes have a typing.Protocol among their bases,
     whose isinstance check runs Python code, and this is asked for every script queued."""
-    return issubclass(cls, RedisCluster | LazyCluster)
+    return issubclass(cls, RedisCluster | LazyCluster | NodePipeline)
 
 
 @lru_cache(maxsize=4096)
@@ -280,6 +283,22 @@ class ReplicaWait:
 UNAVAILABLE: tuple[type[Exception], ...] = (
     redis.ConnectionError, redis.TimeoutError, redis.exceptions.ClusterError,
     redis.exceptions.TryAgainError, redis.exceptions.RedisClusterException)
+
+
+@lru_cache(maxsize=512)
+def spread_tags(stem: str, count: int) -> tuple[tuple[int, str], ...]:
+    """(slot, hash tag) of `count` keys spread over a cluster's slot space, by slot: for each
+    of `count` equal slot ranges the first `<stem>:<n>` that falls in it. The same in every
+    process; a balanced cluster of up to `count` / 2 primaries holds one on each of them."""
+    width = REDIS_CLUSTER_HASH_SLOTS // count
+    found: dict[int, tuple[int, str]] = {}
+    n = 0
+    while len(found) < count:
+        tag = f"{stem}:{n}"
+        slot = key_slot(tag.encode())
+        found.setdefault(slot // width, (slot, tag))
+        n += 1
+    return tuple(found[i] for i in range(count))
 
 
 def node_name(client: Any, key: str) -> str | None:

@@ -1,19 +1,29 @@
 """The process that accepts a LINE event answers it itself ("claims" the person in the
 webhook's round trip): no ticket, no stream read. What it cannot finish is not lost — the
 due entry brings it to another dispatcher — and what arrives while a person is locked is
-answered by the lock's holder before it lets go."""
+answered by the lock's holder before it lets go. On one Redis and on the local cluster, where
+a person's event touches their own node only."""
 
 from __future__ import annotations
 
 import time
 import uuid
 
+import pytest
+
+from bot import clusterpipe
 from bot.channels import line_queue
 from bot.channels.line_events import Job
+from bot.redisconn import ReplicaWait, is_cluster, node_name
 from tests import line_helpers as lh
 from tests.test_line import post
 
 USER = "U" + "c" * 32
+
+
+@pytest.fixture
+def redis_url(either_redis: str | None) -> str | None:
+    return either_redis
 
 
 def _entries_added(redis_client, names: list[str]) -> int:
@@ -108,3 +118,89 @@ def test_a_claim_given_back_when_too_many_wait_is_answered_as_never_tried(line_a
     assert [r.path for r in got] == ["/v2/bot/message/push"]
     time.sleep(1.0)
     assert len(fake.delivered()) == 1
+
+
+def test_a_finish_waits_for_a_replica_only_when_it_took_more(line_app, monkeypatch):
+    """The marks of jobs taken reach a replica before anything is sent: the claim's (in the
+    accept) and those a finish takes when events arrived meanwhile. A finish that only saves
+    and lets go waits for nothing (its answer is out; a failover losing it brings the job back
+    as a retry, which LINE does not say twice) — before, every answer waited twice."""
+    app, fake = line_app
+    line = app.extensions["tsunagu_line"]
+    line.dispatcher.stop()
+    queue, dispatcher = line.queue, line.dispatcher
+    queue.wait = ReplicaWait(queue.redis, 1, 5)   # one replica wanted (none here: 0 after 5 ms)
+    waits: list[list[str]] = []
+    real = queue.wait.add
+    monkeypatch.setattr(queue.wait, "add", lambda pipe, keys: waits.append(keys) or
+                        real(pipe, keys))
+    pid = line.conversations.pseudonym("line", USER)
+    now = int(time.time() * 1000)
+    alone = queue.accept([(pid, _job(line.sealer.seal(USER), now))], claim=True)
+    assert len(waits) == 1                        # the accept's
+    dispatcher._claimed(alone.claims[0])
+    assert len(fake.delivered()) == 1
+    assert len(waits) == 1                        # the finish: none
+    first, second = _job(line.sealer.seal(USER), now + 1), _job(line.sealer.seal(USER), now + 2)
+    one = queue.accept([(pid, first)], claim=True)
+    queue.accept([(pid, second)], claim=True)     # arrives while the person is locked
+    assert len(waits) == 3
+    dispatcher._claimed(one.claims[0])
+    assert len(fake.delivered()) == 3
+    assert waits[3:] == [[queue.inbox(pid)]]      # once: for the job the finish took
+
+
+def test_on_a_cluster_an_event_touches_its_persons_node_only(line_app, redis_client,
+                                                            monkeypatch):
+    """Its due entry is filed in a spread due set on the person's node, so the accept and the
+    finish (with the day's figures) are each one pipeline to one node, sent straight to it:
+    redis-py's cluster pipeline is never needed. Before, the due entry went to the person's
+    shard — on another node two times in three."""
+    app, fake = line_app
+    line = app.extensions["tsunagu_line"]
+    if not is_cluster(line.queue.redis):
+        pytest.skip("one Redis: every key is on the one node")
+    # The backlog alarm's count (once a second per process) reads every shard: not this.
+    monkeypatch.setattr(line.queue.backlog, "due", lambda: False)
+    handed: list[int] = []
+    real = clusterpipe.Cluster.library_pipeline
+    monkeypatch.setattr(clusterpipe.Cluster, "library_pipeline",
+                        lambda self: handed.append(1) or real(self))
+    for i in range(12):
+        assert post(app.test_client(), lh.text("こんにちは", user=f"U{i:032x}")).status_code \
+            == 200
+    assert len(fake.wait_for(12, timeout=20)) == 12
+    assert handed == []
+    monkeypatch.setattr(line.dispatcher, "answer_claims", lambda claims: None)  # held back
+    for i in range(12, 24):
+        user = f"U{i:032x}"
+        pid = line.conversations.pseudonym("line", user)
+        assert post(app.test_client(), lh.text("こんにちは", user=user)).status_code == 200
+        due = line.queue.due(pid)
+        assert due in line.queue.spread_dues
+        assert node_name(redis_client, due) == node_name(redis_client, line.queue.marks(pid))
+        assert redis_client.zcard(due) >= 1       # filed there
+
+
+def test_a_spread_due_entry_whose_process_died_is_answered_once(line_app, redis_client,
+                                                                monkeypatch):
+    """As above, on a cluster: the entry sits in a spread due set, whose sweep writes the
+    ticket to the person's shard (another slot), then removes the entry."""
+    app, fake = line_app
+    line = app.extensions["tsunagu_line"]
+    if not line.queue.spread_dues:
+        pytest.skip("one Redis: due entries stay in the shards' due sets")
+    monkeypatch.setattr(line_queue, "DUE_GRACE_MS", 200)
+    line.queue.store.lock_ms = 800
+    monkeypatch.setattr(line.dispatcher, "answer_claims", lambda claims: None)  # "died"
+    users = [f"U{i:031x}d" for i in range(6)]
+    for user in users:
+        assert post(app.test_client(), lh.text("こんにちは", user=user)).status_code == 200
+    pids = [line.conversations.pseudonym("line", u) for u in users]
+    assert all(redis_client.zcard(line.queue.due(pid)) for pid in pids)
+    got = fake.wait_for(len(users), timeout=15)
+    assert len(got) == len(users)
+    time.sleep(1.5)
+    assert len(fake.delivered()) == len(users)           # once each
+    assert _due_left(redis_client, line.queue) == 0
+    assert sum(redis_client.zcard(k) for k in line.queue.spread_dues) == 0

@@ -60,7 +60,15 @@ from bot.crypto import Sealer
 from bot.handoff.worker import default_consumer
 from bot.limits import Backlog
 from bot.ports import Conversation, Event, LineSender
-from bot.redisconn import UNAVAILABLE, ReplicaWait, is_cluster, script
+from bot.redisconn import (
+    UNAVAILABLE,
+    ReplicaWait,
+    beside,
+    is_cluster,
+    script,
+    shard_of,
+    spread_tags,
+)
 from bot.session import Session
 from bot.store import LockTimeout, SessionStore, Turn
 from bot.streams import Entry, Shards, StreamConsumer
@@ -77,6 +85,10 @@ DUE_GRACE_MS = 5_000  # a due entry comes due this long after its claim's lock w
 SWEEP_EVERY_S = 1.0
 MAX_ROUNDS = 20  # a holder answers this many rounds of newly arrived events, then lets go
 CLAIMS_PER_THREAD = 16  # claims waiting per dispatcher thread before tickets are used
+# On a cluster, due sets spread over the slot space (`redisconn.spread_tags`): a person's due
+# entries go in one on the node of their own keys, so accepting and finishing an event each
+# touch one node — one WAIT, one connection, one pipeline sent straight to it (clusterpipe).
+SPREAD_DUES = 16
 
 JOBS_PARKED = Counter("tsunagu_line_jobs_parked", "LINE events given up on after repeated "
                       "unexpected failures (the person got the degraded answer instead)")
@@ -257,6 +269,11 @@ class LineQueue:
         self.shards = Shards(f"{store.prefix}:line:work", shards)
         self.stream = self.shards.names[0]
         self._dues = {name: due_key(name) for name in self.shards}
+        # The spread due sets (a cluster only): swept like a shard's, their tickets written
+        # to the person's shard (`Dispatcher.sweep`).
+        self.spread_dues = [f"{store.prefix}:line:due:{{{tag}}}"
+                            for _, tag in spread_tags("line-due", SPREAD_DUES)] \
+            if is_cluster(client) else []
         self.wait = wait
         self.refuse_unreplicated = refuse_unreplicated
         self.backlog = Backlog("line", backlog_alert_at)  # never trimmed: see bot.limits
@@ -314,18 +331,17 @@ class LineQueue:
                                    self.store.key(pid, "lock"), self.store.key(pid, "session")],
                    now_ms, MARKS_TTL_MS, INBOX_TTL_S, tokens[pid], self.store.lock_ms, *args)
             keys.append(self.marks(pid))
-            pipe.zadd(self.due(pid), dues[pid])
-            keys.append(self.due(pid))
+            due = self.due(pid)
+            pipe.zadd(due, dues[pid])
+            keys.append(due)
             if not claim:
                 pipe.xadd(self.shards.of(pid), {"p": pid})
                 keys.append(self.shards.of(pid))
         # The backlog alarm watches the whole queue: tickets and due events (not in a shard
         # known down: its timeout would hold up this answer).
-        measured = [n for n in self.shards if not self.shards.is_down(n)] \
-            if self.backlog.due() else []
-        for name in measured:
-            pipe.xlen(name)
-            pipe.zcard(due_key(name))
+        measured = self._measured() if self.backlog.due() else []
+        for command, key in measured:
+            pipe.execute_command(command, key)
         waits = self.wait.add(pipe, keys) if self.wait is not None else 0
         results = iter(pipe.execute(raise_on_error=False))
         stored: list[Any] = [None] * len(jobs)
@@ -353,7 +369,7 @@ class LineQueue:
                     if stored[i] == 1:
                         stored[i] = RuntimeError("no ticket")
         if measured:
-            self.backlog.note(sum(x for x in [next(results) for _ in range(2 * len(measured))]
+            self.backlog.note(sum(x for x in [next(results) for _ in measured]
                                   if isinstance(x, int)))
         if busy:
             self.tickets(busy)
@@ -365,6 +381,13 @@ class LineQueue:
                        refused=self.refuse_unreplicated)
         return Accepted([None if isinstance(r, Exception) else bool(r) for r in stored],
                         claims, replicated)
+
+    def _measured(self) -> list[tuple[str, str]]:
+        """What the backlog counts: each shard's tickets and due events, and the spread due
+        sets' events — not on a place known down."""
+        live = [n for n in self.shards if not self.shards.is_down(n)]
+        return [*((c, k) for n in live for c, k in (("XLEN", n), ("ZCARD", due_key(n)))),
+                *(("ZCARD", k) for k in self.spread_dues if not self.shards.is_down(k))]
 
     def tickets(self, pids: list[str]) -> None:
         """People someone else has locked: a drainer answers what arrived meanwhile, but
@@ -380,6 +403,13 @@ class LineQueue:
             logs.event(log, "accept_ticket_failed", logging.WARNING, error=type(exc).__name__)
 
     def due(self, pid: str) -> str:
+        """The due set of a person's events: on a cluster a spread one on their node, else
+        (one Redis, or no spread set on that node) their shard's."""
+        if self.spread_dues:
+            near = beside(self.redis, self.marks(pid), self.spread_dues,
+                          shard_of(pid, len(self.spread_dues)))
+            if near is not None:
+                return near
         return self._dues[self.shards.of(pid)]
 
     def _due_elsewhere(self, pid: str, entries: dict[str, int]) -> None:
@@ -526,9 +556,42 @@ class Dispatcher:
                 continue
             shards.recovered(name)
             swept += n if isinstance(n, int) else 0
+        for key in self.queue.spread_dues:
+            if not shards.due(key):
+                continue
+            try:
+                swept += self._sweep_spread(key, now_ms)
+            except UNAVAILABLE:
+                shards.failed(key)
+                continue
+            shards.recovered(key)
         if swept:
             logs.event(log, "due_swept", logging.WARNING, events=swept)
         return swept
+
+    def _sweep_spread(self, key: str, now_ms: int) -> int:
+        """`_SWEEP` for a spread due set, whose people's shards are in other slots (no one
+        script can write both): the tickets first, then the entries removed — a sweep cut
+        between the two leaves entries that bring a second ticket (whose drain finds nothing
+        left), never an event with neither."""
+        client = self.queue.redis
+        late = client.zrangebyscore(key, "-inf", now_ms, start=0, num=100)
+        people: dict[str, list[Any]] = {}
+        for member in late:
+            text = member.decode() if isinstance(member, bytes) else member
+            people.setdefault(text.split("|", 1)[0], []).append(member)
+        if not people:
+            return 0
+        pipe = client.pipeline(transaction=False)
+        for pid in people:
+            pipe.xadd(self.queue.shards.of(pid), {"p": pid})
+        written = pipe.execute(raise_on_error=False)
+        done = [member for (pid, members), ticket in zip(people.items(), written, strict=True)
+                if not isinstance(ticket, Exception) or self.queue._ticket_elsewhere(pid)
+                for member in members]
+        if done:
+            client.zrem(key, *done)
+        return len(done)
 
     def _sweep_if_due(self) -> None:
         if time.monotonic() - self._swept_at < SWEEP_EVERY_S or \
@@ -734,9 +797,6 @@ class Dispatcher:
                                self.queue.inbox(pid), self.queue.marks(pid)],
                blob, store.ttl, token, raw or "", "1" if force else "",
                int(time.time() * 1000), MARKS_TTL_MS, store.lock_ms)
-        if self.queue.wait is not None:
-            # Marks of jobs taken here reach a replica before anything is sent (see _take).
-            self.queue.wait.add(pipe, [self.queue.inbox(pid)])
         self._unlist(pipe, pid, member)
         self._ack(pipe, ack)
         for write in turn.writes:
@@ -746,7 +806,20 @@ class Dispatcher:
         result = pipe.execute()[at]
         if int(result[0]) == 1:
             return None
+        self._replicate(pid)
         return list(zip(result[1::2], result[2::2], strict=True))
+
+    def _replicate(self, pid: str) -> None:
+        """Marks of jobs `_finish` took reach a replica before anything is sent (see _take).
+        A round trip of its own, only then: in the common case (nothing new arrived) the
+        finish itself needs no WAIT — its answer is out, and a finish a failover loses
+        leaves the job marked as being answered, so its due entry brings it back as a retry
+        (`LineApi.deliver`: a used reply token or the push's retry key — never said twice)."""
+        if self.queue.wait is None:
+            return
+        pipe = self.queue.redis.pipeline(transaction=False)
+        if self.queue.wait.add(pipe, [self.queue.inbox(pid)]):
+            pipe.execute()
 
     def _renew(self, pid: str, token: str) -> float:
         lock_ms = self.queue.store.lock_ms

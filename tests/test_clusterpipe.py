@@ -1,0 +1,161 @@
+"""A cluster pipeline whose commands share one node goes straight to it (bot.clusterpipe);
+everything else — several nodes, an unknown command, a redirection, a node that fails — is
+redis-py's, with the same results. On the local 3+3 cluster."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from redis.cluster import ClusterPipeline
+
+from bot import clusterpipe
+from bot.redisconn import connect, script
+
+SET_AND_GET = "redis.call('SET', KEYS[1], ARGV[1]) return redis.call('GET', KEYS[1])"
+
+
+@pytest.fixture
+def cluster(redis_cluster) -> Iterator[Any]:
+    client = connect(redis_cluster.url, cluster=True)
+    assert isinstance(client, clusterpipe.Cluster)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def library(cluster, monkeypatch) -> list[int]:
+    """How many commands each pipeline handed to redis-py's own pipeline carried."""
+    handed: list[int] = []
+    real = clusterpipe.Cluster.library_pipeline
+
+    def counted(self):
+        pipe = real(self)
+        original = pipe.execute
+
+        def execute(raise_on_error: bool = True):
+            handed.append(len(pipe))
+            return original(raise_on_error=raise_on_error)
+        pipe.execute = execute
+        return pipe
+    monkeypatch.setattr(clusterpipe.Cluster, "library_pipeline", counted)
+    return handed
+
+
+def keys_on(client: Any, node_of: str, same: bool, n: int = 1) -> list[str]:
+    """`n` fresh keys on the node of `node_of` (`same`) or on another node."""
+    home = client.get_node_from_key(node_of).name
+    out = []
+    while len(out) < n:
+        key = f"cp-test:{{{uuid.uuid4().hex}}}:k"
+        if (client.get_node_from_key(key).name == home) == same:
+            out.append(key)
+    return out
+
+
+def test_a_one_node_pipeline_goes_straight_to_its_node(cluster, library):
+    a = f"cp-test:{{{uuid.uuid4().hex}}}:a"
+    (b,) = keys_on(cluster, a, same=True)
+    node = cluster.get_node_from_key(a)
+    pipe = cluster.pipeline(transaction=False)
+    script(pipe, SET_AND_GET, [a], "one")
+    pipe.zadd(b, {"m": 2})
+    pipe.zscore(b, "m")
+    pipe.execute_command("WAIT", 0, 10, target_nodes=node)
+    pipe.delete(a)
+    pipe.delete(b)
+    assert len(pipe) == 6
+    assert pipe.execute() == [b"one", 1, 2.0, 0, 1, 1]
+    assert library == []                              # redis-py's pipeline never used
+    assert len(pipe) == 0 and pipe.execute() == []    # emptied, as redis-py's is
+
+
+def test_several_nodes_or_an_unknown_command_go_through_redis_py(cluster, library):
+    a = f"cp-test:{{{uuid.uuid4().hex}}}:a"
+    (b,) = keys_on(cluster, a, same=False)
+    pipe = cluster.pipeline(transaction=False)
+    pipe.set(a, "1")
+    pipe.set(b, "2")
+    pipe.delete(a)
+    pipe.delete(b)
+    assert pipe.execute() == [True, True, 1, 1]
+    assert library == [4]
+    pipe = cluster.pipeline(transaction=False)
+    pipe.set(a, "text")
+    pipe.execute_command("OBJECT", "ENCODING", a)     # not one we know the key of
+    pipe.delete(a)
+    assert pipe.execute() == [True, b"embstr", 1]
+    assert library == [4, 3]
+    assert isinstance(cluster.pipeline(transaction=True), ClusterPipeline)
+
+
+def test_a_moved_slot_is_sent_again_through_redis_py_which_learns_the_map(cluster, library):
+    """A slot map gone stale (a resharding, a failover): the node answers MOVED, the command
+    goes again through redis-py, and the client routes by the right map afterwards."""
+    a = f"cp-test:{{{uuid.uuid4().hex}}}:a"
+    (b,) = keys_on(cluster, a, same=False)
+    wrong, right = cluster.get_node_from_key(b), cluster.get_node_from_key(a)
+    slot = cluster.keyslot(a)
+    cache = cluster.nodes_manager.slots_cache
+    saved = cache[slot]
+    cache[slot] = [wrong]                              # the client believes a is elsewhere
+    try:
+        pipe = cluster.pipeline(transaction=False)
+        pipe.set(a, "x")
+        pipe.get(a)
+        assert pipe.execute() == [True, b"x"]
+        assert library == [2]                           # both sent again, MOVED both
+        assert cluster.get_node_from_key(a).name == right.name  # the map is right again
+    finally:
+        cache[slot] = cache.get(slot) or saved
+    cluster.delete(a)
+
+
+def test_a_node_that_fails_hands_its_pipelines_to_redis_py_for_a_while(cluster, library,
+                                                                       monkeypatch):
+    a = f"cp-test:{{{uuid.uuid4().hex}}}:a"
+    node = cluster.get_node_from_key(a)
+    monkeypatch.setattr(clusterpipe, "_shaky", {})
+    real = redis.client.Pipeline.execute
+    calls = []
+
+    def cut(self, raise_on_error: bool = True):
+        calls.append(1)
+        if len(calls) == 1:
+            raise redis.ConnectionError("connection reset")
+        return real(self, raise_on_error)
+    monkeypatch.setattr(redis.client.Pipeline, "execute", cut)
+    pipe = cluster.pipeline(transaction=False)
+    pipe.set(a, "1")
+    pipe.incr(a)
+    assert pipe.execute() == [True, 2]                 # the whole pipeline, once, by redis-py
+    assert library == [2]
+    assert node.name in clusterpipe._shaky
+    pipe = cluster.pipeline(transaction=False)         # that node: redis-py's way meanwhile
+    pipe.get(a)
+    assert pipe.execute() == [b"2"]
+    assert library == [2, 1]
+    monkeypatch.setattr(clusterpipe, "_shaky", {node.name: 0.0})   # its time is over
+    pipe = cluster.pipeline(transaction=False)
+    pipe.delete(a)
+    assert pipe.execute() == [1]
+    assert library == [2, 1]
+
+
+def test_errors_are_raised_or_returned_in_place_as_redis_py_does(cluster, library):
+    a = f"cp-test:{{{uuid.uuid4().hex}}}:a"
+    pipe = cluster.pipeline(transaction=False)
+    pipe.set(a, "text")
+    pipe.incr(a)                                       # not an integer
+    pipe.delete(a)
+    got = pipe.execute(raise_on_error=False)
+    assert got[0] is True and isinstance(got[1], redis.ResponseError) and got[2] == 1
+    pipe.set(a, "text")
+    pipe.incr(a)
+    with pytest.raises(redis.ResponseError):
+        pipe.execute()
+    assert library == []
+    cluster.delete(a)
