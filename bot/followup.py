@@ -210,8 +210,10 @@ class Followups:
             pipe.delete(self.key(pid))
             pipe.zrem(due_key, pid)
             pipe.execute()
-        except UNAVAILABLE as exc:  # sent: pushed again after the lease with the same retry
-            logs.failure("followup.done", exc, logging.WARNING, pid=pid[:16])  # key (refused)
+        except (redis.RedisError, *UNAVAILABLE) as exc:  # any (RedisClusterException is no
+            # RedisError): it was sent, and pushed again after the lease with the same retry
+            # key (refused by LINE); the rest of the pass goes on.
+            logs.failure("followup.done", exc, logging.WARNING, pid=pid[:16])
         logs.event(log, "followup_sent", pid=pid[:16], via=how)
         if how == "rejected":
             return 0

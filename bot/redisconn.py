@@ -194,7 +194,8 @@ class ReplicaWait:
         self._auto = 0
         self._asked: float | None = None  # when the last ask began (None: never)
         self._asking = threading.Lock()   # one ask at a time
-        self._probes: dict[str, redis.Redis] = {}
+        self._probes: dict[str, redis.Redis] = {}  # touched only while `_asking` is held
+        self._closed = False
 
     def wanted(self) -> int:
         if self.fixed is not None:
@@ -235,24 +236,40 @@ class ReplicaWait:
                 self._asking.release()
 
     def _primaries(self) -> list[redis.Redis]:
-        """A client of our own per primary: short timeouts, no retries (`ask_s`)."""
+        """A client of our own per primary: short timeouts, no retries (`ask_s`). The probe of
+        a node that is no longer a primary (failed over, removed) is closed here: otherwise
+        every primary ever seen would keep its socket for the life of the process."""
+        if self._closed:
+            return []
         if is_cluster(self.client):
             pools = [node.redis_connection.connection_pool
                      for node in self.client.get_primaries() if node.redis_connection]
         else:
             pools = [self.client.connection_pool]
-        out = []
+        out: dict[str, redis.Redis] = {}
         for pool in pools:
             kwargs = pool.connection_kwargs
             name = f"{kwargs.get('host')}:{kwargs.get('port')}"
             probe = self._probes.get(name)
             if probe is None:
                 picked = {k: v for k, v in kwargs.items() if k in _ADDRESS or k.startswith("ssl")}
-                probe = self._probes[name] = redis.Redis(connection_pool=redis.ConnectionPool(
+                # from_pool: the probe owns its pool, so closing the probe closes its sockets.
+                probe = self._probes[name] = redis.Redis.from_pool(redis.ConnectionPool(
                     connection_class=pool.connection_class, socket_timeout=self.ask_s,
                     socket_connect_timeout=self.ask_s, retry=Retry(NoBackoff(), 0), **picked))
-            out.append(probe)
-        return out
+            out[name] = probe
+        for name in [n for n in self._probes if n not in out]:
+            self._probes.pop(name).close()
+        return list(out.values())
+
+    def close(self) -> None:
+        """Close the probes (at shutdown). Waits for an ask under way (at most `ask_s` per
+        primary), so that it cannot open a probe after this; later asks open none."""
+        with self._asking:
+            self._closed = True
+            for probe in self._probes.values():
+                probe.close()
+            self._probes.clear()
 
     def add(self, pipe: Any, keys: list[str]) -> int:
         """Queue the WAITs for writes to `keys`; returns how many were queued (0: none wanted).

@@ -7,6 +7,7 @@ to WAIT for one replica always times out. On the cluster fixture the replicas ac
 from __future__ import annotations
 
 import pytest
+import redis
 
 from bot.config import Settings
 from bot.redisconn import ReplicaWait, connect
@@ -140,3 +141,59 @@ def test_no_thread_for_the_renewal_neither_fails_the_write_nor_stops_renewing(re
         time.sleep(0.1)
         wait.wanted()                                 # a later write renews it again
     assert wait._asked != asked, "renewals go on once threads start again"
+
+
+def _gone(node: redis.Redis, client_id: int, timeout: float = 3.0) -> bool:
+    """Whether the server no longer lists the connection `client_id` (it sees a close on its
+    next loop, so asked a few times)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not node.client_list(client_id=[client_id]):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_probes_of_former_primaries_are_closed_and_close_closes_the_rest(redis_cluster,
+                                                                         monkeypatch):
+    """Each primary ever seen had a probe client of its own, never closed: a node that failed
+    over or left kept its socket for the life of the process, and shutdown closed none."""
+    client = connect(redis_cluster.url, cluster=True)
+    wait = ReplicaWait(client, None, 100)
+    primaries = client.get_primaries()
+    assert len(primaries) >= 2
+    wait._ask()
+    probes = dict(wait._probes)
+    assert set(probes) == {n.name for n in primaries}
+    # The connection each probe holds, as its server knows it.
+    ids = {name: probe.client_id() for name, probe in probes.items()}
+    nodes = {n.name: redis.Redis(host=n.host, port=n.port) for n in primaries}
+    left, *kept = primaries
+    monkeypatch.setattr(client, "get_primaries", lambda: kept)  # `left` is no longer a primary
+    wait._ask()
+    assert set(wait._probes) == {n.name for n in kept}, "the former primary's probe is dropped"
+    assert _gone(nodes[left.name], ids[left.name]), "and its connection closed"
+    assert all(wait._probes[n.name] is probes[n.name] for n in kept), "the others are kept"
+    wait.close()
+    assert not wait._probes
+    for node in kept:
+        assert _gone(nodes[node.name], ids[node.name]), "close() closes every probe"
+    wait._ask()                                   # an ask after close opens none
+    assert not wait._probes
+    for node in nodes.values():
+        node.close()
+    client.close()
+
+
+def test_stopping_the_line_channel_closes_the_replica_probes(redis_cluster, key_prefix,
+                                                             fake_line):
+    client = connect(redis_cluster.url, cluster=True)
+    app, _ = line_server(redis_cluster.url, key_prefix, client, fake_line)
+    line = app.extensions["tsunagu_line"]
+    assert line.queue.wait.wanted() == 1
+    assert line.queue.wait._probes
+    line.stop()
+    assert not line.queue.wait._probes
+    client.close()

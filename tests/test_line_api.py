@@ -218,3 +218,99 @@ def test_loading_is_not_shown_without_time_left(recorder):
     api.show_loading(USER, deadline=time.monotonic() + 5)
     assert len(got) == 1
     api.close()
+
+
+@pytest.fixture
+def slow_dns(monkeypatch) -> Iterator[tuple[dict[str, int], set[str]]]:
+    """A resolver where `<name>.test` is 127.0.0.1: at once, or (names in the returned set)
+    only once released at the end of the test — a DNS that hangs (getaddrinfo has no timeout
+    of its own). Also returns how many lookups each name had."""
+    real = socket.getaddrinfo
+    calls: dict[str, int] = {}
+    slow: set[str] = set()
+    release = threading.Event()
+
+    def getaddrinfo(host, port, *args, **kwargs):
+        if not str(host).endswith(".test"):
+            return real(host, port, *args, **kwargs)
+        calls[host] = calls.get(host, 0) + 1
+        if host in slow:
+            release.wait(10)
+        return real("127.0.0.1", port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    yield calls, slow
+    release.set()
+
+
+def test_a_hanging_name_lookup_ends_the_call_before_its_deadline(recorder, slow_dns):
+    """urllib3 resolves the host before the connect, outside every timeout: a DNS that hangs
+    held the call (and the person lock) past the deadline — here until the lookup answered,
+    then the push went out after the lock had expired. Now the lookup waits at most the
+    connect's time, and the four connect tries share one lookup."""
+    got, _answers, url, _ = recorder
+    calls, slow = slow_dns
+    slow.add("hanging.test")
+    api = LineApi(url.replace("127.0.0.1", "hanging.test"), "tok")
+    started = time.monotonic()
+    deadline = started + 0.8
+    with pytest.raises(DeliveryPending):
+        api.deliver(USER, "ev-dns", None, 0.0, MESSAGES, deadline=deadline)
+    took = time.monotonic() - started
+    print(f"\nhanging DNS, 0.8 s left: the call ended after {took:.2f} s")
+    assert took < 0.8 + SLACK_S
+    assert not got, "nothing sent"
+    assert calls == {"hanging.test": 1}, "one lookup at a time per name"
+    api.close()
+
+
+def test_a_slow_lookup_connects_to_the_name_s_last_address(recorder, slow_dns):
+    """A resolver that stops answering does not stop new connections to LINE: the name's
+    last answer is used once the wait is over."""
+    got, _answers, url, _ = recorder
+    _calls, slow = slow_dns
+    url = url.replace("127.0.0.1", "stale.test")
+    first = LineApi(url, "tok")
+    assert first.deliver(USER, "ev-1", None, 0.0, MESSAGES) == "push"
+    first.close()
+    slow.add("stale.test")
+    api = LineApi(url, "tok", timeout=(0.3, 2.0))   # a new connection: a new lookup
+    started = time.monotonic()
+    assert api.deliver(USER, "ev-2", None, 0.0, MESSAGES,
+                       deadline=started + 1.5) == "push"
+    took = time.monotonic() - started
+    assert 0.15 <= took < 0.3 + SLACK_S, took   # half the connect time waited, then sent
+    assert len(got) == 2
+    api.close()
+
+
+def test_over_tls_the_certificate_is_checked_against_the_name(recorder, slow_dns, tmp_path):
+    """The connect goes to the address the lookup found; TLS still sends and verifies the
+    host's name (SNI, the certificate's name), as urllib3 does: a certificate for another
+    name is refused."""
+    import shutil
+    import ssl
+    import subprocess
+
+    if not shutil.which("openssl"):
+        pytest.skip("needs the openssl command")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1", "-subj",
+                    "/CN=tls.test", "-addext", "subjectAltName=DNS:tls.test",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    got, _answers, url, server = recorder
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    apis = []
+    for name in ("tls.test", "other.test"):
+        api = LineApi(url.replace("http://127.0.0.1", f"https://{name}"), "tok", backoff=())
+        api._pool.ca_certs = str(cert)  # type: ignore[attr-defined]
+        apis.append(api)
+    assert apis[0].deliver(USER, "ev-tls", None, 0.0, MESSAGES) == "push"
+    with pytest.raises(DeliveryPending):
+        apis[1].deliver(USER, "ev-other", None, 0.0, MESSAGES)
+    assert len(got) == 1
+    for api in apis:
+        api.close()

@@ -54,6 +54,8 @@ class LineChannel:
         self.dispatcher.stop()
         self.degraded.close()
         self.api.close()
+        if self.queue.wait is not None:
+            self.queue.wait.close()
 
 
 def build_line(services: Services, threads: int = 4,

@@ -21,10 +21,16 @@ new connection per call (the bench's fake LINE), ~540 → ~250 µs when connecti
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
+import socket
+import sys
+import threading
 import time
 import uuid
+from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,6 +63,128 @@ MIN_LEFT_S = 0.05  # less time than this under the lock: no call is started
 RETRYABLE = {429, 500, 502, 503, 504}
 # What a call may raise besides ApiException: urllib3's timeouts and connection errors.
 NETWORK = (urllib3.exceptions.HTTPError, OSError)
+
+
+# getaddrinfo has no timeout (the system resolver's own: ~5 s per try and server, often
+# 10 s or more), and urllib3 calls it before the connect, outside every timeout: a slow DNS
+# stretched a call past its deadline (the person lock's expiry). Names are looked up on a
+# thread of their own and waited for at most the connect's time (see `_connect`).
+Address = tuple[Any, ...]  # one getaddrinfo answer: family, type, proto, canonname, sockaddr
+
+
+class Resolver:
+    """Name lookups waited for at most a given time. One lookup per name at a time, shared by
+    the callers that need it meanwhile (every city's LineApi names the same host), so a hung
+    resolver holds one thread, not one per call. When the name was found before, a lookup
+    gets half the wait, then its last answer is used and the connect has the other half (a
+    resolver that hangs does not stop new connections to LINE; one that answers with an error
+    is believed, as before)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pending: dict[tuple[str, int], Future[list[Address]]] = {}
+        self._last: dict[tuple[str, int], list[Address]] = {}
+
+    def addresses(self, host: str, port: int, wait: float) -> list[Address]:
+        """getaddrinfo's answer, or its last one; TimeoutError after `wait` s with neither."""
+        key = (host, port)
+        with self._lock:
+            last = self._last.get(key)
+            pending = self._pending.get(key)
+            if pending is None:
+                pending = self._pending[key] = Future()
+                try:
+                    threading.Thread(target=self._lookup, args=(key, pending), daemon=True,
+                                     name="line-dns").start()
+                except RuntimeError:  # no thread (a limit, the interpreter exiting)
+                    del self._pending[key]
+                    raise
+        try:
+            return pending.result(wait if last is None else wait / 2)
+        except TimeoutError:
+            if last is None:
+                raise
+            return last
+
+    def _lookup(self, key: tuple[str, int], pending: Future[list[Address]]) -> None:
+        try:
+            found = socket.getaddrinfo(key[0], key[1], urllib3.util.connection.allowed_gai_family(),
+                                       socket.SOCK_STREAM)
+        except (OSError, ValueError) as exc:  # not found (gaierror), a name it cannot encode
+            pending.set_exception(exc)
+        else:
+            with self._lock:
+                self._last[key] = found
+            pending.set_result(found)
+        finally:  # whatever happened, the next caller starts a lookup of its own
+            with self._lock:
+                self._pending.pop(key, None)
+
+
+NAMES = Resolver()
+
+
+def _numeric(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+def _connect(conn: urllib3.connection.HTTPConnection,
+             plain: Callable[[], socket.socket]) -> socket.socket:
+    """urllib3's `_new_conn` with the name lookup inside the connect timeout: `conn.timeout`
+    (the connect timeout, at most the time left under a deadline: urllib3 sets it per call)
+    bounds the lookup and the connects together. Errors as urllib3 raises them: a lookup that
+    did not answer in time is a connect timeout (nothing was sent; tried again by `_post`)."""
+    wait = conn.timeout
+    host = conn._dns_host
+    if _numeric(host) or not isinstance(wait, int | float):
+        return plain()  # an address (no lookup), or no timeout to keep
+    started = time.monotonic()
+    try:
+        found = NAMES.addresses(host, conn.port, wait)
+    except socket.gaierror as exc:
+        raise urllib3.exceptions.NameResolutionError(conn.host, conn, exc) from exc
+    except TimeoutError as exc:
+        raise urllib3.exceptions.ConnectTimeoutError(
+            conn, f"Connection to {conn.host} timed out: name lookup (timeout={wait})") from exc
+    except RuntimeError as exc:
+        raise urllib3.exceptions.NewConnectionError(conn, "no thread for the name lookup") \
+            from exc
+    error: Exception = urllib3.exceptions.ConnectTimeoutError(
+        conn, f"Connection to {conn.host} timed out. (connect timeout={wait})")
+    for *_, sockaddr in found:
+        left = wait - (time.monotonic() - started)
+        if left <= 0:
+            break
+        try:
+            sock = urllib3.util.connection.create_connection(
+                (sockaddr[0], conn.port), left, source_address=conn.source_address,
+                socket_options=conn.socket_options)
+        except TimeoutError as exc:
+            error = urllib3.exceptions.ConnectTimeoutError(
+                conn, f"Connection to {conn.host} timed out. (connect timeout={left:.3f})")
+            error.__cause__ = exc
+        except OSError as exc:
+            error = urllib3.exceptions.NewConnectionError(
+                conn, f"Failed to establish a new connection: {exc}")
+            error.__cause__ = exc
+        else:
+            sys.audit("http.client.connect", conn, conn.host, conn.port)
+            return sock
+    raise error
+
+
+class _HTTPConnection(urllib3.connection.HTTPConnection):
+    def _new_conn(self) -> socket.socket:
+        return _connect(self, super()._new_conn)
+
+
+class _HTTPSConnection(urllib3.connection.HTTPSConnection):
+    def _new_conn(self) -> socket.socket:
+        return _connect(self, super()._new_conn)
 
 
 def sent_maybe(exc: BaseException) -> bool:
@@ -107,6 +235,7 @@ class LineApi:
         tls = {"cert_reqs": "CERT_REQUIRED"} if url.scheme == "https" else {}  # as the SDK
         self._pool = urllib3.connection_from_url(
             self.host, maxsize=self.connections, block=False, retries=ONCE, **tls)
+        self._pool.ConnectionCls = _HTTPSConnection if tls else _HTTPConnection
         self._headers = {"Authorization": f"Bearer {self.access_token}",
                          "Content-Type": "application/json", "User-Agent": USER_AGENT}
         self._timeouts: dict[tuple[float, float], urllib3.Timeout] = {}
@@ -126,7 +255,8 @@ class LineApi:
         (~12 µs a body either way) and ASCII can never fail to encode.
 
         A connection that could not be made is tried again (`CONNECT_TRIES`), each try with
-        at most the time left: with a deadline, connect, send and read end before it."""
+        at most the time left: with a deadline, connect (its name lookup included, see
+        `_connect`), send and read end before it."""
         headers = self._headers
         if retry_key:
             headers = {**headers, "X-Line-Retry-Key": retry_key}
