@@ -65,6 +65,7 @@ from bot.redisconn import (
     ReplicaWait,
     beside,
     is_cluster,
+    node_name,
     script,
     shard_of,
     spread_tags,
@@ -383,11 +384,18 @@ class LineQueue:
                         claims, replicated)
 
     def _measured(self) -> list[tuple[str, str]]:
-        """What the backlog counts: each shard's tickets and due events, and the spread due
-        sets' events — not on a place known down."""
+        """What the backlog counts: each shard's tickets and due events, not in a shard known
+        down. Not the spread due sets (a cluster's): their entries are events being answered
+        now, which become tickets — counted — once overdue; and reading them would touch
+        every node from this webhook, a down one included."""
         live = [n for n in self.shards if not self.shards.is_down(n)]
-        return [*((c, k) for n in live for c, k in (("XLEN", n), ("ZCARD", due_key(n)))),
-                *(("ZCARD", k) for k in self.spread_dues if not self.shards.is_down(k))]
+        return [(c, k) for n in live for c, k in (("XLEN", n), ("ZCARD", due_key(n)))]
+
+    def place(self, spread_due: str) -> str:
+        """What a spread due set's outage is counted by: its node (a node down holds about a
+        third of them, and each try of one costs a timeout), or itself while no node is known
+        for its slot."""
+        return node_name(self.redis, spread_due) or spread_due
 
     def tickets(self, pids: list[str]) -> None:
         """People someone else has locked: a drainer answers what arrived meanwhile, but
@@ -557,14 +565,15 @@ class Dispatcher:
             shards.recovered(name)
             swept += n if isinstance(n, int) else 0
         for key in self.queue.spread_dues:
-            if not shards.due(key):
+            place = self.queue.place(key)
+            if not shards.due(place):
                 continue
             try:
                 swept += self._sweep_spread(key, now_ms)
             except UNAVAILABLE:
-                shards.failed(key)
+                shards.failed(place)
                 continue
-            shards.recovered(key)
+            shards.recovered(place)
         if swept:
             logs.event(log, "due_swept", logging.WARNING, events=swept)
         return swept
