@@ -57,7 +57,8 @@ def _is_shaky(name: str) -> bool:
     if time.monotonic() < until:
         return True
     with _shaky_lock:
-        _shaky.pop(name, None)
+        if _shaky.get(name) == until:  # not a mark another thread has just renewed
+            del _shaky[name]
     return False
 
 

@@ -593,8 +593,11 @@ class Dispatcher:
             return 0
         pipe = client.pipeline(transaction=False)
         for pid in people:
-            pipe.xadd(self.queue.shards.of(pid), {"p": pid})
-        written = pipe.execute(raise_on_error=False)
+            pipe.xadd(self.queue.shards.for_writing(pid)[0], {"p": pid})
+        try:
+            written = pipe.execute(raise_on_error=False)
+        except UNAVAILABLE as exc:  # a shard's node is down (redis-py raises for the whole
+            written = [exc] * len(people)  # pipeline): each person's ticket goes elsewhere
         done = [member for (pid, members), ticket in zip(people.items(), written, strict=True)
                 if not isinstance(ticket, Exception) or self.queue._ticket_elsewhere(pid)
                 for member in members]
@@ -827,6 +830,10 @@ class Dispatcher:
         if self.queue.wait is None:
             return
         pipe = self.queue.redis.pipeline(transaction=False)
+        # WAIT counts the writes of its own connection, which need not be the one `_FINISH`
+        # used: a write of the same slot first, on this one — replicated in order, so waiting
+        # for it waits for the marks too.
+        pipe.pexpire(self.queue.marks(pid), MARKS_TTL_MS)
         if self.queue.wait.add(pipe, [self.queue.inbox(pid)]):
             pipe.execute()
 
