@@ -67,7 +67,9 @@ def test_a_shard_without_primary_is_left_alone_and_read_once_back(own_cluster, f
             assert len(fake.wait_for(n, timeout=20)) == n, "a live shard's ticket waited"
         time.sleep(max(0.0, WINDOW_S - (time.monotonic() - started)))
         window_s, tries = time.monotonic() - started, asked["connect"]
-        assert len(fake.delivered()) == len(live)  # D's tickets wait for D
+        # D's tickets wait for D, but their events need not: their due entries sit on their
+        # people's own (live) nodes, and once overdue the sweep tickets them in a live shard.
+        assert len(live) <= len(fake.delivered()) <= len(live) + len(held)
     finally:
         os.kill(own_cluster.procs[replica].pid, signal.SIGCONT)  # it takes over: D is back
     print(f"\nshard down: {tries} connections tried to its node in {window_s:.1f} s")
