@@ -37,7 +37,7 @@ import redis
 from bot import logs
 from bot.crypto import Sealer
 from bot.figures import TOKYO
-from bot.redisconn import UNAVAILABLE, beside, is_cluster, node_name
+from bot.redisconn import UNAVAILABLE, beside, is_cluster, place
 from bot.streams import Outages
 
 if TYPE_CHECKING:
@@ -135,12 +135,9 @@ class Followups:
 
     # -- sending (the LINE dispatcher's loop) ----------------------------------------------
     def _node(self, key: str) -> str | None:
-        """The cluster node that holds `key` (None on one Redis: its outage is the caller's,
-        who backs off as a whole); `key` itself when no node serves its slot (a dead primary
-        forgotten, no slot map yet): a place of its own, left alone like a down node."""
-        if not is_cluster(self.redis):
-            return None
-        return node_name(self.redis, key) or key
+        """Where an outage of `key` counts (`redisconn.place`, its node); None on one Redis:
+        its outage is the caller's, who backs off as a whole."""
+        return place(self.redis, key) if is_cluster(self.redis) else None
 
     def _on(self, key: str, call: Callable[[], Any]) -> tuple[bool, Any]:
         """(True, what `call` — a command on `key` — returned), or (False, None) when key's
@@ -149,16 +146,8 @@ class Followups:
         node = self._node(key)
         if node is None:
             return True, call()
-        if not self.nodes.due(node):
-            return False, None
-        try:
-            got = call()
-        except UNAVAILABLE as exc:
-            self.nodes.failed(node)
-            logs.event(log, "followup_node_down", logging.WARNING, error=type(exc).__name__)
-            return False, None
-        self.nodes.recovered(node)
-        return True, got
+        return self.nodes.attempt(node, call, lambda exc: logs.event(
+            log, "followup_node_down", logging.WARNING, error=type(exc).__name__))
 
     def send_due(self, engine: Engine, push: Callable[[str, str, list], str],
                  render: Callable[[Engine, list, str], list[dict]], now: datetime,

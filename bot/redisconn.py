@@ -330,6 +330,13 @@ def node_name(client: Any, key: str) -> str | None:
     return getattr(node, "name", None)
 
 
+def place(client: Any, key: str) -> str:
+    """What an outage of `key` is counted by (`bot.streams.Outages`): its node, so a node
+    that is down costs one timeout per pause whichever of its keys is tried; `key` itself
+    while no node is known for its slot (a dead primary forgotten, no slot map yet)."""
+    return node_name(client, key) or key
+
+
 def beside(client: Any, near: str, keys: Sequence[str], first: int = 0) -> str | None:
     """The first of `keys` (from index `first`, wrapping) held by the node that holds `near`.
 

@@ -26,14 +26,16 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 
 from bot import logs
 from bot.redisconn import UNAVAILABLE, is_cluster, node_of, shard_of
+
+T = TypeVar("T")
 
 
 def shard_names(base: str, count: int) -> list[str]:
@@ -115,6 +117,23 @@ class Outages:
 
     def is_down(self, name: str) -> bool:
         return self._down.get(name, 0.0) > time.monotonic()
+
+    def attempt(self, name: str, call: Callable[[], T],
+                on_error: Callable[[Exception], None] | None = None) -> tuple[bool, T | None]:
+        """(True, what `call` — commands on `name` — returned), or (False, None) when `name` is
+        left alone for now (`due`) or did not answer (then `failed`, and `on_error` told); an
+        answer is `recovered`. Errors other than Redis being unavailable propagate."""
+        if not self.due(name):
+            return False, None
+        try:
+            got = call()
+        except UNAVAILABLE as exc:
+            self.failed(name)
+            if on_error is not None:
+                on_error(exc)
+            return False, None
+        self.recovered(name)
+        return True, got
 
 
 class Shards(Outages):
@@ -366,17 +385,11 @@ class StreamConsumer:
         names = list(self.shards)
         for offset in range(len(names)):
             name = names[(self._reclaim_from + offset) % len(names)]
-            if self._skip(name):
-                continue
-            try:
-                _next, got, *_ = self.redis.xautoclaim(name, self.group, self.consumer,
-                                                       min_idle_time=min_idle_ms,
-                                                       start_id="0-0", count=count)
-            except UNAVAILABLE:
-                self.shards.failed(name)
-                continue
-            self.shards.recovered(name)
-            out += _entries([(name, got)])
+            ok, claimed = self.shards.attempt(name, lambda n=name: self.redis.xautoclaim(
+                n, self.group, self.consumer, min_idle_time=min_idle_ms, start_id="0-0",
+                count=count))
+            if ok:
+                out += _entries([(name, claimed[1])])
         self._reclaim_from = (self._reclaim_from + 1) % len(names)
         return out
 

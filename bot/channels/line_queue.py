@@ -65,7 +65,7 @@ from bot.redisconn import (
     ReplicaWait,
     beside,
     is_cluster,
-    node_name,
+    place,
     script,
     shard_of,
     spread_tags,
@@ -339,10 +339,14 @@ class LineQueue:
                 pipe.xadd(self.shards.of(pid), {"p": pid})
                 keys.append(self.shards.of(pid))
         # The backlog alarm watches the whole queue: tickets and due events (not in a shard
-        # known down: its timeout would hold up this answer).
-        measured = self._measured() if self.backlog.due() else []
-        for command, key in measured:
-            pipe.execute_command(command, key)
+        # known down: its timeout would hold up this answer). Not a cluster's spread due sets:
+        # their entries are events being answered now, which become tickets — counted — once
+        # overdue; and reading them would touch every node from this webhook.
+        measured = [n for n in self.shards if not self.shards.is_down(n)] \
+            if self.backlog.due() else []
+        for name in measured:
+            pipe.xlen(name)
+            pipe.zcard(due_key(name))
         waits = self.wait.add(pipe, keys) if self.wait is not None else 0
         results = iter(pipe.execute(raise_on_error=False))
         stored: list[Any] = [None] * len(jobs)
@@ -370,7 +374,7 @@ class LineQueue:
                     if stored[i] == 1:
                         stored[i] = RuntimeError("no ticket")
         if measured:
-            self.backlog.note(sum(x for x in [next(results) for _ in measured]
+            self.backlog.note(sum(x for x in [next(results) for _ in range(2 * len(measured))]
                                   if isinstance(x, int)))
         if busy:
             self.tickets(busy)
@@ -382,20 +386,6 @@ class LineQueue:
                        refused=self.refuse_unreplicated)
         return Accepted([None if isinstance(r, Exception) else bool(r) for r in stored],
                         claims, replicated)
-
-    def _measured(self) -> list[tuple[str, str]]:
-        """What the backlog counts: each shard's tickets and due events, not in a shard known
-        down. Not the spread due sets (a cluster's): their entries are events being answered
-        now, which become tickets — counted — once overdue; and reading them would touch
-        every node from this webhook, a down one included."""
-        live = [n for n in self.shards if not self.shards.is_down(n)]
-        return [(c, k) for n in live for c, k in (("XLEN", n), ("ZCARD", due_key(n)))]
-
-    def place(self, spread_due: str) -> str:
-        """What a spread due set's outage is counted by: its node (a node down holds about a
-        third of them, and each try of one costs a timeout), or itself while no node is known
-        for its slot."""
-        return node_name(self.redis, spread_due) or spread_due
 
     def tickets(self, pids: list[str]) -> None:
         """People someone else has locked: a drainer answers what arrived meanwhile, but
@@ -553,30 +543,20 @@ class Dispatcher:
         now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
         shards, swept = self.queue.shards, 0
         for name in shards:
-            if not shards.due(name):
-                continue
-            pipe = self.queue.redis.pipeline(transaction=False)
-            script(pipe, _SWEEP, [due_key(name), name], now_ms, 100)
-            try:
-                n = pipe.execute(raise_on_error=False)[0]
-            except UNAVAILABLE:
-                shards.failed(name)
-                continue
-            shards.recovered(name)
+            _, n = shards.attempt(name, lambda s=name: self._sweep_shard(s, now_ms))
             swept += n if isinstance(n, int) else 0
-        for key in self.queue.spread_dues:
-            place = self.queue.place(key)
-            if not shards.due(place):
-                continue
-            try:
-                swept += self._sweep_spread(key, now_ms)
-            except UNAVAILABLE:
-                shards.failed(place)
-                continue
-            shards.recovered(place)
+        for key in self.queue.spread_dues:  # left alone by node (a down one holds several)
+            _, n = shards.attempt(place(self.queue.redis, key),
+                                  lambda k=key: self._sweep_spread(k, now_ms))
+            swept += n or 0
         if swept:
             logs.event(log, "due_swept", logging.WARNING, events=swept)
         return swept
+
+    def _sweep_shard(self, name: str, now_ms: int) -> Any:
+        pipe = self.queue.redis.pipeline(transaction=False)
+        script(pipe, _SWEEP, [due_key(name), name], now_ms, 100)
+        return pipe.execute(raise_on_error=False)[0]
 
     def _sweep_spread(self, key: str, now_ms: int) -> int:
         """`_SWEEP` for a spread due set, whose people's shards are in other slots (no one
