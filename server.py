@@ -9,6 +9,8 @@ from __future__ import annotations
 import hmac
 import os
 import sys
+import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -26,6 +28,7 @@ from bot.web.report import bp as staff_report
 from bot.wiring import Services, build
 
 MAX_BODY = 1024 * 1024
+SHUTDOWN_S = 5.0  # how long `shutdown` waits for answers under way (see gunicorn.conf.py)
 
 LOOPBACK = ("127.0.0.1", "::1")
 
@@ -172,6 +175,57 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         n = settings.trusted_proxies
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n)  # type: ignore[method-assign]
     return app
+
+
+def _started(app: Flask) -> list[tuple[str, str, Any]]:
+    """(city, part, object) for what may run threads: each app's LINE channel (dispatcher,
+    degraded answers) and handoff (its queue worker, with the embedded Redis) — the app's
+    own, or each city's (create_cities_app keeps them in `tsunagu_cities`)."""
+    apps = {"": app, **app.extensions.get("tsunagu_cities", {})}
+    return [(city, part, one.extensions[key])
+            for city, one in apps.items()
+            for part, key in (("line", "tsunagu_line"), ("handoff", "tsunagu_handoff"))
+            if one.extensions.get(key) is not None]
+
+
+def shutdown(app: object, timeout: float = SHUTDOWN_S) -> None:
+    """Stop the background threads `create_app` started, letting answers under way finish.
+
+    Why: those threads are daemons, and a gunicorn worker that is stopped or restarted ends
+    with `sys.exit` once its last request is out. A dispatcher thread still answering a
+    person would die mid-answer, leaving their lock and inbox to the sweeper, which answers
+    the event again — as a retry — only after the lock expired. gunicorn.conf.py's
+    `worker_exit` calls this in the worker, after its last request.
+
+    Every part (each city's, for the multi-city app) stops at once, on its own thread, within
+    `timeout` in all: a slow answer in one city takes nothing from another's wait, and no
+    city goes on reading new work meanwhile. Idempotent: the app is marked stopped. Never
+    raises — a part that fails to stop is logged by name, and the others stop; anything not
+    built by this module (gunicorn's error app) is left alone.
+    """
+    try:
+        if not isinstance(app, Flask) or app.extensions.get("tsunagu_stopped"):
+            return
+        app.extensions["tsunagu_stopped"] = True
+        log = logs.get("server")
+
+        def stop(city: str, part: str, running: Any) -> None:
+            try:
+                running.stop(timeout)
+            except Exception as exc:
+                logs.failure("server.shutdown", exc, part=part, city=city)
+
+        threads = [threading.Thread(target=stop, args=started, name=f"shutdown-{i}",
+                                    daemon=True) for i, started in enumerate(_started(app))]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + timeout + 0.5  # each stop's closing, after its wait
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        logs.event(log, "background_stopped", parts=len(threads),
+                   unfinished=sum(thread.is_alive() for thread in threads))
+    except Exception as exc:  # at exit, a failure to stop must not become one to exit
+        logs.failure("server.shutdown", exc)
 
 
 def _app_or_exit() -> Flask:

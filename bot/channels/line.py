@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -32,8 +33,10 @@ class DegradedAnswers:
         if not self._workers.offer(answer, *args):
             answer(*args)
 
-    def close(self) -> None:
-        self._workers.stop()
+    def close(self, timeout: float = 5.0) -> None:
+        """No new work; what was handed over still runs, waited for up to `timeout`: a
+        degraded answer is the only copy of its event (Redis never stored it)."""
+        self._workers.finish(timeout)
 
 
 @dataclass
@@ -50,9 +53,12 @@ class LineChannel:
     refusals_per_minute: int = 30  # unsigned/forged requests per address before 429
     degraded: DegradedAnswers = field(default_factory=DegradedAnswers)
 
-    def stop(self) -> None:
-        self.dispatcher.stop()
-        self.degraded.close()
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the background work, letting answers under way finish (`timeout` in all),
+        and only then close the HTTP pool and the replica probes those answers use."""
+        deadline = time.monotonic() + timeout
+        self.dispatcher.stop(timeout)
+        self.degraded.close(max(0.0, deadline - time.monotonic()))
         self.api.close()
         if self.queue.wait is not None:
             self.queue.wait.close()

@@ -484,13 +484,20 @@ class Dispatcher:
             self._workers.append(t)
 
     def stop(self, timeout: float = 5.0) -> None:
+        """Take no new work and let the answers under way finish, waiting `timeout` in all.
+
+        The loops end after their current pass (tickets already read are drained, no new
+        read starts); claims being answered in the pool complete. Whoever closes what those
+        answers use (the LINE HTTP pool, the replica probes) must come after this. Claims
+        still waiting in the pool are dropped: they keep their lock until it expires, and
+        their due entries bring them to another process then (as retries).
+        """
         self._stop.set()
+        deadline = time.monotonic() + timeout
         if self._pool is not None:
-            # Claims not started keep their lock until it expires; their due entries
-            # bring them to another process then.
-            self._pool.stop()
+            self._pool.stop(timeout)
         for t in self._workers:
-            t.join(timeout)
+            t.join(max(0.0, deadline - time.monotonic()))
 
     def can_claim(self) -> bool:
         """Whether this process answers the events it accepts: its threads run and are not
@@ -606,7 +613,8 @@ class Dispatcher:
                     last_followup = time.monotonic()
                     self.send_followups()
                 self._sweep_if_due()
-                self.poll_once(consumer)
+                if not self._stop.is_set():  # stopping: read no new tickets
+                    self.poll_once(consumer)
             except UNAVAILABLE as exc:
                 consumer.lost()
                 self.conversations.outage("line_dispatch", exc)
