@@ -49,9 +49,13 @@ class Figures:
     webhook_ms: dict[str, float]
     cpu_ms_per_event: float
     cores: dict[str, float]
+    # Server, Redis and load generator together: on a machine they saturate, events/s is
+    # about the cores over this, so the ratio of two systems' figures explains theirs.
+    machine_cpu_ms: float = math.nan
     redis_commands: float | None = None
     redis_round_trips: float | None = None
     redis_cpu_ms: float | None = None
+    redis_replica_cpu_ms: float | None = None
     redis_top: list[tuple[str, float]] = field(default_factory=list)
     redis_note: str = ""
     session_mean: float | None = None
@@ -94,11 +98,13 @@ def level_figures(system: str, runs: list[LevelRun], cpu: Cpu, redis_use: Usage 
         cpu_ms_per_event=cpu.server / per_event * MS,
         cores={"server": cpu.server / wall, "bench": cpu.bench / wall,
                **({"redis": cpu.redis / wall} if cpu.redis is not None else {})},
+        machine_cpu_ms=(cpu.server + (cpu.redis or 0.0) + cpu.bench) / per_event * MS,
     )
     if redis_use is not None:
         fig.redis_commands = redis_use.commands / per_event
         fig.redis_round_trips = redis_use.round_trips / per_event
         fig.redis_cpu_ms = redis_use.cpu_s / per_event * MS
+        fig.redis_replica_cpu_ms = redis_use.replica_cpu_s / per_event * MS
         by_calls = sorted(redis_use.calls.items(), key=lambda kv: (-kv[1], kv[0]))
         fig.redis_top = [(name, calls / per_event) for name, calls in by_calls
                          if calls / per_event >= 0.01]

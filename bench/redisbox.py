@@ -133,13 +133,14 @@ class Snapshot:
     connections: int
     cpu: float
     clients: list[dict]
+    replica_cpu: float = 0.0  # the part of `cpu` spent by replicas (a cluster's)
 
 
 def snapshot(target: RedisTarget) -> Snapshot:
     """INFO and CLIENT LIST of the Redis, summed over the nodes of a cluster."""
     calls: dict[str, int] = {}
     reads = connections = 0
-    cpu = 0.0
+    cpu = replica_cpu = 0.0
     clients: list[dict] = []
     at = 0.0
     for node in target.nodes():
@@ -153,9 +154,12 @@ def snapshot(target: RedisTarget) -> Snapshot:
                 calls[name] = calls.get(name, 0) + int(v["calls"])
         reads += int(info["total_reads_processed"])
         connections += int(info["total_connections_received"])
-        cpu += float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+        spent = float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+        cpu += spent
+        if info.get("role") == "slave":
+            replica_cpu += spent
     return Snapshot(at=at, calls=calls, reads=reads, connections=connections, cpu=cpu,
-                    clients=clients)
+                    clients=clients, replica_cpu=replica_cpu)
 
 
 @dataclass
@@ -166,6 +170,7 @@ class Usage:
     round_trips: int
     cpu_s: float
     foreign: str  # why the figures may include other clients' work; "" when clean
+    replica_cpu_s: float = 0.0  # the part of `cpu_s` spent by replicas
 
     @property
     def commands(self) -> int:
@@ -180,7 +185,8 @@ def combined(uses: list[Usage]) -> Usage:
             calls[name] = calls.get(name, 0) + n
     return Usage(calls=calls, round_trips=sum(u.round_trips for u in uses),
                  cpu_s=sum(u.cpu_s for u in uses),
-                 foreign=", ".join(dict.fromkeys(u.foreign for u in uses if u.foreign)))
+                 foreign=", ".join(dict.fromkeys(u.foreign for u in uses if u.foreign)),
+                 replica_cpu_s=sum(u.replica_cpu_s for u in uses))
 
 
 def _port(client: dict) -> int:
@@ -216,7 +222,7 @@ def usage(target: RedisTarget, before: Snapshot, after: Snapshot,
     if new_foreign > 0 and target.cluster is None:
         notes.append(f"{new_foreign} other connection(s) opened")
     return Usage(calls=calls, round_trips=round_trips, cpu_s=after.cpu - before.cpu,
-                 foreign=", ".join(notes))
+                 foreign=", ".join(notes), replica_cpu_s=after.replica_cpu - before.replica_cpu)
 
 
 def calibrate(target: RedisTarget, pipelines: int = 50, size: int = 5) -> tuple[int, int]:

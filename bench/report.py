@@ -105,6 +105,8 @@ ROWS: list[Row] = [
     ("Redis commands per event", lambda f: f.redis_commands, 2, False),
     ("Redis round trips per event", lambda f: f.redis_round_trips, 2, False),
     ("Redis CPU per event (ms)", lambda f: f.redis_cpu_ms, 3, False),
+    ("  of which replicas (ms)", lambda f: f.redis_replica_cpu_ms, 3, False),
+    ("CPU per event, server + Redis + load (ms)", lambda f: f.machine_cpu_ms, 2, True),
     ("session in Redis, mean (bytes)", lambda f: f.session_mean, 0, False),
     ("session in Redis, max (bytes)", lambda f: f.session_max, 0, False),
     ("all keys of a person, mean (bytes)", lambda f: f.person_mean, 0, False),

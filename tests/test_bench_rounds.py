@@ -7,6 +7,7 @@ import pytest
 
 from bench.figures import Cpu, level_figures
 from bench.load import LevelRun, Sample, Walk
+from bench.redisbox import Snapshot, usage
 from bench.report import round_ratios
 
 
@@ -30,6 +31,9 @@ def test_rounds_pool_their_windows_and_keep_each_rate() -> None:
     assert fig.events_per_s == pytest.approx(26 / 6)   # not the mean of the two rates
     assert fig.sent == 29 and fig.answered == 29 and fig.walks == 2
     assert fig.cpu_ms_per_event == pytest.approx(600 / 29)
+    assert fig.machine_cpu_ms == pytest.approx(800 / 29)  # server and load (no Redis known)
+    with_redis = level_figures("tsunagu", [fast], Cpu(server=0.6, redis=0.3, bench=0.2))
+    assert with_redis.machine_cpu_ms == pytest.approx(1100 / 22)
     assert fig.wall_s == pytest.approx(3 + 5)
 
 
@@ -41,3 +45,22 @@ def test_round_ratios_pair_rounds_in_order() -> None:
     assert round_ratios(ours, base) == "0.70× / 0.90×"
     single = level_figures("tsunagu", [_run(0, 1, [0.1])], Cpu(0.1, None, 0.1))
     assert round_ratios(single, base) == "–"
+
+
+def test_redis_usage_keeps_the_replicas_part() -> None:
+    """A cluster's Redis CPU is summed over its nodes; the replicas' share is kept apart."""
+
+    class Target:
+        cluster = object()
+        own_id = -1
+
+        def nodes(self) -> list:
+            return [1, 2]
+
+    before = Snapshot(at=0.0, calls={"get": 1}, reads=10, connections=0, cpu=1.0, clients=[],
+                      replica_cpu=0.25)
+    after = Snapshot(at=1.0, calls={"get": 5}, reads=20, connections=0, cpu=2.0, clients=[],
+                     replica_cpu=0.5)
+    use = usage(Target(), before, after, [])  # type: ignore[arg-type]
+    assert use.cpu_s == pytest.approx(1.0) and use.replica_cpu_s == pytest.approx(0.25)
+    assert use.calls == {"get": 4} and use.round_trips == 8  # less one INFO per node
