@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -166,6 +166,34 @@ class Shards(Outages):
         own = self.of(owner)
         order = [own, *self.others(own)]
         return [n for n in order if not self.is_down(n)] + [n for n in order if self.is_down(n)]
+
+    def write_first(self, owner: str, write: Callable[[str], T], skip: Collection[str] = (),
+                    errors: tuple[type[Exception], ...] = UNAVAILABLE) -> tuple[str, T]:
+        """Write an owner's entry to the first shard that takes it: (that shard, what
+        `write(shard)` returned). The one loop every "its own shard, else another" writer uses
+        (staff-queue entries, LINE tickets and due entries), so each gets the same order
+        (`for_writing`: a shard found down lately is tried last, not first at each write
+        during a failover) and each write that finds a primary unreachable teaches the
+        others (`failed`); a write that works puts its shard back (`recovered`).
+
+        `skip`: shards not to try (the caller's write there just failed). `errors`: what
+        moves on to the next shard — by default only an unreachable primary; any other error
+        propagates. When no shard takes it, the first error is raised (a ConnectionError if
+        none was tried)."""
+        first: Exception | None = None
+        for name in self.for_writing(owner):
+            if name in skip:
+                continue
+            try:
+                got = write(name)
+            except errors as exc:
+                if isinstance(exc, UNAVAILABLE):
+                    self.failed(name)
+                first = first or exc
+                continue
+            self.recovered(name)
+            return name, got
+        raise first or redis.ConnectionError("no shard left to write to")
 
 
 @dataclass(frozen=True)

@@ -215,7 +215,8 @@ def test_a_spread_sweep_whose_ticket_shard_is_down_writes_the_ticket_elsewhere(
         line_app, redis_client, monkeypatch):
     """The tickets of a spread due set go to other slots; a node down among them made
     redis-py raise for the whole batch, which stopped every sweep of that set (its entries
-    oldest first, so always in the batch). Each ticket then goes to another shard."""
+    oldest first, so always in the batch). Each ticket then goes to another shard, and the
+    shard that failed is marked (the next writes try it last)."""
     app, _ = line_app
     line = app.extensions["tsunagu_line"]
     if not line.queue.spread_dues:
@@ -223,22 +224,34 @@ def test_a_spread_sweep_whose_ticket_shard_is_down_writes_the_ticket_elsewhere(
     line.dispatcher.stop()
     queue = line.queue
     pid = line.conversations.pseudonym("line", USER)
+    own = queue.shards.of(pid)
     key = queue.due(pid)
     redis_client.zadd(key, {line_queue.due_member(pid, "E1"): 1})
     real = queue.redis.pipeline
 
     class Down:
+        """A pipeline that fails as a whole when it writes to the person's shard."""
+
         def __init__(self) -> None:
             self.pipe = real(transaction=False)
+            self.streams: list[str] = []
 
         def __getattr__(self, name: str):
             return getattr(self.pipe, name)
 
+        def xadd(self, name: str, fields: dict, *args, **kwargs):
+            self.streams.append(name)
+            return self.pipe.xadd(name, fields, *args, **kwargs)
+
         def execute(self, raise_on_error: bool = True):
-            raise redis.ConnectionError("the ticket shard's node is down")
+            if own in self.streams:
+                raise redis.ConnectionError("the ticket shard's node is down")
+            return self.pipe.execute(raise_on_error=raise_on_error)
 
     monkeypatch.setattr(queue.redis, "pipeline", lambda transaction=None: Down())
     assert line.dispatcher._sweep_spread(key, int(time.time() * 1000)) == 1
     monkeypatch.undo()
     assert redis_client.zcard(key) == 0
     assert _entries_added(redis_client, list(queue.shards)) == 1   # in another shard
+    assert redis_client.xlen(queue.shards.for_writing(pid)[0]) == 1
+    assert queue.shards.is_down(own)

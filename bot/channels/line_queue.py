@@ -16,6 +16,9 @@ in order, per person, by dispatcher threads (or the worker process).
                                                 "<pid>|<event id>" → when to answer it at the
                                                 latest; removed with its answer, turned into a
                                                 ticket by the sweeper when overdue
+  <prefix>:line:due:{line-due:<n>}              ZSET, the same, on a cluster only: 16 "spread"
+                                                due sets, a person's in the one on their node;
+                                                swept with a lease (SWEEP_LEASE_MS, `_LEASE`)
   <prefix>:{<pid>}:line:fail                    HASH event id → unexpected failures; a job
                                                 failing JOB_TRIES times is parked
 
@@ -84,6 +87,13 @@ INBOX_TTL_S = 24 * 3600
 JOB_TRIES = 3  # a job failing this often with an unexpected error is parked
 DUE_GRACE_MS = 5_000  # a due entry comes due this long after its claim's lock would expire
 SWEEP_EVERY_S = 1.0
+SWEEP_BATCH = 100  # due entries turned into tickets per due set and sweep, at most
+# A spread due set's overdue entries are leased for this long while their tickets are written
+# (`Dispatcher._sweep_spread`): other processes' sweeps leave them alone meanwhile, and an entry
+# whose ticket could not be written comes back after it. Long enough for a sweep whose ticket
+# shards are failing over (a few timeouts); at worst it runs out mid-sweep, and another process
+# writes a second ticket, which its drain finds empty.
+SWEEP_LEASE_MS = 15_000
 MAX_ROUNDS = 20  # a holder answers this many rounds of newly arrived events, then lets go
 CLAIMS_PER_THREAD = 16  # claims waiting per dispatcher thread before tickets are used
 # On a cluster, due sets spread over the slot space (`redisconn.spread_tags`): a person's due
@@ -222,6 +232,16 @@ end
 return #late
 """
 
+# Lease the overdue entries of a spread due set, whose tickets go to other slots (no script
+# can write both): up to ARGV[3] entries due by ARGV[1] get the lease's end, ARGV[2], as their
+# score — so a sweep of another process running now does not take them too — and are
+# returned (the shape of bot.followup's _CLAIM). KEYS: the due set.
+_LEASE = """
+local late = redis.call('zrangebyscore', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
+for _, member in ipairs(late) do redis.call('zadd', KEYS[1], ARGV[2], member) end
+return late
+"""
+
 
 def drainer_token() -> str:
     """The lock token of whoever answers a person's LINE events: its "d:" tells a claim that
@@ -321,6 +341,7 @@ class LineQueue:
         for i, (pid, _) in enumerate(jobs):
             people.setdefault(pid, []).append(i)
         tokens: dict[str, str] = {}
+        due_sets: dict[str, str] = {}  # pid → the due set written
         dues = {pid: {due_member(pid, jobs[i][1].event_id): due_at for i in mine}
                 for pid, mine in people.items()}
         for pid, mine in people.items():
@@ -332,7 +353,7 @@ class LineQueue:
                                    self.store.key(pid, "lock"), self.store.key(pid, "session")],
                    now_ms, MARKS_TTL_MS, INBOX_TTL_S, tokens[pid], self.store.lock_ms, *args)
             keys.append(self.marks(pid))
-            due = self.due(pid)
+            due_sets[pid] = due = self.due(pid)
             pipe.zadd(due, dues[pid])
             keys.append(due)
             if not claim:
@@ -354,7 +375,7 @@ class LineQueue:
         for pid, mine in people.items():
             accepted, due, ticket = next(results), next(results), None if claim else next(results)
             if isinstance(due, Exception):
-                self._due_elsewhere(pid, dues[pid])
+                self._due_elsewhere(pid, dues[pid], due_sets[pid], due)
             if isinstance(accepted, Exception):
                 for i in mine:
                     stored[i] = accepted
@@ -368,7 +389,7 @@ class LineQueue:
                                     known={members[i].encode(): jobs[i][1] for i in mine}))
             elif claimed and int(claimed[0]) == 2:
                 busy.append(pid)
-            if isinstance(ticket, Exception) and not self._ticket_elsewhere(pid):
+            if isinstance(ticket, Exception) and not self._ticket_elsewhere(pid, ticket):
                 self._take_back(pid, [(jobs[i][1], members[i]) for i in mine if stored[i] == 1])
                 for i in mine:
                     if stored[i] == 1:
@@ -410,27 +431,39 @@ class LineQueue:
                 return near
         return self._dues[self.shards.of(pid)]
 
-    def _due_elsewhere(self, pid: str, entries: dict[str, int]) -> None:
-        """The person's shard is down: keep the due entries in another one. If none takes
-        them, the events are still answered — by this process's claim or by the person's
-        lock holder — but not recovered if that process dies before answering."""
-        for name in self.shards.others(self.shards.of(pid)):
-            try:
-                self.redis.zadd(due_key(name), entries)
-                return
-            except redis.RedisError:
-                continue
-        logs.event(log, "accept_no_due_entry", logging.ERROR, pid=pid[:16])
+    def _due_elsewhere(self, pid: str, entries: dict[str, int], failed: str | None = None,
+                       error: Exception | None = None) -> None:
+        """The due set `failed` (by default the person's, `due`) did not take the entries
+        (`error`): keep them in a shard's due set, in `for_writing` order — the person's own
+        shard's first: on a cluster `failed` is a spread set on the person's node, and their
+        shard is usually on another, live one. A shard's due set shares its stream's slot, so
+        a shard found unreachable is marked for both (`Shards.failed`). If none takes them,
+        the events are still answered — by this process's claim or by the person's lock
+        holder — but not recovered if that process dies before answering."""
+        failed = failed or self.due(pid)
+        tried = {name for name in self.shards if due_key(name) == failed}
+        if isinstance(error, UNAVAILABLE):
+            for name in tried:
+                self.shards.failed(name)
+        try:
+            self.shards.write_first(pid, lambda name: self.redis.zadd(due_key(name), entries),
+                                    skip=tried, errors=(redis.RedisError,))
+        except redis.RedisError:
+            logs.event(log, "accept_no_due_entry", logging.ERROR, pid=pid[:16])
 
-    def _ticket_elsewhere(self, pid: str) -> bool:
-        """The person's shard is down: put the ticket in the first shard that takes it."""
-        for name in self.shards.others(self.shards.of(pid)):
-            try:
-                self.redis.xadd(name, {"p": pid})
-                return True
-            except redis.RedisError:
-                continue
-        return False
+    def _ticket_elsewhere(self, pid: str, error: Exception | None = None) -> bool:
+        """The ticket's write to the person's shard failed (`error`): put it in the first
+        other shard that takes it (`Shards.write_first`), the person's shard marked when
+        unreachable, so that the next writes try it last. False: no shard took it."""
+        own = self.shards.of(pid)
+        if isinstance(error, UNAVAILABLE):
+            self.shards.failed(own)
+        try:
+            self.shards.write_first(pid, lambda name: self.redis.xadd(name, {"p": pid}),
+                                    skip={own}, errors=(redis.RedisError,))
+        except redis.RedisError:
+            return False
+        return True
 
     def _take_back(self, pid: str, jobs: list[tuple[Job, str]]) -> None:
         """No shard took the ticket: remove the inbox entries just written (best effort), so
@@ -562,35 +595,53 @@ class Dispatcher:
 
     def _sweep_shard(self, name: str, now_ms: int) -> Any:
         pipe = self.queue.redis.pipeline(transaction=False)
-        script(pipe, _SWEEP, [due_key(name), name], now_ms, 100)
+        script(pipe, _SWEEP, [due_key(name), name], now_ms, SWEEP_BATCH)
         return pipe.execute(raise_on_error=False)[0]
 
     def _sweep_spread(self, key: str, now_ms: int) -> int:
         """`_SWEEP` for a spread due set, whose people's shards are in other slots (no one
-        script can write both): the tickets first, then the entries removed — a sweep cut
-        between the two leaves entries that bring a second ticket (whose drain finds nothing
-        left), never an event with neither."""
+        script can write both). Every process sweeps every second: the overdue entries are
+        first leased, atomically in the due set's slot (`_LEASE`), so a sweep running
+        elsewhere meanwhile does not take them too — one ticket per person. Then the tickets
+        (one per person), then the entries that got one removed. An entry whose ticket was
+        not written keeps its leased score and comes back after the lease; a sweep cut
+        anywhere leaves at worst a second ticket (its drain finds nothing left), never an
+        event with neither."""
         client = self.queue.redis
-        late = client.zrangebyscore(key, "-inf", now_ms, start=0, num=100)
+        late = client.eval(_LEASE, 1, key, now_ms, now_ms + SWEEP_LEASE_MS, SWEEP_BATCH)
         people: dict[str, list[Any]] = {}
-        for member in late:
+        for member in late or []:
             text = member.decode() if isinstance(member, bytes) else member
             people.setdefault(text.split("|", 1)[0], []).append(member)
-        if not people:
-            return 0
-        pipe = client.pipeline(transaction=False)
+        # By the person's shard: people of one shard share their order of shards to write to
+        # (`Shards.for_writing`), so theirs are one pipeline to one slot, whose failure says
+        # which shard is down (`Shards.failed`: tried last by the next writes).
+        groups: dict[str, list[str]] = {}
         for pid in people:
-            pipe.xadd(self.queue.shards.for_writing(pid)[0], {"p": pid})
-        try:
-            written = pipe.execute(raise_on_error=False)
-        except UNAVAILABLE as exc:  # a shard's node is down (redis-py raises for the whole
-            written = [exc] * len(people)  # pipeline): each person's ticket goes elsewhere
-        done = [member for (pid, members), ticket in zip(people.items(), written, strict=True)
-                if not isinstance(ticket, Exception) or self.queue._ticket_elsewhere(pid)
-                for member in members]
+            groups.setdefault(self.queue.shards.of(pid), []).append(pid)
+        done: list[Any] = []
+        for pids in groups.values():
+            try:
+                self.queue.shards.write_first(
+                    pids[0], lambda name, p=pids: self._write_tickets(name, p),
+                    errors=(redis.RedisError,))
+            except redis.RedisError as exc:
+                # No shard takes tickets now: the rest of the batch is not tried against a
+                # cluster that is down (a timeout each); it keeps its lease, swept after it.
+                logs.event(log, "sweep_no_ticket", logging.WARNING, error=type(exc).__name__,
+                           events=len(late) - len(done))
+                break
+            done += [member for pid in pids for member in people[pid]]
         if done:
             client.zrem(key, *done)
         return len(done)
+
+    def _write_tickets(self, stream: str, pids: list[str]) -> list[Any]:
+        """One ticket per person in `stream`, in one round trip (one slot: one node)."""
+        pipe = self.queue.redis.pipeline(transaction=False)
+        for pid in pids:
+            pipe.xadd(stream, {"p": pid})
+        return pipe.execute()
 
     def _sweep_if_due(self) -> None:
         if time.monotonic() - self._swept_at < SWEEP_EVERY_S or \

@@ -338,22 +338,12 @@ class CaseStore:
         may then reach the worker out of order: one that needs an earlier one (a thread
         message before the case's own message) waits pending and is retried (NotReady).
         Raises only when no shard takes it; an opened case then stays noted for the sweep."""
-        own = self.queue_of(number)
-        failed: Exception | None = None
-        for name in self.queues.for_writing(number):
-            try:
-                entry_id = self.redis.xadd(name, entry)
-            except UNAVAILABLE as exc:
-                self.queues.failed(name)
-                failed = failed or exc
-                continue
-            if name != own:
-                QUEUE_REDIRECTED.inc()
-                logs.event(log, "queue_redirected", logging.WARNING, number=number,
-                           kind=entry.get("k", ""), shard=self.queues.names.index(name))
-            return entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-        assert failed is not None
-        raise failed
+        name, entry_id = self.queues.write_first(number, lambda n: self.redis.xadd(n, entry))
+        if name != self.queue_of(number):
+            QUEUE_REDIRECTED.inc()
+            logs.event(log, "queue_redirected", logging.WARNING, number=number,
+                       kind=entry.get("k", ""), shard=self.queues.names.index(name))
+        return entry_id.decode() if isinstance(entry_id, bytes) else entry_id
 
     def _note_backlog(self) -> None:
         """The whole queue's length for the backlog alarm; best effort (a shard lately down
