@@ -215,3 +215,14 @@ def test_a_failed_resend_keeps_the_results_of_what_ran(cluster, library, monkeyp
     finally:
         cache[slot] = saved
     cluster.delete(b)
+
+
+def test_a_keys_slot_is_remembered_and_the_same_as_redis_pys(cluster):
+    from redis.cluster import RedisCluster
+
+    for key in ("tsunagu:{abc}:session", b"tsunagu:{abc}:lock", "人:{相談}:x", 42, "{}x"):
+        assert cluster.keyslot(key) == RedisCluster.keyslot(cluster, key)
+    clusterpipe._slot_of.cache_clear()
+    cluster.get_node_from_key("tsunagu:{abc}:session")
+    cluster.get_node_from_key("tsunagu:{abc}:session")
+    assert clusterpipe._slot_of.cache_info().hits == 1
