@@ -9,7 +9,8 @@ due entry and the day's figures all sit on the person's node (`redisconn.beside`
 else is left to redis-py, unchanged: a pipeline over several nodes, a command whose node we do
 not know from its arguments, a transaction, and every error of the cluster kind — a MOVED or
 ASK reply (the slot moved: those commands are sent again through redis-py, which follows the
-redirection and learns the new slot map), TRYAGAIN, CLUSTERDOWN, or a connection that fails
+redirection and learns the new slot map; a WAIT in the pipeline then reports 0, since the
+commands it was to cover ran elsewhere), TRYAGAIN, CLUSTERDOWN, or a connection that fails
 (the whole pipeline is handed to redis-py, as its own retry would resend it, and that node
 goes the library's way for `SHAKY_S`, so an outage costs a request one timeout, not two).
 """
@@ -18,11 +19,13 @@ from __future__ import annotations
 
 import threading
 import time
+from functools import lru_cache
 from typing import Any
 
 import redis
 from redis.cluster import ClusterNode, RedisCluster
 from redis.commands import CoreCommands
+from redis.crc import key_slot
 from redis.exceptions import (
     AskError,
     ClusterDownError,
@@ -112,9 +115,19 @@ class NodePipeline(CoreCommands):
             return self._library(stack, raise_on_error)
         again = [i for i, r in enumerate(results) if isinstance(r, REDIRECTED)]
         if again:
-            for i, result in zip(again, self._library([stack[i] for i in again], False),
-                                 strict=True):
+            try:
+                resent = self._library([stack[i] for i in again], False)
+            except (redis.RedisError, RedisClusterException) as exc:
+                # redis-py raises for the whole re-send (its target unreachable, a slot no
+                # node covers): those commands failed, the rest ran — each keeps its result.
+                resent = [exc] * len(again)
+            for i, result in zip(again, resent, strict=True):
                 results[i] = result
+            for i, (args, _) in enumerate(stack):
+                if str(args[0]).upper() == "WAIT" and isinstance(results[i], int):
+                    # A WAIT counts the writes of its own node: what was re-sent ran on
+                    # another one, not waited for — so no replica is known to have it.
+                    results[i] = 0
         if raise_on_error:
             for result in results:
                 if isinstance(result, Exception):
@@ -159,8 +172,21 @@ class NodePipeline(CoreCommands):
         return pipe.execute(raise_on_error=raise_on_error)
 
 
+@lru_cache(maxsize=16384)
+def _slot_of(key: str | bytes) -> int:
+    return key_slot(key.encode() if isinstance(key, str) else key)
+
+
 class Cluster(RedisCluster):
-    """redis-py's cluster client whose non-transactional pipelines are `NodePipeline`s."""
+    """redis-py's cluster client whose non-transactional pipelines are `NodePipeline`s, and
+    whose key → slot is remembered: a key's slot never changes (only the slot's node does,
+    which is still looked up each time), and an event asks for the node of the same few keys
+    ~17 times (routing, `redisconn.beside`, WAIT targets) at ~2 µs of encoding and CRC each."""
+
+    def keyslot(self, key: Any) -> int:
+        if isinstance(key, (str, bytes)) and self.encoder.encoding == "utf-8":
+            return _slot_of(key)
+        return super().keyslot(key)
 
     def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> Any:
         if transaction or shard_hint:

@@ -198,7 +198,9 @@ class Settings:
             stream_shards=integer("STREAM_SHARDS", 4, 1, 64),
             redis_wait_replicas=(None if wait_replicas in (None, "auto")
                                  else integer("REDIS_WAIT_REPLICAS", 0, 0, 5)),
-            redis_wait_ms=integer("REDIS_WAIT_MS", 200, 1, 5000),
+            # Below the web process's Redis read timeout (2 s, redisconn.connect): a WAIT that
+            # outlasts it fails the webhook's round trip, and redis-py sends it all again.
+            redis_wait_ms=integer("REDIS_WAIT_MS", 200, 1, 1500),
             redis_wait_refuse=bool(flag("REDIS_WAIT_TIMEOUT", {"": False, "accept": False,
                                                                "refuse": True})),
             previous_secret_keys=previous,

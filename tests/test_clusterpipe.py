@@ -159,3 +159,70 @@ def test_errors_are_raised_or_returned_in_place_as_redis_py_does(cluster, librar
         pipe.execute()
     assert library == []
     cluster.delete(a)
+
+
+def test_a_wait_does_not_vouch_for_commands_sent_again_elsewhere(cluster, library):
+    """A WAIT counts its own node's writes: when a command of the pipeline was redirected it
+    ran on another node, unwaited — the WAIT reports 0 rather than the replica it did see."""
+    a = f"cp-test:{{{uuid.uuid4().hex}}}:a"
+    (b,) = keys_on(cluster, a, same=False)
+    wrong = cluster.get_node_from_key(b)
+    slot = cluster.keyslot(a)
+    cache = cluster.nodes_manager.slots_cache
+    saved = cache[slot]
+    try:
+        pipe = cluster.pipeline(transaction=False)
+        pipe.set(b, "1")
+        pipe.execute_command("WAIT", 1, 2000, target_nodes=wrong)
+        assert pipe.execute() == [True, 1]              # a replica has it: WAIT says so
+        cache[slot] = [wrong]
+        pipe.set(a, "x")                                # MOVED, sent again to its node
+        pipe.set(b, "2")
+        pipe.execute_command("WAIT", 1, 2000, target_nodes=wrong)
+        assert pipe.execute() == [True, True, 0]
+        assert library == [1]
+    finally:
+        cache[slot] = cache.get(slot) or saved
+    cluster.delete(a)
+    cluster.delete(b)
+
+
+def test_a_failed_resend_keeps_the_results_of_what_ran(cluster, library, monkeypatch):
+    """redis-py raises for a whole re-send it cannot deliver; the commands that ran on the
+    node keep their results, the redirected ones get the error — in place, not raised."""
+    a = f"cp-test:{{{uuid.uuid4().hex}}}:a"
+    (b,) = keys_on(cluster, a, same=False)
+    wrong = cluster.get_node_from_key(b)
+    slot = cluster.keyslot(a)
+    cache = cluster.nodes_manager.slots_cache
+    saved = cache[slot]
+
+    def down(self, stack, raise_on_error):
+        raise redis.exceptions.ClusterDownError("CLUSTERDOWN the cluster is down")
+    monkeypatch.setattr(clusterpipe.NodePipeline, "_library", down)
+    try:
+        cache[slot] = [wrong]
+        pipe = cluster.pipeline(transaction=False)
+        pipe.set(a, "x")
+        pipe.set(b, "2")
+        got = pipe.execute(raise_on_error=False)
+        assert isinstance(got[0], redis.exceptions.ClusterDownError) and got[1] is True
+        pipe.set(a, "x")
+        pipe.set(b, "3")
+        with pytest.raises(redis.exceptions.ClusterDownError):
+            pipe.execute()
+        assert cluster.get(b) == b"3"                   # it ran all the same
+    finally:
+        cache[slot] = saved
+    cluster.delete(b)
+
+
+def test_a_keys_slot_is_remembered_and_the_same_as_redis_pys(cluster):
+    from redis.cluster import RedisCluster
+
+    for key in ("tsunagu:{abc}:session", b"tsunagu:{abc}:lock", "人:{相談}:x", 42, "{}x"):
+        assert cluster.keyslot(key) == RedisCluster.keyslot(cluster, key)
+    clusterpipe._slot_of.cache_clear()
+    cluster.get_node_from_key("tsunagu:{abc}:session")
+    cluster.get_node_from_key("tsunagu:{abc}:session")
+    assert clusterpipe._slot_of.cache_info().hits == 1

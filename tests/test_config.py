@@ -35,6 +35,7 @@ def test_defaults_start_without_any_setting():
     ({"STREAM_SHARDS": "0"}, "STREAM_SHARDS"),
     ({"REDIS_WAIT_REPLICAS": "many"}, "REDIS_WAIT_REPLICAS"),
     ({"REDIS_WAIT_MS": "0"}, "REDIS_WAIT_MS"),
+    ({"REDIS_WAIT_MS": "2000"}, "REDIS_WAIT_MS"),   # past the 2 s read timeout
     ({"REDIS_WAIT_TIMEOUT": "shrug"}, "REDIS_WAIT_TIMEOUT"),
 ])
 def test_bad_settings_name_the_variable(env, variable):

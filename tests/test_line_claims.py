@@ -104,6 +104,73 @@ def test_what_arrives_while_a_person_is_locked_is_answered_before_the_lock_is_le
     assert _due_left(redis_client, queue) == 0
 
 
+def _sent_twice(monkeypatch, source: str) -> list[int]:
+    """Run every pipeline holding the Lua script `source` twice and return the second run's
+    results: the first reply lost (a read timeout), the pipeline re-sent, as redis-py's retry
+    does. Returns the list of re-sent pipelines' sizes."""
+    real = redis.client.Pipeline._execute_pipeline
+    resent: list[int] = []
+
+    def twice(self, connection, commands, raise_on_error):
+        if any(args[:2] == ("EVAL", source) for args, _ in commands):
+            real(self, connection, commands, False)
+            resent.append(len(commands))
+        return real(self, connection, commands, raise_on_error)
+    monkeypatch.setattr(redis.client.Pipeline, "_execute_pipeline", twice)
+    return resent
+
+
+def test_an_accept_sent_again_after_a_lost_reply_answers_as_the_first_run(line_app,
+                                                                         monkeypatch):
+    """The webhook's round trip ran but its reply was lost, and the pipeline went again: the
+    repeat must not take its own events for redeliveries (no claim, no ticket: unanswered
+    until the lock expired, ~35 s) nor its own lock for someone else's — stored, claimed,
+    never tried, answered once."""
+    app, fake = line_app
+    line = app.extensions["tsunagu_line"]
+    line.dispatcher.stop()
+    queue, dispatcher = line.queue, line.dispatcher
+    pid = line.conversations.pseudonym("line", USER)
+    now = int(time.time() * 1000)
+    first, second = _job(line.sealer.seal(USER), now), _job(line.sealer.seal(USER), now + 1)
+    queue.backlog.due()            # measured just now: this accept touches the person's node only
+    resent = _sent_twice(monkeypatch, line_queue._ACCEPT)
+    got = queue.accept([(pid, first), (pid, second)], claim=True)
+    assert resent                                       # the accept did go twice
+    assert got.stored == [True, True]
+    assert [c.pid for c in got.claims] == [pid]
+    assert [tried for _, tried in got.claims[0].taken] == [b"0", b"0"]
+    monkeypatch.undo()
+    dispatcher._claimed(got.claims[0])
+    assert [r.body["replyToken"] for r in fake.delivered()] == [first.reply_token,
+                                                               second.reply_token]
+    again = queue.accept([(pid, first)], claim=True)    # a true redelivery still is one
+    assert again.stored == [False] and again.claims == []
+
+
+def test_a_finish_sent_again_keeps_what_it_took(line_app, monkeypatch):
+    """A finish that took newly arrived events, sent again: the repeat must see those events
+    as its own to answer (not as being answered by someone, which would let the lock go and
+    leave them to the sweep)."""
+    app, fake = line_app
+    line = app.extensions["tsunagu_line"]
+    line.dispatcher.stop()
+    queue, dispatcher = line.queue, line.dispatcher
+    pid = line.conversations.pseudonym("line", USER)
+    now = int(time.time() * 1000)
+    first, second = _job(line.sealer.seal(USER), now), _job(line.sealer.seal(USER), now + 1)
+    one = queue.accept([(pid, first)], claim=True)
+    queue.accept([(pid, second)], claim=True)           # arrives while the person is locked
+    resent = _sent_twice(monkeypatch, line_queue._FINISH)
+    started = time.monotonic()
+    dispatcher._claimed(one.claims[0])
+    assert resent
+    assert [r.body["replyToken"] for r in fake.delivered()] == [first.reply_token,
+                                                               second.reply_token]
+    assert time.monotonic() - started < 5               # not left for a sweep
+    assert queue.redis.zcard(queue.inbox(pid)) == 0
+
+
 def test_a_claim_given_back_when_too_many_wait_is_answered_as_never_tried(line_app):
     """Too many claims waiting in this process: the claim is given back (lock released, a
     ticket written). Its jobs must not look "being answered" — or a reply token LINE refuses

@@ -123,14 +123,22 @@ return 0
 
 # The one Lua loop that takes a person's inbox: mark each job "being answered" and append it to
 # `out` with whether it had been marked before (a process died while answering it). Shared by
-# _TAKE, _ACCEPT and _FINISH.
+# _TAKE, _ACCEPT and _FINISH. A mark whose score is this call's `now` was written by this very
+# call, sent again: redis-py re-sends a pipeline whose reply timed out (a slow WAIT, a stalled
+# primary), and the repeat must answer as the first run did — not "tried before", which would
+# treat a job nobody has answered as a retry after a crash.
 _TAKE_FN = """
 local function take(inbox, marks, now, ttl, out)
   local jobs = redis.call('zrange', inbox, 0, -1)
   for _, raw in ipairs(jobs) do
-    local added = redis.call('zadd', marks, 'NX', now, 't' .. cjson.decode(raw)['event_id'])
+    local mark = 't' .. cjson.decode(raw)['event_id']
+    local tried = '0'
+    if redis.call('zadd', marks, 'NX', now, mark) == 0
+        and tonumber(redis.call('zscore', marks, mark)) ~= tonumber(now) then
+      tried = '1'
+    end
     out[#out + 1] = raw
-    out[#out + 1] = added == 0 and '1' or '0'
+    out[#out + 1] = tried
   end
   if #jobs > 0 then redis.call('pexpire', marks, ttl) end
   return out
@@ -157,14 +165,21 @@ return take(KEYS[1], KEYS[2], ARGV[1], ARGV[2], {})
 # nothing to do, {3} the lock is held by a drainer (its token starts "d:"), which answers
 # this too before letting go (_FINISH), {2} held by someone else (a staff answer being
 # relayed: a ticket is needed), or {1, session, job, tried, job, …}.
+# The same call sent again (a pipeline re-sent after its reply timed out) answers as the first
+# run did: its "seen" marks carry this call's `now` and its inbox members (sealed, so never
+# the same twice) are there — stored, not a redelivery; the lock holds its own token — claimed.
 _ACCEPT = _TAKE_FN + """
 redis.call('zremrangebyscore', KEYS[1], '-inf', ARGV[1] - ARGV[2])
 local stored, new = {}, false
 for i = 6, #ARGV, 3 do
-  if redis.call('zadd', KEYS[1], 'NX', ARGV[1], 's' .. ARGV[i]) == 1 then
+  local seen = 's' .. ARGV[i]
+  if redis.call('zadd', KEYS[1], 'NX', ARGV[1], seen) == 1 then
     redis.call('zadd', KEYS[2], ARGV[i + 1], ARGV[i + 2])
     stored[#stored + 1] = 1
     new = true
+  elseif tonumber(redis.call('zscore', KEYS[1], seen)) == tonumber(ARGV[1])
+      and redis.call('zscore', KEYS[2], ARGV[i + 2]) then
+    stored[#stored + 1] = 1
   else
     stored[#stored + 1] = 0
   end
@@ -177,8 +192,10 @@ if ARGV[4] == '' then return {stored, {}} end
 if redis.call('zcard', KEYS[2]) == 0 then return {stored, {0}} end
 if not redis.call('set', KEYS[3], ARGV[4], 'NX', 'PX', ARGV[5]) then
   local holder = redis.call('get', KEYS[3])
-  if holder and string.sub(holder, 1, 2) == 'd:' then return {stored, {3}} end
-  return {stored, {2}}
+  if holder ~= ARGV[4] then
+    if holder and string.sub(holder, 1, 2) == 'd:' then return {stored, {3}} end
+    return {stored, {2}}
+  end
 end
 return {stored, take(KEYS[2], KEYS[1], ARGV[1], ARGV[2], {1, redis.call('get', KEYS[4])})}
 """
@@ -201,7 +218,8 @@ if ARGV[5] ~= '1' then
   local jobs = redis.call('zrange', KEYS[3], 0, -1)
   local new = false
   for _, raw in ipairs(jobs) do
-    if not redis.call('zscore', KEYS[4], 't' .. cjson.decode(raw)['event_id']) then
+    local mark = redis.call('zscore', KEYS[4], 't' .. cjson.decode(raw)['event_id'])
+    if not mark or tonumber(mark) == tonumber(ARGV[6]) then  -- (or taken by this call, sent again)
       new = true
       break
     end
@@ -865,7 +883,10 @@ class Dispatcher:
         A round trip of its own, only then: in the common case (nothing new arrived) the
         finish itself needs no WAIT — its answer is out, and a finish a failover loses
         leaves the job marked as being answered, so its due entry brings it back as a retry
-        (`LineApi.deliver`: a used reply token or the push's retry key — never said twice)."""
+        (`LineApi.deliver`): within the reply token's life (50 s) LINE refuses the used token
+        — said once; a retry later than that (a slow failover, a long PERSON_LOCK_MS) can
+        only push, whose retry key the first reply never used — said twice at worst, never
+        lost. The price of not waiting on every answer: README, "Durable 200"."""
         if self.queue.wait is None:
             return
         pipe = self.queue.redis.pipeline(transaction=False)
