@@ -17,12 +17,17 @@ errorlog = "-"
 def worker_exit(arbiter, worker):
     """In the worker, after its last request and before it exits: stop the app's background
     threads (server.shutdown) so that an answer under way finishes rather than dying with
-    the process. Half of graceful_timeout: the worker's own draining of connections comes
-    first, and the master kills the worker once graceful_timeout is over. gunicorn also calls
-    this in the master for a worker that vanished: no app there (`wsgi` is set by the worker
-    when it loads the app)."""
+    the process. gunicorn also calls this in the master for a worker that vanished: no app
+    there (`wsgi` is set by the worker when it loads the app).
+
+    The budget is the worker's own graceful_timeout (`worker.cfg`: a --graceful-timeout on
+    the command line counts, not only this file's): the master kills the worker once that
+    much has passed since its SIGTERM. Half of it, because the worker's draining of its
+    connections came first (2 s for kept-alive ones, more for a slow request); then
+    shutdown's CLOSING_S; the pools it waited for are not waited for again at exit
+    (bot.workers), so the worker exits at about graceful_timeout / 2 + 1 s after draining."""
     app = getattr(worker, "wsgi", None)
     if app is not None:
         from server import shutdown
 
-        shutdown(app, graceful_timeout / 2)
+        shutdown(app, worker.cfg.graceful_timeout / 2)

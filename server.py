@@ -29,6 +29,8 @@ from bot.wiring import Services, build
 
 MAX_BODY = 1024 * 1024
 SHUTDOWN_S = 5.0  # how long `shutdown` waits for answers under way (see gunicorn.conf.py)
+# After that wait: claims never started given back (line_queue.GIVE_BACK_S), pools closed.
+CLOSING_S = 1.0
 
 LOOPBACK = ("127.0.0.1", "::1")
 
@@ -198,10 +200,13 @@ def shutdown(app: object, timeout: float = SHUTDOWN_S) -> None:
     `worker_exit` calls this in the worker, after its last request.
 
     Every part (each city's, for the multi-city app) stops at once, on its own thread, within
-    `timeout` in all: a slow answer in one city takes nothing from another's wait, and no
-    city goes on reading new work meanwhile. Idempotent: the app is marked stopped. Never
-    raises — a part that fails to stop is logged by name, and the others stop; anything not
-    built by this module (gunicorn's error app) is left alone.
+    `timeout` in all, plus CLOSING_S for what follows the wait (claims given back, pools
+    closed): a slow answer in one city takes nothing from another's wait, and no city goes
+    on reading new work meanwhile. The pools waited for here are not waited for again at
+    interpreter exit (bot.workers), so the worker exits right after this returns.
+    Idempotent: the app is marked stopped. Never raises — a part that fails to stop is
+    logged by name, and the others stop; anything not built by this module (gunicorn's
+    error app) is left alone.
     """
     try:
         if not isinstance(app, Flask) or app.extensions.get("tsunagu_stopped"):
@@ -219,7 +224,7 @@ def shutdown(app: object, timeout: float = SHUTDOWN_S) -> None:
                                     daemon=True) for i, started in enumerate(_started(app))]
         for thread in threads:
             thread.start()
-        deadline = time.monotonic() + timeout + 0.5  # each stop's closing, after its wait
+        deadline = time.monotonic() + timeout + CLOSING_S  # each stop's closing, after its wait
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
         logs.event(log, "background_stopped", parts=len(threads),

@@ -35,10 +35,18 @@ class Workers:
     thread, or by a ticket). A task raising is logged by its name, never its arguments (they
     may hold a person's address), and the thread goes on.
 
-    Two ways to end: `stop` drops what waits and lets running tasks finish (the executor's
-    `shutdown(cancel_futures=True)`); at interpreter exit — a gunicorn worker ends with
-    `sys.exit` on every restart — what was handed over still runs, for up to EXIT_WAIT_S, as
-    the executor's (non-daemon) threads did: a degraded answer has nothing else behind it.
+    Ways to end, each taking no new tasks:
+    - `stop` drops what waits and lets running tasks finish (the executor's
+      `shutdown(cancel_futures=True)`);
+    - `finish` lets what waits run too, within its `timeout`; what still waits at the end
+      can then be taken out (`take_waiting`) and handed elsewhere — the dispatcher gives
+      its claims back (lock released, ticket written) rather than leave them to die;
+    - at interpreter exit — a gunicorn worker ends with `sys.exit` on every restart — a
+      pool nobody stopped still runs what was handed over, for up to EXIT_WAIT_S, as the
+      executor's (non-daemon) threads did: a degraded answer has nothing else behind it. A
+      pool already stopped or finished with a `timeout` is not waited for again: its owner
+      (server.shutdown, from gunicorn's `worker_exit`) spent the budget that fits under
+      gunicorn's graceful_timeout, and more would only meet the master's SIGKILL.
     """
 
     def __init__(self, name: str, threads: int, backlog: int):
@@ -86,30 +94,63 @@ class Workers:
     def full(self) -> bool:
         return not self._accepting or self._queue.qsize() >= self.backlog
 
-    def stop(self, timeout: float | None = None) -> None:
+    def stop(self, timeout: float | None = None) -> bool:
         """No new tasks; waiting ones are dropped; with `timeout`, wait that long in all for
-        the running ones."""
+        the running ones. Returns whether every thread has ended."""
         self._accepting, self._dropping = False, True
         while True:
             try:
                 self._queue.get_nowait()
             except Empty:
                 break
-        self._end(timeout)
+        return self._end(timeout)
 
-    def finish(self, timeout: float) -> None:
-        """No new tasks; what waits still runs; wait up to `timeout` in all."""
+    def finish(self, timeout: float) -> bool:
+        """No new tasks; what waits still runs; wait up to `timeout` in all. Returns whether
+        every thread has ended (False: some task still runs, or still waits — see
+        `take_waiting`)."""
         self._accepting = False
-        self._end(timeout)
+        return self._end(timeout)
 
-    def _end(self, timeout: float | None) -> None:
+    def take_waiting(self) -> list[Task]:
+        """Remove the tasks no thread has started and return them, oldest first: the caller
+        hands them elsewhere. Each task goes either to a thread or here, never both (the
+        queue's `get` is atomic). The threads' wake-ups to end stay queued."""
+        tasks: list[Task] = []
+        ends = 0
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except Empty:
+                break
+            if item is None:
+                ends += 1
+            else:
+                tasks.append(item)
+        for _ in range(ends):
+            self._queue.put(None)
+        return tasks
+
+    def ended(self) -> bool:
+        """Whether no thread runs (none started, or every one has returned)."""
+        return not any(thread.is_alive() for thread in self._threads)
+
+    def _end(self, timeout: float | None) -> bool:
         for _ in self._threads:  # behind what waits: one wake-up per thread
             self._queue.put(None)
         if timeout is None:
-            return
+            return self.ended()
+        _LIVE.discard(self)  # waited for by its owner: not again at exit (see the class)
         deadline = time.monotonic() + timeout
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
+        ended = self.ended()
+        if not ended:
+            # queued: tasks not started, with the threads' wake-ups to end
+            logs.event(log, "workers_unfinished", logging.WARNING, pool=self.name,
+                       running=sum(thread.is_alive() for thread in self._threads),
+                       queued=self.waiting())
+        return ended
 
     def _run(self) -> None:
         get = self._queue.get
@@ -129,7 +170,8 @@ _LIVE: weakref.WeakSet[Workers] = weakref.WeakSet()
 
 @atexit.register
 def _finish_all() -> None:
-    """At exit (atexit runs while daemon threads still live): let every pool finish."""
+    """At exit (atexit runs while daemon threads still live): let every pool nobody stopped
+    with a wait finish. Returns at once when shutdown already waited for them all."""
     deadline = time.monotonic() + EXIT_WAIT_S
     for workers in list(_LIVE):
         workers.finish(max(0.0, deadline - time.monotonic()))

@@ -4,18 +4,24 @@ before the worker exits, and leaves nothing for the sweeper."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import tempfile
 import time
 import urllib.request
+import uuid
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import redis
 
 from bench.procs import GUNICORN, start_gunicorn
-from bot.channels.line_queue import GROUP, due_key
+from bot.channels.line import DegradedAnswers
+from bot.channels.line_events import Job
+from bot.channels.line_queue import GROUP, Dispatcher, due_key
+from bot.channels.line_webhook import answer_all_degraded
 from bot.config import Settings
 from bot.store import pseudonym
 from bot.streams import Shards
@@ -142,3 +148,138 @@ def test_shutdown_stops_every_city(tmp_path, redis_url, key_prefix, redis_client
     finally:
         line_server.shutdown()
         slack_server.shutdown()
+
+
+def _people(line, count: int, tag: str) -> list[tuple[str, Job]]:
+    """`count` people, one text event each, as the webhook would have accepted them."""
+    now = int(time.time() * 1000)
+    out = []
+    for i in range(count):
+        user = "U" + f"{tag}{i}".rjust(32, "0")
+        out.append((line.conversations.pseudonym("line", user),
+                    Job(event_id=uuid.uuid4().hex[:26].upper(), kind="text", value="こんにちは",
+                        state=None, reply_token=uuid.uuid4().hex, timestamp_ms=now,
+                        sealed_user=line.sealer.seal(user))))
+    return out
+
+
+def _claims(line, people: list[tuple[str, Job]]) -> list:
+    claims = []
+    for pid, job in people:
+        claims += line.queue.accept([(pid, job)], claim=True).claims
+    assert [c.pid for c in claims] == [pid for pid, _ in people]
+    return claims
+
+
+def _tickets(client: redis.Redis, line) -> int:
+    return sum(int(client.xinfo_stream(name)["entries-added"])
+               for name in line.queue.shards if client.exists(name))
+
+
+def test_stop_answers_the_claims_still_waiting_in_the_pool(line_app, redis_client):
+    """Claims queued in the pool (not started) when the dispatcher stops are answered within
+    the budget. Before, `stop` dropped them: each kept its person's lock until it expired
+    (~30 s), the event coming back only with its due entry, and 4 of 8 were not answered."""
+    app, fake = line_app
+    line = app.extensions["tsunagu_line"]
+    dispatcher = line.dispatcher
+    assert dispatcher.threads == 4
+    fake.hang_s = 0.5
+    people = _people(line, 8, "a")
+    dispatcher.answer_claims(_claims(line, people))
+    time.sleep(0.2)                                       # 4 at LINE, 4 waiting
+    started = time.monotonic()
+    ended = dispatcher.stop(5.0)
+    assert time.monotonic() - started < 5.0
+    assert sorted(r.body["replyToken"] for r in fake.delivered()) == \
+        sorted(job.reply_token for _, job in people)
+    for pid, _ in people:                                 # every lock let go
+        assert not redis_client.exists(line.queue.store.key(pid, "lock"))
+    assert _tickets(redis_client, line) == 0              # nothing needed another process
+    assert ended is True                                  # nothing left running
+
+
+def test_stop_gives_back_the_claims_it_has_no_time_for(line_app, redis_client):
+    """A budget too short for all: the claims still waiting at the deadline are taken out
+    of the pool and given back (lock released, ticket written), and another dispatcher
+    answers them at once — each event once."""
+    app, fake = line_app
+    line = app.extensions["tsunagu_line"]
+    dispatcher = line.dispatcher
+    fake.hang_s = 1.0
+    people = _people(line, 8, "b")
+    dispatcher.answer_claims(_claims(line, people))
+    time.sleep(0.2)                                       # 4 at LINE, 4 waiting
+    ended = dispatcher.stop(0.3)
+    assert fake.delivered() == []
+    for pid, _ in people[4:]:                             # the waiting ones: given back
+        assert not redis_client.exists(line.queue.store.key(pid, "lock"))
+    # The stopping dispatcher's readers, blocked in a read when it stopped, wake up on those
+    # tickets: they pass them on (written again, acknowledged), never drain them here.
+    for t in dispatcher._workers:
+        t.join(5)
+    for pid, _ in people[4:]:
+        assert not redis_client.exists(line.queue.store.key(pid, "lock"))
+    shards = [name for name in line.queue.shards if redis_client.exists(name)]
+    assert sum(redis_client.xlen(name) for name in shards) == 4   # one ticket each
+    assert sum(redis_client.xpending(name, GROUP)["pending"] for name in shards) == 0
+    assert ended is False                                 # the running ones were still out
+    other = Dispatcher(line.queue, line.conversations, line.api, line.sealer, line.clock,
+                       threads=2, block_ms=200)
+    other.start()
+    try:
+        got = fake.wait_for(8, timeout=20)
+    finally:
+        other.stop(5.0)
+    assert sorted(r.body["replyToken"] for r in got) == \
+        sorted(job.reply_token for _, job in people)
+    time.sleep(0.5)
+    assert len(fake.delivered()) == 8                     # once each
+    for pid, _ in people:
+        assert not redis_client.exists(line.queue.store.key(pid, "lock"))
+
+
+def test_stop_lets_degraded_answers_finish_on_an_open_pool(line_app, caplog):
+    """Degraded answers (the only copy of their events: Redis never stored them) are waited
+    for beside the dispatcher's, each with the whole budget, and the LINE pool is not closed
+    under those still running or waiting. Before, the dispatcher's wait came first, then
+    the pool was closed at the deadline: the last 2 of 6 failed with ClosedPoolError."""
+    app, fake = line_app
+    line = app.extensions["tsunagu_line"]
+    line.degraded = DegradedAnswers(workers=2)
+    fake.hang_s = 1.0
+    for one in _people(line, 6, "c"):
+        line.degraded.submit(answer_all_degraded, line, [one])
+    started = time.monotonic()
+    line.stop(1.5)
+    assert time.monotonic() - started < 1.5 + 1.0
+    assert len(fake.wait_for(6, timeout=10)) == 6
+    assert "line.degraded" not in caplog.text
+
+
+def test_a_degraded_answer_after_stop_still_reaches_line(line_app, caplog):
+    """A webhook still in flight when the worker stopped answers in degraded mode on its own
+    thread (the pool takes no more): the closed LINE pool must not refuse it."""
+    app, fake = line_app
+    line = app.extensions["tsunagu_line"]
+    line.stop(5.0)                                        # everything ended: pool closed
+    line.degraded.submit(answer_all_degraded, line, _people(line, 1, "d"))
+    assert len(fake.delivered()) == 1                     # answered inline, at once
+    assert "line.degraded" not in caplog.text
+
+
+def test_worker_exit_takes_the_graceful_timeout_gunicorn_runs_with(monkeypatch):
+    """--graceful-timeout on the command line counts, not only gunicorn.conf.py's value."""
+    import server
+
+    spec = importlib.util.spec_from_file_location(
+        "gunicorn_conf", Path(__file__).resolve().parents[1] / "gunicorn.conf.py")
+    assert spec is not None and spec.loader is not None
+    conf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(conf)
+    asked: list[float] = []
+    monkeypatch.setattr(server, "shutdown", lambda app, timeout: asked.append(timeout))
+    app = object()
+    conf.worker_exit(None, SimpleNamespace(wsgi=app, cfg=SimpleNamespace(graceful_timeout=4)))
+    conf.worker_exit(None, SimpleNamespace(cfg=SimpleNamespace(graceful_timeout=4)))  # master
+    assert asked == [2.0]

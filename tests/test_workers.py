@@ -5,9 +5,11 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 from bot import logs
+from bot import workers as workers_module
 from bot.workers import Workers
 
 
@@ -133,4 +135,58 @@ def test_a_task_raising_base_exception_does_not_take_its_thread() -> None:
         assert workers.offer(finished.set)
         assert finished.wait(5)
     finally:
+        workers.stop(timeout=5)
+
+
+def test_what_waits_past_finish_is_taken_out_for_the_caller() -> None:
+    """`finish` runs what waits within its timeout; what still waits at the end is taken
+    out (`take_waiting`), oldest first, and never runs here; the threads still end."""
+    workers = Workers("taking", threads=1, backlog=10)
+    gate, started = threading.Event(), threading.Event()
+    ran: list[int] = []
+
+    def running() -> None:
+        started.set()
+        gate.wait(5)
+
+    def later(i: int) -> None:
+        ran.append(i)
+
+    assert workers.offer(running)
+    assert started.wait(5)
+    for i in range(3):
+        assert workers.offer(later, i)
+    assert workers.finish(0.1) is False            # the running task holds the thread
+    taken = workers.take_waiting()
+    assert [args for _, args in taken] == [(0,), (1,), (2,)]
+    assert workers.take_waiting() == []
+    gate.set()
+    assert workers.finish(5) is True               # the wake-up to end was kept
+    assert ran == []
+
+
+def test_finish_runs_what_waits_within_its_timeout() -> None:
+    workers = Workers("finishing", threads=2, backlog=10)
+    ran: list[int] = []
+    for i in range(6):
+        assert workers.offer(lambda i=i: (time.sleep(0.05), ran.append(i)))
+    assert workers.finish(5) is True
+    assert sorted(ran) == list(range(6))
+    assert workers.ended()
+
+
+def test_at_exit_a_pool_its_owner_already_waited_for_is_not_waited_for_again() -> None:
+    """server.shutdown spent the budget that fits under gunicorn's graceful_timeout: the
+    atexit hook must not add EXIT_WAIT_S on top for a task still stuck in its pool."""
+    workers = Workers("waited", threads=1, backlog=10)
+    gate, started = threading.Event(), threading.Event()
+    try:
+        assert workers.offer(lambda: (started.set(), gate.wait(10)))
+        assert started.wait(5)
+        assert workers.finish(0.05) is False
+        begun = time.monotonic()
+        workers_module._finish_all()
+        assert time.monotonic() - begun < 1.0
+    finally:
+        gate.set()
         workers.stop(timeout=5)

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from bot import logs
 from bot.channels.line_api import LineApi
 from bot.channels.line_events import EventParser
-from bot.channels.line_queue import Dispatcher, LineQueue
+from bot.channels.line_queue import GIVE_BACK_S, Dispatcher, LineQueue
 from bot.crypto import Sealer
 from bot.engine import Engine
 from bot.redisconn import ReplicaWait
@@ -19,6 +22,8 @@ from bot.workers import Workers
 
 if TYPE_CHECKING:
     from bot.wiring import Services
+
+log = logs.get("line")
 
 
 class DegradedAnswers:
@@ -33,10 +38,12 @@ class DegradedAnswers:
         if not self._workers.offer(answer, *args):
             answer(*args)
 
-    def close(self, timeout: float = 5.0) -> None:
+    def close(self, timeout: float = 5.0) -> bool:
         """No new work; what was handed over still runs, waited for up to `timeout`: a
-        degraded answer is the only copy of its event (Redis never stored it)."""
-        self._workers.finish(timeout)
+        degraded answer is the only copy of its event (Redis never stored it). Returns
+        whether every thread has ended. A webhook still in flight then answers on its own
+        thread (`submit`)."""
+        return self._workers.finish(timeout)
 
 
 @dataclass
@@ -54,11 +61,32 @@ class LineChannel:
     degraded: DegradedAnswers = field(default_factory=DegradedAnswers)
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Stop the background work, letting answers under way finish (`timeout` in all),
-        and only then close the HTTP pool and the replica probes those answers use."""
-        deadline = time.monotonic() + timeout
-        self.dispatcher.stop(timeout)
-        self.degraded.close(max(0.0, deadline - time.monotonic()))
+        """Stop the background work, letting answers under way finish, and only then close
+        the HTTP pool and the replica probes those answers use.
+
+        The dispatcher's answers and the degraded ones are waited for side by side, each
+        with the whole `timeout`: one after the other, the dispatcher's wait could take it
+        all and leave the degraded answers — the only copy of their events — to meet a
+        closed pool. The pool and probes are closed only once every answering thread has
+        ended; otherwise they stay open (the process is exiting: the OS closes the sockets).
+        A call that comes later anyway (a webhook still in flight answering in degraded
+        mode, a staff answer relayed) is not refused: `LineApi.close` is not final.
+        """
+        ended: list[bool] = []  # the dispatcher's outcome, once its stop returned
+
+        def stop_dispatcher() -> None:
+            ended.append(self.dispatcher.stop(timeout))
+
+        waiter = threading.Thread(target=stop_dispatcher, name="line-stop", daemon=True)
+        deadline = time.monotonic() + timeout + GIVE_BACK_S  # its give-back, after its wait
+        waiter.start()
+        degraded = self.degraded.close(timeout)
+        waiter.join(max(0.0, deadline - time.monotonic()))
+        dispatcher = ended == [True]
+        if not (degraded and dispatcher):
+            logs.event(log, "line_left_open", logging.WARNING, degraded_ended=degraded,
+                       dispatcher_ended=dispatcher)
+            return
         self.api.close()
         if self.queue.wait is not None:
             self.queue.wait.close()

@@ -232,13 +232,18 @@ class LineApi:
         self.host = self.base_url.rstrip("/")
         url = urllib3.util.parse_url(self.host)
         self._prefix = url.path or ""
-        tls = {"cert_reqs": "CERT_REQUIRED"} if url.scheme == "https" else {}  # as the SDK
-        self._pool = urllib3.connection_from_url(
-            self.host, maxsize=self.connections, block=False, retries=ONCE, **tls)
-        self._pool.ConnectionCls = _HTTPSConnection if tls else _HTTPConnection
+        self._tls = url.scheme == "https"
+        self._pool = self._new_pool()
         self._headers = {"Authorization": f"Bearer {self.access_token}",
                          "Content-Type": "application/json", "User-Agent": USER_AGENT}
         self._timeouts: dict[tuple[float, float], urllib3.Timeout] = {}
+
+    def _new_pool(self) -> urllib3.HTTPConnectionPool:
+        tls = {"cert_reqs": "CERT_REQUIRED"} if self._tls else {}  # as the SDK
+        pool = urllib3.connection_from_url(
+            self.host, maxsize=self.connections, block=False, retries=ONCE, **tls)
+        pool.ConnectionCls = _HTTPSConnection if self._tls else _HTTPConnection
+        return pool
 
     def worst_case_s(self) -> float:
         """How long one delivery can take at most without a deadline: two replies and every
@@ -271,6 +276,11 @@ class LineApi:
             except urllib3.exceptions.MaxRetryError as exc:
                 if tries == 1 or sent_maybe(exc):
                     raise
+            except urllib3.exceptions.ClosedPoolError:
+                # `close` swapped the pool as this call picked it: nothing was sent (no
+                # connection taken), the next try takes the new pool.
+                if tries == 1:
+                    raise
         if not 200 <= resp.status <= 299:
             raise _refusal(resp)
 
@@ -291,7 +301,13 @@ class LineApi:
         return found
 
     def close(self) -> None:
-        self._pool.close()
+        """Close the kept connections (at shutdown). Not final: a call after this — a webhook
+        still in flight when its worker stopped, answering in degraded mode on its own
+        thread, or a staff answer being relayed — goes out on a new connection instead of
+        failing with ClosedPoolError, which for a degraded answer (the only copy of its
+        event) meant losing it. A call under way keeps its connection, closed when done."""
+        old, self._pool = self._pool, self._new_pool()
+        old.close()
 
     def retry_key(self, event_id: str) -> str:
         return str(uuid.uuid5(RETRY_NAMESPACE, event_id))

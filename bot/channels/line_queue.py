@@ -96,6 +96,7 @@ SWEEP_BATCH = 100  # due entries turned into tickets per due set and sweep, at m
 SWEEP_LEASE_MS = 15_000
 MAX_ROUNDS = 20  # a holder answers this many rounds of newly arrived events, then lets go
 CLAIMS_PER_THREAD = 16  # claims waiting per dispatcher thread before tickets are used
+GIVE_BACK_S = 0.4  # stopping: how long claims never started may take to be given back
 # On a cluster, due sets spread over the slot space (`redisconn.spread_tags`): a person's due
 # entries go in one on the node of their own keys, so accepting and finishing an event each
 # touch one node — one WAIT, one connection, one pipeline sent straight to it (clusterpipe).
@@ -534,21 +535,52 @@ class Dispatcher:
             t.start()
             self._workers.append(t)
 
-    def stop(self, timeout: float = 5.0) -> None:
+    def stop(self, timeout: float = 5.0) -> bool:
         """Take no new work and let the answers under way finish, waiting `timeout` in all.
+        Returns whether every thread of this dispatcher has ended (False: some answer still
+        runs — whatever it uses, the LINE HTTP pool, must then stay open).
 
-        The loops end after their current pass (tickets already read are drained, no new
-        read starts); claims being answered in the pool complete. Whoever closes what those
-        answers use (the LINE HTTP pool, the replica probes) must come after this. Claims
-        still waiting in the pool are dropped: they keep their lock until it expires, and
-        their due entries bring them to another process then (as retries).
+        The loops end after their current pass: tickets already read are drained, no new
+        read starts, and a read under way that returns tickets passes them on
+        (`_pass_on`). Claims in the pool run, the running ones and those still waiting
+        alike, within the budget: a claim dropped here would keep its person's lock until it
+        expired (~30 s), their event coming back only with its due entry ~35 s later, and
+        their new messages meanwhile left to the lock's (absent) holder. What still waits at
+        the deadline is taken out of the pool and given back (`_give_back`: lock released,
+        ticket written), so another process answers it now; that costs one round trip per
+        claim, after the deadline, and stops at GIVE_BACK_S (a claim not given back is still
+        answered by its due entry, as a retry). Whoever closes what the answers use must
+        come after this.
         """
         self._stop.set()
         deadline = time.monotonic() + timeout
+        ended = True
         if self._pool is not None:
-            self._pool.stop(timeout)
+            ended = self._pool.finish(timeout)
+            # Also after an early end: a webhook's claim offered just as the pool stopped
+            # may sit behind the threads' wake-ups, which no thread reads.
+            self._give_back_all([args[0] for _, args in self._pool.take_waiting()])
         for t in self._workers:
             t.join(max(0.0, deadline - time.monotonic()))
+        return ended and not any(t.is_alive() for t in self._workers)
+
+    def _give_back_all(self, claims: list[Claim]) -> None:
+        """Give back claims never started (stopping), best effort: each failure is logged
+        and its due entry answers it later; at most GIVE_BACK_S in all."""
+        if not claims:
+            return
+        until = time.monotonic() + GIVE_BACK_S
+        given = 0
+        for claim in claims:
+            if time.monotonic() > until:
+                break
+            try:
+                self._give_back(claim)
+                given += 1
+            except Exception as exc:  # Redis down or slow: the due entry still answers it
+                logs.failure("line.give_back", exc, pid=claim.pid[:16])
+        logs.event(log, "claims_given_back", logging.WARNING, given=given,
+                   left=len(claims) - given)
 
     def can_claim(self) -> bool:
         """Whether this process answers the events it accepts: its threads run and are not
@@ -714,9 +746,31 @@ class Dispatcher:
     def poll_once(self, consumer: StreamConsumer | None = None) -> int:
         consumer = consumer or self.queue.consumer(self.consumer)
         entries = consumer.read(count=8, block_ms=self.block_ms)
+        if entries and self._stop.is_set():
+            self._pass_on(consumer, entries)
+            return len(entries)
         for entry in entries:
             self._ticket(entry)
         return len(entries)
+
+    def _pass_on(self, consumer: StreamConsumer, entries: list[Entry]) -> None:
+        """Tickets a read returned once this dispatcher was stopping (the read was blocked
+        when `stop` began): written again for another process — or this worker's
+        successor — and acknowledged here, rather than drained by a process that is exiting
+        and may be cut mid-answer, its lock then held until it expires. Among them the
+        tickets of claims `stop` gave back, which would otherwise come straight back here.
+        Written before acknowledged: cut in between, a second ticket (its drain finds
+        nothing). Failing, they stay pending and are reclaimed after `reclaim_idle_ms`."""
+        try:
+            pipe = self.queue.redis.pipeline(transaction=False)
+            for entry in entries:
+                if entry.fields.get("p"):
+                    pipe.xadd(entry.stream, {"p": entry.fields["p"]})
+            pipe.execute()
+            consumer.ack([(entry.stream, entry.id) for entry in entries])
+        except redis.RedisError as exc:
+            logs.event(log, "tickets_not_passed_on", logging.WARNING,
+                       error=type(exc).__name__, tickets=len(entries))
 
     def reclaim(self, consumer: StreamConsumer | None = None) -> int:
         """Take over tickets a dead dispatcher read but never acknowledged."""
