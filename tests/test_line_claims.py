@@ -13,6 +13,7 @@ import pytest
 import redis
 
 from bot import clusterpipe
+from bot import store as store_module
 from bot.channels import line_queue
 from bot.channels.line_events import Job
 from bot.redisconn import ReplicaWait, is_cluster, node_name
@@ -171,6 +172,48 @@ def test_a_finish_sent_again_keeps_what_it_took(line_app, monkeypatch):
     assert queue.redis.zcard(queue.inbox(pid)) == 0
 
 
+def test_a_drain_whose_lock_step_is_sent_again_takes_its_own_lock(line_app, monkeypatch):
+    """The drain's lock-and-take round trip ran but its reply was lost, and it went again:
+    the repeat finds the lock holding its own token — taken, the job answered once — not a
+    lock to wait for until it expires (~30 s) while the person's messages wait too."""
+    app, fake = line_app
+    line = app.extensions["tsunagu_line"]
+    line.dispatcher.stop()
+    queue, dispatcher = line.queue, line.dispatcher
+    pid = line.conversations.pseudonym("line", USER)
+    job = _job(line.sealer.seal(USER), int(time.time() * 1000))
+    assert queue.accept([(pid, job)], claim=False).stored == [True]   # a ticket, no claim
+    resent = _sent_twice(monkeypatch, store_module._LOCK_LOAD)
+    started = time.monotonic()
+    assert dispatcher.drain(pid) == 1
+    assert resent and time.monotonic() - started < 3
+    assert [r.body["replyToken"] for r in fake.delivered()] == [job.reply_token]
+    assert not queue.redis.exists(queue.store.key(pid, "lock"))
+
+
+def test_another_call_in_the_same_millisecond_is_not_taken_for_a_repeat(line_app,
+                                                                        monkeypatch):
+    """Marks carry their call's stamp, unique to the call: a finish in the same millisecond as
+    the accept that took a job still left in the inbox (its answer failed) sees it as taken by
+    someone else — lets go — rather than as its own to answer again as never tried."""
+    app, fake = line_app
+    line = app.extensions["tsunagu_line"]
+    line.dispatcher.stop()
+    queue, dispatcher = line.queue, line.dispatcher
+    pid = line.conversations.pseudonym("line", USER)
+    now = int(time.time() * 1000)
+    stamps = iter([repr(now + 1 / 4096), repr(now + 2 / 4096)])   # two calls, one ms
+    monkeypatch.setattr(line_queue, "call_stamp", lambda now_ms=None: next(stamps))
+    got = queue.accept([(pid, _job(line.sealer.seal(USER), now))], claim=True)
+    (claim,) = got.claims
+    assert [tried for _, tried in claim.taken] == [b"0"]
+    # The job's answer failed: it stays in the inbox, and the finish lets go.
+    assert dispatcher._finish(pid, store_module.Turn(session=None), claim.token, None, None,
+                              None) is None
+    assert not queue.redis.exists(queue.store.key(pid, "lock"))
+    assert fake.delivered() == []
+
+
 def test_a_claim_given_back_when_too_many_wait_is_answered_as_never_tried(line_app):
     """Too many claims waiting in this process: the claim is given back (lock released, a
     ticket written). Its jobs must not look "being answered" — or a reply token LINE refuses
@@ -322,3 +365,19 @@ def test_a_spread_sweep_whose_ticket_shard_is_down_writes_the_ticket_elsewhere(
     assert _entries_added(redis_client, list(queue.shards)) == 1   # in another shard
     assert redis_client.xlen(queue.shards.for_writing(pid)[0]) == 1
     assert queue.shards.is_down(own)
+
+
+def test_a_cluster_error_that_is_not_a_redis_error_is_a_failed_write(line_app, monkeypatch):
+    """redis-py's cluster client raises "no node for this slot" as RedisClusterException, not a
+    RedisError: the fallback writers take it as a shard that failed, not as a crash of the
+    webhook (which had stored and claimed the events already)."""
+    app, _ = line_app
+    queue = app.extensions["tsunagu_line"].queue
+
+    def no_node(*args, **kwargs):
+        raise redis.exceptions.SlotNotCoveredError("Slot 1 is not covered by the cluster.")
+    monkeypatch.setattr(queue.redis, "xadd", no_node)
+    monkeypatch.setattr(queue.redis, "zadd", no_node)
+    pid = "p" * 16
+    assert queue._ticket_elsewhere(pid) is False
+    queue._due_elsewhere(pid, {line_queue.due_member(pid, "E1"): 1})   # logged, not raised

@@ -64,6 +64,7 @@ from bot.handoff.worker import default_consumer
 from bot.limits import Backlog
 from bot.ports import Conversation, Event, LineSender
 from bot.redisconn import (
+    REDIS_ERRORS,
     UNAVAILABLE,
     ReplicaWait,
     beside,
@@ -100,6 +101,7 @@ CLAIMS_PER_THREAD = 16  # claims waiting per dispatcher thread before tickets ar
 # entries go in one on the node of their own keys, so accepting and finishing an event each
 # touch one node — one WAIT, one connection, one pipeline sent straight to it (clusterpipe).
 SPREAD_DUES = 16
+STAMP_STEPS = 4096  # fractions of a ms in a call's stamp (call_stamp)
 
 JOBS_PARKED = Counter("tsunagu_line_jobs_parked", "LINE events given up on after repeated "
                       "unexpected failures (the person got the degraded answer instead)")
@@ -123,10 +125,11 @@ return 0
 
 # The one Lua loop that takes a person's inbox: mark each job "being answered" and append it to
 # `out` with whether it had been marked before (a process died while answering it). Shared by
-# _TAKE, _ACCEPT and _FINISH. A mark whose score is this call's `now` was written by this very
-# call, sent again: redis-py re-sends a pipeline whose reply timed out (a slow WAIT, a stalled
-# primary), and the repeat must answer as the first run did — not "tried before", which would
-# treat a job nobody has answered as a retry after a crash.
+# _TAKE, _ACCEPT and _FINISH. A mark whose score is this call's `now` (`call_stamp`: unique to
+# the call) was written by this very call, sent again: redis-py re-sends a pipeline whose
+# reply timed out (a slow WAIT, a stalled primary), and the repeat must answer as the first
+# run did — not "tried before", which would treat a job nobody has answered as a retry after a
+# crash.
 _TAKE_FN = """
 local function take(inbox, marks, now, ttl, out)
   local jobs = redis.call('zrange', inbox, 0, -1)
@@ -261,6 +264,16 @@ return late
 """
 
 
+def call_stamp(now_ms: int | None = None) -> str:
+    """`now` for one call of _ACCEPT, _TAKE or _FINISH: the time in ms plus a random fraction
+    of a ms, so the marks a call writes carry a score no other call writes — a repeat of this
+    very call (its pipeline re-sent after a lost reply) finds its own, another call in the same
+    millisecond does not. A score is a double: at ~1.8e12 ms it has 1/4096-ms steps, so
+    k/4096 is exact, and its repr round-trips through Lua and Redis unchanged."""
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    return repr(now_ms + (secrets.randbelow(STAMP_STEPS - 1) + 1) / STAMP_STEPS)
+
+
 def drainer_token() -> str:
     """The lock token of whoever answers a person's LINE events: its "d:" tells a claim that
     the holder will answer what arrives meanwhile (no ticket needed)."""
@@ -369,7 +382,8 @@ class LineQueue:
             tokens[pid] = drainer_token() if claim else ""
             script(pipe, _ACCEPT, [self.marks(pid), self.inbox(pid),
                                    self.store.key(pid, "lock"), self.store.key(pid, "session")],
-                   now_ms, MARKS_TTL_MS, INBOX_TTL_S, tokens[pid], self.store.lock_ms, *args)
+                   call_stamp(now_ms), MARKS_TTL_MS, INBOX_TTL_S, tokens[pid],
+                   self.store.lock_ms, *args)
             keys.append(self.marks(pid))
             due_sets[pid] = due = self.due(pid)
             pipe.zadd(due, dues[pid])
@@ -465,8 +479,8 @@ class LineQueue:
                 self.shards.failed(name)
         try:
             self.shards.write_first(pid, lambda name: self.redis.zadd(due_key(name), entries),
-                                    skip=tried, errors=(redis.RedisError,))
-        except redis.RedisError:
+                                    skip=tried, errors=REDIS_ERRORS)
+        except REDIS_ERRORS:
             logs.event(log, "accept_no_due_entry", logging.ERROR, pid=pid[:16])
 
     def _ticket_elsewhere(self, pid: str, error: Exception | None = None) -> bool:
@@ -478,8 +492,8 @@ class LineQueue:
             self.shards.failed(own)
         try:
             self.shards.write_first(pid, lambda name: self.redis.xadd(name, {"p": pid}),
-                                    skip={own}, errors=(redis.RedisError,))
-        except redis.RedisError:
+                                    skip={own}, errors=REDIS_ERRORS)
+        except REDIS_ERRORS:
             return False
         return True
 
@@ -642,8 +656,8 @@ class Dispatcher:
             try:
                 self.queue.shards.write_first(
                     pids[0], lambda name, p=pids: self._write_tickets(name, p),
-                    errors=(redis.RedisError,))
-            except redis.RedisError as exc:
+                    errors=REDIS_ERRORS)
+            except REDIS_ERRORS as exc:
                 # No shard takes tickets now: the rest of the batch is not tried against a
                 # cluster that is down (a timeout each); it keeps its lease, swept after it.
                 logs.event(log, "sweep_no_ticket", logging.WARNING, error=type(exc).__name__,
@@ -777,7 +791,7 @@ class Dispatcher:
     def _take(self, pipe: Any, pid: str, token: str) -> None:
         script(pipe, _TAKE, [self.queue.inbox(pid), self.queue.marks(pid),
                              self.queue.store.key(pid, "lock")],
-               int(time.time() * 1000), MARKS_TTL_MS, token)
+               call_stamp(), MARKS_TTL_MS, token)
         if self.queue.wait is not None:
             # The "being answered" marks reach a replica before anything is sent: after a
             # failover the retry knows to check, so nothing is said twice.
@@ -865,7 +879,7 @@ class Dispatcher:
         script(pipe, _FINISH, [store.key(pid, "session"), store.key(pid, "lock"),
                                self.queue.inbox(pid), self.queue.marks(pid)],
                blob, store.ttl, token, raw or "", "1" if force else "",
-               int(time.time() * 1000), MARKS_TTL_MS, store.lock_ms)
+               call_stamp(), MARKS_TTL_MS, store.lock_ms)
         self._unlist(pipe, pid, member)
         self._ack(pipe, ack)
         for write in turn.writes:
