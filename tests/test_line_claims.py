@@ -384,8 +384,9 @@ def test_a_cluster_error_that_is_not_a_redis_error_is_a_failed_write(line_app, m
 
     def no_node(*args, **kwargs):
         raise redis.exceptions.SlotNotCoveredError("Slot 1 is not covered by the cluster.")
-    monkeypatch.setattr(queue.redis, "xadd", no_node)
+    monkeypatch.setattr(queue, "_write", no_node)          # the tickets' round trip
     monkeypatch.setattr(queue.redis, "zadd", no_node)
     pid = "p" * 16
     assert queue._ticket_elsewhere(pid) is False
+    assert queue.tickets([pid, "q" * 16]) == []
     queue._due_elsewhere(pid, {line_queue.due_member(pid, "E1"): 1})   # logged, not raised

@@ -440,18 +440,38 @@ class LineQueue:
         return Accepted([None if isinstance(r, Exception) else bool(r) for r in stored],
                         claims, replicated)
 
-    def tickets(self, pids: list[str]) -> None:
-        """People someone else has locked: a drainer answers what arrived meanwhile, but
-        another holder (a staff answer being relayed) does not — a ticket makes sure, its
-        drain finding nothing left in the common case. Rare (two events of one person at
-        once), so a round trip of its own. Failing, the due entries still answer them."""
-        try:
-            pipe = self.redis.pipeline(transaction=False)
-            for pid in pids:
-                pipe.xadd(self.shards.of(pid), {"p": pid})
-            pipe.execute()
-        except redis.RedisError as exc:
-            logs.event(log, "accept_ticket_failed", logging.WARNING, error=type(exc).__name__)
+    def tickets(self, pids: list[str]) -> list[str]:
+        """A ticket for each person, in their shard or the first other that takes it; the
+        people who got one. The one way to write tickets outside the webhook's own round
+        trip: for people someone else has locked (a drainer answers what arrived meanwhile,
+        another holder — a staff answer being relayed — does not: a ticket makes sure), a
+        claim given back, a ticket the webhook's round trip failed to write, and the sweep.
+        By shard: people of one shard share their order of shards (`Shards.for_writing`), so
+        theirs are one pipeline to one slot, whose failure says which shard is down
+        (`Shards.failed`: tried last by the next writes). When no shard takes a group, the
+        rest are not tried against a Redis that is down (a timeout each): their due entries
+        still bring their events back."""
+        groups: dict[str, list[str]] = {}
+        for pid in pids:
+            groups.setdefault(self.shards.of(pid), []).append(pid)
+        done: list[str] = []
+        for group in groups.values():
+            try:
+                self.shards.write_first(group[0], lambda name, g=group: self._write(name, g),
+                                        errors=REDIS_ERRORS)
+            except REDIS_ERRORS as exc:
+                logs.event(log, "ticket_failed", logging.WARNING, error=type(exc).__name__,
+                           people=len(pids) - len(done))
+                break
+            done += group
+        return done
+
+    def _write(self, stream: str, pids: list[str]) -> list[Any]:
+        """One ticket per person in `stream`, in one round trip (one slot: one node)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for pid in pids:
+            pipe.xadd(stream, {"p": pid})
+        return pipe.execute()
 
     def due(self, pid: str) -> str:
         """The due set of a person's events: on a cluster a spread one on their node, else
@@ -484,18 +504,12 @@ class LineQueue:
             logs.event(log, "accept_no_due_entry", logging.ERROR, pid=pid[:16])
 
     def _ticket_elsewhere(self, pid: str, error: Exception | None = None) -> bool:
-        """The ticket's write to the person's shard failed (`error`): put it in the first
-        other shard that takes it (`Shards.write_first`), the person's shard marked when
-        unreachable, so that the next writes try it last. False: no shard took it."""
-        own = self.shards.of(pid)
+        """The ticket's write to the person's shard failed (`error`): that shard marked when
+        unreachable (so it is tried last), the ticket written by `tickets`. False: no shard
+        took it."""
         if isinstance(error, UNAVAILABLE):
-            self.shards.failed(own)
-        try:
-            self.shards.write_first(pid, lambda name: self.redis.xadd(name, {"p": pid}),
-                                    skip={own}, errors=REDIS_ERRORS)
-        except REDIS_ERRORS:
-            return False
-        return True
+            self.shards.failed(self.shards.of(pid))
+        return bool(self.tickets([pid]))
 
     def _take_back(self, pid: str, jobs: list[tuple[Job, str]]) -> None:
         """No shard took the ticket: remove the inbox entries just written (best effort), so
@@ -645,35 +659,11 @@ class Dispatcher:
         for member in late or []:
             text = member.decode() if isinstance(member, bytes) else member
             people.setdefault(text.split("|", 1)[0], []).append(member)
-        # By the person's shard: people of one shard share their order of shards to write to
-        # (`Shards.for_writing`), so theirs are one pipeline to one slot, whose failure says
-        # which shard is down (`Shards.failed`: tried last by the next writes).
-        groups: dict[str, list[str]] = {}
-        for pid in people:
-            groups.setdefault(self.queue.shards.of(pid), []).append(pid)
-        done: list[Any] = []
-        for pids in groups.values():
-            try:
-                self.queue.shards.write_first(
-                    pids[0], lambda name, p=pids: self._write_tickets(name, p),
-                    errors=REDIS_ERRORS)
-            except REDIS_ERRORS as exc:
-                # No shard takes tickets now: the rest of the batch is not tried against a
-                # cluster that is down (a timeout each); it keeps its lease, swept after it.
-                logs.event(log, "sweep_no_ticket", logging.WARNING, error=type(exc).__name__,
-                           events=len(late) - len(done))
-                break
-            done += [member for pid in pids for member in people[pid]]
+        ticketed = self.queue.tickets(list(people))
+        done = [member for pid in ticketed for member in people[pid]]
         if done:
             client.zrem(key, *done)
         return len(done)
-
-    def _write_tickets(self, stream: str, pids: list[str]) -> list[Any]:
-        """One ticket per person in `stream`, in one round trip (one slot: one node)."""
-        pipe = self.queue.redis.pipeline(transaction=False)
-        for pid in pids:
-            pipe.xadd(stream, {"p": pid})
-        return pipe.execute()
 
     def _sweep_if_due(self) -> None:
         if time.monotonic() - self._swept_at < SWEEP_EVERY_S or \
