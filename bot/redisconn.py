@@ -300,6 +300,10 @@ class ReplicaWait:
 UNAVAILABLE: tuple[type[Exception], ...] = (
     redis.ConnectionError, redis.TimeoutError, redis.exceptions.ClusterError,
     redis.exceptions.TryAgainError, redis.exceptions.RedisClusterException)
+# Any failure of a Redis call: redis-py's cluster client raises some (no node for a slot, a
+# cluster it cannot reach) as RedisClusterException, which is not a RedisError.
+REDIS_ERRORS: tuple[type[Exception], ...] = (redis.RedisError,
+                                             redis.exceptions.RedisClusterException)
 
 
 @lru_cache(maxsize=512)

@@ -24,8 +24,14 @@ from bot.session import Session
 
 # Take the per-person lock and read the session: one command (two in a pipeline cost the
 # client twice the work). KEYS: lock, session. ARGV: token, lock ms. {1, session} or {0}.
+# A lock already holding this token is ours: this very call, sent again by redis-py after its
+# reply was lost (tokens are new for every call) — taken, not waited for until it expires.
 _LOCK_LOAD = """
 if redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return {1, redis.call('get', KEYS[2])}
+end
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  redis.call('pexpire', KEYS[1], ARGV[2])
   return {1, redis.call('get', KEYS[2])}
 end
 return {0}

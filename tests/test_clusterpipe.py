@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -56,6 +57,26 @@ def keys_on(client: Any, node_of: str, same: bool, n: int = 1) -> list[str]:
     return out
 
 
+@contextmanager
+def stale_slot(client: Any) -> Iterator[tuple[str, str, Any]]:
+    """Keys a and b on different nodes, and the client's slot map made to believe that a's
+    slot is held by b's node (a resharding or failover it has not heard of) — until it learns
+    the map again or the block ends. Yields (a, b, b's node)."""
+    a = f"cp-test:{{{uuid.uuid4().hex}}}:a"
+    (b,) = keys_on(client, a, same=False)
+    wrong = client.get_node_from_key(b)
+    slot = client.keyslot(a)
+    cache = client.nodes_manager.slots_cache
+    saved = cache[slot]
+    try:
+        cache[slot] = [wrong]
+        yield a, b, wrong
+    finally:
+        cache[slot] = saved
+        client.delete(a)
+        client.delete(b)
+
+
 def test_a_one_node_pipeline_goes_straight_to_its_node(cluster, library):
     a = f"cp-test:{{{uuid.uuid4().hex}}}:a"
     (b,) = keys_on(cluster, a, same=True)
@@ -95,23 +116,14 @@ def test_several_nodes_or_an_unknown_command_go_through_redis_py(cluster, librar
 def test_a_moved_slot_is_sent_again_through_redis_py_which_learns_the_map(cluster, library):
     """A slot map gone stale (a resharding, a failover): the node answers MOVED, the command
     goes again through redis-py, and the client routes by the right map afterwards."""
-    a = f"cp-test:{{{uuid.uuid4().hex}}}:a"
-    (b,) = keys_on(cluster, a, same=False)
-    wrong, right = cluster.get_node_from_key(b), cluster.get_node_from_key(a)
-    slot = cluster.keyslot(a)
-    cache = cluster.nodes_manager.slots_cache
-    saved = cache[slot]
-    cache[slot] = [wrong]                              # the client believes a is elsewhere
-    try:
+    with stale_slot(cluster) as (a, _, wrong):
+        assert cluster.get_node_from_key(a).name == wrong.name   # believed elsewhere
         pipe = cluster.pipeline(transaction=False)
         pipe.set(a, "x")
         pipe.get(a)
         assert pipe.execute() == [True, b"x"]
         assert library == [2]                           # both sent again, MOVED both
-        assert cluster.get_node_from_key(a).name == right.name  # the map is right again
-    finally:
-        cache[slot] = cache.get(slot) or saved
-    cluster.delete(a)
+        assert cluster.get_node_from_key(a).name != wrong.name   # the map is right again
 
 
 def test_a_node_that_fails_hands_its_pipelines_to_redis_py_for_a_while(cluster, library,
@@ -164,44 +176,25 @@ def test_errors_are_raised_or_returned_in_place_as_redis_py_does(cluster, librar
 def test_a_wait_does_not_vouch_for_commands_sent_again_elsewhere(cluster, library):
     """A WAIT counts its own node's writes: when a command of the pipeline was redirected it
     ran on another node, unwaited — the WAIT reports 0 rather than the replica it did see."""
-    a = f"cp-test:{{{uuid.uuid4().hex}}}:a"
-    (b,) = keys_on(cluster, a, same=False)
-    wrong = cluster.get_node_from_key(b)
-    slot = cluster.keyslot(a)
-    cache = cluster.nodes_manager.slots_cache
-    saved = cache[slot]
-    try:
+    with stale_slot(cluster) as (a, b, wrong):
         pipe = cluster.pipeline(transaction=False)
         pipe.set(b, "1")
         pipe.execute_command("WAIT", 1, 2000, target_nodes=wrong)
         assert pipe.execute() == [True, 1]              # a replica has it: WAIT says so
-        cache[slot] = [wrong]
         pipe.set(a, "x")                                # MOVED, sent again to its node
         pipe.set(b, "2")
         pipe.execute_command("WAIT", 1, 2000, target_nodes=wrong)
         assert pipe.execute() == [True, True, 0]
         assert library == [1]
-    finally:
-        cache[slot] = cache.get(slot) or saved
-    cluster.delete(a)
-    cluster.delete(b)
 
 
 def test_a_failed_resend_keeps_the_results_of_what_ran(cluster, library, monkeypatch):
     """redis-py raises for a whole re-send it cannot deliver; the commands that ran on the
     node keep their results, the redirected ones get the error — in place, not raised."""
-    a = f"cp-test:{{{uuid.uuid4().hex}}}:a"
-    (b,) = keys_on(cluster, a, same=False)
-    wrong = cluster.get_node_from_key(b)
-    slot = cluster.keyslot(a)
-    cache = cluster.nodes_manager.slots_cache
-    saved = cache[slot]
-
     def down(self, stack, raise_on_error):
         raise redis.exceptions.ClusterDownError("CLUSTERDOWN the cluster is down")
     monkeypatch.setattr(clusterpipe.NodePipeline, "_library", down)
-    try:
-        cache[slot] = [wrong]
+    with stale_slot(cluster) as (a, b, _):
         pipe = cluster.pipeline(transaction=False)
         pipe.set(a, "x")
         pipe.set(b, "2")
@@ -212,9 +205,6 @@ def test_a_failed_resend_keeps_the_results_of_what_ran(cluster, library, monkeyp
         with pytest.raises(redis.exceptions.ClusterDownError):
             pipe.execute()
         assert cluster.get(b) == b"3"                   # it ran all the same
-    finally:
-        cache[slot] = saved
-    cluster.delete(b)
 
 
 def test_a_keys_slot_is_remembered_and_the_same_as_redis_pys(cluster):

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import time
 import uuid
+from dataclasses import dataclass
+from typing import Any
 
 import pytest
 import redis
 
 from bot import clusterpipe
+from bot import store as store_module
 from bot.channels import line_queue
 from bot.channels.line_events import Job
 from bot.redisconn import ReplicaWait, is_cluster, node_name
@@ -81,17 +84,43 @@ def _job(sealed_user: str, ts: int) -> Job:
                sealed_user=sealed_user)
 
 
-def test_what_arrives_while_a_person_is_locked_is_answered_before_the_lock_is_let_go(
-        line_app, redis_client):
-    """Two events of one person: the first claims them; the second's claim finds the lock
-    taken. The holder answers both, in order, before releasing — no wait for any sweep."""
+@dataclass
+class Quiet:
+    """The LINE channel with its background readers stopped (only what a test calls acts),
+    and one person."""
+
+    line: Any
+    fake: Any
+    pid: str
+
+    @property
+    def queue(self) -> Any:
+        return self.line.queue
+
+    @property
+    def dispatcher(self) -> Any:
+        return self.line.dispatcher
+
+    def jobs(self, n: int, now: int | None = None) -> list[Job]:
+        """`n` of the person's events, one ms apart from `now`."""
+        now = int(time.time() * 1000) if now is None else now
+        return [_job(self.line.sealer.seal(USER), now + i) for i in range(n)]
+
+
+@pytest.fixture
+def quiet(line_app) -> Quiet:
     app, fake = line_app
     line = app.extensions["tsunagu_line"]
-    line.dispatcher.stop()                      # no background readers: only the claim acts
-    queue, dispatcher = line.queue, line.dispatcher
-    pid = line.conversations.pseudonym("line", USER)
-    now = int(time.time() * 1000)
-    first, second = _job(line.sealer.seal(USER), now), _job(line.sealer.seal(USER), now + 1)
+    line.dispatcher.stop()
+    return Quiet(line, fake, line.conversations.pseudonym("line", USER))
+
+
+def test_what_arrives_while_a_person_is_locked_is_answered_before_the_lock_is_let_go(
+        quiet, redis_client):
+    """Two events of one person: the first claims them; the second's claim finds the lock
+    taken. The holder answers both, in order, before releasing — no wait for any sweep."""
+    queue, dispatcher, pid, fake = quiet.queue, quiet.dispatcher, quiet.pid, quiet.fake
+    first, second = quiet.jobs(2)
     one = queue.accept([(pid, first)], claim=True)
     assert [c.pid for c in one.claims] == [pid]
     two = queue.accept([(pid, second)], claim=True)
@@ -120,19 +149,13 @@ def _sent_twice(monkeypatch, source: str) -> list[int]:
     return resent
 
 
-def test_an_accept_sent_again_after_a_lost_reply_answers_as_the_first_run(line_app,
-                                                                         monkeypatch):
+def test_an_accept_sent_again_after_a_lost_reply_answers_as_the_first_run(quiet, monkeypatch):
     """The webhook's round trip ran but its reply was lost, and the pipeline went again: the
     repeat must not take its own events for redeliveries (no claim, no ticket: unanswered
     until the lock expired, ~35 s) nor its own lock for someone else's — stored, claimed,
     never tried, answered once."""
-    app, fake = line_app
-    line = app.extensions["tsunagu_line"]
-    line.dispatcher.stop()
-    queue, dispatcher = line.queue, line.dispatcher
-    pid = line.conversations.pseudonym("line", USER)
-    now = int(time.time() * 1000)
-    first, second = _job(line.sealer.seal(USER), now), _job(line.sealer.seal(USER), now + 1)
+    queue, dispatcher, pid, fake = quiet.queue, quiet.dispatcher, quiet.pid, quiet.fake
+    first, second = quiet.jobs(2)
     queue.backlog.due()            # measured just now: this accept touches the person's node only
     resent = _sent_twice(monkeypatch, line_queue._ACCEPT)
     got = queue.accept([(pid, first), (pid, second)], claim=True)
@@ -148,17 +171,12 @@ def test_an_accept_sent_again_after_a_lost_reply_answers_as_the_first_run(line_a
     assert again.stored == [False] and again.claims == []
 
 
-def test_a_finish_sent_again_keeps_what_it_took(line_app, monkeypatch):
+def test_a_finish_sent_again_keeps_what_it_took(quiet, monkeypatch):
     """A finish that took newly arrived events, sent again: the repeat must see those events
     as its own to answer (not as being answered by someone, which would let the lock go and
     leave them to the sweep)."""
-    app, fake = line_app
-    line = app.extensions["tsunagu_line"]
-    line.dispatcher.stop()
-    queue, dispatcher = line.queue, line.dispatcher
-    pid = line.conversations.pseudonym("line", USER)
-    now = int(time.time() * 1000)
-    first, second = _job(line.sealer.seal(USER), now), _job(line.sealer.seal(USER), now + 1)
+    queue, dispatcher, pid, fake = quiet.queue, quiet.dispatcher, quiet.pid, quiet.fake
+    first, second = quiet.jobs(2)
     one = queue.accept([(pid, first)], claim=True)
     queue.accept([(pid, second)], claim=True)           # arrives while the person is locked
     resent = _sent_twice(monkeypatch, line_queue._FINISH)
@@ -169,6 +187,39 @@ def test_a_finish_sent_again_keeps_what_it_took(line_app, monkeypatch):
                                                                second.reply_token]
     assert time.monotonic() - started < 5               # not left for a sweep
     assert queue.redis.zcard(queue.inbox(pid)) == 0
+
+
+def test_a_drain_whose_lock_step_is_sent_again_takes_its_own_lock(quiet, monkeypatch):
+    """The drain's lock-and-take round trip ran but its reply was lost, and it went again:
+    the repeat finds the lock holding its own token — taken, the job answered once — not a
+    lock to wait for until it expires (~30 s) while the person's messages wait too."""
+    queue, dispatcher, pid, fake = quiet.queue, quiet.dispatcher, quiet.pid, quiet.fake
+    (job,) = quiet.jobs(1)
+    assert queue.accept([(pid, job)], claim=False).stored == [True]   # a ticket, no claim
+    resent = _sent_twice(monkeypatch, store_module._LOCK_LOAD)
+    started = time.monotonic()
+    assert dispatcher.drain(pid) == 1
+    assert resent and time.monotonic() - started < 3
+    assert [r.body["replyToken"] for r in fake.delivered()] == [job.reply_token]
+    assert not queue.redis.exists(queue.store.key(pid, "lock"))
+
+
+def test_another_call_in_the_same_millisecond_is_not_taken_for_a_repeat(quiet, monkeypatch):
+    """Marks carry their call's stamp, unique to the call: a finish in the same millisecond as
+    the accept that took a job still left in the inbox (its answer failed) sees it as taken by
+    someone else — lets go — rather than as its own to answer again as never tried."""
+    queue, dispatcher, pid, fake = quiet.queue, quiet.dispatcher, quiet.pid, quiet.fake
+    now = int(time.time() * 1000)
+    stamps = iter([repr(now + 1 / 4096), repr(now + 2 / 4096)])   # two calls, one ms
+    monkeypatch.setattr(line_queue, "call_stamp", lambda now_ms=None: next(stamps))
+    got = queue.accept([(pid, *quiet.jobs(1, now))], claim=True)
+    (claim,) = got.claims
+    assert [tried for _, tried in claim.taken] == [b"0"]
+    # The job's answer failed: it stays in the inbox, and the finish lets go.
+    assert dispatcher._finish(pid, store_module.Turn(session=None), claim.token, None, None,
+                              None) is None
+    assert not queue.redis.exists(queue.store.key(pid, "lock"))
+    assert fake.delivered() == []
 
 
 def test_a_claim_given_back_when_too_many_wait_is_answered_as_never_tried(line_app):
@@ -322,3 +373,20 @@ def test_a_spread_sweep_whose_ticket_shard_is_down_writes_the_ticket_elsewhere(
     assert _entries_added(redis_client, list(queue.shards)) == 1   # in another shard
     assert redis_client.xlen(queue.shards.for_writing(pid)[0]) == 1
     assert queue.shards.is_down(own)
+
+
+def test_a_cluster_error_that_is_not_a_redis_error_is_a_failed_write(line_app, monkeypatch):
+    """redis-py's cluster client raises "no node for this slot" as RedisClusterException, not a
+    RedisError: the fallback writers take it as a shard that failed, not as a crash of the
+    webhook (which had stored and claimed the events already)."""
+    app, _ = line_app
+    queue = app.extensions["tsunagu_line"].queue
+
+    def no_node(*args, **kwargs):
+        raise redis.exceptions.SlotNotCoveredError("Slot 1 is not covered by the cluster.")
+    monkeypatch.setattr(queue, "_write", no_node)          # the tickets' round trip
+    monkeypatch.setattr(queue.redis, "zadd", no_node)
+    pid = "p" * 16
+    assert queue._ticket_elsewhere(pid) is False
+    assert queue.tickets([pid, "q" * 16]) == []
+    queue._due_elsewhere(pid, {line_queue.due_member(pid, "E1"): 1})   # logged, not raised

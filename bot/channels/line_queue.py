@@ -64,6 +64,7 @@ from bot.handoff.worker import default_consumer
 from bot.limits import Backlog
 from bot.ports import Conversation, Event, LineSender
 from bot.redisconn import (
+    REDIS_ERRORS,
     UNAVAILABLE,
     ReplicaWait,
     beside,
@@ -101,6 +102,7 @@ GIVE_BACK_S = 0.4  # stopping: how long claims never started may take to be give
 # entries go in one on the node of their own keys, so accepting and finishing an event each
 # touch one node — one WAIT, one connection, one pipeline sent straight to it (clusterpipe).
 SPREAD_DUES = 16
+STAMP_STEPS = 4096  # fractions of a ms in a call's stamp (call_stamp)
 
 JOBS_PARKED = Counter("tsunagu_line_jobs_parked", "LINE events given up on after repeated "
                       "unexpected failures (the person got the degraded answer instead)")
@@ -124,10 +126,11 @@ return 0
 
 # The one Lua loop that takes a person's inbox: mark each job "being answered" and append it to
 # `out` with whether it had been marked before (a process died while answering it). Shared by
-# _TAKE, _ACCEPT and _FINISH. A mark whose score is this call's `now` was written by this very
-# call, sent again: redis-py re-sends a pipeline whose reply timed out (a slow WAIT, a stalled
-# primary), and the repeat must answer as the first run did — not "tried before", which would
-# treat a job nobody has answered as a retry after a crash.
+# _TAKE, _ACCEPT and _FINISH. A mark whose score is this call's `now` (`call_stamp`: unique to
+# the call) was written by this very call, sent again: redis-py re-sends a pipeline whose
+# reply timed out (a slow WAIT, a stalled primary), and the repeat must answer as the first
+# run did — not "tried before", which would treat a job nobody has answered as a retry after a
+# crash.
 _TAKE_FN = """
 local function take(inbox, marks, now, ttl, out)
   local jobs = redis.call('zrange', inbox, 0, -1)
@@ -262,6 +265,16 @@ return late
 """
 
 
+def call_stamp(now_ms: int | None = None) -> str:
+    """`now` for one call of _ACCEPT, _TAKE or _FINISH: the time in ms plus a random fraction
+    of a ms, so the marks a call writes carry a score no other call writes — a repeat of this
+    very call (its pipeline re-sent after a lost reply) finds its own, another call in the same
+    millisecond does not. A score is a double: at ~1.8e12 ms it has 1/4096-ms steps, so
+    k/4096 is exact, and its repr round-trips through Lua and Redis unchanged."""
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    return repr(now_ms + (secrets.randbelow(STAMP_STEPS - 1) + 1) / STAMP_STEPS)
+
+
 def drainer_token() -> str:
     """The lock token of whoever answers a person's LINE events: its "d:" tells a claim that
     the holder will answer what arrives meanwhile (no ticket needed)."""
@@ -370,7 +383,8 @@ class LineQueue:
             tokens[pid] = drainer_token() if claim else ""
             script(pipe, _ACCEPT, [self.marks(pid), self.inbox(pid),
                                    self.store.key(pid, "lock"), self.store.key(pid, "session")],
-                   now_ms, MARKS_TTL_MS, INBOX_TTL_S, tokens[pid], self.store.lock_ms, *args)
+                   call_stamp(now_ms), MARKS_TTL_MS, INBOX_TTL_S, tokens[pid],
+                   self.store.lock_ms, *args)
             keys.append(self.marks(pid))
             due_sets[pid] = due = self.due(pid)
             pipe.zadd(due, dues[pid])
@@ -427,18 +441,38 @@ class LineQueue:
         return Accepted([None if isinstance(r, Exception) else bool(r) for r in stored],
                         claims, replicated)
 
-    def tickets(self, pids: list[str]) -> None:
-        """People someone else has locked: a drainer answers what arrived meanwhile, but
-        another holder (a staff answer being relayed) does not — a ticket makes sure, its
-        drain finding nothing left in the common case. Rare (two events of one person at
-        once), so a round trip of its own. Failing, the due entries still answer them."""
-        try:
-            pipe = self.redis.pipeline(transaction=False)
-            for pid in pids:
-                pipe.xadd(self.shards.of(pid), {"p": pid})
-            pipe.execute()
-        except redis.RedisError as exc:
-            logs.event(log, "accept_ticket_failed", logging.WARNING, error=type(exc).__name__)
+    def tickets(self, pids: list[str]) -> list[str]:
+        """A ticket for each person, in their shard or the first other that takes it; the
+        people who got one. The one way to write tickets outside the webhook's own round
+        trip: for people someone else has locked (a drainer answers what arrived meanwhile,
+        another holder — a staff answer being relayed — does not: a ticket makes sure), a
+        claim given back, a ticket the webhook's round trip failed to write, and the sweep.
+        By shard: people of one shard share their order of shards (`Shards.for_writing`), so
+        theirs are one pipeline to one slot, whose failure says which shard is down
+        (`Shards.failed`: tried last by the next writes). When no shard takes a group, the
+        rest are not tried against a Redis that is down (a timeout each): their due entries
+        still bring their events back."""
+        groups: dict[str, list[str]] = {}
+        for pid in pids:
+            groups.setdefault(self.shards.of(pid), []).append(pid)
+        done: list[str] = []
+        for group in groups.values():
+            try:
+                self.shards.write_first(group[0], lambda name, g=group: self._write(name, g),
+                                        errors=REDIS_ERRORS)
+            except REDIS_ERRORS as exc:
+                logs.event(log, "ticket_failed", logging.WARNING, error=type(exc).__name__,
+                           people=len(pids) - len(done))
+                break
+            done += group
+        return done
+
+    def _write(self, stream: str, pids: list[str]) -> list[Any]:
+        """One ticket per person in `stream`, in one round trip (one slot: one node)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for pid in pids:
+            pipe.xadd(stream, {"p": pid})
+        return pipe.execute()
 
     def due(self, pid: str) -> str:
         """The due set of a person's events: on a cluster a spread one on their node, else
@@ -466,23 +500,17 @@ class LineQueue:
                 self.shards.failed(name)
         try:
             self.shards.write_first(pid, lambda name: self.redis.zadd(due_key(name), entries),
-                                    skip=tried, errors=(redis.RedisError,))
-        except redis.RedisError:
+                                    skip=tried, errors=REDIS_ERRORS)
+        except REDIS_ERRORS:
             logs.event(log, "accept_no_due_entry", logging.ERROR, pid=pid[:16])
 
     def _ticket_elsewhere(self, pid: str, error: Exception | None = None) -> bool:
-        """The ticket's write to the person's shard failed (`error`): put it in the first
-        other shard that takes it (`Shards.write_first`), the person's shard marked when
-        unreachable, so that the next writes try it last. False: no shard took it."""
-        own = self.shards.of(pid)
+        """The ticket's write to the person's shard failed (`error`): that shard marked when
+        unreachable (so it is tried last), the ticket written by `tickets`. False: no shard
+        took it."""
         if isinstance(error, UNAVAILABLE):
-            self.shards.failed(own)
-        try:
-            self.shards.write_first(pid, lambda name: self.redis.xadd(name, {"p": pid}),
-                                    skip={own}, errors=(redis.RedisError,))
-        except redis.RedisError:
-            return False
-        return True
+            self.shards.failed(self.shards.of(pid))
+        return bool(self.tickets([pid]))
 
     def _take_back(self, pid: str, jobs: list[tuple[Job, str]]) -> None:
         """No shard took the ticket: remove the inbox entries just written (best effort), so
@@ -663,35 +691,11 @@ class Dispatcher:
         for member in late or []:
             text = member.decode() if isinstance(member, bytes) else member
             people.setdefault(text.split("|", 1)[0], []).append(member)
-        # By the person's shard: people of one shard share their order of shards to write to
-        # (`Shards.for_writing`), so theirs are one pipeline to one slot, whose failure says
-        # which shard is down (`Shards.failed`: tried last by the next writes).
-        groups: dict[str, list[str]] = {}
-        for pid in people:
-            groups.setdefault(self.queue.shards.of(pid), []).append(pid)
-        done: list[Any] = []
-        for pids in groups.values():
-            try:
-                self.queue.shards.write_first(
-                    pids[0], lambda name, p=pids: self._write_tickets(name, p),
-                    errors=(redis.RedisError,))
-            except redis.RedisError as exc:
-                # No shard takes tickets now: the rest of the batch is not tried against a
-                # cluster that is down (a timeout each); it keeps its lease, swept after it.
-                logs.event(log, "sweep_no_ticket", logging.WARNING, error=type(exc).__name__,
-                           events=len(late) - len(done))
-                break
-            done += [member for pid in pids for member in people[pid]]
+        ticketed = self.queue.tickets(list(people))
+        done = [member for pid in ticketed for member in people[pid]]
         if done:
             client.zrem(key, *done)
         return len(done)
-
-    def _write_tickets(self, stream: str, pids: list[str]) -> list[Any]:
-        """One ticket per person in `stream`, in one round trip (one slot: one node)."""
-        pipe = self.queue.redis.pipeline(transaction=False)
-        for pid in pids:
-            pipe.xadd(stream, {"p": pid})
-        return pipe.execute()
 
     def _sweep_if_due(self) -> None:
         if time.monotonic() - self._swept_at < SWEEP_EVERY_S or \
@@ -831,7 +835,7 @@ class Dispatcher:
     def _take(self, pipe: Any, pid: str, token: str) -> None:
         script(pipe, _TAKE, [self.queue.inbox(pid), self.queue.marks(pid),
                              self.queue.store.key(pid, "lock")],
-               int(time.time() * 1000), MARKS_TTL_MS, token)
+               call_stamp(), MARKS_TTL_MS, token)
         if self.queue.wait is not None:
             # The "being answered" marks reach a replica before anything is sent: after a
             # failover the retry knows to check, so nothing is said twice.
@@ -919,7 +923,7 @@ class Dispatcher:
         script(pipe, _FINISH, [store.key(pid, "session"), store.key(pid, "lock"),
                                self.queue.inbox(pid), self.queue.marks(pid)],
                blob, store.ttl, token, raw or "", "1" if force else "",
-               int(time.time() * 1000), MARKS_TTL_MS, store.lock_ms)
+               call_stamp(), MARKS_TTL_MS, store.lock_ms)
         self._unlist(pipe, pid, member)
         self._ack(pipe, ack)
         for write in turn.writes:
