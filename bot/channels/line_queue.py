@@ -763,18 +763,18 @@ class Dispatcher:
         successor — and acknowledged here, rather than drained by a process that is exiting
         and may be cut mid-answer, its lock then held until it expires. Among them the
         tickets of claims `stop` gave back, which would otherwise come straight back here.
-        Written before acknowledged: cut in between, a second ticket (its drain finds
-        nothing). Failing, they stay pending and are reclaimed after `reclaim_idle_ms`."""
+        Written (`LineQueue.tickets`) before acknowledged: cut in between, a second ticket
+        (its drain finds nothing). A ticket not written again stays pending, reclaimed by
+        another process after `reclaim_idle_ms`."""
+        written = set(self.queue.tickets([e.fields["p"] for e in entries if e.fields.get("p")]))
+        done = [(e.stream, e.id) for e in entries
+                if not e.fields.get("p") or e.fields["p"] in written]
         try:
-            pipe = self.queue.redis.pipeline(transaction=False)
-            for entry in entries:
-                if entry.fields.get("p"):
-                    pipe.xadd(entry.stream, {"p": entry.fields["p"]})
-            pipe.execute()
-            consumer.ack([(entry.stream, entry.id) for entry in entries])
-        except redis.RedisError as exc:
-            logs.event(log, "tickets_not_passed_on", logging.WARNING,
-                       error=type(exc).__name__, tickets=len(entries))
+            if done:
+                consumer.ack(done)
+        except REDIS_ERRORS as exc:  # left pending: a second ticket, its drain finds nothing
+            logs.event(log, "tickets_not_acknowledged", logging.WARNING,
+                       error=type(exc).__name__, tickets=len(done))
 
     def reclaim(self, consumer: StreamConsumer | None = None) -> int:
         """Take over tickets a dead dispatcher read but never acknowledged."""
