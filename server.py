@@ -31,6 +31,9 @@ MAX_BODY = 1024 * 1024
 SHUTDOWN_S = 5.0  # how long `shutdown` waits for answers under way (see gunicorn.conf.py)
 # After that wait: claims never started given back (line_queue.GIVE_BACK_S), pools closed.
 CLOSING_S = 1.0
+# Kept clear of gunicorn's SIGKILL after `shutdown`'s wait: its CLOSING_S, then the exit.
+EXIT_MARGIN_S = CLOSING_S + 1.0
+MIN_SHUTDOWN_S = 0.25  # even when the SIGKILL is near: long enough to give claims back
 
 LOOPBACK = ("127.0.0.1", "::1")
 
@@ -202,8 +205,9 @@ def shutdown(app: object, timeout: float = SHUTDOWN_S) -> None:
     Every part (each city's, for the multi-city app) stops at once, on its own thread, within
     `timeout` in all, plus CLOSING_S for what follows the wait (claims given back, pools
     closed): a slow answer in one city takes nothing from another's wait, and no city goes
-    on reading new work meanwhile. The pools waited for here are not waited for again at
-    interpreter exit (bot.workers), so the worker exits right after this returns.
+    on reading new work meanwhile. Pools whose threads all ended here cost nothing at
+    interpreter exit; one still busy gets bot.workers' EXIT_WAIT_S there (see
+    `shutdown_budget` for how gunicorn.conf.py sizes `timeout`).
     Idempotent: the app is marked stopped. Never raises — a part that fails to stop is
     logged by name, and the others stop; anything not built by this module (gunicorn's
     error app) is left alone.
@@ -227,10 +231,31 @@ def shutdown(app: object, timeout: float = SHUTDOWN_S) -> None:
         deadline = time.monotonic() + timeout + CLOSING_S  # each stop's closing, after its wait
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
-        logs.event(log, "background_stopped", parts=len(threads),
+        logs.event(log, "background_stopped", parts=len(threads), timeout=round(timeout, 2),
                    unfinished=sum(thread.is_alive() for thread in threads))
     except Exception as exc:  # at exit, a failure to stop must not become one to exit
         logs.failure("server.shutdown", exc)
+
+
+def shutdown_budget(graceful_timeout: float, since_sigterm: float | None) -> float:
+    """How long `shutdown` may wait in a gunicorn worker, given gunicorn's graceful_timeout
+    and the seconds since the worker got SIGTERM (None: it did not — a max_requests restart,
+    a SIGQUIT/SIGINT).
+
+    Why: the master SIGKILLs its workers graceful_timeout after sending SIGTERM, and by the
+    time `worker_exit` runs the worker has already spent part of that draining its
+    connections (up to 2 s for kept-alive ones, 8-15 s for requests stuck on a stalled
+    Redis). A SIGKILL landing inside `shutdown` kills the degraded answers it waits for —
+    the only copy of their events — and the claims it would give back. So: what is left
+    before the SIGKILL, less EXIT_MARGIN_S (CLOSING_S and the interpreter's exit), at least
+    MIN_SHUTDOWN_S, at most half the graceful_timeout (the budget without a SIGTERM, when
+    nothing will SIGKILL the worker soon; pools still busy get bot.workers' EXIT_WAIT_S at
+    interpreter exit on top)."""
+    half = graceful_timeout / 2
+    if since_sigterm is None:
+        return half
+    left = graceful_timeout - since_sigterm - EXIT_MARGIN_S
+    return max(MIN_SHUTDOWN_S, min(half, left))
 
 
 def _app_or_exit() -> Flask:

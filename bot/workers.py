@@ -42,11 +42,18 @@ class Workers:
       can then be taken out (`take_waiting`) and handed elsewhere — the dispatcher gives
       its claims back (lock released, ticket written) rather than leave them to die;
     - at interpreter exit — a gunicorn worker ends with `sys.exit` on every restart — a
-      pool nobody stopped still runs what was handed over, for up to EXIT_WAIT_S, as the
-      executor's (non-daemon) threads did: a degraded answer has nothing else behind it. A
-      pool already stopped or finished with a `timeout` is not waited for again: its owner
-      (server.shutdown, from gunicorn's `worker_exit`) spent the budget that fits under
-      gunicorn's graceful_timeout, and more would only meet the master's SIGKILL.
+      pool whose threads have not all ended still runs what was handed over, for up to
+      EXIT_WAIT_S, as the executor's (non-daemon) threads did: a degraded answer has
+      nothing else behind it. That holds too for a pool its owner already stopped or
+      finished with a `timeout` that ran out (server.shutdown, from gunicorn's
+      `worker_exit`): after a HUP reload or a max_requests restart nothing SIGKILLs the
+      worker soon, and the answer may still finish; after a stop, the master's SIGKILL
+      only cuts short a wait that could not save it anyway. A pool whose threads all
+      ended is forgotten then, and costs nothing at exit.
+
+    Taking a task and ending are atomic with each other (`_gate`): an `offer` either comes
+    before the threads' signals to end — and is run, or taken out by `take_waiting` — or
+    is refused, never queued behind them where no thread would run it.
     """
 
     def __init__(self, name: str, threads: int, backlog: int):
@@ -58,19 +65,21 @@ class Workers:
         self._count = threads
         self._threads: list[threading.Thread] = []
         self._starting = threading.Lock()
+        self._gate = threading.Lock()  # offer's check and put vs. the end (see the class)
         _LIVE.add(self)
 
     def offer(self, task: Callable[..., Any], *args: Any) -> bool:
-        if self.full():
-            return False
-        if not self._threads:
-            try:
-                self._start()
-            except RuntimeError:  # "can't start new thread": the caller does the work
-                logs.event(log, "workers_not_started", logging.ERROR, pool=self.name)
+        with self._gate:
+            if self.full():
                 return False
-        self._queue.put((task, args))
-        return True
+            if not self._threads:
+                try:
+                    self._start()
+                except RuntimeError:  # "can't start new thread": the caller does the work
+                    logs.event(log, "workers_not_started", logging.ERROR, pool=self.name)
+                    return False
+            self._queue.put((task, args))
+            return True
 
     def _start(self) -> None:
         """Threads start with the first task, as the executor's did: a channel built and
@@ -97,20 +106,24 @@ class Workers:
     def stop(self, timeout: float | None = None) -> bool:
         """No new tasks; waiting ones are dropped; with `timeout`, wait that long in all for
         the running ones. Returns whether every thread has ended."""
-        self._accepting, self._dropping = False, True
-        while True:
-            try:
-                self._queue.get_nowait()
-            except Empty:
-                break
-        return self._end(timeout)
+        with self._gate:
+            self._accepting, self._dropping = False, True
+            while True:
+                try:
+                    self._queue.get_nowait()
+                except Empty:
+                    break
+            self._signal_end()
+        return self._wait(timeout)
 
     def finish(self, timeout: float) -> bool:
         """No new tasks; what waits still runs; wait up to `timeout` in all. Returns whether
         every thread has ended (False: some task still runs, or still waits — see
         `take_waiting`)."""
-        self._accepting = False
-        return self._end(timeout)
+        with self._gate:
+            self._accepting = False
+            self._signal_end()
+        return self._wait(timeout)
 
     def take_waiting(self) -> list[Task]:
         """Remove the tasks no thread has started and return them, oldest first: the caller
@@ -135,17 +148,24 @@ class Workers:
         """Whether no thread runs (none started, or every one has returned)."""
         return not any(thread.is_alive() for thread in self._threads)
 
-    def _end(self, timeout: float | None) -> bool:
-        for _ in self._threads:  # behind what waits: one wake-up per thread
+    def _signal_end(self) -> None:
+        """Behind what waits, one wake-up to end per thread. Called under `_gate`, once no
+        new task is taken: nothing can be queued behind them."""
+        for _ in self._threads:
             self._queue.put(None)
-        if timeout is None:
-            return self.ended()
-        _LIVE.discard(self)  # waited for by its owner: not again at exit (see the class)
-        deadline = time.monotonic() + timeout
-        for thread in self._threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
+
+    def _wait(self, timeout: float | None) -> bool:
+        """Wait up to `timeout` in all for the threads to end (None: not at all). A pool
+        whose threads all ended is forgotten by the exit hook; one still busy stays for
+        its EXIT_WAIT_S (see the class)."""
+        if timeout is not None:
+            deadline = time.monotonic() + timeout
+            for thread in self._threads:
+                thread.join(max(0.0, deadline - time.monotonic()))
         ended = self.ended()
-        if not ended:
+        if ended:
+            _LIVE.discard(self)
+        elif timeout is not None:
             # queued: tasks not started, with the threads' wake-ups to end
             logs.event(log, "workers_unfinished", logging.WARNING, pool=self.name,
                        running=sum(thread.is_alive() for thread in self._threads),
@@ -170,8 +190,10 @@ _LIVE: weakref.WeakSet[Workers] = weakref.WeakSet()
 
 @atexit.register
 def _finish_all() -> None:
-    """At exit (atexit runs while daemon threads still live): let every pool nobody stopped
-    with a wait finish. Returns at once when shutdown already waited for them all."""
+    """At exit (atexit runs while daemon threads still live): let every pool whose threads
+    have not all ended — nobody stopped it, or its owner's wait ran out — finish within
+    EXIT_WAIT_S in all. Returns at once when every pool's threads ended in its owner's
+    wait (those were forgotten then)."""
     deadline = time.monotonic() + EXIT_WAIT_S
     for workers in list(_LIVE):
         workers.finish(max(0.0, deadline - time.monotonic()))

@@ -13,6 +13,7 @@ import urllib.request
 import uuid
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import redis
@@ -268,18 +269,65 @@ def test_a_degraded_answer_after_stop_still_reaches_line(line_app, caplog):
     assert "line.degraded" not in caplog.text
 
 
-def test_worker_exit_takes_the_graceful_timeout_gunicorn_runs_with(monkeypatch):
-    """--graceful-timeout on the command line counts, not only gunicorn.conf.py's value."""
-    import server
-
+def _gunicorn_conf() -> Any:
     spec = importlib.util.spec_from_file_location(
         "gunicorn_conf", Path(__file__).resolve().parents[1] / "gunicorn.conf.py")
     assert spec is not None and spec.loader is not None
     conf = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(conf)
+    return conf
+
+
+def test_worker_exit_takes_the_graceful_timeout_gunicorn_runs_with(monkeypatch):
+    """--graceful-timeout on the command line counts, not only gunicorn.conf.py's value."""
+    import server
+
+    conf = _gunicorn_conf()
     asked: list[float] = []
     monkeypatch.setattr(server, "shutdown", lambda app, timeout: asked.append(timeout))
     app = object()
     conf.worker_exit(None, SimpleNamespace(wsgi=app, cfg=SimpleNamespace(graceful_timeout=4)))
     conf.worker_exit(None, SimpleNamespace(cfg=SimpleNamespace(graceful_timeout=4)))  # master
     assert asked == [2.0]
+
+
+def test_the_shutdown_budget_is_what_is_left_before_the_sigkill():
+    """The master SIGKILLs graceful_timeout after SIGTERM; the worker's draining came first."""
+    from server import EXIT_MARGIN_S, MIN_SHUTDOWN_S, shutdown_budget
+
+    assert shutdown_budget(10, None) == 5.0                    # no SIGTERM: half, as before
+    assert shutdown_budget(10, 0.5) == 5.0                     # quick drain: at most half
+    assert shutdown_budget(10, 6.0) == pytest.approx(4.0 - EXIT_MARGIN_S)
+    assert shutdown_budget(10, 9.0) == MIN_SHUTDOWN_S          # stalled requests took it all
+    assert shutdown_budget(10, 30.0) == MIN_SHUTDOWN_S
+
+
+def test_worker_exit_counts_the_draining_since_sigterm(monkeypatch):
+    """post_worker_init notes the SIGTERM on the worker and still hands it to gunicorn's own
+    handler (installed before, by init_signals); worker_exit then gives shutdown only what
+    is left before the master's SIGKILL."""
+    import server
+
+    conf = _gunicorn_conf()
+    asked: list[float] = []
+    monkeypatch.setattr(server, "shutdown", lambda app, timeout: asked.append(timeout))
+    handled: list[int] = []
+    worker = SimpleNamespace(wsgi=object(), cfg=SimpleNamespace(graceful_timeout=10))
+    previous = signal.signal(signal.SIGTERM, lambda sig, frame: handled.append(sig))
+    try:
+        conf.post_worker_init(worker)
+        before = time.monotonic()
+        signal.getsignal(signal.SIGTERM)(signal.SIGTERM, None)   # as gunicorn's master sends
+        assert handled == [signal.SIGTERM]
+        noted = getattr(worker, conf.SIGTERM_AT)
+        assert before <= noted <= time.monotonic()
+        signal.getsignal(signal.SIGTERM)(signal.SIGTERM, None)   # a second one changes nothing
+        assert getattr(worker, conf.SIGTERM_AT) == noted
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    setattr(worker, conf.SIGTERM_AT, time.monotonic() - 6.0)   # 6 s spent draining
+    conf.worker_exit(None, worker)
+    setattr(worker, conf.SIGTERM_AT, time.monotonic() - 12.0)  # past graceful_timeout
+    conf.worker_exit(None, worker)
+    assert asked[0] == pytest.approx(4.0 - server.EXIT_MARGIN_S, abs=0.1)
+    assert asked[1] == server.MIN_SHUTDOWN_S

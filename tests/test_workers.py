@@ -8,6 +8,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from bot import logs
 from bot import workers as workers_module
 from bot.workers import Workers
@@ -175,18 +177,58 @@ def test_finish_runs_what_waits_within_its_timeout() -> None:
     assert workers.ended()
 
 
-def test_at_exit_a_pool_its_owner_already_waited_for_is_not_waited_for_again() -> None:
-    """server.shutdown spent the budget that fits under gunicorn's graceful_timeout: the
-    atexit hook must not add EXIT_WAIT_S on top for a task still stuck in its pool."""
-    workers = Workers("waited", threads=1, backlog=10)
-    gate, started = threading.Event(), threading.Event()
+@pytest.mark.parametrize("end", ["finish", "stop"])
+def test_a_pool_still_busy_after_its_owners_wait_is_still_waited_for_at_exit(end: str) -> None:
+    """After a HUP reload or a max_requests restart nothing SIGKILLs the worker soon: a
+    degraded answer still running when server.shutdown's wait ran out (the only copy of its
+    event) gets the exit hook's EXIT_WAIT_S, whether its pool was finished or stopped."""
+    workers = Workers(f"busy-{end}", threads=1, backlog=10)
+    gate, started, done = threading.Event(), threading.Event(), threading.Event()
     try:
-        assert workers.offer(lambda: (started.set(), gate.wait(10)))
+        assert workers.offer(lambda: (started.set(), gate.wait(10), done.set()))
         assert started.wait(5)
-        assert workers.finish(0.05) is False
-        begun = time.monotonic()
+        assert getattr(workers, end)(timeout=0.05) is False
+        assert workers in workers_module._LIVE
+        threading.Timer(0.2, gate.set).start()
         workers_module._finish_all()
-        assert time.monotonic() - begun < 1.0
+        assert done.is_set()                      # waited for at exit, not abandoned
+        assert workers not in workers_module._LIVE
     finally:
         gate.set()
         workers.stop(timeout=5)
+
+
+def test_a_pool_that_ended_in_its_owners_wait_costs_nothing_at_exit() -> None:
+    workers = Workers("ended", threads=2, backlog=10)
+    unused = Workers("unused", threads=2, backlog=10)
+    assert workers.offer(time.sleep, 0.01)
+    assert workers.finish(5) is True
+    assert unused.stop(timeout=5) is True
+    assert workers not in workers_module._LIVE
+    assert unused not in workers_module._LIVE
+
+
+def test_a_task_offered_while_the_pool_finishes_is_run_or_refused() -> None:
+    """`offer` passed its check, then `finish` queued the threads' ends, then `offer` put
+    its task behind them: no thread ran it, yet the caller was told it would be. Now the
+    check and the put are atomic with the end: the task is either refused (the caller
+    answers on its own thread) or queued ahead of the ends, and run."""
+    workers = Workers("racing", threads=1, backlog=10)
+    assert workers.offer(lambda: None)         # the thread is started
+    ran = threading.Event()
+    finished: list[bool] = []
+    finisher = threading.Thread(target=lambda: finished.append(workers.finish(5)))
+    checked = workers.full
+
+    def full_then_finish() -> bool:
+        answer = checked()
+        finisher.start()
+        finisher.join(0.3)                     # finish gets its chance between check and put
+        return answer
+
+    workers.full = full_then_finish  # type: ignore[method-assign]
+    offered = workers.offer(ran.set)
+    finisher.join(5)
+    assert finished == [True]
+    assert not offered or ran.is_set()
+    assert workers.take_waiting() == []

@@ -42,7 +42,13 @@ class DegradedAnswers:
         """No new work; what was handed over still runs, waited for up to `timeout`: a
         degraded answer is the only copy of its event (Redis never stored it). Returns
         whether every thread has ended. A webhook still in flight then answers on its own
-        thread (`submit`)."""
+        thread (`submit`): an offer racing the close is refused or queued ahead of the
+        threads' ends (bot.workers), never stranded.
+
+        What the threads have not reached when `timeout` runs out stays queued for them
+        rather than being taken out (`take_waiting`) and run here: the budget is spent, and
+        a pool still busy gets bot.workers' EXIT_WAIT_S at interpreter exit, where this
+        (daemon) calling thread would get nothing."""
         return self._workers.finish(timeout)
 
 
