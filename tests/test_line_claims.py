@@ -390,3 +390,49 @@ def test_a_cluster_error_that_is_not_a_redis_error_is_a_failed_write(line_app, m
     assert queue._ticket_elsewhere(pid) is False
     assert queue.tickets([pid, "q" * 16]) == []
     queue._due_elsewhere(pid, {line_queue.due_member(pid, "E1"): 1})   # logged, not raised
+
+
+def test_a_give_back_that_fails_leaves_the_stored_events_to_their_due_entries(
+        line_app, monkeypatch):
+    """The process is full and giving the claim back fails (Redis slow): the webhook's events
+    are stored, so they must not be answered again in degraded mode now (a second answer
+    later) — the lock expires and their due entries bring them back."""
+    app, fake = line_app
+    line = app.extensions["tsunagu_line"]
+    monkeypatch.setattr(line.dispatcher._pool, "offer", lambda *a: False)  # full just now
+
+    def slow(claim):
+        raise redis.TimeoutError("Timeout reading from socket")
+    monkeypatch.setattr(line.dispatcher, "_give_back", slow)
+    assert post(app.test_client(), lh.text("こんにちは", user=USER)).status_code == 200
+    time.sleep(0.5)
+    assert fake.delivered() == []                      # no degraded answer beside the stored one
+    pid = line.conversations.pseudonym("line", USER)
+    assert line.queue.redis.zcard(line.queue.inbox(pid)) == 1
+
+
+def test_a_give_back_leaves_a_later_holders_marks_alone(quiet):
+    """A claim that waited past its lock, given back: another holder has the person now and
+    marked the jobs as being answered — those marks and that lock are theirs to keep."""
+    queue, dispatcher, pid = quiet.queue, quiet.dispatcher, quiet.pid
+    (claim,) = queue.accept([(pid, *quiet.jobs(1))], claim=True).claims
+    lock = queue.store.key(pid, "lock")
+    queue.redis.set(lock, "d:someone-else")            # ours expired; another took over
+    dispatcher._give_back(claim)
+    assert queue.redis.get(lock) == b"d:someone-else"
+    event_id = queue.open(claim.taken[0][0]).event_id
+    assert queue.redis.zscore(queue.marks(pid), f"t{event_id}") is not None
+
+
+def test_a_claim_not_begun_close_to_the_stop_deadline_is_given_back(quiet):
+    queue, dispatcher, pid, fake = quiet.queue, quiet.dispatcher, quiet.pid, quiet.fake
+    (claim,) = queue.accept([(pid, *quiet.jobs(1))], claim=True).claims
+    dispatcher._stop_by = time.monotonic() + 1.0       # stopping, 1 s left: too close
+    dispatcher._start_claim(claim)
+    assert fake.delivered() == []
+    assert not queue.redis.exists(queue.store.key(pid, "lock"))       # released
+    assert sum(queue.redis.xlen(name) for name in queue.shards) == 1   # and ticketed
+    (claim,) = queue.accept([(pid, *quiet.jobs(1))], claim=True).claims
+    dispatcher._stop_by = time.monotonic() + 10.0      # stopping, time enough: answered
+    dispatcher._start_claim(claim)
+    assert len(fake.delivered()) == 2                  # with the one given back before

@@ -98,6 +98,7 @@ SWEEP_LEASE_MS = 15_000
 MAX_ROUNDS = 20  # a holder answers this many rounds of newly arrived events, then lets go
 CLAIMS_PER_THREAD = 16  # claims waiting per dispatcher thread before tickets are used
 GIVE_BACK_S = 0.4  # stopping: how long claims never started may take to be given back
+STOP_MARGIN_S = 2.0  # stopping: a claim not begun this close to the deadline is given back
 # On a cluster, due sets spread over the slot space (`redisconn.spread_tags`): a person's due
 # entries go in one on the node of their own keys, so accepting and finishing an event each
 # touch one node — one WAIT, one connection, one pipeline sent straight to it (clusterpipe).
@@ -113,9 +114,15 @@ _RENEW = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end
 return 0
 """
-_RELEASE = """
-if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
-return 0
+# Give back a claim never started, only while its lock is still ours: its jobs' "being
+# answered" marks removed (ARGV[2..]: nothing was sent, so their drain must not take them for
+# a retry after a crash) and the lock released — one call, so marks a later holder wrote for
+# the same jobs (the claim waited past its lock) are not removed. KEYS: lock, marks.
+_GIVE_BACK = """
+if redis.call('get', KEYS[1]) ~= ARGV[1] then return 0 end
+if #ARGV > 1 then redis.call('zrem', KEYS[2], unpack(ARGV, 2)) end
+redis.call('del', KEYS[1])
+return 1
 """
 
 # The person's event marks live in ONE sorted set, <prefix>:{<pid>}:line:ev, scored by when
@@ -546,6 +553,7 @@ class Dispatcher:
         self.job_tries = job_tries
         self.consumer = default_consumer()
         self._stop = threading.Event()
+        self._stop_by = 0.0  # stopping: when the answers must be done (`_start_claim`)
         self._workers: list[threading.Thread] = []
         self._pool: Workers | None = None
         self._sweep = threading.Lock()
@@ -571,7 +579,8 @@ class Dispatcher:
         The loops end after their current pass: tickets already read are drained, no new
         read starts, and a read under way that returns tickets passes them on
         (`_pass_on`). Claims in the pool run, the running ones and those still waiting
-        alike, within the budget: a claim dropped here would keep its person's lock until it
+        alike, within the budget (one not begun STOP_MARGIN_S before the deadline is given
+        back instead, `_start_claim`): a claim dropped here would keep its person's lock until it
         expired (~30 s), their event coming back only with its due entry ~35 s later, and
         their new messages meanwhile left to the lock's (absent) holder. What still waits at
         the deadline is taken out of the pool and given back (`_give_back`: lock released,
@@ -580,8 +589,9 @@ class Dispatcher:
         answered by its due entry, as a retry). Whoever closes what the answers use must
         come after this.
         """
-        self._stop.set()
         deadline = time.monotonic() + timeout
+        self._stop_by = deadline
+        self._stop.set()
         ended = True
         if self._pool is not None:
             ended = self._pool.finish(timeout)
@@ -619,23 +629,34 @@ class Dispatcher:
         """Answer people locked while accepting their events, off the webhook's thread."""
         assert self._pool is not None
         for claim in claims:
-            if not self._pool.offer(self._claimed, claim):
+            if not self._pool.offer(self._start_claim, claim):
                 # Too many waiting, or shutting down: the event is answered, just not first
-                # in line — by the ticket's drain once this lock is released.
-                self._give_back(claim)
+                # in line — by the ticket's drain once this lock is released. Failing (Redis
+                # slow or down), the lock expires and the due entry brings the event back:
+                # the webhook's events are stored — never answered again in degraded mode.
+                try:
+                    self._give_back(claim)
+                except REDIS_ERRORS as exc:
+                    logs.event(log, "give_back_failed", logging.WARNING, pid=claim.pid[:16],
+                               error=type(exc).__name__)
 
     def _give_back(self, claim: Claim) -> None:
-        """Undo a claim never started: its jobs no longer marked as being answered (nothing
-        was sent, so their drain must not take them for a retry after a crash), the lock
-        released, and a ticket for the dispatchers."""
-        pipe = self.queue.redis.pipeline(transaction=False)
+        """Undo a claim never started (`_GIVE_BACK`), and a ticket for the dispatchers."""
         marks = [f"t{json.loads(raw)['event_id']}" for raw, tried in claim.taken
                  if tried in (b"0", "0")]
-        if marks:
-            pipe.zrem(self.queue.marks(claim.pid), *marks)
-        script(pipe, _RELEASE, [self.queue.store.key(claim.pid, "lock")], claim.token)
-        pipe.execute()
+        self.queue.redis.eval(_GIVE_BACK, 2, self.queue.store.key(claim.pid, "lock"),
+                              self.queue.marks(claim.pid), claim.token, *marks)
         self.queue.tickets([claim.pid])
+
+    def _start_claim(self, claim: Claim) -> None:
+        """A claim's turn in the pool. While stopping, one that could not finish before the
+        worker exits is given back rather than begun: cut mid-answer it would hold its
+        person's lock until it expired and come back as a retry — said twice if the reply
+        had gone out and the retry comes after the reply token's 50 s."""
+        if self._stop.is_set() and time.monotonic() > self._stop_by - STOP_MARGIN_S:
+            self._give_back_all([claim])
+            return
+        self._claimed(claim)
 
     def _claimed(self, claim: Claim) -> None:
         try:
