@@ -6,6 +6,7 @@ a person's event touches their own node only."""
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from dataclasses import dataclass
@@ -107,11 +108,18 @@ class Quiet:
         return [_job(self.line.sealer.seal(USER), now + i) for i in range(n)]
 
 
+def quieten(dispatcher: Any) -> None:
+    """No background readers: only what the test calls acts. The process is not exiting,
+    though: what the test answers is not cut short as a stopping worker's would be."""
+    dispatcher.stop()
+    dispatcher._stop_by = math.inf
+
+
 @pytest.fixture
 def quiet(line_app) -> Quiet:
     app, fake = line_app
     line = app.extensions["tsunagu_line"]
-    line.dispatcher.stop()
+    quieten(line.dispatcher)
     return Quiet(line, fake, line.conversations.pseudonym("line", USER))
 
 
@@ -246,7 +254,7 @@ def test_a_finish_waits_for_a_replica_only_when_it_took_more(line_app, monkeypat
     as a retry, which LINE does not say twice) — before, every answer waited twice."""
     app, fake = line_app
     line = app.extensions["tsunagu_line"]
-    line.dispatcher.stop()
+    quieten(line.dispatcher)
     queue, dispatcher = line.queue, line.dispatcher
     queue.wait = ReplicaWait(queue.redis, 1, 5)   # one replica wanted (none here: 0 after 5 ms)
     waits: list[list[str]] = []
@@ -339,7 +347,7 @@ def test_a_spread_sweep_whose_ticket_shard_is_down_writes_the_ticket_elsewhere(
     line = app.extensions["tsunagu_line"]
     if not line.queue.spread_dues:
         pytest.skip("one Redis: due entries stay in the shards' due sets")
-    line.dispatcher.stop()
+    quieten(line.dispatcher)
     queue = line.queue
     pid = line.conversations.pseudonym("line", USER)
     own = queue.shards.of(pid)
@@ -436,3 +444,42 @@ def test_a_claim_not_begun_close_to_the_stop_deadline_is_given_back(quiet):
     dispatcher._stop_by = time.monotonic() + 10.0      # stopping, time enough: answered
     dispatcher._start_claim(claim)
     assert len(fake.delivered()) == 2                  # with the one given back before
+
+
+def test_a_give_back_of_a_whole_backlog_removes_every_mark(quiet):
+    """A claim takes the person's whole inbox: thousands of jobs after a long LINE outage.
+    Its give-back must not stop at Lua's unpack limit (~8000), leaving the lock held."""
+    queue, dispatcher, pid = quiet.queue, quiet.dispatcher, quiet.pid
+    lock, marks = queue.store.key(pid, "lock"), queue.marks(pid)
+    ids = [f"E{i:05d}" for i in range(9000)]
+    queue.redis.set(lock, "d:mine")
+    queue.redis.zadd(marks, {f"t{i}": 1 for i in ids})
+    claim = line_queue.Claim(pid=pid, token="d:mine", session=None,
+                             taken=[(f'{{"event_id":"{i}"}}'.encode(), b"0") for i in ids])
+    dispatcher._give_back(claim)
+    assert not queue.redis.exists(lock) and queue.redis.zcard(marks) == 0
+
+
+def test_a_holder_cut_short_by_the_stop_hands_what_arrived_to_another_process(quiet):
+    """Stopping, close to the deadline: the holder answers what it began, then lets go
+    rather than take what arrived meanwhile — a ticket takes it to another process now."""
+    queue, dispatcher, pid, fake = quiet.queue, quiet.dispatcher, quiet.pid, quiet.fake
+    first, second = quiet.jobs(2)
+    (claim,) = queue.accept([(pid, first)], claim=True).claims
+    queue.accept([(pid, second)], claim=True)           # arrives while the person is locked
+    dispatcher._stop_by = time.monotonic() + 1.0
+    dispatcher._claimed(claim)
+    assert [r.body["replyToken"] for r in fake.delivered()] == [first.reply_token]
+    assert not queue.redis.exists(queue.store.key(pid, "lock"))
+    assert sum(queue.redis.xlen(name) for name in queue.shards) == 1
+
+
+def test_with_a_redis_inside_the_process_nothing_is_handed_over(quiet):
+    """`make run`'s Redis goes with the process: a stopping worker answers all it has time
+    for, since a claim given back there would never be answered."""
+    queue, dispatcher, pid, fake = quiet.queue, quiet.dispatcher, quiet.pid, quiet.fake
+    dispatcher.hands_over = False
+    (claim,) = queue.accept([(pid, *quiet.jobs(1))], claim=True).claims
+    dispatcher._stop_by = time.monotonic() + 1.0
+    dispatcher._start_claim(claim)
+    assert len(fake.delivered()) == 1

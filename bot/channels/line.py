@@ -112,7 +112,8 @@ def build_line(services: Services, threads: int = 4,
                       backlog_alert_at=settings.queue_backlog_alert)
     clock = services.conversations.clock
     dispatcher = Dispatcher(queue, services.conversations, api, sealer, clock,
-                            threads=threads, reclaim_idle_ms=reclaim_idle_ms)
+                            threads=threads, reclaim_idle_ms=reclaim_idle_ms,
+                            hands_over=not settings.embedded_redis)
     return LineChannel(parser=EventParser(settings.line_channel_secret or ""), api=api,
                        queue=queue, dispatcher=dispatcher, engine=services.engine,
                        conversations=services.conversations, sealer=sealer, clock=clock,

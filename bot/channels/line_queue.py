@@ -120,7 +120,7 @@ return 0
 # the same jobs (the claim waited past its lock) are not removed. KEYS: lock, marks.
 _GIVE_BACK = """
 if redis.call('get', KEYS[1]) ~= ARGV[1] then return 0 end
-if #ARGV > 1 then redis.call('zrem', KEYS[2], unpack(ARGV, 2)) end
+for i = 2, #ARGV do redis.call('zrem', KEYS[2], ARGV[i]) end  -- (unpack stops at ~8000)
 redis.call('del', KEYS[1])
 return 1
 """
@@ -540,8 +540,12 @@ class Dispatcher:
     def __init__(self, queue: LineQueue, conversations: Conversation, api: LineSender,
                  sealer: Sealer, clock: Callable[[], datetime], threads: int = 4,
                  reclaim_idle_ms: int = 30_000, block_ms: int = 1000,
-                 job_tries: int = JOB_TRIES):
+                 job_tries: int = JOB_TRIES, hands_over: bool = True):
         self.queue = queue
+        # Stopping, work this process has no time for goes to another one (a claim given
+        # back, a ticket passed on). Not with a Redis that lives in this process (`make
+        # run`): it goes when the process does — there, answer all there is time for.
+        self.hands_over = hands_over
         self.conversations = conversations
         self.engine = conversations.engine
         self.api = api
@@ -628,15 +632,20 @@ class Dispatcher:
     def answer_claims(self, claims: list[Claim]) -> None:
         """Answer people locked while accepting their events, off the webhook's thread."""
         assert self._pool is not None
+        failing = False
         for claim in claims:
             if not self._pool.offer(self._start_claim, claim):
                 # Too many waiting, or shutting down: the event is answered, just not first
                 # in line — by the ticket's drain once this lock is released. Failing (Redis
                 # slow or down), the lock expires and the due entry brings the event back:
-                # the webhook's events are stored — never answered again in degraded mode.
+                # the webhook's events are stored — never answered again in degraded mode —
+                # and the rest are not tried (a timeout each, on the webhook's thread).
+                if failing:
+                    continue
                 try:
                     self._give_back(claim)
                 except REDIS_ERRORS as exc:
+                    failing = True
                     logs.event(log, "give_back_failed", logging.WARNING, pid=claim.pid[:16],
                                error=type(exc).__name__)
 
@@ -653,10 +662,15 @@ class Dispatcher:
         worker exits is given back rather than begun: cut mid-answer it would hold its
         person's lock until it expired and come back as a retry — said twice if the reply
         had gone out and the retry comes after the reply token's 50 s."""
-        if self._stop.is_set() and time.monotonic() > self._stop_by - STOP_MARGIN_S:
+        if self._cut_short():
             self._give_back_all([claim])
             return
         self._claimed(claim)
+
+    def _cut_short(self) -> bool:
+        """Stopping, and too close to the deadline to begin answering (STOP_MARGIN_S)."""
+        return self.hands_over and self._stop.is_set() and \
+            time.monotonic() > self._stop_by - STOP_MARGIN_S
 
     def _claimed(self, claim: Claim) -> None:
         try:
@@ -771,7 +785,7 @@ class Dispatcher:
     def poll_once(self, consumer: StreamConsumer | None = None) -> int:
         consumer = consumer or self.queue.consumer(self.consumer)
         entries = consumer.read(count=8, block_ms=self.block_ms)
-        if entries and self._stop.is_set():
+        if entries and self._stop.is_set() and self.hands_over:
             self._pass_on(consumer, entries)
             return len(entries)
         for entry in entries:
@@ -904,9 +918,12 @@ class Dispatcher:
                 # failed one waits for its retry, which the ticket's reclaim brings).
                 last = pairs[-1][0] if pairs and remove else None
                 answered = self._due_member(pid, last, job) if last is not None else None
+                cut = self._cut_short()
                 more = self._finish(pid, turn, token, last, answered, None if left else ack,
-                                    force=rounds == MAX_ROUNDS)
+                                    force=rounds == MAX_ROUNDS or cut)
                 if more is None:
+                    if cut:  # what arrived meanwhile: to another process, now
+                        self.queue.tickets([pid])
                     return done
                 ack = None if not left else ack
                 pairs, deadline = more, self._deadline()  # _FINISH renewed the lock
