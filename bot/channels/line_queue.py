@@ -607,8 +607,9 @@ class Dispatcher:
         return ended and not any(t.is_alive() for t in self._workers)
 
     def _give_back_all(self, claims: list[Claim]) -> None:
-        """Give back claims never started (stopping), best effort: each failure is logged
-        and its due entry answers it later; at most GIVE_BACK_S in all."""
+        """Give back claims never started (the pool refused them, or stopping), best effort:
+        each failure is logged and its due entry answers it later; at most GIVE_BACK_S in all
+        — after a timeout (Redis slow) the rest are not tried, a timeout each."""
         if not claims:
             return
         until = time.monotonic() + GIVE_BACK_S
@@ -632,22 +633,12 @@ class Dispatcher:
     def answer_claims(self, claims: list[Claim]) -> None:
         """Answer people locked while accepting their events, off the webhook's thread."""
         assert self._pool is not None
-        failing = False
-        for claim in claims:
-            if not self._pool.offer(self._start_claim, claim):
-                # Too many waiting, or shutting down: the event is answered, just not first
-                # in line — by the ticket's drain once this lock is released. Failing (Redis
-                # slow or down), the lock expires and the due entry brings the event back:
-                # the webhook's events are stored — never answered again in degraded mode —
-                # and the rest are not tried (a timeout each, on the webhook's thread).
-                if failing:
-                    continue
-                try:
-                    self._give_back(claim)
-                except REDIS_ERRORS as exc:
-                    failing = True
-                    logs.event(log, "give_back_failed", logging.WARNING, pid=claim.pid[:16],
-                               error=type(exc).__name__)
+        # Too many waiting, or shutting down: the event is answered, just not first in line
+        # — by the ticket's drain once the lock is given back. A give-back that fails (Redis
+        # slow or down) is left to the due entry; the webhook's events are stored, so it
+        # must never reach the webhook, which would answer them again in degraded mode.
+        self._give_back_all([claim for claim in claims
+                             if not self._pool.offer(self._start_claim, claim)])
 
     def _give_back(self, claim: Claim) -> None:
         """Undo a claim never started (`_GIVE_BACK`), and a ticket for the dispatchers."""
