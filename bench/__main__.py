@@ -2,7 +2,8 @@
 
 Starts both servers under gunicorn with a fake LINE API and a real Redis, runs N = 1, 10, 50,
 200 concurrent residents on each (alternately, so both meet the same machine), then 50
-residents who pause between taps as people do, then LINE hanging; writes bench/results.md and
+residents who pause between taps as people do, then 50 residents while every LINE call takes
+100 ms (as the real API's), then LINE hanging; writes bench/results.md and
 bench/latency.png and prints the tables and the targets.
 Everything is bounded (`--duration` per level, `--budget` for the whole run); logs of the two
 servers go to bench/out/.
@@ -31,6 +32,8 @@ from tests import line_helpers as lh
 HERE = Path(__file__).resolve().parent
 
 HANG_RESIDENTS, HANG_GAP_S = 10, 0.2
+# Residents of the level where every LINE call takes --line-ms: N=50, as the main target.
+SLOW_LINE_RESIDENTS = 50
 
 
 @dataclass
@@ -47,6 +50,13 @@ def _at_least_one(text: str) -> int:
     if n < 1:
         raise argparse.ArgumentTypeError("must be 1 or more")
     return n
+
+
+def _not_negative(text: str) -> float:
+    x = float(text)
+    if not x >= 0:  # NaN too
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return x
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -66,6 +76,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="also run this many residents who pause between taps (0: skip)")
     p.add_argument("--think", type=float, default=1.0,
                    help="mean pause of a paced resident before each tap, seconds")
+    p.add_argument("--line-ms", type=_not_negative, default=100.0,
+                   help=f"also run N={SLOW_LINE_RESIDENTS} while the fake LINE API takes this "
+                        "many ms per call, as the real one's ~50-200 ms (0: skip; the other "
+                        "levels always run with an instant fake)")
     p.add_argument("--budget", type=float, default=540.0,
                    help="whole-run limit in seconds: levels that would pass it are skipped")
     p.add_argument("--own-redis", action="store_true",
@@ -131,7 +145,7 @@ class Bench:
         self.settings = {
             "WEB_CONCURRENCY": os.environ.get("WEB_CONCURRENCY", "2"),
             "GUNICORN_THREADS": os.environ.get("GUNICORN_THREADS", "8"),
-            "LINE_DISPATCH_THREADS": os.environ.get("LINE_DISPATCH_THREADS", "4"),
+            "LINE_DISPATCH_THREADS": os.environ.get("LINE_DISPATCH_THREADS", "16"),
             "LOG_LEVEL": os.environ.get("LOG_LEVEL", "INFO"),
         }
         self.servers: list[Server] = []
@@ -172,10 +186,10 @@ class Bench:
         return Round(run, cpu, use)
 
     def level(self, server: Server, n: int, rounds: list[Round], redis: bool,
-              think_s: float = 0.0) -> Figures:
+              think_s: float = 0.0, line_ms: float = 0.0) -> Figures:
         """A level's figures from its rounds on one system."""
         memory = None
-        if redis and not think_s:
+        if redis and not think_s and not line_ms:
             memory = person_memory(self.target, self.prefix, self.secret,
                                    [w for r in rounds for w in r.run.walks])
         uses = [r.use for r in rounds if r.use is not None]
@@ -184,7 +198,8 @@ class Bench:
                   redis=use.cpu_s if use else None,
                   bench=sum(r.cpu.bench for r in rounds))
         fig = level_figures(server.name, [r.run for r in rounds], cpu, use, memory)
-        label = f"N={n}" + (f" paced {think_s:g} s" if think_s else "")
+        label = (f"N={n}" + (f" paced {think_s:g} s" if think_s else "")
+                 + (f" LINE {line_ms:g} ms" if line_ms else ""))
         by_round = " / ".join(f"{x:.0f}" for x in fig.rounds_per_s)
         print(f"  {server.name:>14} {label:<6} {fig.events_per_s:8.1f} events/s "
               f"({by_round})  p50 {fig.latency_ms['p50']:7.1f} ms  "
@@ -202,6 +217,30 @@ class Bench:
         use = redisbox.usage(self.target, before, after, ports)
         span = after.at - before.at
         return use.commands / span, use.round_trips / span, use.foreign
+
+    def mirrored(self, ours: Server, base: Server, n: int, first: int) -> dict[str, list[Round]]:
+        """A level's rounds in mirrored order (ABBA, then BAAB when `first` is odd): a
+        machine that slows down or speeds up during the level weighs on both systems alike."""
+        done: dict[str, list[Round]] = {OURS: [], BASE: []}
+        order = [(ours, True), (base, False)]
+        for r in range(self.args.rounds):
+            for server, redis in order if (first + r) % 2 == 0 else order[::-1]:
+                done[server.name].append(self.measure(server, n, redis))
+                time.sleep(1.0)
+        return done
+
+    def slow_line(self, ours: Server, base: Server) -> dict[str, Figures]:
+        """N=50 while every LINE call takes --line-ms: the fake's instant answers hide that
+        each answer holds a thread for a LINE call — ours one of LINE_DISPATCH_THREADS, the
+        echo bot's one of gunicorn's (its webhook waits on LINE)."""
+        n, line_ms = SLOW_LINE_RESIDENTS, self.args.line_ms
+        self.line.delay_s = line_ms / 1000
+        try:
+            done = self.mirrored(ours, base, n, 0)
+        finally:
+            self.line.delay_s = 0.0
+        return {server.name: self.level(server, n, done[server.name], redis, line_ms=line_ms)
+                for server, redis in ((ours, True), (base, False))}
 
     def hang(self, server: Server) -> HangFigures:
         self.line.hang_s = self.args.hang_s
@@ -236,15 +275,8 @@ class Bench:
             if self.left() < reserve + 2 * rounds * (self.args.duration + 10):
                 self.notes.append(f"N={n} skipped: the run's time budget was used up")
                 continue
-            # Rounds in mirrored order (ABBA, then BAAB at the next level): a machine that
-            # slows down or speeds up during the level weighs on both systems alike.
-            done: dict[str, list[Round]] = {OURS: [], BASE: []}
-            order = [(ours, True), (base, False)]
-            for r in range(rounds):
-                for server, redis in order if (i + r) % 2 == 0 else order[::-1]:
-                    done[server.name].append(self.measure(server, n, redis))
-                    time.sleep(1.0)
-            for server, redis in order:
+            done = self.mirrored(ours, base, n, i)
+            for server, redis in ((ours, True), (base, False)):
                 results[server.name][n] = self.level(server, n, done[server.name], redis)
         paced: dict[str, Figures] = {}
         if self.args.paced and self.left() > reserve + 2 * (self.args.duration + 10):
@@ -255,6 +287,13 @@ class Bench:
                 time.sleep(1.0)
         elif self.args.paced:
             self.notes.append("the paced level was skipped: the run's time budget was used up")
+        slow_line: dict[str, Figures] = {}
+        if self.args.line_ms and \
+                self.left() > reserve + 2 * rounds * (self.args.duration + 10):
+            slow_line = self.slow_line(ours, base)
+        elif self.args.line_ms:
+            self.notes.append(f"the level with LINE taking {self.args.line_ms:g} ms per call was "
+                              "skipped: the run's time budget was used up")
         for server in (ours, base):
             if self.left() > self.args.hang_duration + 15:
                 hang.append(self.hang(server))
@@ -266,6 +305,8 @@ class Bench:
         noisy = [f"N={n}" for n, f in sorted(results[OURS].items()) if f.redis_note]
         if OURS in paced and paced[OURS].redis_note:
             noisy.append("the paced level")
+        if OURS in slow_line and slow_line[OURS].redis_note:
+            noisy.append("the slow-LINE level")
         if noisy:
             self.notes.append(f"Redis was shared with other clients during {', '.join(noisy)}; "
                               "run with --own-redis for Redis counts nobody else touches")
@@ -274,7 +315,8 @@ class Bench:
                    redis_source=self.target.source, redis_version=self.target.version,
                    calibration=calibration, idle=idle,
                    settings={**self.settings, "hang_gap_s": f"{HANG_GAP_S:g}"},
-                   duration_s=self.args.duration, rounds=rounds, notes=self.notes)
+                   duration_s=self.args.duration, rounds=rounds, notes=self.notes,
+                   slow_line=slow_line, line_ms=self.args.line_ms)
 
     def close(self) -> None:
         for server in self.servers:

@@ -8,7 +8,7 @@ import os
 import platform
 import subprocess
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -37,6 +37,9 @@ class Run:
     duration_s: float
     notes: list[str]
     rounds: int = 1
+    # by system: N residents while every LINE call takes `line_ms` (the other levels: 0 ms)
+    slow_line: dict[str, Figures] = field(default_factory=dict)
+    line_ms: float = 0.0
 
 
 # -- the machine -------------------------------------------------------------------------
@@ -191,6 +194,43 @@ def hang_table(run: Run) -> list[str]:
     return [*lines, ""]
 
 
+def line_bounds(run: Run) -> tuple[float, float] | None:
+    """Events/s the threads that wait out LINE calls allow at `run.line_ms`, (tsunagu, echo
+    baseline): per process, LINE_DISPATCH_THREADS answering threads against the echo bot's
+    GUNICORN_THREADS, whose webhook answers inside the request; × WEB_CONCURRENCY."""
+    try:
+        procs, answering, webhook = (int(run.settings[k]) for k in (
+            "WEB_CONCURRENCY", "LINE_DISPATCH_THREADS", "GUNICORN_THREADS"))
+    except (KeyError, ValueError):
+        return None
+    if run.line_ms <= 0:
+        return None
+    per_call = run.line_ms / 1000
+    return procs * answering / per_call, procs * webhook / per_call
+
+
+def slow_line_lines(run: Run) -> list[str]:
+    """The level where every LINE call takes `run.line_ms`: its table and what bounds it."""
+    ours = run.slow_line.get(OURS)
+    if ours is None:
+        return []
+    base = run.slow_line.get(BASE)
+    lines = level_table(ours, base, title=(
+        f"## N = {ours.n} while LINE takes {run.line_ms:g} ms per call"))
+    text = (f"Every call to the fake LINE API is answered after {run.line_ms:g} ms, as the real "
+            "API's ~50–200 ms; the other levels run with an instant fake. Ratio by round: "
+            f"{round_ratios(ours, base)}.")
+    bounds = line_bounds(run)
+    if bounds is not None:
+        text += (f" A thread waits out each LINE call: tsunagu answers on "
+                 f"{run.settings['LINE_DISPATCH_THREADS']} answering threads per process "
+                 f"(`LINE_DISPATCH_THREADS`), at most {bounds[0]:,.0f} events/s here; the echo "
+                 f"bot inside its webhook on {run.settings['GUNICORN_THREADS']} gunicorn "
+                 f"threads, at most {bounds[1]:,.0f} events/s — its webhook answer waits on "
+                 "LINE, ours does not.")
+    return [*lines, text, ""]
+
+
 # -- targets ------------------------------------------------------------------------------
 def targets(run: Run) -> list[tuple[str, bool | None, str]]:
     """(target, met, the figure) for each target of issue 6; met=None when not measured."""
@@ -235,6 +275,22 @@ def targets(run: Run) -> list[tuple[str, bool | None, str]]:
                     f"{hang.non_200} non-200)"))
     else:
         out.append(("webhook answer ≤ 100 ms p99 while LINE hangs", None, "not run"))
+    slow, slow_base = run.slow_line.get(OURS), run.slow_line.get(BASE)
+    name = (f"throughput ≥ 0.7× the echo baseline at N={slow.n if slow else 50} while LINE "
+            f"takes {run.line_ms:g} ms per call (the answering threads, not the CPU, bound it)")
+    if slow is not None and slow_base is not None:
+        r = ratio(slow.events_per_s, slow_base.events_per_s)
+        figure = (f"{slow.events_per_s:,.0f} vs {slow_base.events_per_s:,.0f} events/s = "
+                  f"{r:.2f}× (by round: {round_ratios(slow, slow_base)}); event→answer p50 "
+                  f"{slow.latency_ms['p50']:.0f} vs {slow_base.latency_ms['p50']:.0f} ms, "
+                  f"webhook p50 {slow.webhook_ms['p50']:.1f} vs "
+                  f"{slow_base.webhook_ms['p50']:.1f} ms")
+        bounds = line_bounds(run)
+        if bounds is not None:
+            figure += f"; threads allow at most {bounds[0]:,.0f} vs {bounds[1]:,.0f} events/s"
+        out.append((name, r >= 0.7, figure))
+    elif run.line_ms:
+        out.append((name, None, "not run"))
     rts = {n: f.redis_round_trips for n, f in ours.items() if f.redis_round_trips is not None}
     if rts:
         ref = 50 if 50 in rts else max(rts)
@@ -296,6 +352,10 @@ each round's ratio, which shows how much the machine moved.
   pauses the residents form a closed loop: once the server is saturated every level measures
   latency ≈ N / throughput (Little's law), so at N=50 and N=200 the latency figures mostly say
   how far past saturation the load is.
+- **LINE takes {line_ms} ms per call** (`--line-ms`, 0: not run): FakeLine.delay_s set for
+  one level of N=50 (mirrored rounds, as the others); every LINE call — reply, push, loading
+  animation — is answered after it. The other levels and the hang scenario run with an
+  instant fake.
 - **LINE hangs**: FakeLine.hang_s set; residents send their walk's events every {gap} s
   without waiting for answers; then LINE recovers and the accepted events are waited for.
 """
@@ -320,6 +380,7 @@ def document(run: Run, info: dict[str, str]) -> str:
         paced = run.paced[OURS]
         lines += level_table(paced, run.paced.get(BASE), title=(
             f"## N = {paced.n} residents who pause between taps (0.5–1.5 × {run.think_s:g} s)"))
+    lines += slow_line_lines(run)
     lines += ["## While the LINE API hangs", "", *hang_table(run)]
     lines += targets_lines(run)
     if run.notes:
@@ -329,7 +390,8 @@ def document(run: Run, info: dict[str, str]) -> str:
     lines.append(METHOD.format(cal_n=cal_n, cal_got=cal_got, idle_cmds=idle_cmds,
                                idle_rts=idle_rts, think=f"{run.think_s:g}",
                                idle_note=f" (Redis was shared: {foreign})" if foreign else "",
-                               gap=run.settings.get("hang_gap_s", "?")))
+                               gap=run.settings.get("hang_gap_s", "?"),
+                               line_ms=f"{run.line_ms:g}"))
     return "\n".join(lines)
 
 

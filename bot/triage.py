@@ -13,6 +13,13 @@ How a category scores:
   - `negative`: words that cancel the category (a topic mentioned in passing).
   - `examples`: sentences; a message sharing their rarer content words earns a small bonus
     (up to 1 point), so an unlisted phrasing of a listed situation still counts.
+
+English has no analyser here (SudachiPy is Japanese): an English entry is a regex on the
+normalised surface. Every word of four letters or more takes the regular endings (simple suffix
+rules: -s -es -ed -ing, a doubled last consonant, y → ies/ied, a dropped e), the irregular forms
+listed in triage.en.yaml `inflections` (lose → lost), and `*` stands for up to two words
+("kicked * out" finds "kicked me out"). A rule-based stemmer was preferred over a lemmatising
+library: the vocabulary is prefixes and phrases, and this keeps the package free of model data.
 """
 
 from __future__ import annotations
@@ -84,6 +91,19 @@ class SlotVocab(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     whose: dict[str, list[str]] = Field(default_factory=dict)
+    # Regular expressions on the normalised text that give whose, for what words cannot say
+    # ("my 15 year old").
+    whose_patterns: dict[str, list[str]] = Field(default_factory=dict)
+    # Words after a person word that say the person is missing, not the one of concern
+    # ("no friends", "tomodachi ga inai"): such a mention does not make it someone else's worry.
+    absent: list[str] = Field(default_factory=list)
+    # The writer's own parents (and teachers): in `child_categories` a message naming only these
+    # is the child's own worry ("my parents don't care where I am").
+    parents: list[str] = Field(default_factory=list)
+    child_categories: list[str] = Field(default_factory=list)
+    # A partner (boyfriend, girlfriend) named in one of `self_categories` is the one causing the
+    # worry (his control, his vanishing), not a friend of concern.
+    partners: list[str] = Field(default_factory=list)
     # Words after a family word that make it the actor, not the person of concern ("by my
     # husband", "from my husband").
     agent_particles: list[str] = Field(default_factory=list)
@@ -111,6 +131,9 @@ class TriageFile(BaseModel):
     # The category of a message written in a language the bot does not speak (Chinese, Korean...):
     # the resident is offered it, in English, after a note in their language.
     other_language: str | None = None
+    # A category that, once named on its own evidence (CONFIDENT), goes before these ones: its
+    # windows handle them too (an ex-offender's job and housing: the resettlement window).
+    leads: dict[str, list[str]] = Field(default_factory=dict)
     # An age read from the text adds to a category: age band → {category: points}.
     age_hints: dict[str, dict[str, float]] = Field(default_factory=dict)
     slots: SlotVocab = Field(default_factory=SlotVocab)
@@ -120,6 +143,9 @@ class TriageFile(BaseModel):
     # Lemmas that may stand between a word and its negation in an entry "X <negation>"
     # (particles, the glue of a negated verb), so that the negation belongs to the word.
     negation_gap: list[str] = Field(default_factory=list)
+    # English irregular forms (lemma → forms) that an entry's word also matches: "lose my job"
+    # finds "lost my job". Regular endings need no entry (see _en_word).
+    inflections: dict[str, list[str]] = Field(default_factory=dict)
 
 
 class TriageError(ValueError):
@@ -164,29 +190,56 @@ def _neg_gap(lemmas: list[str]) -> str:
 
 _EN_GLUE = frozenset({"this", "that", "with", "from", "your", "them", "they", "what", "when",
                       "into", "onto", "than", "then", "there", "their"})
+_EN_VOWELS = frozenset("aeiou")
+EN_GAP = "*"  # in an English entry: up to two words of any kind
+_EN_ANY = r"(?:[a-z0-9]+ ){0,2}"
 
 
-def _en_inflected(words: list[str]) -> str:
+def _en_word(w: str, irregular: dict[str, list[str]]) -> str:
+    """A regex for an English word and its regular endings (simple suffix rules, no
+    dictionary): talk → talks/talked/talking, stop → stopped/stopping, cry → cries/cried,
+    leave → leaving; plus its irregular forms (leave → left). Short and glue words stay as
+    written."""
+    forms = [re.escape(f) for f in irregular.get(w, [])]
+    if len(w) < 4 or not w.isalpha() or w in _EN_GLUE:
+        return f"(?:{'|'.join([re.escape(w), *forms])})" if forms else re.escape(w)
+    alts = [f"{re.escape(w)}(?:s|es|ed|d|ing)?"]
+    if w.endswith("e"):
+        alts.append(re.escape(w[:-1]) + "ing")
+    if w.endswith("y") and w[-2] not in _EN_VOWELS:
+        alts.append(re.escape(w[:-1]) + "(?:ies|ied)")
+    if w[-1] not in _EN_VOWELS and w[-1] not in "wxy" and w[-2] in _EN_VOWELS \
+            and w[-3] not in _EN_VOWELS:
+        alts.append(re.escape(w + w[-1]) + "(?:ed|ing)")  # stop → stopped, stopping
+    return "(?:" + "|".join([*alts, *forms]) + ")"
+
+
+def _en_inflected(words: list[str], irregular: dict[str, list[str]] | None = None) -> str:
     """An English phrase whose every word may take its endings, not only the last: "talk to
-    anyone" finds "talking to anyone", "leave the house" finds "leaving the house" (English has
-    no analyser here; the last word already takes any ending)."""
-    out = []
-    for w in words[:-1]:
-        part = re.escape(w)
-        if len(w) >= 4 and w.isalpha() and w not in _EN_GLUE:
-            stem = re.escape(w[:-1]) if w.endswith("e") else part
-            part = f"(?:{part}(?:s|es|ed|d)?|{stem}ing)"
-        out.append(part)
-    out.append(re.escape(words[-1]))
-    return " ?".join(out)
+    anyone" finds "talking to anyone", "leave the house" finds "left the house" (the last
+    word also takes any ending, as a prefix: "lonel" finds lonely and loneliness)."""
+    table = irregular or {}
+    out = ""
+    for i, w in enumerate(words):
+        if w == EN_GAP:
+            out += _EN_ANY
+            continue
+        last = i == len(words) - 1
+        part = re.escape(w) if last and w not in table else _en_word(w, table)
+        if last and w in table:
+            part = f"(?:{re.escape(w)}|{part})"
+        out += part + ("" if last else " ?")
+    return out
 
 
 def _word_cue(word: str, weight: float, lang: str, whole: bool = False,
-              neg_gap: str = _ANY_GAP) -> _Cue:
+              neg_gap: str = _ANY_GAP, irregular: dict[str, list[str]] | None = None) -> _Cue:
     norm = normalize(word)
     if lang == "en":  # English: a word start, any ending (debt, debts; lonely, loneliness)
-        words = norm.split(" ")
-        body = re.escape(norm).replace(r"\ ", " ?") if whole else _en_inflected(words)
+        words = [w for part in word.split() for w in
+                 ([EN_GAP] if part == EN_GAP else normalize(part).split(" ")) if w]
+        body = re.escape(norm).replace(r"\ ", " ?") if whole else \
+            _en_inflected(words, irregular)
         edge = r"(?<![a-z0-9])" + body
         return _Cue(word, weight, regex=re.compile(edge + (r"(?![a-z0-9])" if whole else "")))
     analysed = [analyze(part) for part in word.split()]
@@ -262,6 +315,10 @@ class Vocab:
     categories: list[_Category]
     whose: list[tuple[str, _Cue]]
     agent_particles: frozenset[str]
+    absent: list[_Cue]
+    parents: frozenset[str]
+    partners: frozenset[str]
+    child_categories: frozenset[str]
     self_categories: frozenset[str]
     age: list[tuple[str, _Cue]]
     exact_age: re.Pattern[str] | None
@@ -272,6 +329,7 @@ class Vocab:
     other_language: str | None = None
     age_hints: dict[str, dict[str, float]] = field(default_factory=dict)
     stop: frozenset[str] = frozenset()
+    leads: dict[str, list[str]] = field(default_factory=dict)
 
     @classmethod
     def build(cls, spec: TriageFile, lang: str, stop: frozenset[str]) -> Vocab:
@@ -280,7 +338,7 @@ class Vocab:
         gap = _neg_gap(spec.negation_gap)
 
         def word(w: str, x: float, whole: bool = False) -> _Cue:
-            return _word_cue(w, x, lang, whole, gap)
+            return _word_cue(w, x, lang, whole, gap, spec.inflections)
 
         for cid, cv in spec.categories.items():
             cues = _one_vote([word(w, x) for w, x in _weighted(cv.words, 1.0)])
@@ -303,8 +361,13 @@ class Vocab:
             return [(value, _pattern_cue(w, 1) if patterns else word(w, 1, True))
                     for value, words in table.items() for w in words]
 
-        return cls(lang=lang, categories=cats, whose=values(slots.whose, False),
+        return cls(lang=lang, categories=cats,
+                   whose=values(slots.whose, False) + values(slots.whose_patterns, True),
                    agent_particles=frozenset(map(normalize, slots.agent_particles)),
+                   absent=[_absent_cue(w) for w in slots.absent],
+                   parents=frozenset(map(normalize, slots.parents)),
+                   partners=frozenset(map(normalize, slots.partners)),
+                   child_categories=frozenset(slots.child_categories),
                    self_categories=frozenset(slots.self_categories),
                    age=values(slots.age, True),
                    exact_age=re.compile(slots.exact_age) if slots.exact_age else None,
@@ -312,7 +375,16 @@ class Vocab:
                    contact=values(slots.contact, True), idf=idf,
                    greetings=frozenset(map(normalize, spec.greetings)),
                    other_language=spec.other_language,
-                   age_hints=spec.age_hints, stop=stop)
+                   age_hints=spec.age_hints, stop=stop, leads=spec.leads)
+
+
+def _absent_cue(phrase: str) -> _Cue:
+    """An `absent` entry: the lemmas that follow a person word, compared as a sequence (a
+    regex on the lemmas after the word, see _absent); English entries are typed as is."""
+    if script_language(phrase) == "en":
+        return _Cue(phrase, 0, regex=re.compile(r"^ ?" + re.escape(normalize(phrase))))
+    form = analyze(phrase).lemmas.strip()
+    return _Cue(phrase, 0, lemma=re.compile(r"^ " + re.escape(form) + " "))
 
 
 def _content(found: Analysis, stop: frozenset[str]) -> frozenset[str]:
@@ -425,7 +497,12 @@ def triage(text: str | Analysis, lang: str, pack: Pack | None = None,
         if score > 0:
             scores[cat.id] = round(score, 2)
             evidence[cat.id] = hits
+    _lead(scores, evidence, table.leads)
     ranked = sorted(scores.items(), key=lambda kv: -kv[1])
+    if ranked and slots.get("whose") in ("family", "friend"):
+        whose = _whose(found, table, lemmas, ranked[0][0])  # a child's parents, a partner
+        if whose:
+            slots["whose"] = whose
     if ranked and ranked[0][0] in table.self_categories and slots.get("whose") == "family":
         slots["whose"] = "self"  # "my husband's abuse", "my child and I": the writer's own
     implicit: frozenset[str] = frozenset()
@@ -434,6 +511,21 @@ def triage(text: str | Analysis, lang: str, pack: Pack | None = None,
         implicit = frozenset({"whose"})
     return Result(lang=written, scores=ranked, evidence=evidence, slots=slots,
                   implicit=implicit)
+
+
+def _lead(scores: dict[str, float], evidence: dict[str, list[str]],
+          leads: dict[str, list[str]]) -> None:
+    """`leads`: a category named on its own evidence goes just before the categories it
+    leads, so that it is the one confirmed (the points added are shown as evidence)."""
+    for cat, behind in leads.items():
+        own = scores.get(cat, 0.0)
+        if own < CONFIDENT:
+            continue
+        above = max((scores.get(b, 0.0) for b in behind), default=0.0)
+        if own < RATIO * above:
+            lifted = round(RATIO * above + 0.01, 2)
+            evidence[cat].append(f"leads {', '.join(behind)} (+{lifted - own:g})")
+            scores[cat] = lifted
 
 
 def is_greeting(found: Analysis, table: Vocab) -> bool:
@@ -483,16 +575,22 @@ def _age(found: Analysis, table: Vocab) -> str | None:
     return inferred
 
 
-def _whose(found: Analysis, table: Vocab, lemmas: frozenset[str]) -> str | None:
+def _whose(found: Analysis, table: Vocab, lemmas: frozenset[str],
+           top: str | None = None) -> str | None:
     """Whose worry: someone else named as the subject ("my son is", "my mother's") wins over
     the writer; a family word followed by an agent particle (`agent_particles`) is the one
-    doing it ("I am hit by my husband": the writer's worry)."""
+    doing it ("I am hit by my husband": the writer's worry); a person said to be missing
+    (`absent`: "no friends") is nobody's worry; in `child_categories` the writer's own parents
+    do not make it theirs."""
     others: list[str] = []
     mine = False
     for value, cue in table.whose:
-        if not cue.find(found, lemmas):
+        if not cue.find(found, lemmas) or not _as_word(found, cue, lemmas):
             continue
-        if value == "self":
+        name = normalize(cue.text)
+        own = ((top in table.child_categories and name in table.parents)
+               or (top in table.self_categories and name in table.partners))
+        if value == "self" or own or _absent(found, cue, table.absent):
             mine = True
         elif not _only_agent(found, cue, table.agent_particles):
             others.append(value)
@@ -514,6 +612,44 @@ def _only_agent(found: Analysis, cue: _Cue, particles: frozenset[str]) -> bool:
             after = tokens[i + 1].surface if i + 1 < len(tokens) else ""
             if after not in particles:
                 return False
+    return seen
+
+
+_NOUNS = frozenset({"名詞", "代名詞"})
+_PARTICLE = "助詞"
+
+
+def _as_word(found: Analysis, cue: _Cue, lemmas: frozenset[str]) -> bool:
+    """A person word found only by its reading must be a noun as typed: しまい in
+    やってしまいそう is the verb (仕舞う), not the word for sisters."""
+    if not cue.reading or (cue.first and cue.first in lemmas) or (
+            cue.surface and cue.surface in found.norm):
+        return True
+    return any(t.pos in _NOUNS and cue.reading in t.reading for t in found.tokens)
+
+
+def _absent(found: Analysis, cue: _Cue, absent: list[_Cue]) -> bool:
+    """Every mention of the person word is followed, as its first or second word after the
+    particles, by one of `absent` (友達がいない, 知り合いがひとりもいない): the person is
+    missing."""
+    if not absent:
+        return False
+    if cue.regex is not None:  # English: the text right after the word
+        ends = [m.end() for m in cue.regex.finditer(found.norm)]
+        return bool(ends) and all(
+            any(a.regex is not None and a.regex.search(found.norm[end:end + 30])
+                for a in absent) for end in ends)
+    tokens = found.tokens
+    seen = False
+    for i, token in enumerate(tokens):
+        if not cue.first or token.lemma != cue.first:
+            continue
+        seen = True
+        # the next words, particles left out: the absence must come first or second
+        after = [t.lemma for t in tokens[i + 1:i + 8] if t.lemma and t.pos != _PARTICLE][:5]
+        window = [" " + " ".join(after[k:]) + " " for k in range(min(len(after), 2))]
+        if not any(a.lemma is not None and a.lemma.search(w) for a in absent for w in window):
+            return False
     return seen
 
 

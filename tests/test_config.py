@@ -18,6 +18,7 @@ def test_defaults_start_without_any_setting():
     s = Settings.from_env({})
     assert s.embedded_redis and s.secret_is_ephemeral and s.municipality == "kyoto"
     assert not s.line_enabled
+    assert s.line_dispatch_threads == 16  # answers/s per process ≤ this / LINE's latency
 
 
 @pytest.mark.parametrize(("env", "variable"), [
@@ -33,6 +34,8 @@ def test_defaults_start_without_any_setting():
     ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL"),
     ({"REDIS_CLUSTER": "maybe"}, "REDIS_CLUSTER"),
     ({"STREAM_SHARDS": "0"}, "STREAM_SHARDS"),
+    ({"LINE_DISPATCH_THREADS": "0"}, "LINE_DISPATCH_THREADS"),
+    ({"LINE_DISPATCH_THREADS": "65"}, "LINE_DISPATCH_THREADS"),
     ({"REDIS_WAIT_REPLICAS": "many"}, "REDIS_WAIT_REPLICAS"),
     ({"REDIS_WAIT_MS": "0"}, "REDIS_WAIT_MS"),
     ({"REDIS_WAIT_MS": "2000"}, "REDIS_WAIT_MS"),   # past the 2 s read timeout

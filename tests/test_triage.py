@@ -64,6 +64,52 @@ def test_slots_read_from_the_text(pack, text, slots):
     assert {k: found.get(k) for k in slots} == slots
 
 
+@pytest.mark.parametrize(("text", "lang", "category"), [
+    # English words take their endings and irregular forms; `*` stands for a word or two
+    ("I lost my job and can't cover the bills", "en", "poverty"),
+    ("My partner keeps checking my phone and decided who I'm allowed to see", "en", "dv_abuse"),
+    ("My parents kicked me out last night and I have nowhere to sleep", "en", "homeless"),
+    ("He has been shut in his bedroom for three years", "en", "hikikomori"),
+    # a category that leads: probation before the job it makes hard to find
+    ("保護観察中の息子が仕事を探しているが見つからない", "ja", "reoffending"),
+    ("I'm on parole and no one will give me a job", "en", "reoffending"),
+    # a widowed parent with the child named: single_parent, not children_youth
+    ("妻が亡くなって、中学生の息子と二人です", "ja", "single_parent"),
+    # walking on eggshells, the phone checked
+    ("夫の顔色をうかがって毎日びくびくしている", "ja", "dv_abuse"),
+])
+def test_classes_of_wording_reach_their_category(pack, text, lang, category):
+    assert triage(text, lang, pack).top == category
+
+
+@pytest.mark.parametrize(("text", "lang", "whose"), [
+    ("友達がひとりもいない", "ja", "self"),  # a person missing is nobody's worry
+    ("知り合いが誰もおらん", "ja", "self"),
+    ("友達がお金に困っている", "ja", "friend"),
+    ("高1やけど、親に進路を反対されてる", "ja", "self"),  # a child's own parents
+    ("息子が学校に行けなくなった", "ja", "family"),
+    ("彼氏にスマホを毎日チェックされる", "ja", "self"),  # the partner is the one doing it
+    ("もうやってしまいそう", "ja", "self"),  # しまい (the verb) is not 姉妹 (sisters)
+    ("My 15 year old won't go to school", "en", "family"),
+    ("My best friend hasn't answered her phone for days", "en", "friend"),
+    ("Single mum here and my son needs new shoes", "en", "self"),
+])
+def test_whose_worry_is_read_from_the_text(pack, text, lang, whose):
+    assert triage(text, lang, pack).slots.get("whose") == whose
+
+
+def test_a_message_naming_no_single_category_is_no_dead_end(walker: Walker, pack):
+    """Two categories as close as each other are offered, with something else; an English
+    message that names none gets the categories to choose from."""
+    walker.text("My son is autistic and his school is not helping")
+    q = walker.question
+    assert q.state == "triage" and len(q.choices) >= 2
+    walker.start()
+    walker.text("hmm, not sure")
+    q = walker.question
+    assert q.state == "triage" and {c.value for c in q.choices} == set(pack.categories)
+
+
 def test_vocabulary_errors_name_the_file_and_field(tmp_path):
     (tmp_path / "triage.ja.yaml").write_text(
         "version: 1\ncategories:\n  poverty:\n    patterns: ['(']\n", encoding="utf-8")
@@ -312,9 +358,14 @@ def holdout_reports():
 #   triage_holdout_b  75.7% before, 77.1% blind after round 1, 95.7% after round 2 (tuned on)
 #   triage_holdout_c  57.1% before, 60.0% blind after rounds 1-2, 78.6% after round 3 (tuned on)
 #   triage_holdout_d  59.1% before, 61.4% after rounds 1-2, 70.5% blind after round 3 (the
-#                     obligation fix 〜ないといけない, prompted by one of its misses, left it there)
-HOLDOUT_FLOORS = {"triage_holdout": 0.92, "triage_holdout_b": 0.92, "triage_holdout_c": 0.75,
-                  "triage_holdout_d": 0.68}
+#                     obligation fix 〜ないといけない, prompted by one of its misses, left it),
+#                     86.4% after round 5 (English vocabulary)
+#   triage_holdout_e  83.3% before, 100% after round 5 (tuned on, by class)
+#   triage_holdout_f  71.7% before, 78.3% blind after round 5
+# Sets e and f hold no `none` items (written as worries only).
+HOLDOUT_FLOORS = {"triage_holdout": 0.92, "triage_holdout_b": 0.92, "triage_holdout_c": 0.78,
+                  "triage_holdout_d": 0.82, "triage_holdout_e": 0.95, "triage_holdout_f": 0.75}
+WITHOUT_NONE = {"triage_holdout_e", "triage_holdout_f"}
 
 
 @pytest.mark.parametrize("name", sorted(HOLDOUT_FLOORS))
@@ -325,7 +376,7 @@ def test_held_out_text_reaches_the_right_category(holdout_reports, name):
     assert first.accuracy() >= HOLDOUT_FLOORS[name], report.format(verbose=True)
     assert middle.accuracy() >= HOLDOUT_FLOORS[name], report.format(verbose=True)
     nones = [o for o in first.outcomes if o.expected == "none"]
-    assert nones and all(o.right for o in nones)
+    assert (nones or name in WITHOUT_NONE) and all(o.right for o in nones)
 
 
 def test_held_out_sets_are_new_sentences():

@@ -118,4 +118,7 @@ def build_line(services: Services, threads: int = 4,
                        queue=queue, dispatcher=dispatcher, engine=services.engine,
                        conversations=services.conversations, sealer=sealer, clock=clock,
                        max_event_age_s=settings.line_max_event_age_s,
-                       refusals_per_minute=settings.callback_refusals_per_minute)
+                       refusals_per_minute=settings.callback_refusals_per_minute,
+                       # As many as the dispatcher's: a degraded answer waits out a LINE call
+                       # too, and while Redis is down the dispatcher's threads are idle.
+                       degraded=DegradedAnswers(workers=threads))

@@ -225,8 +225,8 @@ class LineApi:
     backoff: tuple[float, ...] = (0.2, 0.5, 1.0, 2.0)
     timeout: tuple[float, float] = TIMEOUT  # connect, read
     # Connections kept for reuse: at least the threads that call LINE at once (dispatcher up
-    # to 64, degraded answers 4); more are opened when needed and closed after use.
-    connections: int = 72
+    # to 64, degraded answers as many); more are opened when needed and closed after use.
+    connections: int = 128
 
     def __post_init__(self) -> None:
         self.host = self.base_url.rstrip("/")

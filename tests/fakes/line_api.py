@@ -1,9 +1,10 @@
 """A fake LINE Messaging API: a real HTTP server on loopback that records what it receives.
 
-Behaviours the tests switch on: hang (sleep before answering), late answers (take the message,
-then answer only after the caller gave up), a queue of error statuses,
-reply tokens that are single-use and can be marked expired, and X-Line-Retry-Key de-duplication
-(409 for a key already accepted), as the real API does.
+Behaviours the tests switch on: hang (sleep before answering), a delay on every call (the
+real API's latency, for the bench; kept apart from hang, which a scenario sets and lifts),
+late answers (take the message, then answer only after the caller gave up), a queue of error
+statuses, reply tokens that are single-use and can be marked expired, and X-Line-Retry-Key
+de-duplication (409 for a key already accepted), as the real API does.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ class Received:
 @dataclass
 class FakeLine:
     hang_s: float = 0.0
+    delay_s: float = 0.0       # every call, as the real API's ~50–200 ms
     late_answers: int = 0      # this many calls are taken, then answered after late_s
     late_s: float = 0.0
     errors: list[int] = field(default_factory=list)
@@ -106,8 +108,9 @@ def serve(fake: FakeLine) -> tuple[ThreadingHTTPServer, str]:
             with fake.lock:
                 fake.received.append(Received(path, {}, headers, 400, time.time()))
             return 400, {"message": "The request body has 1 error(s)"}
-        if fake.hang_s:
-            time.sleep(fake.hang_s)
+        pause = fake.hang_s + fake.delay_s
+        if pause:
+            time.sleep(pause)
         status, payload = fake.answer(path, body, headers)
         with fake.lock:
             fake.received.append(Received(path, body, headers, status, time.time()))
