@@ -142,6 +142,69 @@ def cmd_explain(args: argparse.Namespace) -> int:
     detector = CrisisDetector.from_file(crisis_file(args.pack))
     for text in args.text:
         print(explain(text, pack, detector, args.lang))
+        print(_soft_explain(text))
+    return 0
+
+
+def _soft_explain(text: str) -> str:
+    """The soft tier's view of a text (bot/crisis_model.py): score, threshold, top features."""
+    from bot import crisis_model
+    from bot.language import analyze
+
+    model = crisis_model.load()
+    if model is None:
+        return "soft tier: no model"
+    found = analyze(text)
+    score = model.score(found)
+    top = ", ".join(f"{f[1:]!r}({f[0]}) {w:+.2f}" for f, w in model.top(found))
+    return (f"soft tier: score {score:.3f}, threshold {model.threshold:.2f} -> "
+            f"{'flags' if score >= model.threshold else 'quiet'}\n  top features: {top}")
+
+
+def cmd_train_crisis_model(args: argparse.Namespace) -> int:
+    """Train the soft tier's weights (or, with --score, measure rules + model on files)."""
+    from bot import crisis_model
+
+    if args.score:
+        return _score_files([Path(p) for p in args.score], args.pack)
+    trained = crisis_model.train(progress=print)
+    print(trained.table)
+    if args.dry_run:
+        return 0
+    crisis_model.write(trained.model)
+    size = crisis_model.MODEL_FILE.stat().st_size
+    print(f"wrote {crisis_model.MODEL_FILE} ({len(trained.model['weights'])} weights, "
+          f"{size // 1024} KB, threshold {trained.model['threshold']:.2f})")
+    return 0
+
+
+def _score_files(paths: list[Path], pack: str) -> int:
+    """Risk lines caught by the rules or the model at its threshold; ordinary lines flagged."""
+    from bot import crisis_model
+    from bot.language import analyze
+    from bot.pack.loader import crisis_file
+    from bot.safety import CrisisDetector
+
+    model = crisis_model.load()
+    if model is None:
+        print("no model: run python -m bot train-crisis-model", file=sys.stderr)
+        return 1
+    detector = CrisisDetector.from_file(crisis_file(pack))
+    for path in paths:
+        risk, ordinary = crisis_model.safety_lines(path)
+        counts = []
+        for texts in (risk, ordinary):
+            found = [analyze(t) for t in texts]
+            rules = [detector.detect(f) is not None for f in found]
+            soft = [model.flags(f) for f in found]
+            counts.append((sum(rules), sum(r or s for r, s in zip(rules, soft, strict=True)),
+                           len(texts)))
+        (r_rules, r_both, n_r), (o_rules, o_both, n_o) = counts
+        print(f"{path.name} (threshold {model.threshold:.2f})\n"
+              f"  rules only:    recall {r_rules / n_r:.1%} ({r_rules}/{n_r}), "
+              f"false positives {o_rules / n_o:.1%} ({o_rules}/{n_o})\n"
+              f"  rules + model: recall {r_both / n_r:.1%} ({r_both}/{n_r}), "
+              f"false positives {o_both / n_o:.1%} ({o_both}/{n_o})")
     return 0
 
 
@@ -248,6 +311,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pack", default=default_pack_name())
     p.add_argument("--lang", default="ja", choices=["ja", "en"])
     p.set_defaults(func=cmd_explain)
+    p = sub.add_parser("train-crisis-model",
+                       help="train the soft tier (bot/content/common/crisis_model.json)")
+    p.add_argument("--dry-run", action="store_true", help="print the table, write nothing")
+    p.add_argument("--score", action="append", metavar="FILE",
+                   help="instead: recall and false positives of rules + model on a safety file")
+    p.add_argument("--pack", default=default_pack_name())
+    p.set_defaults(func=cmd_train_crisis_model)
     p = sub.add_parser("worker", help="deliver handoff cases to staff (Slack, webhook)")
     p.set_defaults(func=cmd_worker)
     p = sub.add_parser("stats", help="the city's anonymous figures (REDIS_URL)")

@@ -17,6 +17,7 @@ from typing import Any, Literal, Protocol
 
 from transitions import EventData, Machine
 
+from bot import crisis_model
 from bot.cards import card
 from bot.flows.schema import ChoiceSpec, FlowSpec, StateSpec
 from bot.handoff.models import CaseRequest
@@ -140,6 +141,24 @@ def _below(limit: int) -> Callable[[EventData], bool]:
     return lambda event: len(event.kwargs["session"].concerns) - 1 < limit
 
 
+# A reply's parts as a channel sends them: LINE, the strictest, sends at most 5 messages per
+# reply and merges neighbouring texts (bot/channels/line_render.py). The soft tier's line is
+# added only where the reply stays within this, so it never pushes anything out.
+MAX_PARTS = 5
+
+
+def _parts(replies: list[Reply]) -> int:
+    """Messages the replies make at most: a run of texts is one, each card group and question
+    one."""
+    parts = 0
+    for i, r in enumerate(replies):
+        if isinstance(r, Text):
+            parts += not (i and isinstance(replies[i - 1], Text))
+        elif not isinstance(r, Cards) or r.cards:
+            parts += 1
+    return parts
+
+
 class Engine:
     """Compiled flows plus the content pack and crisis detector they speak from."""
 
@@ -150,6 +169,7 @@ class Engine:
         self.handoff = handoff
         self.pack = pack
         self.detector = detector
+        self.soft = crisis_model.load()  # the soft tier; None without a model file
         self.items = {
             "categories": [(c.id, c.label) for c in pack.categories.values()],
             "wards": [(w.id, w.name) for w in pack.wards.wards],
@@ -392,6 +412,14 @@ class Engine:
     # -- the step ------------------------------------------------------------------------
     def step(self, session: Session | None, incoming: Incoming, now: datetime,
              channel: str | None = None) -> Step:
+        """`_step`, then the soft tier's gentle line when typed words call for it (`_maybe`)."""
+        out = self._step(session, incoming, now, channel)
+        if incoming.kind == "text" and not incoming.from_staff:
+            self._maybe(out, incoming.value, now)
+        return out
+
+    def _step(self, session: Session | None, incoming: Incoming, now: datetime,
+              channel: str | None = None) -> Step:
         """One message of one person: the new session, the replies and the signals.
 
         Args:
@@ -644,6 +672,7 @@ class Engine:
             fresh.rate_minute, fresh.rate_count = session.rate_minute, session.rate_count
             fresh.crisis, fresh.state, fresh.history = session.crisis, session.state, \
                 session.history
+            fresh.soft = session.soft
             out.session = session = fresh
         if category not in session.concerns:
             session.concerns = [*session.concerns, category]
@@ -831,6 +860,29 @@ class Engine:
                                       live=True))
         out.replies.append(Text(text=self.t("crisis.after", session), urgent=True))
         out.events.append(f"crisis:{kind}")
+
+    def _maybe(self, out: Step, text: str, now: datetime) -> None:
+        """The soft tier (bot/crisis_model.py): the rules found nothing in typed words that the
+        model finds close to those of people at risk. The normal reply stands; one gentle line
+        and at most two 24-hour lines open now go just before its question — once a session,
+        never after a crisis reply, and only when the reply stays within MAX_PARTS."""
+        session = out.session
+        if (self.soft is None or session is None or session.crisis or session.soft
+                or not out.replies or not isinstance(out.replies[-1], Question)
+                or any(e.startswith("crisis:") for e in out.events)
+                or not self.soft.flags(analyze(text))):
+            return
+        lines = [w for w in self.crisis_lines("self_harm", now)
+                 if w.hours is not None and w.hours.always and not w.only_when][:2]
+        added: list[Reply] = [Text(text=self.t("crisis.maybe", session))]
+        if lines:
+            added.append(self.cards("crisis.title", lines, session, now, live=True))
+        replies = [*out.replies[:-1], *added, out.replies[-1]]
+        if _parts(replies) > MAX_PARTS:
+            return
+        out.replies = replies
+        session.soft = True
+        out.events.append("crisis:maybe")
 
     def crisis_lines(self, kind: str, now: datetime) -> list[Window]:
         """The crisis lines by the clock: those open now first (the 24-hour lines always are),

@@ -24,6 +24,7 @@ class Session(BaseModel):
     page: int = 0
     resume: str | None = None
     crisis: str | None = None
+    soft: bool = False  # the soft tier's gentle line was shown (bot/crisis_model.py): once only
     history: list[str] = Field(default_factory=list)
     case: str | None = None
     rate_minute: int = 0

@@ -102,7 +102,8 @@ class TriageReport:
 def _outcome(engine: Engine, step: Any) -> tuple[str, list[str]]:
     """What the bot understood, read from its reply: a confirmed guess or a crisis."""
     session = step.session
-    kinds = [e.split(":", 1)[1] for e in step.events if e.startswith("crisis:")]
+    kinds = [e.split(":", 1)[1] for e in step.events if e.startswith("crisis:")
+             and e != "crisis:maybe"]  # the soft tier's line: the normal reply stands
     if kinds:
         return CRISIS_CATEGORY.get(kinds[0], NONE), []
     guess = (session.guess or {}) if session is not None else {}
