@@ -101,8 +101,9 @@ def test_rules_and_model_on_the_blind_set_d():
     assert flagged <= FP_CEILING_D * len(ordinary), flagged
 
 
-FLOOR_D = 0.0
-FP_CEILING_D = 1.0
+# Measured once, blind: rules + model 91.7% (55/60), false positives 0/60 (rules alone 90.0%).
+FLOOR_D = 0.85
+FP_CEILING_D = 2 / 60
 
 
 # -- the engine -------------------------------------------------------------------------------
