@@ -59,6 +59,18 @@ def test_crisis_lines_name_the_right_numbers(engine, pack):
     assert phones[0] == "110" and "0120-279-889" in phones
 
 
+@pytest.mark.parametrize("text", ["お父さんに毎晩なぐられる。中2です", "ママがごはんくれない",
+                                  "おかんにどつかれた", "子どもを叩いてしまいそう"])
+def test_child_harm_brings_the_childrens_lines_first(engine, text):
+    """The child_harm kind, from a child's view as from a parent's: the crisis reply first, with
+    the child-abuse line (189) and 110, in every city's pack."""
+    step = engine.step(None, Incoming("text", text), WEEKDAY_MORNING)
+    assert _is_crisis_first(step.replies), text
+    assert "crisis:child_harm" in step.events, (text, step.events)
+    phones = [c.phone for r in step.replies if isinstance(r, Cards) for c in r.cards]
+    assert {"189", "110"} <= set(phones), (text, phones)
+
+
 def test_hyperbole_is_not_a_crisis(engine):
     for text in ("死ぬほど笑った", "死ぬほど忙しい"):
         step = engine.step(None, Incoming("text", text), WEEKDAY_MORNING)

@@ -114,6 +114,60 @@ def test_held_out_phrasings_are_caught_with_their_kind(detector):
     assert report.wrong_kind == [], report.format()
 
 
+# -- held-out sets b and c (tests/data/safety_holdout_b.yaml, safety_holdout_c.yaml) -----------
+HOLDOUT_B = REPO / "tests" / "data" / "safety_holdout_b.yaml"
+HOLDOUT_C = REPO / "tests" / "data" / "safety_holdout_c.yaml"
+
+
+# Plain phrasings the blind writers happened to write exactly as the tuned sets already had them
+# (caught before sets b and c existed): no leak, but not counted as new either.
+COMMON_BEFORE_B_AND_C = {"生まれてこなければよかった", "I don't want to wake up tomorrow",
+                         "いなくなりたい", "この世から消えたい"}
+
+
+@pytest.mark.parametrize("path", [HOLDOUT_B, HOLDOUT_C], ids=["b", "c"])
+def test_held_out_sets_b_and_c_are_caught_with_their_kind(detector, path):
+    """Written blind on 2026-12-07 without reading crisis.yaml. Before: b 78.0% recall, 2.0%
+    false positives; c 72.0% / 2.0% (74.0% / 2.0% blind after the fixes from b). Their misses
+    were then fixed by class (see each file's header), so these floors guard the fixes."""
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    assert len(data["risk"]) >= 50 and len(data["ordinary"]) >= 50
+    seen = {r["text"] for p in (EVAL, FRESH)
+            for r in yaml.safe_load(p.read_text(encoding="utf-8"))["risk"]}
+    overlap = seen & {r["text"] for r in data["risk"]}
+    assert overlap <= COMMON_BEFORE_B_AND_C, f"a held-out line was copied into the tuned sets: " \
+                                             f"{overlap - COMMON_BEFORE_B_AND_C}"
+    report = evaluate(detector, path)
+    assert report.recall == 1.0, report.format()
+    assert len(report.false_positives) <= 1, report.format()
+    assert report.wrong_kind == [], report.format()
+
+
+@pytest.mark.parametrize(("text", "kind"), [
+    ("橋の欄干の外側におる", "self_harm"), ("あたしなんかおらへん方がみんな楽やろ", "self_harm"),
+    ("また太ももにカミソリで傷つけた", "self_harm"),
+    ("I keep cutting again and again", "self_harm"),
+    ("こんな人生もういらへん", "self_harm"), ("両親によろしく伝えといて、さようなら", "self_harm"),
+    ("元妻に毎日つけまわされてる", "violence"), ("he'd kill me if I told anyone", "violence"),
+    ("おとうさんがごはんくれない", "child_harm"), ("中1だけど毎日母にけられる", "child_harm"),
+    ("継父が何日も帰ってこない", "child_harm"), ("もう生きていとうないです", "self_harm"),
+])
+def test_round_b_and_c_rules_are_families(detector, text, kind):
+    """Phrasings no evaluation file holds, caught by the classes added for sets b and c."""
+    found = detector.detect(text)
+    assert found is not None and found.kind == kind, (text, found)
+
+
+@pytest.mark.parametrize("text", [
+    "清水の舞台から飛び降りる気持ちで契約した", "we keep cutting costs",
+    "ガチャ爆死、来世に期待するか",
+    "夫がご飯作ってくれない", "犬にごはんあげない日はない", "上司に雑用を押し付けられる",
+    "柔道の試合で相手に蹴られた", "My coach will kill me if I'm late",
+])
+def test_round_b_and_c_neighbours_stay_quiet(detector, text):
+    assert detector.detect(text) is None, text
+
+
 @pytest.mark.parametrize(("text", "kind"), [
     ("もう死んでまいたいわ", "self_harm"), ("この世から消えたいねん", "self_harm"),
     ("朝なんか目が覚めないでくれたらいいのに", "self_harm"),
