@@ -392,10 +392,12 @@ def holdout_reports():
 #   triage_holdout_e  83.3% before, 100% after round 5 (tuned on, by class)
 #   triage_holdout_f  71.7% before, 78.3% blind after round 5, 100% after round 6 (tuned on,
 #                     by class)
-# Sets e and f hold no `none` items (written as worries only).
+#   triage_holdout_g  90.0% blind after round 6 (measured once; not looked at)
+# Sets e, f and g hold no `none` items (written as worries only).
 HOLDOUT_FLOORS = {"triage_holdout": 0.92, "triage_holdout_b": 0.92, "triage_holdout_c": 0.78,
-                  "triage_holdout_d": 0.82, "triage_holdout_e": 0.95, "triage_holdout_f": 0.95}
-WITHOUT_NONE = {"triage_holdout_e", "triage_holdout_f"}
+                  "triage_holdout_d": 0.82, "triage_holdout_e": 0.95, "triage_holdout_f": 0.95,
+                  "triage_holdout_g": 0.86}
+WITHOUT_NONE = {"triage_holdout_e", "triage_holdout_f", "triage_holdout_g"}
 
 
 @pytest.mark.parametrize("name", sorted(HOLDOUT_FLOORS))
