@@ -11,6 +11,10 @@ from urllib.parse import urlparse
 
 from bot.pack.loader import default_pack_name
 
+# Answering threads per process and city: each waits out one LINE call at a time, so a
+# process answers at most this many events per LINE latency (16 at 100 ms: 160/s).
+ANSWERING_THREADS = 16
+
 DEFAULT_LINE_API = "https://api.line.me"
 DEFAULT_SLACK_API = "https://slack.com/api/"
 
@@ -37,9 +41,7 @@ class Settings:
     handoff_webhook_url: str | None = None
     handoff_webhook_secret: str | None = None
     log_level: str = "INFO"
-    # Answering threads per process: each waits out one LINE call at a time, so a process
-    # answers at most this many events per LINE latency (16 at 100 ms: 160/s).
-    line_dispatch_threads: int = 16
+    line_dispatch_threads: int = ANSWERING_THREADS
     line_reclaim_idle_ms: int = 30_000
     lock_ms: int = 30_000
     slack_staff_users: tuple[str, ...] = ()
@@ -190,7 +192,7 @@ class Settings:
             handoff_webhook_url=url("HANDOFF_WEBHOOK_URL"),
             handoff_webhook_secret=get("HANDOFF_WEBHOOK_SECRET"),
             log_level=log_level,
-            line_dispatch_threads=integer("LINE_DISPATCH_THREADS", 16, 1, 64),
+            line_dispatch_threads=integer("LINE_DISPATCH_THREADS", ANSWERING_THREADS, 1, 64),
             line_reclaim_idle_ms=integer("LINE_RECLAIM_IDLE_MS", 30_000, 100, 3_600_000),
             lock_ms=integer("PERSON_LOCK_MS", 30_000, 500, 600_000),
             slack_staff_users=slack_users("SLACK_STAFF_USERS"),

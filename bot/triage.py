@@ -107,6 +107,17 @@ class SlotVocab(BaseModel):
     # Words after a family word that make it the actor, not the person of concern ("by my
     # husband", "from my husband").
     agent_particles: list[str] = Field(default_factory=list)
+    # Particles after a family word that make it the actor only when a passive or receiving verb
+    # (`passive`, as lemmas) follows in the same sentence: 夫に殴られる, 夫に渡してもらえない
+    # (the writer's worry) but 息子に何を言っても, 息子と話せない (the son is of concern).
+    dative_particles: list[str] = Field(default_factory=list)
+    passive: list[str] = Field(default_factory=list)
+    # After one of `reach_particles` (と: with), a family member other than the writer's parents
+    # followed in the sentence by one of `reach` (lemmas: talk, contact) is someone the writer
+    # cannot reach, the one of concern (息子と会話がない); otherwise と is company, the writer's
+    # own worry (子どもと家を出たい, 親と話せない).
+    reach_particles: list[str] = Field(default_factory=list)
+    reach: list[str] = Field(default_factory=list)
     self_categories: list[str] = Field(default_factory=list)
     age: dict[str, list[str]] = Field(default_factory=dict)
     # A pattern that, found in the text an age pattern matched, says the age was given in
@@ -315,6 +326,10 @@ class Vocab:
     categories: list[_Category]
     whose: list[tuple[str, _Cue]]
     agent_particles: frozenset[str]
+    dative_particles: frozenset[str]
+    passive: frozenset[str]
+    reach_particles: frozenset[str]
+    reach: frozenset[str]
     absent: list[_Cue]
     parents: frozenset[str]
     partners: frozenset[str]
@@ -364,6 +379,10 @@ class Vocab:
         return cls(lang=lang, categories=cats,
                    whose=values(slots.whose, False) + values(slots.whose_patterns, True),
                    agent_particles=frozenset(map(normalize, slots.agent_particles)),
+                   dative_particles=frozenset(map(normalize, slots.dative_particles)),
+                   passive=frozenset(slots.passive),
+                   reach_particles=frozenset(map(normalize, slots.reach_particles)),
+                   reach=frozenset(slots.reach),
                    absent=[_absent_cue(w) for w in slots.absent],
                    parents=frozenset(map(normalize, slots.parents)),
                    partners=frozenset(map(normalize, slots.partners)),
@@ -503,7 +522,8 @@ def triage(text: str | Analysis, lang: str, pack: Pack | None = None,
         whose = _whose(found, table, lemmas, ranked[0][0])  # a child's parents, a partner
         if whose:
             slots["whose"] = whose
-    if ranked and ranked[0][0] in table.self_categories and slots.get("whose") == "family":
+    if ranked and ranked[0][0] in table.self_categories and slots.get("whose") == "family" \
+            and not _both_parents(found, table, lemmas):
         slots["whose"] = "self"  # "my husband's abuse", "my child and I": the writer's own
     implicit: frozenset[str] = frozenset()
     if ranked and "whose" not in slots:  # a worry told with no one else named: the writer's
@@ -592,7 +612,7 @@ def _whose(found: Analysis, table: Vocab, lemmas: frozenset[str],
                or (top in table.self_categories and name in table.partners))
         if value == "self" or own or _absent(found, cue, table.absent):
             mine = True
-        elif not _only_agent(found, cue, table.agent_particles):
+        elif not _only_agent(found, cue, table, value == "family"):
             others.append(value)
         elif value == "family":  # "hit by my husband": someone at home hurts the writer
             mine = True
@@ -601,8 +621,13 @@ def _whose(found: Analysis, table: Vocab, lemmas: frozenset[str],
     return "self" if mine else None
 
 
-def _only_agent(found: Analysis, cue: _Cue, particles: frozenset[str]) -> bool:
-    if not particles:
+def _only_agent(found: Analysis, cue: _Cue, table: Vocab, family: bool) -> bool:
+    """Every mention of the person word marks it as the one acting on the writer or with the
+    writer: followed by an agent particle (夫から, 子どもと), or, for a family word, by a dative
+    one (夫に) with a passive or receiving verb later in the sentence (夫に殴られる). For a
+    family word, 息子に声をかけても and 息子と会話がない (`reach`): the son is of concern.
+    Other people (友達に物をあげる) keep every particle as the writer's own doing."""
+    if not table.agent_particles and not table.dative_particles:
         return False
     tokens = found.tokens
     seen = False
@@ -610,9 +635,40 @@ def _only_agent(found: Analysis, cue: _Cue, particles: frozenset[str]) -> bool:
         if cue.first and token.lemma == cue.first:
             seen = True
             after = tokens[i + 1].surface if i + 1 < len(tokens) else ""
-            if after not in particles:
+            rest = tokens[i + 2:]
+            if after in table.agent_particles or (after in table.dative_particles and not family):
+                if family and after in table.reach_particles and \
+                        normalize(cue.text) not in table.parents and \
+                        _follows(rest, table.reach):
+                    return False
+                continue
+            if after not in table.dative_particles or not _follows(rest, table.passive):
                 return False
     return seen
+
+
+_SENTENCE_END = frozenset("。．.!！?？\n")
+
+
+def _follows(tokens: list[Any], wanted: frozenset[str]) -> bool:
+    """One of these lemmas (a passive verb, a word of talk) before the sentence ends."""
+    for token in tokens:
+        if token.surface and token.surface[0] in _SENTENCE_END:
+            return False
+        if token.lemma in wanted:
+            return True
+    return False
+
+
+def _both_parents(found: Analysis, table: Vocab, lemmas: frozenset[str]) -> bool:
+    """Two different parents named, neither as the one acting on the writer (父が母を殴る, "my
+    dad screams at my mum"): a child telling of one parent hurting the other — the family's
+    worry, not the writer's own, even in `self_categories`."""
+    named = {normalize(cue.text) for value, cue in table.whose
+             if value == "family" and normalize(cue.text) in table.parents
+             and cue.find(found, lemmas) and _as_word(found, cue, lemmas)
+             and not _only_agent(found, cue, table, True)}
+    return len(named) >= 2
 
 
 _NOUNS = frozenset({"名詞", "代名詞"})

@@ -69,3 +69,11 @@ def test_a_skipped_level_is_said_not_measured_and_has_no_section() -> None:
     assert "while LINE takes 100 ms per call" in text and "## N = 50 while LINE" not in text
     assert "**NOT MEASURED** — throughput ≥ 0.7× the echo baseline at N=50 while LINE" in text
     assert not [t for t in targets(_run(line_ms=0.0)) if "while LINE takes" in t[0]]
+
+
+def test_the_method_names_the_slow_level_only_when_it_ran() -> None:
+    ran = document(_run(line_ms=100.0), {"commit": "abc"})
+    skipped = document(_run(line_ms=0.0), {"commit": "abc"})
+    assert "- **LINE takes 100 ms per call**" in ran
+    assert "- **LINE takes" not in skipped
+    assert "- **LINE hangs**" in ran and "- **LINE hangs**" in skipped

@@ -94,3 +94,33 @@ def test_the_line_queue_backlog_is_measured_about_once_a_second(redis_url, key_p
     finally:
         app.extensions["tsunagu_line"].stop()
         server.shutdown()
+
+
+@pytest.mark.parametrize("threads", [2, 16])
+def test_the_line_channel_is_sized_from_its_threads(redis_url, key_prefix, redis_client,
+                                                    threads):
+    """Readers, answering threads, degraded answers and kept LINE connections all follow
+    LINE_DISPATCH_THREADS: each may hold a LINE call at once."""
+    from bot.channels.line import build_line
+    from bot.wiring import build
+
+    settings = Settings(redis_url=redis_url, bot_secret_key=SECRET, key_prefix=key_prefix,
+                        line_channel_secret=lh.LINE_SECRET, line_channel_access_token="tok",
+                        line_dispatch_threads=threads)
+    line = build_line(build(settings, client=redis_client), threads=threads)
+    assert line.dispatcher.threads == threads and line.dispatcher.readers == threads
+    assert line.degraded._workers._count == threads
+    assert line.api.connections >= line.dispatcher.readers + 2 * threads
+
+
+def test_one_reader_with_the_in_process_redis(key_prefix):
+    """`make run`'s in-process Redis wakes every blocked reader on each write: one reads all."""
+    from bot.channels.line import build_line
+    from bot.wiring import build
+
+    settings = Settings(redis_url=None, bot_secret_key=SECRET, key_prefix=key_prefix,
+                        line_channel_secret=lh.LINE_SECRET, line_channel_access_token="tok")
+    assert settings.embedded_redis
+    line = build_line(build(settings), threads=settings.line_dispatch_threads)
+    assert line.dispatcher.readers == 1 and line.dispatcher.threads == 16
+    assert not line.dispatcher.hands_over

@@ -77,6 +77,22 @@ def test_slots_read_from_the_text(pack, text, slots):
     ("妻が亡くなって、中学生の息子と二人です", "ja", "single_parent"),
     # walking on eggshells, the phone checked
     ("夫の顔色をうかがって毎日びくびくしている", "ja", "dv_abuse"),
+    # round 6: a child's in-game spending; 男手ひとつ; ワンオペ育児 (a two-parent home: the
+    # parenting window, or women when the partner is named as not helping)
+    ("小4の息子がゲームに課金しまくってる", "ja", "children_youth"),
+    ("おとこでひとつで娘を育ててます", "ja", "single_parent"),
+    ("ワンオペ育児がしんどい", "ja", "children_youth"),
+    ("ワンオペ育児で、夫はなんにも手伝ってくれない", "ja", "women"),
+    # silence and money as punishment; intimate images as a threat; a put-down quoted
+    ("夫に口答えしたら何日も口をきいてもらえない", "ja", "dv_abuse"),
+    ("He says he'll post my private photos if I leave him", "en", "dv_abuse"),
+    ("She tells me I'd be nothing without her", "en", "dv_abuse"),
+    # out only at night; days without a word; the body failing at chores; a tent
+    ("夜しかそとに出られない", "ja", "hikikomori"),
+    ("I haven't been out of my flat in months", "en", "hikikomori"),
+    ("一日中ひとことも話さない日がある", "ja", "loneliness"),
+    ("膝が悪くてごみ出しが大変", "ja", "elderly"),
+    ("I live in a tent under the bridge", "en", "homeless"),
 ])
 def test_classes_of_wording_reach_their_category(pack, text, lang, category):
     assert triage(text, lang, pack).top == category
@@ -93,6 +109,17 @@ def test_classes_of_wording_reach_their_category(pack, text, lang, category):
     ("My 15 year old won't go to school", "en", "family"),
     ("My best friend hasn't answered her phone for days", "en", "friend"),
     ("Single mum here and my son needs new shoes", "en", "self"),
+    # round 6: に/と after a family word make it the actor only with a passive verb (に) or as
+    # company (と); the son spoken to, or not reached, is the one of concern
+    ("娘に何を話しかけても返事がない", "ja", "family"),
+    ("娘と連絡が取れなくなった", "ja", "family"),
+    ("夫に怒鳴られる", "ja", "self"),
+    ("少年院を出てから親と話せていない", "ja", "self"),  # the writer's own parents
+    ("夫から逃げて子どもと家を出たい", "ja", "self"),  # と as company
+    # a child telling of one parent hurting the other: the family's worry
+    ("父が母を殴るのを見てしまう", "ja", "family"),
+    ("My dad shouts at my mum every night", "en", "family"),
+    ("My dad hits me", "en", "self"),
 ])
 def test_whose_worry_is_read_from_the_text(pack, text, lang, whose):
     assert triage(text, lang, pack).slots.get("whose") == whose
@@ -224,6 +251,8 @@ def test_english_text_switches_to_english(walker: Walker, pack):
 @pytest.mark.parametrize(("text", "lang"), [("我需要帮助，我没有钱", "zh"), ("도와주세요", "ko"),
                                              ("Tôi cần giúp đỡ", "vi")])
 def test_other_languages_get_a_note_in_their_language(walker: Walker, pack, text, lang):
+    """Its topic cannot be read, so it is not guessed: the foreign residents' windows take any
+    topic in the resident's language (round 6's decision, triage.ja.yaml `other_language`)."""
     walker.text(text)
     assert pack.msg(f"triage.lang.{lang}", "ja") in _texts(walker)
     # then English, offering the foreign residents' windows
@@ -361,11 +390,14 @@ def holdout_reports():
 #                     obligation fix 〜ないといけない, prompted by one of its misses, left it),
 #                     86.4% after round 5 (English vocabulary)
 #   triage_holdout_e  83.3% before, 100% after round 5 (tuned on, by class)
-#   triage_holdout_f  71.7% before, 78.3% blind after round 5
-# Sets e and f hold no `none` items (written as worries only).
+#   triage_holdout_f  71.7% before, 78.3% blind after round 5, 100% after round 6 (tuned on,
+#                     by class)
+#   triage_holdout_g  90.0% blind after round 6 (measured once; not looked at)
+# Sets e, f and g hold no `none` items (written as worries only).
 HOLDOUT_FLOORS = {"triage_holdout": 0.92, "triage_holdout_b": 0.92, "triage_holdout_c": 0.78,
-                  "triage_holdout_d": 0.82, "triage_holdout_e": 0.95, "triage_holdout_f": 0.75}
-WITHOUT_NONE = {"triage_holdout_e", "triage_holdout_f"}
+                  "triage_holdout_d": 0.82, "triage_holdout_e": 0.95, "triage_holdout_f": 0.95,
+                  "triage_holdout_g": 0.86}
+WITHOUT_NONE = {"triage_holdout_e", "triage_holdout_f", "triage_holdout_g"}
 
 
 @pytest.mark.parametrize("name", sorted(HOLDOUT_FLOORS))

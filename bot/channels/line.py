@@ -14,6 +14,7 @@ from bot import logs
 from bot.channels.line_api import LineApi
 from bot.channels.line_events import EventParser
 from bot.channels.line_queue import GIVE_BACK_S, Dispatcher, LineQueue
+from bot.config import ANSWERING_THREADS
 from bot.crypto import Sealer
 from bot.engine import Engine
 from bot.redisconn import ReplicaWait
@@ -31,7 +32,7 @@ class DegradedAnswers:
     most `workers` threads, at most `backlog` webhooks waiting. Past that the webhook's own
     thread answers (the server's thread count bounds those), never a new thread per webhook."""
 
-    def __init__(self, workers: int = 4, backlog: int = 64):
+    def __init__(self, workers: int = ANSWERING_THREADS, backlog: int = 64):
         self._workers = Workers("line-degraded", workers, backlog)
 
     def submit(self, answer: Callable[..., None], *args: Any) -> None:
@@ -98,12 +99,19 @@ class LineChannel:
             self.queue.wait.close()
 
 
-def build_line(services: Services, threads: int = 4,
+def build_line(services: Services, threads: int = ANSWERING_THREADS,
                reclaim_idle_ms: int = 30_000) -> LineChannel:
     """The LINE channel from the built services; the dispatcher threads are not started."""
     settings = services.settings
     sealer = Sealer(settings.secret_keys, "line-address")
-    api = LineApi(settings.line_api_base_url, settings.line_channel_access_token or "")
+    # One ticket reader with the in-process Redis: it wakes every blocked reader on each
+    # write (fakeredis), and one XREADGROUP there reads every shard anyway.
+    readers = 1 if settings.embedded_redis else threads
+    # Kept connections: every thread that may call LINE at once — readers (at least one per
+    # shard on a cluster), answering threads, degraded answers — and a few for staff relays.
+    calls = max(readers, settings.stream_shards) + 2 * threads + 8
+    api = LineApi(settings.line_api_base_url, settings.line_channel_access_token or "",
+                  connections=calls)
     queue = LineQueue(services.redis, services.store, Sealer(settings.secret_keys, "line-job"),
                       shards=settings.stream_shards,
                       wait=ReplicaWait(services.redis, settings.redis_wait_replicas,
@@ -113,7 +121,7 @@ def build_line(services: Services, threads: int = 4,
     clock = services.conversations.clock
     dispatcher = Dispatcher(queue, services.conversations, api, sealer, clock,
                             threads=threads, reclaim_idle_ms=reclaim_idle_ms,
-                            hands_over=not settings.embedded_redis)
+                            hands_over=not settings.embedded_redis, readers=readers)
     return LineChannel(parser=EventParser(settings.line_channel_secret or ""), api=api,
                        queue=queue, dispatcher=dispatcher, engine=services.engine,
                        conversations=services.conversations, sealer=sealer, clock=clock,

@@ -224,8 +224,9 @@ class LineApi:
     access_token: str
     backoff: tuple[float, ...] = (0.2, 0.5, 1.0, 2.0)
     timeout: tuple[float, float] = TIMEOUT  # connect, read
-    # Connections kept for reuse: at least the threads that call LINE at once (dispatcher up
-    # to 64, degraded answers as many); more are opened when needed and closed after use.
+    # Connections kept for reuse: at least the threads that call LINE at once (build_line
+    # sizes it from the dispatcher's readers and answering threads and the degraded answers);
+    # more are opened when needed and closed after use.
     connections: int = 128
 
     def __post_init__(self) -> None:

@@ -59,6 +59,7 @@ from bot import logs, metrics
 from bot.channels.line_api import DeliveryPending
 from bot.channels.line_events import Job
 from bot.channels.line_render import render_once
+from bot.config import ANSWERING_THREADS
 from bot.crypto import Sealer
 from bot.handoff.worker import default_consumer
 from bot.limits import Backlog
@@ -538,9 +539,10 @@ class Dispatcher:
     """Answers queued LINE events. Threads share one LineApi and one compiled engine."""
 
     def __init__(self, queue: LineQueue, conversations: Conversation, api: LineSender,
-                 sealer: Sealer, clock: Callable[[], datetime], threads: int = 4,
-                 reclaim_idle_ms: int = 30_000, block_ms: int = 1000,
-                 job_tries: int = JOB_TRIES, hands_over: bool = True):
+                 sealer: Sealer, clock: Callable[[], datetime],
+                 threads: int = ANSWERING_THREADS, reclaim_idle_ms: int = 30_000,
+                 block_ms: int = 1000, job_tries: int = JOB_TRIES, hands_over: bool = True,
+                 readers: int | None = None):
         self.queue = queue
         # Stopping, work this process has no time for goes to another one (a claim given
         # back, a ticket passed on). Not with a Redis that lives in this process (`make
@@ -552,6 +554,10 @@ class Dispatcher:
         self.sealer = sealer
         self.clock = clock
         self.threads = threads
+        # Ticket readers (each blocks on XREADGROUP and drains what it reads): as many as the
+        # answering threads unless told otherwise — tickets carry a spike another process
+        # could not take, and a drain waits out LINE calls too.
+        self.readers = threads if readers is None else readers
         self.reclaim_idle_ms = reclaim_idle_ms
         self.block_ms = block_ms
         self.job_tries = job_tries
@@ -565,7 +571,7 @@ class Dispatcher:
 
     def start(self) -> None:
         # On a cluster each shard needs a thread blocking on it (bot.streams).
-        threads = max(self.threads, len(self.queue.shards) if is_cluster(self.queue.redis)
+        threads = max(self.readers, len(self.queue.shards) if is_cluster(self.queue.redis)
                       else 1)
         self._pool = Workers("line-answer", self.threads, self.threads * CLAIMS_PER_THREAD)
         for i in range(threads):
