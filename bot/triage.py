@@ -72,9 +72,14 @@ class CategoryVocab(BaseModel):
     words: list[Weighted] = Field(default_factory=list)
     patterns: list[Weighted] = Field(default_factory=list)
     negative: list[str] = Field(default_factory=list)
+    # Context: words (and patterns) that say something only about a worry already named. They
+    # add their points only when a word or pattern above (or an age hint) has matched: knees
+    # and the rubbish need an old person, a bridge needs no home, a mood needs a partner.
+    context: list[Weighted] = Field(default_factory=list)
+    context_patterns: list[Weighted] = Field(default_factory=list)
     examples: list[str] = Field(default_factory=list)
 
-    @field_validator("patterns")
+    @field_validator("patterns", "context_patterns")
     @classmethod
     def _compile(cls, patterns: list[Weighted]) -> list[Weighted]:
         for source, _ in _weighted(patterns, 2.0):
@@ -177,6 +182,30 @@ class _Cue:
     reading: str = ""  # a substring of Analysis.reading (text typed in kana)
     regex: re.Pattern[str] | None = None  # patterns, and English words, on Analysis.norm
 
+    def spans(self, found: Analysis, lemmas: frozenset[str],
+              at: _Offsets) -> list[tuple[int, int]]:
+        """Where the entry matches, as character spans of Analysis.norm (empty: no match)."""
+        out: list[tuple[int, int]] = []
+        if self.first and self.first in lemmas:
+            if self.lemma is None:
+                out += [at.tokens[i] for i, t in enumerate(found.tokens) if t.lemma == self.first]
+            else:
+                for m in self.lemma.finditer(found.lemmas):
+                    a = found.lemmas.count(" ", 0, m.start()) - 1
+                    b = found.lemmas.count(" ", 0, m.end()) - 1
+                    if 0 <= a <= b < len(at.lemma_tokens):
+                        out.append((at.tokens[at.lemma_tokens[a]][0],
+                                    at.tokens[at.lemma_tokens[b]][1]))
+        if self.surface:
+            out += _occurrences(found.norm, self.surface)
+        if self.reading:
+            for a, b in _occurrences(found.reading, self.reading):
+                first, last = at.reading[a], at.reading[b - 1]
+                out.append((at.tokens[first][0], at.tokens[last][1]))
+        if self.regex is not None:
+            out += [m.span() for m in self.regex.finditer(found.norm)]
+        return out
+
     def find(self, found: Analysis, lemmas: frozenset[str]) -> bool:
         if self.first and self.first in lemmas and (
                 self.lemma is None or self.lemma.search(found.lemmas)):
@@ -186,6 +215,64 @@ class _Cue:
         if self.reading and self.reading in found.reading:
             return True
         return bool(self.regex and self.regex.search(found.norm))
+
+
+@dataclass(frozen=True)
+class _Offsets:
+    """Where each token lies in Analysis.norm, so that entries matched on lemmas, readings and
+    the surface can be told apart or found to cover the same words."""
+
+    tokens: list[tuple[int, int]]  # token → its span in norm
+    lemma_tokens: list[int]  # the n-th word of Analysis.lemmas → its token
+    reading: list[int]  # a character of Analysis.reading → its token
+
+    @classmethod
+    def of(cls, found: Analysis) -> _Offsets:
+        spans, pos = [], 0
+        for t in found.tokens:
+            i = found.norm.find(t.surface, pos) if t.surface else -1
+            if i < 0:
+                spans.append((pos, pos + 1))
+                continue
+            spans.append((i, max(i + len(t.surface), i + 1)))
+            pos = i + len(t.surface)
+        reading = []
+        for k, t in enumerate(found.tokens):
+            reading += [k] * (len(t.reading) if _KANA.fullmatch(t.surface) else 1)
+        return cls(spans, [k for k, t in enumerate(found.tokens) if t.lemma], reading)
+
+
+_KANA = re.compile("[\u3041-\u309f]+")
+
+
+def _occurrences(text: str, part: str) -> list[tuple[int, int]]:
+    out, i = [], text.find(part)
+    while i >= 0:
+        out.append((i, i + len(part)))
+        i = text.find(part, i + 1)
+    return out
+
+
+def _merged(matches: list[tuple[_Cue, list[tuple[int, int]]]]) -> list[list[_Cue]]:
+    """Entries of one category that cover the same words (overlapping spans) form one group:
+    a phrase counts once however many entries find it ("give away my" and "give * away";
+    身辺整理 and 身辺 整理)."""
+    matches = [(c, sp or [(-1 - k, -1 - k)]) for k, (c, sp) in enumerate(matches)]
+    group = list(range(len(matches)))
+
+    def root(i: int) -> int:
+        while group[i] != i:
+            i = group[i]
+        return i
+
+    for i, (_, a) in enumerate(matches):
+        for j in range(i):
+            if any(x < d and c < y for x, y in a for c, d in matches[j][1]):
+                group[root(i)] = root(j)
+    out: dict[int, list[_Cue]] = {}
+    for i, (cue, _) in enumerate(matches):
+        out.setdefault(root(i), []).append(cue)
+    return list(out.values())
 
 
 _ANY_GAP = r" (?:\S+ ){0,2}"
@@ -203,6 +290,7 @@ _EN_GLUE = frozenset({"this", "that", "with", "from", "your", "them", "they", "w
                       "into", "onto", "than", "then", "there", "their"})
 _EN_VOWELS = frozenset("aeiou")
 EN_GAP = "*"  # in an English entry: up to two words of any kind
+EN_STEM = "~"  # after an English word: a prefix, any ending ("lonel~")
 _EN_ANY = r"(?:[a-z0-9]+ ){0,2}"
 
 
@@ -226,19 +314,26 @@ def _en_word(w: str, irregular: dict[str, list[str]]) -> str:
 
 
 def _en_inflected(words: list[str], irregular: dict[str, list[str]] | None = None) -> str:
-    """An English phrase whose every word may take its endings, not only the last: "talk to
-    anyone" finds "talking to anyone", "leave the house" finds "left the house" (the last
-    word also takes any ending, as a prefix: "lonel" finds lonely and loneliness)."""
+    """An English phrase whose every word may take its endings: "talk to anyone" finds
+    "talking to anyone", "leave the house" finds "left the house". Every word, the last too,
+    ends at a word end (with `_word_cue`'s right edge): "die" is not "diet", "tax" not "taxi".
+    Only a word written with a `~` (EN_STEM) is a prefix and takes any ending: "lonel~" finds
+    lonely and loneliness. A word of three letters at the end also takes -s/-es (tax, taxes).
+    Words may be written together ("day care" finds daycare), but not around a `*` gap
+    ("give * away" is not "giveaway")."""
     table = irregular or {}
     out = ""
     for i, w in enumerate(words):
         if w == EN_GAP:
-            out += _EN_ANY
+            out = out.removesuffix(" ?") + (" " if out else "") + _EN_ANY
             continue
         last = i == len(words) - 1
-        part = re.escape(w) if last and w not in table else _en_word(w, table)
-        if last and w in table:
-            part = f"(?:{re.escape(w)}|{part})"
+        if w.endswith(EN_STEM):
+            part = re.escape(w[:-1]) + "[a-z0-9]*"
+        elif last and len(w) == 3 and w.isalpha() and w not in table:
+            part = re.escape(w) + "(?:s|es)?"
+        else:
+            part = _en_word(w, table)
         out += part + ("" if last else " ?")
     return out
 
@@ -247,12 +342,20 @@ def _word_cue(word: str, weight: float, lang: str, whole: bool = False,
               neg_gap: str = _ANY_GAP, irregular: dict[str, list[str]] | None = None) -> _Cue:
     norm = normalize(word)
     if lang == "en":  # English: a word start, any ending (debt, debts; lonely, loneliness)
-        words = [w for part in word.split() for w in
-                 ([EN_GAP] if part == EN_GAP else normalize(part).split(" ")) if w]
-        body = re.escape(norm).replace(r"\ ", " ?") if whole else \
-            _en_inflected(words, irregular)
+        words = []
+        for part in word.split():
+            if part == EN_GAP:
+                words.append(EN_GAP)
+                continue
+            stem = part.endswith(EN_STEM)
+            ws = [w for w in normalize(part.rstrip(EN_STEM)).split(" ") if w]
+            if stem and ws:
+                ws[-1] += EN_STEM
+            words += ws
+        body = re.escape(normalize(word.replace(EN_STEM, ""))).replace(r"\ ", " ?") if whole \
+            else _en_inflected(words, irregular)
         edge = r"(?<![a-z0-9])" + body
-        return _Cue(word, weight, regex=re.compile(edge + (r"(?![a-z0-9])" if whole else "")))
+        return _Cue(word, weight, regex=re.compile(edge + r"(?![a-z0-9])"))
     analysed = [analyze(part) for part in word.split()]
     parts = [a.lemmas.strip() for a in analysed if a.lemmas.strip()]
     if not parts:
@@ -313,6 +416,7 @@ class _Category:
     id: str
     cues: list[_Cue]
     negative: list[_Cue]
+    context: list[_Cue]
     examples: list[tuple[frozenset[str], float]]  # content lemmas, their total weight
 
 
@@ -358,9 +462,11 @@ class Vocab:
         for cid, cv in spec.categories.items():
             cues = _one_vote([word(w, x) for w, x in _weighted(cv.words, 1.0)])
             cues += [_pattern_cue(p, x) for p, x in _weighted(cv.patterns, 2.0)]
+            context = _one_vote([word(w, x) for w, x in _weighted(cv.context, 1.0)])
+            context += [_pattern_cue(p, x) for p, x in _weighted(cv.context_patterns, 2.0)]
             examples = [_content(analyze(e), stop) for e in cv.examples]
             docs += examples
-            cats.append(_Category(cid, cues, [word(w, 0) for w in cv.negative],
+            cats.append(_Category(cid, cues, [word(w, 0) for w in cv.negative], context,
                                   [(ex, 0.0) for ex in examples]))
         df: dict[str, int] = {}
         for doc in docs:
@@ -494,6 +600,7 @@ def triage(text: str | Analysis, lang: str, pack: Pack | None = None,
         return Result(lang=written, scores=[], evidence={}, slots={})
     slots = _slots(found, table, pack, lemmas)
     hints = table.age_hints.get(slots.get("age", ""), {})
+    at = _Offsets.of(found)
     for cat in table.categories:
         if any(neg.find(found, lemmas) for neg in cat.negative):
             continue
@@ -502,10 +609,19 @@ def triage(text: str | Analysis, lang: str, pack: Pack | None = None,
         if cat.id in hints:
             score += hints[cat.id]
             hits.append(f"age {slots['age']} (+{hints[cat.id]:g})")
-        for cue in cat.cues:
-            if cue.find(found, lemmas):
-                score += cue.weight
-                hits.append(f"{cue.text} (+{cue.weight:g})")
+        matches = [(cue, cue.spans(found, lemmas, at)) for cue in cat.cues
+                   if cue.find(found, lemmas)]
+        context = [(cue, cue.spans(found, lemmas, at)) for cue in cat.context
+                   if cue.find(found, lemmas)]
+        # context counts beside a word of the category, or two context signs in different
+        # words (knees and the rubbish; giving things away and "I won't need them")
+        if matches or cat.id in hints or len(_merged(context)) >= 2:
+            matches += context
+        for same in _merged(matches):
+            best = max(same, key=lambda c: c.weight)
+            score += best.weight
+            hits.append(f"{best.text} (+{best.weight:g})")
+            hits += [f"{c.text} (same words)" for c in same if c is not best]
         if cat.examples and content:
             best = max(sum(table.idf.get(x, 1.0) for x in content & ex) / total
                        for ex, total in cat.examples)
