@@ -123,6 +123,21 @@ class SlotVocab(BaseModel):
     # own worry (子どもと家を出たい, 親と話せない).
     reach_particles: list[str] = Field(default_factory=list)
     reach: list[str] = Field(default_factory=list)
+    # Verbs that, made passive after に, tell what the family member did to themselves or went
+    # away from, and the writer only suffered (息子に閉じこもられる, 会社を辞められる: the son is
+    # of concern), unlike acts done to the writer (殴られる, 言われる). Written as words.
+    adversative: list[str] = Field(default_factory=list)
+    # Places after "<person> の" (友達の家に居候): the person names where, not whom, the worry
+    # is about (friends and other non-family words only: 息子の部屋 is still the son's).
+    places: list[str] = Field(default_factory=list)
+    place_particles: list[str] = Field(default_factory=list)
+    # English: words that may stand between "my" and a person word ("my little brother").
+    en_between: list[str] = Field(default_factory=list)
+    # English: words before a person word ("by my parents", "with my mother") that make the
+    # person the actor or the writer's company, not the one of concern; and objects that, a few
+    # words after the person, show the person acting on the writer ("my wife is leaving me").
+    en_agent_before: list[str] = Field(default_factory=list)
+    en_agent_object: list[str] = Field(default_factory=list)
     self_categories: list[str] = Field(default_factory=list)
     age: dict[str, list[str]] = Field(default_factory=dict)
     # A pattern that, found in the text an age pattern matched, says the age was given in
@@ -434,6 +449,11 @@ class Vocab:
     passive: frozenset[str]
     reach_particles: frozenset[str]
     reach: frozenset[str]
+    adversative: frozenset[str]
+    places: frozenset[str]
+    place_particles: frozenset[str]
+    en_agent_before: re.Pattern[str] | None
+    en_agent_object: re.Pattern[str] | None
     absent: list[_Cue]
     parents: frozenset[str]
     partners: frozenset[str]
@@ -482,13 +502,28 @@ class Vocab:
             return [(value, _pattern_cue(w, 1) if patterns else word(w, 1, True))
                     for value, words in table.items() for w in words]
 
+        whose = values(slots.whose, False)
+        if lang == "en":
+            nouns = sorted({w.split()[-1] for ws in slots.whose.values() for w in ws
+                            if len(w.split()) > 1})
+            whose = [(value, _en_person(w, slots.en_between, nouns)) for value, words in
+                     slots.whose.items() for w in words]
         return cls(lang=lang, categories=cats,
-                   whose=values(slots.whose, False) + values(slots.whose_patterns, True),
+                   whose=whose + values(slots.whose_patterns, True),
                    agent_particles=frozenset(map(normalize, slots.agent_particles)),
                    dative_particles=frozenset(map(normalize, slots.dative_particles)),
                    passive=frozenset(slots.passive),
                    reach_particles=frozenset(map(normalize, slots.reach_particles)),
                    reach=frozenset(slots.reach),
+                   adversative=frozenset(_last_lemma(w) for w in slots.adversative),
+                   places=frozenset(_last_lemma(w) for w in slots.places),
+                   place_particles=frozenset(map(normalize, slots.place_particles)),
+                   en_agent_before=re.compile(r"(?:^|\s)(?:" + "|".join(
+                       map(re.escape, slots.en_agent_before)) + r") $")
+                   if slots.en_agent_before else None,
+                   en_agent_object=re.compile(r"^(?: [a-z0-9]+){0,4}? (?:" + "|".join(
+                       map(re.escape, slots.en_agent_object)) + r")(?![a-z0-9])")
+                   if slots.en_agent_object else None,
                    absent=[_absent_cue(w) for w in slots.absent],
                    parents=frozenset(map(normalize, slots.parents)),
                    partners=frozenset(map(normalize, slots.partners)),
@@ -501,6 +536,26 @@ class Vocab:
                    greetings=frozenset(map(normalize, spec.greetings)),
                    other_language=spec.other_language,
                    age_hints=spec.age_hints, stop=stop, leads=spec.leads)
+
+
+def _en_person(word: str, between: list[str], nouns: list[str]) -> _Cue:
+    """An English `whose` entry: whole words; one of several words also as a possessive before
+    another person word ("my friend's kid": the apostrophe is dropped, so "my friends kid"),
+    and after "my"/"our" one of `between` may come ("my little brother")."""
+    words = normalize(word).split(" ")
+    body = " ".join(map(re.escape, words))
+    if len(words) > 1:
+        if words[0] in ("my", "our") and between:
+            body = words[0] + " (?:(?:" + "|".join(map(re.escape, between)) + ") )?" + \
+                " ".join(map(re.escape, words[1:]))
+        body += "(?:s(?= (?:" + "|".join(map(re.escape, nouns)) + ")(?![a-z0-9])))?"
+    return _Cue(word, 1, regex=re.compile(r"(?<![a-z0-9])" + body + r"(?![a-z0-9])"))
+
+
+def _last_lemma(word: str) -> str:
+    """The dictionary form of the last word of `word` (出ていく → 行く)."""
+    words = analyze(word).lemmas.split()
+    return words[-1] if words else normalize(word)
 
 
 def _absent_cue(phrase: str) -> _Cue:
@@ -743,6 +798,8 @@ def _only_agent(found: Analysis, cue: _Cue, table: Vocab, family: bool) -> bool:
     one (夫に) with a passive or receiving verb later in the sentence (夫に殴られる). For a
     family word, 息子に声をかけても and 息子と会話がない (`reach`): the son is of concern.
     Other people (友達に物をあげる) keep every particle as the writer's own doing."""
+    if cue.regex is not None:
+        return _en_agent(found, cue, table)
     if not table.agent_particles and not table.dative_particles:
         return False
     tokens = found.tokens
@@ -752,15 +809,45 @@ def _only_agent(found: Analysis, cue: _Cue, table: Vocab, family: bool) -> bool:
             seen = True
             after = tokens[i + 1].surface if i + 1 < len(tokens) else ""
             rest = tokens[i + 2:]
+            if not family and after in table.place_particles and rest and \
+                    rest[0].lemma in table.places:
+                continue  # 友達の家に: a place
             if after in table.agent_particles or (after in table.dative_particles and not family):
                 if family and after in table.reach_particles and \
                         normalize(cue.text) not in table.parents and \
                         _follows(rest, table.reach):
                     return False
                 continue
-            if after not in table.dative_particles or not _follows(rest, table.passive):
+            if after not in table.dative_particles or not _done_to_writer(rest, table):
                 return False
     return seen
+
+
+def _done_to_writer(tokens: list[Any], table: Vocab) -> bool:
+    """After 家族に: a passive or receiving verb before the sentence ends, made of a verb that
+    acts on someone (殴られる, 言われる, 渡してもらえない), not of one the family member does to
+    themselves or by going away (閉じこもられる, 辞められる, 出ていかれる: `adversative`)."""
+    for k, token in enumerate(tokens):
+        if token.surface and token.surface[0] in _SENTENCE_END:
+            return False
+        if token.lemma in table.passive:
+            return not (k > 0 and tokens[k - 1].lemma in table.adversative)
+    return False
+
+
+def _en_agent(found: Analysis, cue: _Cue, table: Vocab) -> bool:
+    """English: every mention of the person word is the actor or the writer's company: after
+    "by", "with", "from" (`en_agent_before`), or followed within a few words by "me"
+    (`en_agent_object`: "my wife is leaving me")."""
+    if cue.regex is None or (table.en_agent_before is None and table.en_agent_object is None):
+        return False
+    hits = list(cue.regex.finditer(found.norm))
+    return bool(hits) and all(
+        (table.en_agent_before is not None
+         and table.en_agent_before.search(found.norm[max(0, m.start() - 12):m.start()]))
+        or (table.en_agent_object is not None
+            and table.en_agent_object.search(found.norm[m.end():m.end() + 40]))
+        for m in hits)
 
 
 _SENTENCE_END = frozenset("。．.!！?？\n")
