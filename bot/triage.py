@@ -14,12 +14,22 @@ How a category scores:
   - `examples`: sentences; a message sharing their rarer content words earns a small bonus
     (up to 1 point), so an unlisted phrasing of a listed situation still counts.
 
+  - `context` (and `context_patterns`): words that tell something only about a worry already
+    named (knees, the rubbish; a mood watched; a bridge, a tent; giving things away). They add
+    their points only when a word or pattern of the category, or an age hint, has matched, or
+    when two of them of SIGN points or more are found in different words.
+  - One span, one vote: entries of a category whose matches overlap (身辺整理 and 身辺 整理;
+    "give away my" and "give * away"; a word and the longer phrase holding it) count once, with
+    the highest weight among them.
+
 English has no analyser here (SudachiPy is Japanese): an English entry is a regex on the
 normalised surface. Every word of four letters or more takes the regular endings (simple suffix
 rules: -s -es -ed -ing, a doubled last consonant, y → ies/ied, a dropped e), the irregular forms
 listed in triage.en.yaml `inflections` (lose → lost), and `*` stands for up to two words
-("kicked * out" finds "kicked me out"). A rule-based stemmer was preferred over a lemmatising
-library: the vocabulary is prefixes and phrases, and this keeps the package free of model data.
+("kicked * out" finds "kicked me out"). Every word ends at a word end ("die" is not "diet");
+a word is a prefix only when written with `~` ("lonel~" finds loneliness). A rule-based
+stemmer was preferred over a lemmatising library: the vocabulary is stems and phrases, and
+this keeps the package free of model data.
 """
 
 from __future__ import annotations
@@ -52,6 +62,7 @@ CONFIDENT = 1.5  # the least score that names a category on its own
 RATIO = 1.15  # ... and by how much it must lead the next one
 PLAUSIBLE = 1.5  # the least score for a category offered among two or three
 EXAMPLE_BONUS = 2.0
+SIGN = 1.5  # the least weight of a context entry that, with another, stands on its own
 
 Weighted = str | dict[str, float]
 
@@ -196,6 +207,7 @@ class _Cue:
     surface: str = ""  # a substring of Analysis.norm
     reading: str = ""  # a substring of Analysis.reading (text typed in kana)
     regex: re.Pattern[str] | None = None  # patterns, and English words, on Analysis.norm
+    gate: str = ""  # English: text every match holds (its first word's stem), checked first
 
     def spans(self, found: Analysis, lemmas: frozenset[str],
               at: _Offsets) -> list[tuple[int, int]]:
@@ -222,6 +234,8 @@ class _Cue:
         return out
 
     def find(self, found: Analysis, lemmas: frozenset[str]) -> bool:
+        if self.gate and self.gate not in found.norm:
+            return False
         if self.first and self.first in lemmas and (
                 self.lemma is None or self.lemma.search(found.lemmas)):
             return True
@@ -328,6 +342,22 @@ def _en_word(w: str, irregular: dict[str, list[str]]) -> str:
     return "(?:" + "|".join([*alts, *forms]) + ")"
 
 
+def _en_gate(words: list[str], irregular: dict[str, list[str]]) -> str:
+    """The text every form of an entry's first word starts with (talk: talk; leave, left: le),
+    so that most entries are passed over by a substring test, not a regex (863 of them)."""
+    if not words or words[0] == EN_GAP:
+        return ""
+    first = words[0].rstrip(EN_STEM)
+    forms = [first, *irregular.get(first, [])]
+    if len(first) >= 4 and first.isalpha():
+        forms.append(first[:-1])  # a dropped e, y → ies
+    gate = forms[0]
+    for form in forms[1:]:
+        while not form.startswith(gate):
+            gate = gate[:-1]
+    return gate if len(gate) >= 2 else ""
+
+
 def _en_inflected(words: list[str], irregular: dict[str, list[str]] | None = None) -> str:
     """An English phrase whose every word may take its endings: "talk to anyone" finds
     "talking to anyone", "leave the house" finds "left the house". Every word, the last too,
@@ -370,7 +400,8 @@ def _word_cue(word: str, weight: float, lang: str, whole: bool = False,
         body = re.escape(normalize(word.replace(EN_STEM, ""))).replace(r"\ ", " ?") if whole \
             else _en_inflected(words, irregular)
         edge = r"(?<![a-z0-9])" + body
-        return _Cue(word, weight, regex=re.compile(edge + r"(?![a-z0-9])"))
+        return _Cue(word, weight, regex=re.compile(edge + r"(?![a-z0-9])"),
+                    gate=_en_gate(words, irregular or {}))
     analysed = [analyze(part) for part in word.split()]
     parts = [a.lemmas.strip() for a in analysed if a.lemmas.strip()]
     if not parts:
@@ -668,9 +699,11 @@ def triage(text: str | Analysis, lang: str, pack: Pack | None = None,
                    if cue.find(found, lemmas)]
         context = [(cue, cue.spans(found, lemmas, at)) for cue in cat.context
                    if cue.find(found, lemmas)]
-        # context counts beside a word of the category, or two context signs in different
-        # words (knees and the rubbish; giving things away and "I won't need them")
-        if matches or cat.id in hints or len(_merged(context)) >= 2:
+        # context counts beside a word of the category, or two context signs (entries of
+        # SIGN points or more) in different words (knees and the rubbish; giving things away
+        # and "I won't need them"): a room and drawn curtains are not yet a shut-in
+        signs = [g for g in _merged(context) if max(c.weight for c in g) >= SIGN]
+        if matches or cat.id in hints or len(signs) >= 2:
             matches += context
         for same in _merged(matches):
             best = max(same, key=lambda c: c.weight)

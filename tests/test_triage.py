@@ -392,7 +392,11 @@ def holdout_reports():
 #   triage_holdout_e  83.3% before, 100% after round 5 (tuned on, by class)
 #   triage_holdout_f  71.7% before, 78.3% blind after round 5, 100% after round 6 (tuned on,
 #                     by class)
-#   triage_holdout_g  90.0% blind after round 6 (measured once; not looked at)
+#   triage_holdout_g  90.0% blind after round 6 (measured once; not looked at), 90.0% blind
+#                     after round 7 (still not looked at)
+# Round 7 (red-team classes: word ends, one span one vote, context words, whose) left
+# eval 96.9 → 98.3% (new items included), holdout 95.3 → 95.8, b 95.7 → 98.6, c 81.4 → 82.9,
+# d 86.4 → 90.9, e and f 100%.
 # Sets e, f and g hold no `none` items (written as worries only).
 HOLDOUT_FLOORS = {"triage_holdout": 0.92, "triage_holdout_b": 0.92, "triage_holdout_c": 0.78,
                   "triage_holdout_d": 0.82, "triage_holdout_e": 0.95, "triage_holdout_f": 0.95,
@@ -497,3 +501,95 @@ def test_the_vocabulary_is_compiled_once_for_every_city(pack):
     from bot.pack.loader import common_dir
 
     assert load_vocab(common_dir(pack.root)) is pack.triage
+
+
+# -- round 7: the red-team review's classes ------------------------------------------------------
+@pytest.mark.parametrize("text", [
+    "Is there a dietitian who can help my daughter diet?",  # die → diet
+    "Can I borrow a DVD at the central library?",  # dv → DVD
+    "The temperature in the gym is too low",  # temper → temperature
+    "Where does the yellow bag go?",  # yell → yellow
+    "Is the taxi stand at the east exit?",  # tax → taxi
+    "Give me an example of the form",  # exam → example
+    "Does the drugstore near the station open on Sunday?",  # drugs → drugstore
+    "How many billion yen is the budget?",  # bill → billion
+    "Is the ropeway to the mountain open?",  # rope → ropeway
+    "a tentative date on the tenth",  # tent → tentative, tenth
+    "the dormant account at the bank",  # dorm → dormant
+    "my new game controller",  # control → controller
+    "a giveaway at the shopping street festival",  # give * away → giveaway
+])
+def test_an_english_entry_ends_at_a_word_end(pack, text):
+    assert triage(text, "en", pack).top is None, triage(text, "en", pack).evidence
+
+
+def test_an_english_stem_marked_with_a_tilde_takes_any_ending(pack):
+    assert triage("the loneliness is unbearable", "en", pack).top == "loneliness"
+    assert triage("the harassment at work keeps getting worse", "en", pack).top == "women"
+    assert triage("my son is a truant", "en", pack).top == "children_youth"
+    # and a short last word takes its plural: tax → taxes, job → jobs
+    assert "poverty" in dict(triage("I can't pay my taxes", "en", pack).scores)
+
+
+def test_one_phrase_counts_once_in_a_category(pack):
+    """Entries of a category that cover the same words are one vote, with the highest weight:
+    "give away my" and "give * away"; 身辺整理 and 身辺 整理."""
+    result = triage("I am giving away my things because I won't need them", "en", pack)
+    assert dict(result.scores)["suicide"] == pytest.approx(2 + 1.5)
+    assert any("same words" in hit for hit in result.evidence["suicide"])
+    ja = triage("死ぬ前に身辺整理をしている", "ja", pack)
+    hits = [h for h in ja.evidence["suicide"] if h.startswith("身辺")]
+    assert len([h for h in hits if "same words" not in h]) == 1
+
+
+@pytest.mark.parametrize(("text", "lang"), [
+    ("燃えるゴミ出しは何時までですか", "ja"),
+    ("係長の顔色ばかり見てしまう", "ja"),
+    ("領収書やレシートの整理が苦手", "ja"),
+    ("高架下の駐車場は市営ですか", "ja"),
+    ("テント生活みたいなキャンプが好き", "ja"),
+    ("カーテンを閉めないと眠れない", "ja"),
+    ("膝が痛くて病院に行きたい（25歳）", "ja"),
+    ("引っ越しなので身辺整理中、粗大ごみの申し込みは？", "ja"),
+    ("I want to give away a bookshelf, who collects furniture?", "en"),
+    ("We said goodbye to our old flat and moved to Sakyo", "en"),
+    ("I will not be here on Friday, can I come on Monday?", "en"),
+    ("The bike I parked here has disappeared", "en"),
+])
+def test_context_words_alone_name_no_worry(pack, text, lang):
+    assert triage(text, lang, pack).top is None, triage(text, lang, pack).evidence
+
+
+@pytest.mark.parametrize(("text", "lang", "category"), [
+    ("夫の機嫌をうかがって毎日びくびくしている", "ja", "dv_abuse"),
+    ("家がなくて、橋の下で寝ています", "ja", "homeless"),
+    ("80歳の母が膝を痛めてゴミ出しができない", "ja", "elderly"),
+    ("膝が悪くてゴミ出しがしんどい", "ja", "elderly"),  # two signs together
+    ("形見分けのつもりで友達に私物を配った", "ja", "suicide"),  # two signs together
+    ("My boyfriend's temper frightens me", "en", "dv_abuse"),
+    ("We lost our flat and live in a tent now", "en", "homeless"),
+])
+def test_context_words_count_beside_a_word_of_their_category(pack, text, lang, category):
+    assert triage(text, lang, pack).top == category, triage(text, lang, pack).evidence
+
+
+@pytest.mark.parametrize(("text", "lang", "whose"), [
+    ("娘に家を出ていかれて、どこにいるのかもわからない", "ja", "family"),  # adversative passive
+    ("夫に殴られて怖い", "ja", "self"),  # an act done to the writer
+    ("息子から何か月も連絡がない", "ja", "family"),  # から with a contact word
+    ("友達の家に泊まらせてもらっている、住む所がない", "ja", "self"),  # a place
+    ("近所のおじいさんが最近元気がない", "ja", "friend"),
+    ("I got thrown out by my mother and need a place to stay", "en", "self"),
+    ("I live with my dad and can't find work", "en", "self"),
+    ("my husband is leaving me and I have no money", "en", "self"),
+    ("my friend told me she wants to die", "en", "friend"),  # a report, not an act on the writer
+    ("my coworker's daughter is being bullied", "en", "friend"),
+    ("my younger brother stopped going to school", "en", "family"),
+])
+def test_whose_worry_reads_who_acts_on_whom(pack, text, lang, whose):
+    assert triage(text, lang, pack).slots.get("whose") == whose
+
+
+def test_a_parent_hitting_a_younger_sibling_is_abuse(pack):
+    assert triage("my dad hits my little sister", "en", pack).top == "dv_abuse"
+    assert triage("my mom slaps my older brother", "en", pack).top == "dv_abuse"
