@@ -300,7 +300,8 @@ def _entry_source(entry: Exclusion, vocabs: Vocab) -> tuple[str, bool]:
                 raise ValueError(f"term {entry.term!r} has no words")
             return f"(?<= ){re.escape(form)}(?= )", True
         source, _ = _regex_source(entry, {**vocabs.lemmas, "gap": LEMMA_GAP})
-        return f"(?<= )(?:{source})(?= )", False
+        # `^` may open it (`^(?!.*X).*Y`, "Y unless X"): the lemmas start with a space.
+        return f"(?:(?<= )|^)(?:{source})(?= )", False
     vocab = vocabs.surface
     if entry.term is not None:
         norm = normalize(entry.term)

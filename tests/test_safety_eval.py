@@ -398,6 +398,21 @@ def test_unless_defuses_an_entry_wherever_the_context_stands(tmp_path, crisis_da
     assert detector.detect("さよなら、また明日") is None
 
 
+@pytest.mark.parametrize("form", ["surface", "lemmas"])
+def test_unless_x_can_be_lifted_by_y_in_either_form(tmp_path, crisis_data, form):
+    """`^(?!.*Y).*X` — "X defuses, unless Y is also said" — also on lemmas, whose words are
+    matched whole (the lemma string opens with a space, and `^` may start the pattern)."""
+    data = copy.deepcopy(crisis_data)
+    regex, unless = (("さよなら", "^(?!.*疲れ).*退職") if form == "surface"
+                     else ("さようなら", "^(?!.*疲れる).*退職"))
+    data["kinds"] = {"self_harm": [{"id": "sh_bye", "form": form, "regex": regex,
+                                    "unless": unless}]}
+    data["exclusions"] = []
+    detector = CrisisDetector.from_file(_write(tmp_path, data))
+    assert detector.detect("退職します、さよなら") is None
+    assert detector.detect("退職した。もう疲れた、さよなら").rule == "sh_bye"
+
+
 @pytest.mark.parametrize("field", ["act", "unless"])
 def test_a_broken_act_or_unless_is_rejected_by_name(tmp_path, crisis_data, field):
     data = copy.deepcopy(crisis_data)
