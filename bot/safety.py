@@ -175,7 +175,8 @@ def _dispatch(chars: Iterable[str], source: str) -> str:
 
 # -- the file ---------------------------------------------------------------------------------
 class Exclusion(BaseModel):
-    """A term or pattern that cancels a crisis match lying wholly inside it (hyperbole)."""
+    """A term or pattern that cancels a crisis match lying wholly inside it (hyperbole), or
+    covering the match's `act` when its entry names one."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -194,9 +195,16 @@ class Exclusion(BaseModel):
 
 
 class Entry(Exclusion):
-    """One crisis term or pattern. `generic`: a bare cry for help that names no danger."""
+    """One crisis term or pattern. `generic`: a bare cry for help that names no danger.
+    `act`: the part of a match that carries the danger (a regex in the entry's form, usually
+    the verb at the end of a wide-gap pattern): an exclusion covering it cancels the match even
+    when the words in the gap lie outside the exclusion (「母に肩を叩かれて起きた」)."""
 
     generic: bool = False
+    act: str | None = None
+    # `unless`: a regex (same form and vocab) for the everyday context that defuses the entry
+    # wherever it stands in the message (「さよなら…また明日」, "goodbye … see you next year").
+    unless: str | None = None
 
 
 class CrisisFile(BaseModel):
@@ -242,6 +250,10 @@ class CrisisFile(BaseModel):
             seen.add(entry.id)
             try:
                 _entry_source(entry, vocab)
+                if isinstance(entry, Entry):
+                    for part in (entry.act, entry.unless):
+                        if part is not None:
+                            _part_source(entry, part, vocab)
             except ValueError as exc:
                 errors.append(f"{name}: {exc}")
         if errors:
@@ -288,7 +300,8 @@ def _entry_source(entry: Exclusion, vocabs: Vocab) -> tuple[str, bool]:
                 raise ValueError(f"term {entry.term!r} has no words")
             return f"(?<= ){re.escape(form)}(?= )", True
         source, _ = _regex_source(entry, {**vocabs.lemmas, "gap": LEMMA_GAP})
-        return f"(?<= )(?:{source})(?= )", False
+        # `^` may open it (`^(?!.*X).*Y`, "Y unless X"): the lemmas start with a space.
+        return f"(?:(?<= )|^)(?:{source})(?= )", False
     vocab = vocabs.surface
     if entry.term is not None:
         norm = normalize(entry.term)
@@ -297,6 +310,13 @@ def _entry_source(entry: Exclusion, vocabs: Vocab) -> tuple[str, bool]:
                              f"write at least two")
         return _term_source(norm), True
     return _regex_source(entry, vocab)
+
+
+def _part_source(entry: Entry, regex: str | None, vocabs: Vocab) -> str | None:
+    """The regex source of an entry's `act` or `unless` (same form and vocab as the entry)."""
+    if regex is None:
+        return None
+    return _entry_source(Exclusion(id=entry.id, regex=regex, form=entry.form), vocabs)[0]
 
 
 def _regex_source(entry: Exclusion, vocab: dict[str, str]) -> tuple[str, bool]:
@@ -336,12 +356,40 @@ class _Rule:
     regex: re.Pattern[str]
     finder: re.Pattern[str]  # finds where `regex` matches, quickly (see _dispatch)
     on: str = "surface"
+    act: re.Pattern[str] | None = None  # the dangerous part of a match (Entry.act)
+    unless: re.Pattern[str] | None = None  # context that defuses the entry (Entry.unless)
+    anchored: re.Pattern[str] | None = None  # the entry, made to end where the text ends
 
     @classmethod
-    def build(cls, kind: str, id: str, source: str, on: str = "surface") -> _Rule:
+    def build(cls, kind: str, id: str, source: str, on: str = "surface",
+              act: str | None = None, unless: str | None = None) -> _Rule:
         first = _first_chars(source)
         finder = source if first is None else _dispatch(first, _uncapture(source))
-        return cls(kind, id, re.compile(source), re.compile(finder), on)
+        # the entry ending exactly at the end of a text cut just after an act (see longer())
+        anchored = None if act is None else re.compile(
+            f"(?:{source})" + (r"(?= \Z)" if on == "lemmas" else r"\Z"))
+        return cls(kind, id, re.compile(source), re.compile(finder), on,
+                   None if act is None else re.compile(act),
+                   None if unless is None else re.compile(unless), anchored)
+
+    def longer(self, text: str, start: int, end: int) -> Iterator[tuple[int, int]]:
+        """Matches from `start` that end on a later act (「母に肩を叩かれて、そのあと殴られた」:
+        the tap is excluded, the beating that follows is not), shortest first."""
+        if self.act is None or self.anchored is None:
+            return
+        for act in self.act.finditer(text, end):
+            cut = act.end() + (self.on == "lemmas")
+            match = self.anchored.match(text[:cut], start)
+            if match is not None:
+                yield start, match.end()
+
+    def act_spans(self, text: str, start: int, end: int) -> list[tuple[int, int]]:
+        """Where the act ends the match text[start:end] (empty without an act): the act is the
+        last part of the match, so words in a gap before it never stand for it."""
+        if self.act is None:
+            return []
+        return [m.span() for m in self.act.finditer(text, start, end + 1)
+                if m.end() == end and m.end() > m.start()]
 
     def matches(self, text: str) -> Iterator[re.Match[str]]:
         """Every match, one per start position (overlapping ones included)."""
@@ -369,7 +417,9 @@ class CrisisDetector:
             for entry in spec.kinds.get(kind, []):
                 source = _entry_source(entry, vocab)[0]
                 sources[entry.form].append(source)
-                rule = _Rule.build(kind, entry.id, source, entry.form)
+                rule = _Rule.build(kind, entry.id, source, entry.form,
+                                   _part_source(entry, entry.act, vocab),
+                                   _part_source(entry, entry.unless, vocab))
                 (generic if entry.generic else specific).append(rule)
         self._gates = {on: _gate(found) for on, found in sources.items()}
         self._rules = (*specific, *generic)
@@ -417,18 +467,24 @@ class CrisisDetector:
         return self._scan(found)
 
     def _scan(self, found: Analysis) -> CrisisMatch | None:
-        """Entry by entry: the first match that no exclusion (on the same text) covers."""
+        """Entry by entry: the first match that no exclusion (on the same text) covers — all of
+        it, or, for an entry with an `act`, the act ending it — of an entry whose `unless`
+        context is absent from the message."""
         texts = {"surface": found.norm, "lemmas": found.lemmas}
         covers: dict[str, list[tuple[int, int]]] | None = None
         for rule in self._rules:
+            if rule.unless is not None and rule.unless.search(texts[rule.on]):
+                continue
             for match in rule.matches(texts[rule.on]):
                 if covers is None:
                     covers = {on: [] for on in texts}
                     for ex in self._exclusions:
                         covers[ex.on] += [m.span() for m in ex.matches(texts[ex.on])]
-                start, end = match.span()
-                if not any(a <= start and end <= b for a, b in covers[rule.on]):
-                    return CrisisMatch(kind=rule.kind, rule=rule.id)
+                text = texts[rule.on]
+                for start, end in (match.span(), *rule.longer(text, *match.span())):
+                    spans = [(start, end), *rule.act_spans(text, start, end)]
+                    if not any(a <= x and y <= b for a, b in covers[rule.on] for x, y in spans):
+                        return CrisisMatch(kind=rule.kind, rule=rule.id)
         return None
 
 

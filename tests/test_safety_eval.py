@@ -369,3 +369,86 @@ def test_a_broken_file_is_rejected(tmp_path):
         CrisisDetector.from_file(path)
     with pytest.raises(CrisisFileError, match="version"):
         CrisisDetector.from_file(_write(tmp_path, {"kinds": {}}))
+
+
+# -- round d: an exclusion covering a rule's act; context that defuses a rule ------------------
+def test_an_exclusion_on_the_act_cancels_a_wide_gap_match(tmp_path, crisis_data):
+    """Without `act` an exclusion must cover the whole match; with it, covering the act ending
+    the match is enough, and a later act from the same start still counts."""
+    data = copy.deepcopy(crisis_data)
+    data["kinds"] = {"violence": [{"id": "vi_gap", "form": "lemmas",
+                                   "regex": "兄 (に|から) (?:\\S+ ){0,12}?叩く れる"}]}
+    data["exclusions"] = [{"id": "ex_tap", "form": "lemmas", "regex": "肩 を 叩く れる"}]
+    wide = CrisisDetector.from_file(_write(tmp_path, data))
+    assert wide.detect("兄に肩を叩かれて起きた").rule == "vi_gap"  # the old, all-covering rule
+    data["kinds"]["violence"][0]["act"] = "叩く れる"
+    acted = CrisisDetector.from_file(_write(tmp_path, data))
+    assert acted.detect("兄に肩を叩かれて起きた") is None
+    assert acted.detect("兄に叩かれた").rule == "vi_gap"
+    assert acted.detect("兄に肩を叩かれて、そのあと頭を叩かれた").rule == "vi_gap"
+
+
+def test_unless_defuses_an_entry_wherever_the_context_stands(tmp_path, crisis_data):
+    data = copy.deepcopy(crisis_data)
+    data["kinds"] = {"self_harm": [{"id": "sh_bye", "regex": "さよなら", "unless": "また明日"}]}
+    data["exclusions"] = []
+    detector = CrisisDetector.from_file(_write(tmp_path, data))
+    assert detector.detect("さよなら").rule == "sh_bye"
+    assert detector.detect("また明日、さよなら") is None
+    assert detector.detect("さよなら、また明日") is None
+
+
+@pytest.mark.parametrize("form", ["surface", "lemmas"])
+def test_unless_x_can_be_lifted_by_y_in_either_form(tmp_path, crisis_data, form):
+    """`^(?!.*Y).*X` — "X defuses, unless Y is also said" — also on lemmas, whose words are
+    matched whole (the lemma string opens with a space, and `^` may start the pattern)."""
+    data = copy.deepcopy(crisis_data)
+    regex, unless = (("さよなら", "^(?!.*疲れ).*退職") if form == "surface"
+                     else ("さようなら", "^(?!.*疲れる).*退職"))
+    data["kinds"] = {"self_harm": [{"id": "sh_bye", "form": form, "regex": regex,
+                                    "unless": unless}]}
+    data["exclusions"] = []
+    detector = CrisisDetector.from_file(_write(tmp_path, data))
+    assert detector.detect("退職します、さよなら") is None
+    assert detector.detect("退職した。もう疲れた、さよなら").rule == "sh_bye"
+
+
+@pytest.mark.parametrize("field", ["act", "unless"])
+def test_a_broken_act_or_unless_is_rejected_by_name(tmp_path, crisis_data, field):
+    data = copy.deepcopy(crisis_data)
+    data["kinds"]["self_harm"].append({"id": "sh_part", "term": "さよならだ", field: "(open"})
+    with pytest.raises(CrisisFileError, match=r"\(sh_part\): regex '\(open' does not compile"):
+        CrisisDetector.from_file(_write(tmp_path, data))
+
+
+@pytest.mark.parametrize(("text", "kind"), [
+    ("ほんまに迷惑かけたな、さいなら", "self_harm"),          # farewell + finality, Kansai
+    ("さらば。今まで世話になった", "self_harm"),
+    ("Goodbye all, forgive me", "self_harm"),
+    ("いま踏切の内側に寝転んどる", "self_harm"),             # place + posture on lemmas
+    ("鉄橋の上で座ってる", "self_harm"),
+    ("自分の頭を叩いてしまう", "self_harm"),                 # acts on the body with a marker
+    ("I burnt my arm on purpose", "self_harm"),
+    ("生きとうなかけん", "self_harm"),                      # dialect
+    ("次の人生に賭けるしかない", "self_harm"),
+    ("my ex husband is waiting outside my house", "violence"),
+    ("父に肩を叩かれたあと、蹴られた", "child_harm"),       # the act after an excluded tap
+])
+def test_round_d_rules_are_families(detector, text, kind):
+    found = detector.detect(text)
+    assert found is not None and found.kind == kind, (text, found)
+
+
+@pytest.mark.parametrize("text", [
+    "来月引っ越します、今までありがとう、ばいばい",          # a life event defuses a goodbye
+    "さらば、また遊ぼう",
+    "goodbye and thanks for everything, see you at school",
+    "母に机を叩かれてびっくりした",                          # a struck thing, not a child
+    "兄にツッコミでど突かれた",
+    "景色がきれいで橋の上から吸い込まれそう",
+    "I burnt myself on the stove",
+    "他の人に肩を叩かれて振り向いた",
+    "今日はもう終わりたい気分",
+])
+def test_round_d_neighbours_stay_quiet(detector, text):
+    assert detector.detect(text) is None, text
