@@ -150,10 +150,12 @@ def _soft_explain(text: str) -> str:
     """The soft tier's view of a text (bot/crisis_model.py): score, threshold, top features."""
     from bot import crisis_model
     from bot.language import analyze
+    from bot.pack import PackError
 
-    model = crisis_model.load()
-    if model is None:
-        return "soft tier: no model"
+    try:
+        model = crisis_model.load()
+    except PackError as exc:
+        return f"soft tier: {exc}"
     found = analyze(text)
     score = model.score(found)
     top = ", ".join(f"{f[1:]!r}({f[0]}) {w:+.2f}" for f, w in model.top(found))
@@ -181,30 +183,24 @@ def cmd_train_crisis_model(args: argparse.Namespace) -> int:
 def _score_files(paths: list[Path], pack: str) -> int:
     """Risk lines caught by the rules or the model at its threshold; ordinary lines flagged."""
     from bot import crisis_model
-    from bot.language import analyze
+    from bot.pack import PackError
     from bot.pack.loader import crisis_file
     from bot.safety import CrisisDetector
 
-    model = crisis_model.load()
-    if model is None:
-        print("no model: run python -m bot train-crisis-model", file=sys.stderr)
+    try:
+        model = crisis_model.load()
+    except PackError as exc:
+        print(exc, file=sys.stderr)
         return 1
     detector = CrisisDetector.from_file(crisis_file(pack))
+    share = crisis_model.share
     for path in paths:
-        risk, ordinary = crisis_model.safety_lines(path)
-        counts = []
-        for texts in (risk, ordinary):
-            found = [analyze(t) for t in texts]
-            rules = [detector.detect(f) is not None for f in found]
-            soft = [model.flags(f) for f in found]
-            counts.append((sum(rules), sum(r or s for r, s in zip(rules, soft, strict=True)),
-                           len(texts)))
-        (r_rules, r_both, n_r), (o_rules, o_both, n_o) = counts
+        c = crisis_model.rules_and_model(path, detector, model)
         print(f"{path.name} (threshold {model.threshold:.2f})\n"
-              f"  rules only:    recall {r_rules / n_r:.1%} ({r_rules}/{n_r}), "
-              f"false positives {o_rules / n_o:.1%} ({o_rules}/{n_o})\n"
-              f"  rules + model: recall {r_both / n_r:.1%} ({r_both}/{n_r}), "
-              f"false positives {o_both / n_o:.1%} ({o_both}/{n_o})")
+              f"  rules only:    recall {share(c.risk_rules, c.risk)}, "
+              f"false positives {share(c.ordinary_rules, c.ordinary)}\n"
+              f"  rules + model: recall {share(c.risk_either, c.risk)}, "
+              f"false positives {share(c.ordinary_either, c.ordinary)}")
     return 0
 
 

@@ -30,10 +30,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from itertools import pairwise
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Protocol
 from zoneinfo import ZoneInfo
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from bot import logs
 from bot.language import Analysis, analyze
+from bot.pack.loader import PackError
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL_FILE = Path(__file__).parent / "content" / "common" / "crisis_model.json"
@@ -97,19 +101,42 @@ class CrisisModel:
         return sorted(known, key=lambda fw: (-abs(fw[1]), fw[0]))[:n]
 
 
-_LOADED: dict[Path, CrisisModel | None] = {}
+class _ModelFile(BaseModel):
+    """What load() accepts of crisis_model.json (other keys, for people, are ignored)."""
+
+    model_config = ConfigDict(strict=True)
+
+    bias: float = Field(allow_inf_nan=False)
+    threshold: float = Field(gt=0, lt=1, allow_inf_nan=False)
+    weights: dict[str, Annotated[float, Field(allow_inf_nan=False)]]
 
 
-def load(path: Path = MODEL_FILE) -> CrisisModel | None:
-    """The model in `path`, loaded once; None when there is none (no soft tier)."""
+_LOADED: dict[Path, CrisisModel] = {}
+
+
+def load(path: Path | None = None) -> CrisisModel:
+    """The model in `path` (default MODEL_FILE), loaded once.
+
+    Raises:
+        PackError: in one line naming the file, when it is missing, unreadable, not JSON or not
+            a model (the product ships the file: start-up stops, as for a broken pack).
+    """
+    path = MODEL_FILE if path is None else path
     if path not in _LOADED:
-        if not path.exists():
-            _LOADED[path] = None
-        else:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            _LOADED[path] = CrisisModel(bias=float(data["bias"]),
-                                        weights={k: float(v) for k, v in data["weights"].items()},
-                                        threshold=float(data["threshold"]))
+        try:
+            data = _ModelFile.model_validate_json(path.read_bytes())
+        except OSError as exc:
+            raise PackError([f"{path.name}: cannot be read ({exc.strerror or exc}): "
+                             f"run python -m bot train-crisis-model"]) from None
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(x) for x in e['loc']) or 'file'}: {e['msg']}"
+                for e in exc.errors(include_url=False)[:3])
+            raise PackError([f"{path.name}: not a crisis model ({problems})"]) from None
+        _LOADED[path] = CrisisModel(bias=data.bias, weights=data.weights,
+                                    threshold=data.threshold)
+        logs.event(logs.get("crisis_model"), "soft_tier_loaded",
+                   weights=len(data.weights), threshold=data.threshold)
     return _LOADED[path]
 
 
@@ -134,6 +161,39 @@ def safety_lines(path: Path) -> tuple[list[str], list[str]]:
     risk = [r["text"] for r in data.get("risk", [])]
     ordinary = [o if isinstance(o, str) else o["text"] for o in data.get("ordinary", [])]
     return risk, ordinary
+
+
+class _Detector(Protocol):
+    def detect(self, text: str | Analysis) -> Any: ...
+
+
+@dataclass(frozen=True)
+class Caught:
+    """Rules alone, and rules or model, on one labelled safety set."""
+
+    risk: int  # risk lines
+    risk_rules: int  # ... the rules catch
+    risk_either: int  # ... the rules or the model catch
+    ordinary: int  # ordinary lines
+    ordinary_rules: int  # ... the rules flag (false positives)
+    ordinary_either: int  # ... the rules or the model flag
+
+
+def rules_and_model(path: Path, detector: _Detector, model: CrisisModel) -> Caught:
+    """What the rules, and the rules or the model at its threshold, flag of a safety set."""
+    counts: list[tuple[int, int, int]] = []
+    for texts in safety_lines(path):
+        found = [analyze(t) for t in texts]
+        rules = [detector.detect(f) is not None for f in found]
+        either = [r or model.flags(f) for r, f in zip(rules, found, strict=True)]
+        counts.append((len(texts), sum(rules), sum(either)))
+    (n_r, r_rules, r_either), (n_o, o_rules, o_either) = counts
+    return Caught(n_r, r_rules, r_either, n_o, o_rules, o_either)
+
+
+def share(part: int, whole: int) -> str:
+    """"12.5% (1/8)", or "- (0/0)" for an empty group (no division by zero)."""
+    return f"{part / whole:.1%} ({part}/{whole})" if whole else f"- ({part}/0)"
 
 
 def training_files(data: Path = DATA) -> list[Path]:
@@ -233,6 +293,11 @@ class Trained:
     held_out: dict[str, tuple[int, int]]  # group -> (flagged at the threshold, of), by file CV
 
 
+def _pct(part: int, whole: int, width: int) -> str:
+    """part/whole as a percentage in `width` characters; "-" for an empty group."""
+    return f"{part / whole:{width}.1%}" if whole else "-".rjust(width)
+
+
 def _threshold(scores: Any, items: list[Example]) -> tuple[float, list[str]]:
     """The lowest threshold keeping held-out false positives within bounds, and the table."""
     import numpy as np
@@ -251,8 +316,9 @@ def _threshold(scores: Any, items: list[Example]) -> tuple[float, list[str]]:
         if ok and chosen is None:
             chosen = t
         if step % 5 == 0 or t == chosen:
-            lines.append(f"{t:.2f}  {r:4d}/{n_r} {r / n_r:6.1%}  {o:3d}/{n_o} {o / n_o:5.1%}  "
-                         f"{g:3d}/{n_g} {g / n_g:5.1%}" + ("   <- chosen" if t == chosen else ""))
+            lines.append(f"{t:.2f}  {r:4d}/{n_r} {_pct(r, n_r, 6)}  "
+                         f"{o:3d}/{n_o} {_pct(o, n_o, 5)}  {g:3d}/{n_g} {_pct(g, n_g, 5)}"
+                         + ("   <- chosen" if t == chosen else ""))
     if chosen is None:
         raise ValueError("no threshold keeps false positives within bounds")
     return chosen, lines

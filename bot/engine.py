@@ -96,6 +96,8 @@ class Step:
     reveal: bool = False  # show what the neutral notices stood for (bot.phonesafe)
     unseen: list[tuple[str, str]] = field(default_factory=list)  # what a notice stands for
     quick_exit: bool = False  # the web page may leave for a neutral site and clear itself
+    # Not an output: the one analysis of the typed text (`_step`), read again by `_maybe`.
+    found: Analysis | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -169,7 +171,8 @@ class Engine:
         self.handoff = handoff
         self.pack = pack
         self.detector = detector
-        self.soft = crisis_model.load()  # the soft tier; None without a model file
+        # The soft tier (PackError when its file is missing or broken); None turns it off.
+        self.soft: crisis_model.CrisisModel | None = crisis_model.load()
         self.items = {
             "categories": [(c.id, c.label) for c in pack.categories.values()],
             "wards": [(w.id, w.name) for w in pack.wards.wards],
@@ -415,7 +418,7 @@ class Engine:
         """`_step`, then the soft tier's gentle line when typed words call for it (`_maybe`)."""
         out = self._step(session, incoming, now, channel)
         if incoming.kind == "text" and not incoming.from_staff:
-            self._maybe(out, incoming.value, now)
+            self._maybe(out, now)
         return out
 
     def _step(self, session: Session | None, incoming: Incoming, now: datetime,
@@ -452,10 +455,11 @@ class Engine:
             # The answer to a question we sent first (the follow-up): take it where it belongs.
             session.enter(incoming.state)
             is_new = False
-        out = Step(session=session, replies=[])
         text = incoming.value if incoming.kind == "text" else ""
-        # One analysis of the text serves crisis detection, triage and choice matching.
+        # One analysis of the text serves crisis detection, triage, choice matching and the soft
+        # tier (`_maybe`, through the Step).
         found = analyze(text) if text else None
+        out = Step(session=session, replies=[], found=found)
         crisis = self.detector.detect(found) if found is not None else None
         if crisis is not None:
             self._crisis(out, crisis.kind, now)
@@ -861,16 +865,22 @@ class Engine:
         out.replies.append(Text(text=self.t("crisis.after", session), urgent=True))
         out.events.append(f"crisis:{kind}")
 
-    def _maybe(self, out: Step, text: str, now: datetime) -> None:
-        """The soft tier (bot/crisis_model.py): the rules found nothing in typed words that the
-        model finds close to those of people at risk. The normal reply stands; one gentle line
-        and at most two 24-hour lines open now go just before its question — once a session,
-        never after a crisis reply, and only when the reply stays within MAX_PARTS."""
+    def _maybe(self, out: Step, now: datetime) -> None:
+        """The soft tier (bot/crisis_model.py): the rules found nothing in typed words
+        (`out.found`, the step's own analysis) that the model finds close to those of people at
+        risk. The normal reply stands; one gentle line and at most two 24-hour lines open now go
+        just before its question — once a session, never after a crisis reply nor on a flood
+        notice, and only when the reply stays within MAX_PARTS.
+
+        In an open case ("handoff:relay") the line is still added (the resident may be writing
+        at night, with staff away) and the relay is marked urgent, as a rule hit marks it
+        (`_relay`), so staff see it too."""
         session = out.session
-        if (self.soft is None or session is None or session.crisis or session.soft
-                or not out.replies or not isinstance(out.replies[-1], Question)
+        if (self.soft is None or session is None or out.found is None or session.crisis
+                or session.soft or not out.replies or not isinstance(out.replies[-1], Question)
+                or "flooded" in out.events
                 or any(e.startswith("crisis:") for e in out.events)
-                or not self.soft.flags(analyze(text))):
+                or not self.soft.flags(out.found)):
             return
         lines = [w for w in self.crisis_lines("self_harm", now)
                  if w.hours is not None and w.hours.always and not w.only_when][:2]
@@ -883,6 +893,9 @@ class Engine:
         out.replies = replies
         session.soft = True
         out.events.append("crisis:maybe")
+        if "handoff:relay" in out.events and not out.urgent:
+            out.urgent = True
+            out.events.append("handoff:urgent")
 
     def crisis_lines(self, kind: str, now: datetime) -> list[Window]:
         """The crisis lines by the clock: those open now first (the 24-hour lines always are),

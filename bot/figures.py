@@ -97,7 +97,8 @@ MEASURES: dict[str, str] = {
     "contact": "preferred way to talk",
     "text": "free text matched to a choice: understood / not_understood",
     "command": "commands used",
-    "crisis": "crisis replies by kind",
+    "crisis": "crisis replies by kind (maybe: the soft tier's gentle line, given beside the "
+              "normal reply, not a crisis reply)",
     "handoff_opened": "channel: staff cases opened",
     "handoff_claimed": "channel: staff cases claimed",
     "handoff_resolved": "channel: staff cases resolved",

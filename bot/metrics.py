@@ -24,7 +24,9 @@ ANSWERS = Counter("tsunagu_answers_total", "Answers sent", ["city", "channel", "
 LATENCY = Histogram("tsunagu_answer_seconds", "From receiving an event to its answer",
                     ["city", "channel"], buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1,
                                                   2.5, 5, 10, 30, 60))
-CRISIS = Counter("tsunagu_crisis_replies_total", "Crisis replies given", ["city", "kind"])
+CRISIS = Counter("tsunagu_crisis_replies_total",
+                 "Crisis replies given, by kind (maybe: the soft tier's gentle line, beside the "
+                 "normal reply)", ["city", "kind"])
 REDIS_ERRORS = Counter("tsunagu_redis_errors_total", "Redis unreachable (degraded answers)",
                        ["where"])
 DEGRADED = Counter("tsunagu_degraded_answers_total", "Answers given without Redis",

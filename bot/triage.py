@@ -189,6 +189,20 @@ class TriageFile(BaseModel):
     # finds "lost my job". Regular endings need no entry (see _en_word).
     inflections: dict[str, list[str]] = Field(default_factory=dict)
 
+    @field_validator("inflections")
+    @classmethod
+    def _normalised(cls, table: dict[str, list[str]]) -> dict[str, list[str]]:
+        """Keys and forms as the matcher sees words (lower case, apostrophes dropped: see
+        normalize), so that "Lose" or "can't" written here still meet the text's words."""
+        out: dict[str, list[str]] = {}
+        for key, forms in table.items():
+            word = normalize(key)
+            if not word or " " in word:
+                raise ValueError(f"inflections: {key!r} is not one word")
+            kept = out.setdefault(word, [])
+            kept += [f for f in map(normalize, forms) if f and f not in kept]
+        return out
+
 
 class TriageError(ValueError):
     """A triage vocabulary file cannot be used; the message names file and field."""
@@ -397,6 +411,8 @@ def _word_cue(word: str, weight: float, lang: str, whole: bool = False,
             if stem and ws:
                 ws[-1] += EN_STEM
             words += ws
+        if all(w == EN_GAP for w in words):
+            raise TriageError(f"entry {word!r} has no word: it would match every text")
         body = re.escape(normalize(word.replace(EN_STEM, ""))).replace(r"\ ", " ?") if whole \
             else _en_inflected(words, irregular)
         edge = r"(?<![a-z0-9])" + body
@@ -635,7 +651,15 @@ def _load_vocab(directory: Path) -> dict[str, Vocab]:
     if errors:
         raise TriageError("\n".join(errors))
     stop = frozenset(normalize(w) for spec in specs.values() for w in spec.stopwords)
-    return {lang: Vocab.build(spec, lang, stop) for lang, spec in specs.items()}
+    out: dict[str, Vocab] = {}
+    for lang, spec in specs.items():
+        try:
+            out[lang] = Vocab.build(spec, lang, stop)
+        except TriageError as exc:
+            errors.append(f"triage.{lang}.yaml: {exc}")
+    if errors:
+        raise TriageError("\n".join(errors))
+    return out
 
 
 # -- the function -------------------------------------------------------------------------------

@@ -147,6 +147,12 @@ def validate(pack_name: str, flows_dir: Path = FLOWS_DIR) -> list[str]:
         pass  # crisis terms are read through the analyser, whose broken rules load_pack named
     except (CrisisFileError, OSError, ValueError, TypeError, re.error) as exc:
         errors.append(f"{crisis.parent.name}/crisis.yaml: {exc}")  # with the others, go on
+    from bot import crisis_model
+
+    try:
+        crisis_model.load()  # the soft tier's weights, shared by every pack
+    except PackError as exc:
+        errors += exc.errors
     if pack is not None:
         errors += content_errors(pack)
         for flow in flows:

@@ -593,3 +593,29 @@ def test_whose_worry_reads_who_acts_on_whom(pack, text, lang, whose):
 def test_a_parent_hitting_a_younger_sibling_is_abuse(pack):
     assert triage("my dad hits my little sister", "en", pack).top == "dv_abuse"
     assert triage("my mom slaps my older brother", "en", pack).top == "dv_abuse"
+
+
+@pytest.mark.parametrize("entry", ["", "*", "* *", "~", "!"])
+def test_an_english_entry_without_a_word_is_refused_by_name(tmp_path, entry):
+    """An entry of no word (or only `*`) would match every text."""
+    (tmp_path / "triage.ja.yaml").write_text("version: 1\ncategories: {}\n", encoding="utf-8")
+    (tmp_path / "triage.en.yaml").write_text(
+        "version: 1\ncategories:\n  debt:\n    words: [debt, " + repr(entry) + "]\n",
+        encoding="utf-8")
+    with pytest.raises(TriageError, match=r"triage\.en\.yaml: entry .* has no word"):
+        load_vocab(tmp_path)
+
+
+def test_inflection_keys_are_read_as_the_matcher_reads_words(tmp_path):
+    from bot.language import normalize
+    from bot.triage import TriageFile, _word_cue
+
+    spec = TriageFile.model_validate({"version": 1, "categories": {},
+                                      "inflections": {"Lose": ["LOST"], "lose": ["lost"],
+                                                      "Can't": ["Couldn't"]}})
+    assert spec.inflections == {"lose": ["lost"], "cant": ["couldnt"]}
+    cue = _word_cue("lose my job", 1.0, "en", irregular=spec.inflections)
+    assert cue.regex is not None and cue.regex.search(normalize("I LOST my job"))
+    with pytest.raises(ValueError, match="not one word"):
+        TriageFile.model_validate({"version": 1, "categories": {},
+                                   "inflections": {"give up": ["gave up"]}})
