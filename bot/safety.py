@@ -202,9 +202,12 @@ class Entry(Exclusion):
 
     generic: bool = False
     act: str | None = None
-    # `unless`: a regex (same form and vocab) for the everyday context that defuses the entry
-    # wherever it stands in the message (「さよなら…また明日」, "goodbye … see you next year").
+    # `unless`: a regex (same form and vocab) for the everyday context that defuses the entry:
+    # by default only in the sentence of the match (「手首を切った。もう料理もしたくない」 is not
+    # a kitchen accident); `unless_in: message` for a context said anywhere, before or after
+    # (「今日で退職します。…さようなら」, "goodbye … see you next year").
     unless: str | None = None
+    unless_in: Literal["sentence", "message"] = "sentence"
 
 
 class CrisisFile(BaseModel):
@@ -359,10 +362,12 @@ class _Rule:
     act: re.Pattern[str] | None = None  # the dangerous part of a match (Entry.act)
     unless: re.Pattern[str] | None = None  # context that defuses the entry (Entry.unless)
     anchored: re.Pattern[str] | None = None  # the entry, made to end where the text ends
+    unless_in: str = "sentence"  # where `unless` is looked for (Entry.unless_in)
 
     @classmethod
     def build(cls, kind: str, id: str, source: str, on: str = "surface",
-              act: str | None = None, unless: str | None = None) -> _Rule:
+              act: str | None = None, unless: str | None = None,
+              unless_in: str = "sentence") -> _Rule:
         first = _first_chars(source)
         finder = source if first is None else _dispatch(first, _uncapture(source))
         # the entry ending exactly at the end of a text cut just after an act (see longer())
@@ -370,7 +375,7 @@ class _Rule:
             f"(?:{source})" + (r"(?= \Z)" if on == "lemmas" else r"\Z"))
         return cls(kind, id, re.compile(source), re.compile(finder), on,
                    None if act is None else re.compile(act),
-                   None if unless is None else re.compile(unless), anchored)
+                   None if unless is None else re.compile(unless), anchored, unless_in)
 
     def longer(self, text: str, start: int, end: int) -> Iterator[tuple[int, int]]:
         """Matches from `start` that end on a later act (「母に肩を叩かれて、そのあと殴られた」:
@@ -419,7 +424,7 @@ class CrisisDetector:
                 sources[entry.form].append(source)
                 rule = _Rule.build(kind, entry.id, source, entry.form,
                                    _part_source(entry, entry.act, vocab),
-                                   _part_source(entry, entry.unless, vocab))
+                                   _part_source(entry, entry.unless, vocab), entry.unless_in)
                 (generic if entry.generic else specific).append(rule)
         self._gates = {on: _gate(found) for on, found in sources.items()}
         self._rules = (*specific, *generic)
@@ -472,8 +477,10 @@ class CrisisDetector:
         context is absent from the message."""
         texts = {"surface": found.norm, "lemmas": found.lemmas}
         covers: dict[str, list[tuple[int, int]]] | None = None
+        sentences = _Sentences(found)
         for rule in self._rules:
-            if rule.unless is not None and rule.unless.search(texts[rule.on]):
+            if rule.unless is not None and rule.unless_in == "message" \
+                    and rule.unless.search(texts[rule.on]):
                 continue
             for match in rule.matches(texts[rule.on]):
                 if covers is None:
@@ -483,9 +490,39 @@ class CrisisDetector:
                 text = texts[rule.on]
                 for start, end in (match.span(), *rule.longer(text, *match.span())):
                     spans = [(start, end), *rule.act_spans(text, start, end)]
-                    if not any(a <= x and y <= b for a, b in covers[rule.on] for x, y in spans):
-                        return CrisisMatch(kind=rule.kind, rule=rule.id)
+                    if any(a <= x and y <= b for a, b in covers[rule.on] for x, y in spans):
+                        continue
+                    if rule.unless is not None and rule.unless_in == "sentence" and all(
+                            rule.unless.search(s) for s in sentences.around(rule.on,
+                                                                            text[start:end])):
+                        continue
+                    return CrisisMatch(kind=rule.kind, rule=rule.id)
         return None
+
+
+_SENTENCE_END = re.compile(r"[。．.!！?？\n]+")
+
+
+class _Sentences:
+    """A message's sentences, each normalised and lemmatised like the whole (the normalised
+    text has lost its punctuation, so the sentence of a match is found by its words). Built
+    only when a sentence-scoped `unless` is asked about — a match, the rare path."""
+
+    def __init__(self, found: Analysis):
+        self._found = found
+        self._parts: dict[str, list[str]] = {}
+
+    def around(self, on: str, matched: str) -> list[str]:
+        """The sentences holding `matched` (in the form `on`: a context defuses only if every
+        one of them has it); the whole message when none does (the match spans sentences —
+        the context then counts wherever it is, as with `unless_in: message`)."""
+        if on not in self._parts:
+            raw = [s for s in _SENTENCE_END.split(self._found.text) if s.strip()]
+            self._parts[on] = ([normalize(s) for s in raw] if on == "surface" else
+                               [analyze(s).lemmas for s in raw])
+        words = matched.strip()
+        inside = [s for s in self._parts[on] if words and words in s]
+        return inside or [self._found.norm if on == "surface" else self._found.lemmas]
 
 
 def _describe(filename: str, error: Any) -> str:

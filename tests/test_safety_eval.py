@@ -398,6 +398,21 @@ def test_unless_defuses_an_entry_wherever_the_context_stands(tmp_path, crisis_da
     assert detector.detect("さよなら、また明日") is None
 
 
+def test_unless_looks_in_the_sentence_of_the_match_unless_told_the_message(tmp_path,
+                                                                          crisis_data):
+    data = copy.deepcopy(crisis_data)
+    data["kinds"] = {"self_harm": [{"id": "sh_cut", "regex": "手首を切", "unless": "料理"},
+                                   {"id": "sh_bye", "regex": "さよなら", "unless": "退職",
+                                    "unless_in": "message"}]}
+    data["exclusions"] = []
+    detector = CrisisDetector.from_file(_write(tmp_path, data))
+    assert detector.detect("料理中に手首を切ってしまった") is None
+    assert detector.detect("手首を切った。もう料理もしたくない").rule == "sh_cut"
+    assert detector.detect("手首を切った。料理で手首を切ったんじゃない").rule == "sh_cut"
+    assert detector.detect("今日で退職します。さよなら") is None
+    assert detector.detect("さよなら").rule == "sh_bye"
+
+
 @pytest.mark.parametrize("form", ["surface", "lemmas"])
 def test_unless_x_can_be_lifted_by_y_in_either_form(tmp_path, crisis_data, form):
     """`^(?!.*Y).*X` — "X defuses, unless Y is also said" — also on lemmas, whose words are
