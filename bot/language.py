@@ -210,6 +210,8 @@ class RulesFile(BaseModel):
     version: int = Field(ge=1)
     content_pos: list[str] = Field(min_length=1)
     auxiliary_pos: str = Field(min_length=1)
+    noun_pos: list[str] = Field(min_length=1)
+    particle_pos: str = Field(min_length=1)
     negation: str = Field(min_length=1)
     glue: dict[str, str] = Field(min_length=1)
     obligation: ObligationRule
@@ -235,6 +237,8 @@ class Rules:
 
     content_pos: frozenset[str]
     aux: str  # the part of speech whose lemmas `glue` maps
+    nouns: frozenset[str]  # parts of speech of a noun as typed
+    particle: str  # the part of speech of particles
     negation: str  # the one lemma of every negation
     glue: dict[str, str]  # auxiliary lemma -> replacement ("" drops it)
     obligation: str  # the lemma a "must" negation becomes
@@ -255,6 +259,7 @@ class Rules:
                         for r in spec.dialect)
         chars = "".join(spec.chinese_only.split())
         return cls(content_pos=frozenset(spec.content_pos), aux=spec.auxiliary_pos,
+                   nouns=frozenset(spec.noun_pos), particle=spec.particle_pos,
                    negation=_lemma_form(spec.negation),
                    glue={_lemma_form(k): _lemma_form(v) for k, v in spec.glue.items()},
                    obligation=_lemma_form(ob.lemma), must_join=words(ob.join),

@@ -198,14 +198,15 @@ class Entry(Exclusion):
     """One crisis term or pattern. `generic`: a bare cry for help that names no danger.
     `act`: the part of a match that carries the danger (a regex in the entry's form, usually
     the verb at the end of a wide-gap pattern): an exclusion covering it cancels the match even
-    when the words in the gap lie outside the exclusion (「母に肩を叩かれて起きた」)."""
+    when the words in the gap lie outside the exclusion ("mother tapped my shoulder to wake me")."""
 
     generic: bool = False
     act: str | None = None
     # `unless`: a regex (same form and vocab) for the everyday context that defuses the entry:
-    # by default only in the sentence of the match (「手首を切った。もう料理もしたくない」 is not
-    # a kitchen accident); `unless_in: message` for a context said anywhere, before or after
-    # (「今日で退職します。…さようなら」, "goodbye … see you next year").
+    # by default only in the sentence of the match ("I cut my wrist. I don't even want to cook
+    # any more" is not a kitchen accident); `unless_in: message` for a context said anywhere,
+    # before or after
+    # ("I retire today. … Goodbye", "goodbye … see you next year").
     unless: str | None = None
     unless_in: Literal["sentence", "message"] = "sentence"
 
@@ -378,7 +379,7 @@ class _Rule:
                    None if unless is None else re.compile(unless), anchored, unless_in)
 
     def longer(self, text: str, start: int, end: int) -> Iterator[tuple[int, int]]:
-        """Matches from `start` that end on a later act (「母に肩を叩かれて、そのあと殴られた」:
+        """Matches from `start` that end on a later act ("mother tapped my shoulder, then hit me":
         the tap is excluded, the beating that follows is not), shortest first."""
         if self.act is None or self.anchored is None:
             return

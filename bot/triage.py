@@ -18,9 +18,9 @@ How a category scores:
     named (knees, the rubbish; a mood watched; a bridge, a tent; giving things away). They add
     their points only when a word or pattern of the category, or an age hint, has matched, or
     when two of them of SIGN points or more are found in different words.
-  - One span, one vote: entries of a category whose matches overlap (身辺整理 and 身辺 整理;
-    "give away my" and "give * away"; a word and the longer phrase holding it) count once, with
-    the highest weight among them.
+  - One span, one vote: entries of a category whose matches overlap (shinpen-seiri typed as
+    one word and as two; "give away my" and "give * away"; a word and the longer phrase
+    holding it) count once, with the highest weight among them.
 
 English has no analyser here (SudachiPy is Japanese): an English entry is a regex on the
 normalised surface. Every word of four letters or more takes the regular endings (simple suffix
@@ -124,22 +124,25 @@ class SlotVocab(BaseModel):
     # husband", "from my husband").
     agent_particles: list[str] = Field(default_factory=list)
     # Particles after a family word that make it the actor only when a passive or receiving verb
-    # (`passive`, as lemmas) follows in the same sentence: 夫に殴られる, 夫に渡してもらえない
-    # (the writer's worry) but 息子に何を言っても, 息子と話せない (the son is of concern).
+    # (`passive`, as lemmas) follows in the same sentence: "hit by the husband", "the husband
+    # won't hand it over" (the writer's worry) but "whatever I say to my son", "I can't talk
+    # with my son" (the son is of concern).
     dative_particles: list[str] = Field(default_factory=list)
     passive: list[str] = Field(default_factory=list)
-    # After one of `reach_particles` (と: with), a family member other than the writer's parents
+    # After one of `reach_particles` ("to": with), a family member other than the writer's parents
     # followed in the sentence by one of `reach` (lemmas: talk, contact) is someone the writer
-    # cannot reach, the one of concern (息子と会話がない); otherwise と is company, the writer's
-    # own worry (子どもと家を出たい, 親と話せない).
+    # cannot reach, the one of concern ("no talk with my son"); otherwise `to` is company, the
+    # writer's own worry ("leave home with my child", "can't talk with my parents").
     reach_particles: list[str] = Field(default_factory=list)
     reach: list[str] = Field(default_factory=list)
-    # Verbs that, made passive after に, tell what the family member did to themselves or went
-    # away from, and the writer only suffered (息子に閉じこもられる, 会社を辞められる: the son is
-    # of concern), unlike acts done to the writer (殴られる, 言われる). Written as words.
+    # Verbs that, made passive after "ni", tell what the family member did to themselves or went
+    # away from, and the writer only suffered (the son shutting himself in, quitting his job:
+    # the son is of concern), unlike acts done to the writer (being hit, being told). Written as
+    # words.
     adversative: list[str] = Field(default_factory=list)
-    # Places after "<person> の" (友達の家に居候): the person names where, not whom, the worry
-    # is about (friends and other non-family words only: 息子の部屋 is still the son's).
+    # Places after "<person> no" (staying at a friend's house): the person names where, not
+    # whom, the worry is about (friends and other non-family words only: the son's room is
+    # still the son's).
     places: list[str] = Field(default_factory=list)
     place_particles: list[str] = Field(default_factory=list)
     # English: words that may stand between "my" and a person word ("my little brother").
@@ -299,7 +302,7 @@ def _occurrences(text: str, part: str) -> list[tuple[int, int]]:
 def _merged(matches: list[tuple[_Cue, list[tuple[int, int]]]]) -> list[list[_Cue]]:
     """Entries of one category that cover the same words (overlapping spans) form one group:
     a phrase counts once however many entries find it ("give away my" and "give * away";
-    身辺整理 and 身辺 整理)."""
+    shinpen-seiri typed as one word and as two)."""
     matches = [(c, sp or [(-1 - k, -1 - k)]) for k, (c, sp) in enumerate(matches)]
     group = list(range(len(matches)))
 
@@ -600,7 +603,7 @@ def _en_person(word: str, between: list[str], nouns: list[str]) -> _Cue:
 
 
 def _last_lemma(word: str) -> str:
-    """The dictionary form of the last word of `word` (出ていく → 行く)."""
+    """The dictionary form of the last word of `word` ("dete iku" → "iku")."""
     words = analyze(word).lemmas.split()
     return words[-1] if words else normalize(word)
 
@@ -851,10 +854,11 @@ def _whose(found: Analysis, table: Vocab, lemmas: frozenset[str],
 
 def _only_agent(found: Analysis, cue: _Cue, table: Vocab, family: bool) -> bool:
     """Every mention of the person word marks it as the one acting on the writer or with the
-    writer: followed by an agent particle (夫から, 子どもと), or, for a family word, by a dative
-    one (夫に) with a passive or receiving verb later in the sentence (夫に殴られる). For a
-    family word, 息子に声をかけても and 息子と会話がない (`reach`): the son is of concern.
-    Other people (友達に物をあげる) keep every particle as the writer's own doing."""
+    writer: followed by an agent particle (kara, to), or, for a family word, by a dative one
+    (ni) with a passive or receiving verb later in the sentence ("hit by the husband"). For a
+    family word, "whatever I say to my son" and "no talk with my son" (`reach`): the son is of
+    concern. Other people ("give things to a friend") keep every particle as the writer's own
+    doing."""
     if cue.regex is not None:
         return _en_agent(found, cue, table)
     if not table.agent_particles and not table.dative_particles:
@@ -868,7 +872,7 @@ def _only_agent(found: Analysis, cue: _Cue, table: Vocab, family: bool) -> bool:
             rest = tokens[i + 2:]
             if not family and after in table.place_particles and rest and \
                     rest[0].lemma in table.places:
-                continue  # 友達の家に: a place
+                continue  # "at a friend's house": a place
             if after in table.agent_particles or (after in table.dative_particles and not family):
                 if family and after in table.reach_particles and \
                         normalize(cue.text) not in table.parents and \
@@ -881,9 +885,9 @@ def _only_agent(found: Analysis, cue: _Cue, table: Vocab, family: bool) -> bool:
 
 
 def _done_to_writer(tokens: list[Any], table: Vocab) -> bool:
-    """After 家族に: a passive or receiving verb before the sentence ends, made of a verb that
-    acts on someone (殴られる, 言われる, 渡してもらえない), not of one the family member does to
-    themselves or by going away (閉じこもられる, 辞められる, 出ていかれる: `adversative`)."""
+    """After "<family> ni": a passive or receiving verb before the sentence ends, made of a
+    verb that acts on someone (being hit, being told, not being handed), not of one the family
+    member does to themselves or by going away (shutting in, quitting, leaving: `adversative`)."""
     for k, token in enumerate(tokens):
         if token.surface and token.surface[0] in _SENTENCE_END:
             return False
@@ -921,9 +925,9 @@ def _follows(tokens: list[Any], wanted: frozenset[str]) -> bool:
 
 
 def _both_parents(found: Analysis, table: Vocab, lemmas: frozenset[str]) -> bool:
-    """Two different parents named, neither as the one acting on the writer (父が母を殴る, "my
-    dad screams at my mum"): a child telling of one parent hurting the other — the family's
-    worry, not the writer's own, even in `self_categories`."""
+    """Two different parents named, neither as the one acting on the writer ("father hits
+    mother", "my dad screams at my mum"): a child telling of one parent hurting the other —
+    the family's worry, not the writer's own, even in `self_categories`."""
     named = {normalize(cue.text) for value, cue in table.whose
              if value == "family" and normalize(cue.text) in table.parents
              and cue.find(found, lemmas) and _as_word(found, cue, lemmas)
@@ -931,23 +935,22 @@ def _both_parents(found: Analysis, table: Vocab, lemmas: frozenset[str]) -> bool
     return len(named) >= 2
 
 
-_NOUNS = frozenset({"名詞", "代名詞"})
-_PARTICLE = "助詞"
 
 
 def _as_word(found: Analysis, cue: _Cue, lemmas: frozenset[str]) -> bool:
-    """A person word found only by its reading must be a noun as typed: しまい in
-    やってしまいそう is the verb (仕舞う), not the word for sisters."""
+    """A person word found only by its reading must be a noun as typed: "shimai" inside
+    "yatte shimai sou" is the verb shimau, not the word for sisters."""
     if not cue.reading or (cue.first and cue.first in lemmas) or (
             cue.surface and cue.surface in found.norm):
         return True
-    return any(t.pos in _NOUNS and cue.reading in t.reading for t in found.tokens)
+    nouns = default_rules().nouns
+    return any(t.pos in nouns and cue.reading in t.reading for t in found.tokens)
 
 
 def _absent(found: Analysis, cue: _Cue, absent: list[_Cue]) -> bool:
     """Every mention of the person word is followed, as its first or second word after the
-    particles, by one of `absent` (友達がいない, 知り合いがひとりもいない): the person is
-    missing."""
+    particles, by one of `absent` ("no friends", "not a single acquaintance"): the person
+    is missing."""
     if not absent:
         return False
     if cue.regex is not None:  # English: the text right after the word
@@ -956,13 +959,14 @@ def _absent(found: Analysis, cue: _Cue, absent: list[_Cue]) -> bool:
             any(a.regex is not None and a.regex.search(found.norm[end:end + 30])
                 for a in absent) for end in ends)
     tokens = found.tokens
+    particle = default_rules().particle
     seen = False
     for i, token in enumerate(tokens):
         if not cue.first or token.lemma != cue.first:
             continue
         seen = True
         # the next words, particles left out: the absence must come first or second
-        after = [t.lemma for t in tokens[i + 1:i + 8] if t.lemma and t.pos != _PARTICLE][:5]
+        after = [t.lemma for t in tokens[i + 1:i + 8] if t.lemma and t.pos != particle][:5]
         window = [" " + " ".join(after[k:]) + " " for k in range(min(len(after), 2))]
         if not any(a.lemma is not None and a.lemma.search(w) for a in absent for w in window):
             return False
