@@ -123,6 +123,9 @@ class Token:
 
 _KANA_ONLY = re.compile("[\u3041-\u309f]+")
 _SPLIT_TEXT = re.compile(r"[\s\u3000]+")
+# What ends a sentence, full- or half-width (ideographic and full-width stops, ! and ?, a
+# line break): triage reads a person word within its sentence, crisis guards look there.
+SENTENCE_ENDS = "\u3002\uff0e.!\uff01?\uff1f\n"
 
 
 @dataclass(frozen=True)
@@ -420,6 +423,7 @@ __all__ = [
     "DICTIONARY",
     "RULES_FILE",
     "SAFE_LOADER",
+    "SENTENCE_ENDS",
     "Analysis",
     "Rules",
     "RulesError",

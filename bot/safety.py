@@ -20,7 +20,16 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from bot import logs
-from bot.language import ALNUM, SAFE_LOADER, Analysis, analyze, fold_pattern, lemma_form, normalize
+from bot.language import (
+    ALNUM,
+    SAFE_LOADER,
+    SENTENCE_ENDS,
+    Analysis,
+    analyze,
+    fold_pattern,
+    lemma_form,
+    normalize,
+)
 
 CRISIS_KINDS = ("self_harm", "violence", "child_harm")
 # When several kinds match, the most specific danger chooses the lines offered: a child at risk,
@@ -501,7 +510,7 @@ class CrisisDetector:
         return None
 
 
-_SENTENCE_END = re.compile(r"[。．.!！?？\n]+")
+_SENTENCE_END = re.compile(f"[{re.escape(SENTENCE_ENDS)}]+")
 
 
 class _Sentences:

@@ -45,6 +45,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from bot.language import (
     SAFE_LOADER,
+    SENTENCE_ENDS,
     Analysis,
     analyze,
     checked_pattern,
@@ -911,7 +912,7 @@ def _en_agent(found: Analysis, cue: _Cue, table: Vocab) -> bool:
         for m in hits)
 
 
-_SENTENCE_END = frozenset("。．.!！?？\n")
+_SENTENCE_END = frozenset(SENTENCE_ENDS)
 
 
 def _follows(tokens: list[Any], wanted: frozenset[str]) -> bool:
