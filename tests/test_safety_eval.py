@@ -467,3 +467,39 @@ def test_round_d_rules_are_families(detector, text, kind):
 ])
 def test_round_d_neighbours_stay_quiet(detector, text):
     assert detector.detect(text) is None, text
+
+
+# -- round f: the wide-gap rules without an act could reach across clauses ----------------------
+@pytest.mark.parametrize(("text", "kind", "rule"), [
+    ("腕をまたカッターで何回も切った", "self_harm", "sh_cut_part_gap"),
+    ("二の腕をカミソリで何度も切る", "self_harm", "sh_cut_part_gap"),
+    ("手首の内側を切った", "self_harm", "sh_cut_part_gap"),
+    ("高1です。ゲームで負けて兄に殴られた", "child_harm", "ch_schoolchild_hit"),
+    ("毎日叩かれてる、小6", "child_harm", "ch_schoolchild_hit_after"),
+    ("母にたばこの火を腕に押し付けられた", "child_harm", "ch_parent_burns"),
+    ("お母さんにお湯かけられてやけどした", "child_harm", "ch_parent_burns"),
+    ("お父さんが寝てる時に体を触ってくる", "child_harm", "ch_parent_touch"),
+    ("怪しい車がずっと後をついてくる", "violence", "vi_stranger_follows"),
+])
+def test_round_f_wide_gap_rules_still_catch_their_class(detector, text, kind, rule):
+    found = detector.detect(text)
+    assert found is not None and (found.kind, found.rule) == (kind, rule), (text, found)
+
+
+@pytest.mark.parametrize("text", [
+    # the part is not what is cut: another object, subject or clause comes between
+    "お腹すいたからパンを切った", "腕時計のバンドを切った", "腕が痛くて電話を切った",
+    "腕の毛を切った", "腕が疲れたけどロープ切った",
+    # who the writer is, then a tap, a film or a comedy show: the act's exclusion cancels it
+    "中学生です。先輩に肩を叩かれた", "高校生です。映画で主人公が殴られるシーンが怖かった",
+    "テレビで芸人がハリセンで叩かれてて笑った。中2です",
+    # ironing and bathing are not burns
+    "母にアイロンかけられたシャツがしわくちゃ", "娘はママにお湯をかけられるのが嫌いで泣く",
+    # caring for a parent, the writer touching
+    "母が倒れて、体を触ったら冷たかった", "父が寝たきりで体を触ると痛がる",
+    # a stranger's kindness; two clauses
+    "道がわからなくて、知らない人が駅までついてきてくれた",
+    "知らない人ばかりで、妹がついてきた",
+])
+def test_round_f_wide_gap_rules_stay_in_their_clause(detector, text):
+    assert detector.detect(text) is None, (text, detector.detect(text))
