@@ -503,3 +503,79 @@ def test_round_f_wide_gap_rules_still_catch_their_class(detector, text, kind, ru
 ])
 def test_round_f_wide_gap_rules_stay_in_their_clause(detector, text):
     assert detector.detect(text) is None, (text, detector.detect(text))
+
+
+# -- round f: English classes thinner than the Japanese, and the brink in Japanese ---------------
+DEV_F = REPO / "tests" / "data" / "safety_dev_round_f.yaml"
+
+
+def test_round_f_dev_set_is_caught_with_its_kind_and_its_neighbours_stay_quiet(detector):
+    """Written before the round's rules (before: 22.2% recall, 17 of 98 neighbours flagged, 13
+    of them by the wide-gap rules); the rules were then written for its classes, so this floor
+    guards them. Not a blind measure."""
+    data = yaml.safe_load(DEV_F.read_text(encoding="utf-8"))
+    assert len(data["risk"]) >= 100 and len(data["ordinary"]) >= 90
+    report = evaluate(detector, DEV_F)
+    assert report.recall == 1.0, report.format()
+    assert report.false_positives == [], report.format()
+    assert report.wrong_kind == [], report.format()
+
+
+@pytest.mark.parametrize("text", [
+    # no way out, never better, no future, given up
+    "honestly i see no way out", "I really can't see any other way out",
+    "things will never get better for me", "nothing ever gets better, so why bother",
+    "I see no future for myself", "I gave up on life a long time ago",
+    "i cant carry on like this any longer",
+    # method questions
+    "what's the quickest way to die", "easiest and painless way to go?",
+    "how many of these pills will kill me", "how much tylenol is a lethal dose",
+    "which floor is high enough to not survive", "is hanging painful",
+    # finality acts
+    "left a note for my family. goodbye", "finished my suicide note, i'm ready",
+    "rehomed my cat today, won't need her anymore", "i won't need any of it where i'm going",
+    "no one will hear from me again", "before morning i'll be gone",
+    # the place and the moment
+    "at the top of the car park looking down", "i'm on the roof. it's so high. nobody knows",
+    "on the railway tracks now. train is close", "on the cliff edge", "lying on the tracks",
+    # Japanese: the brink, the next train, the elderly wish
+    "屋上のフェンスの外に出てしまった", "橋の欄干の外に足を出してる", "ホームのはしっこに座ってる",
+    "踏切のど真ん中に寝転んでる", "遮断機が下りてるけど中にいる", "快速来たら終わりにするわ",
+    "もうはよお迎えが来たらええのに", "わしゃもう長生きしすぎたわい",
+    "長生きなんかするもんじゃない",
+    "いつ死んでも悔いはない", "もう十分に生きました", "天国の妻のところへ行きたい",
+    "じいさんが早う迎えに来てくれんかのう、寂しい",
+])
+def test_round_f_rules_are_families(detector, text):
+    found = detector.detect(text)
+    assert found is not None and found.kind == "self_harm", (text, found)
+
+
+@pytest.mark.parametrize("text", [
+    "no way out but the window in this escape room", "there's no way out of this maze lol",
+    "things will never get better between me and my landlord unless he fixes the heater",
+    "I can't see a future with him, should I break up?", "i give up on life hacks, none work",
+    "i have no hope left that the bus will come on time",
+    "what's the best way to go to nara from here", "the quickest way to die your hair at home",
+    "the easiest way to die in elden ring is falling",
+    "how much ibuprofen would it take to help a migraine",
+    "what's the lethal dose of chocolate for dogs", "does it hurt to get your ears pierced",
+    "wrote my note for the landlord, it's done", "left a note on the fridge for mom, bye",
+    "wrote a letter to my mom, it's done, feels good",
+    "gave my old clothes to charity, won't need them", "this is goodbye to my old phone",
+    "you won't see me again at that gym, it's too expensive",
+    "by tomorrow I'll be gone to my parents' place",
+    "i'm on the bridge, it's so cold, can you pick me up?",
+    "on the roof, it's so high, the fireworks are beautiful",
+    "on the tracks, there's a cat, should I call the station?",
+    "one leg over the fence, climbing into the garden to get my ball",
+    "屋上の柵の外にドローンが落ちた", "ベランダの手すりの外に布団を干してる",
+    "次の電車来たら乗ろう",
+    "電車来たら終わりにしようこの話", "ホームの端っこにいるよ、前の車両",
+    "お迎えが来てほしい、子どもが熱を出した", "早くお迎え来てくれないかなー、雨すごい",
+    "長生きしたくないって言う人多いよね", "いつ死んでもいいように遺言書いておいた",
+    "じいちゃんは十分生きたよ", "夫が迎えに来てくれない、残業らしい",
+    "主人のところに早く行きたい、単身赴任先の", "知らないおじさんがついてきて道を教えてくれた",
+])
+def test_round_f_neighbours_stay_quiet(detector, text):
+    assert detector.detect(text) is None, (text, detector.detect(text))
