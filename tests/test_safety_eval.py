@@ -480,6 +480,10 @@ def test_round_d_neighbours_stay_quiet(detector, text):
     ("お母さんにお湯かけられてやけどした", "child_harm", "ch_parent_burns"),
     ("お父さんが寝てる時に体を触ってくる", "child_harm", "ch_parent_touch"),
     ("怪しい車がずっと後をついてくる", "violence", "vi_stranger_follows"),
+    ("私なんか生まれたのが間違いだった", "self_harm", "sh_born_mistake"),
+    ("生まれてからずっと失敗ばかり", "self_harm", "sh_born_mistake"),
+    ("祖母が死んで、あとを追いたいと思う", "self_harm", "sh_follow_the_dead"),
+    ("わざと足を何度も切った", "self_harm", "sh_cut_part_marked"),
 ])
 def test_round_f_wide_gap_rules_still_catch_their_class(detector, text, kind, rule):
     found = detector.detect(text)
@@ -500,6 +504,9 @@ def test_round_f_wide_gap_rules_still_catch_their_class(detector, text, kind, ru
     # a stranger's kindness; two clauses
     "道がわからなくて、知らない人が駅までついてきてくれた",
     "知らない人ばかりで、妹がついてきた",
+    # three more rules with a wide gap and no act: an idiom, hyperbole, waking oneself up
+    "生まれて初めて料理に失敗した", "死ぬほど好きなアイドルのあとを追いたい",
+    "わざと負けた。足を叩いて気合を入れた",
 ])
 def test_round_f_wide_gap_rules_stay_in_their_clause(detector, text):
     assert detector.detect(text) is None, (text, detector.detect(text))
