@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import json
 import logging
-import secrets
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -280,13 +280,18 @@ def call_stamp(now_ms: int | None = None) -> str:
     millisecond does not. A score is a double: at ~1.8e12 ms it has 1/4096-ms steps, so
     k/4096 is exact, and its repr round-trips through Lua and Redis unchanged."""
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
-    return repr(now_ms + (secrets.randbelow(STAMP_STEPS - 1) + 1) / STAMP_STEPS)
+    return repr(now_ms + random.randrange(1, STAMP_STEPS) / STAMP_STEPS)
 
 
 def drainer_token() -> str:
     """The lock token of whoever answers a person's LINE events: its "d:" tells a claim that
-    the holder will answer what arrives meanwhile (no ticket needed)."""
-    return f"d:{secrets.token_hex(16)}"
+    the holder will answer what arrives meanwhile (no ticket needed).
+
+    These draws (and `call_stamp`'s) need to differ, not to be secret — nobody outside Redis
+    sees them — so they come from `random` (reseeded from the OS in every forked worker)
+    rather than `secrets`, whose every draw is a system call that lets go of the GIL
+    (bot.redisio says what that costs under load)."""
+    return f"d:{random.getrandbits(128):032x}"
 
 
 def due_member(pid: str, event_id: str) -> str:
