@@ -146,6 +146,8 @@ def test_whose_worry_is_read_from_the_text(pack, text, lang, whose):
     ("How do I renew my passport?", "en"),
     ("I look after my neighbour's plants", "en"),
     ("夜のお店で友達と飲んだ", "ja"),
+    ("メールが一件も来ていないか確認したい", "ja"),
+    ("My sister pushed me to try the new ramen place", "en"),  # (the crisis tier reads violence)
 ])
 def test_everyday_papers_and_errands_name_no_category(pack, text, lang):
     assert triage(text, lang, pack).top is None
@@ -163,6 +165,9 @@ def test_everyday_papers_and_errands_name_no_category(pack, text, lang):
     ("離婚したいけど収入がないので出ていけない", "ja", "women"),
     ("父が亡くなり、母をひとりにしておくのが心配", "ja", "elderly"),
     ("母ひとりで子どもを育ててきました", "ja", "single_parent"),
+    ("LINEの通知が一件も来ないまま一日が終わる", "ja", "loneliness"),
+    ("おやすみって言い合える人がほしい", "ja", "loneliness"),
+    ("My grown son pushes me and takes my pension", "en", "dv_abuse"),
 ])
 def test_round_8_classes_reach_their_category(pack, text, lang, category):
     assert triage(text, lang, pack).top == category
