@@ -447,14 +447,16 @@ def holdout_reports():
 # d 86.4 → 90.9, e and f 100%.
 # Round 8 (classes: young carers and family words for whose, a friend's house as a place, women's
 # troubles told as what was done, papers and offices only beside a foreign cue, a parent left
-# alone, a foreign worker unpaid; g used as a dev set from this round): c 82.9 → 88.6,
-# d 90.9 → 93.2, g 90.0 → 97.1 (no longer blind), others unchanged; whose eval 93.9 → 94.6,
-# c 86.2 → 89.2, g 88.1 → 91.0. triage_dev_round_8 (the round's own phrasings with hard
-# negatives, written for it): 53.3% before, 95.0% after.
+# alone, a foreign worker unpaid, loneliness told as silence; g used as a dev set from this
+# round, so no set is blind now): c 82.9 → 91.4, d 90.9 → 93.2, g 90.0 → 98.6, others
+# unchanged; whose eval 93.9 → 94.6, holdout 94.8 → 95.9, c 86.2 → 89.2, d 92.3 → 94.9,
+# f 93.3 → 96.7, g 88.1 → 91.0. triage_dev_round_8 (the round's own phrasings with hard
+# negatives): 55.4% before, 95.4% after (its 3 misses: two crisis-tier readings of women's
+# items, one English friend's place).
 # Sets e, f and g hold no `none` items (written as worries only).
-HOLDOUT_FLOORS = {"triage_holdout": 0.92, "triage_holdout_b": 0.92, "triage_holdout_c": 0.85,
+HOLDOUT_FLOORS = {"triage_holdout": 0.92, "triage_holdout_b": 0.92, "triage_holdout_c": 0.88,
                   "triage_holdout_d": 0.88, "triage_holdout_e": 0.95, "triage_holdout_f": 0.95,
-                  "triage_holdout_g": 0.94, "triage_dev_round_8": 0.92}
+                  "triage_holdout_g": 0.96, "triage_dev_round_8": 0.92}
 WITHOUT_NONE = {"triage_holdout_e", "triage_holdout_f", "triage_holdout_g"}
 
 
