@@ -42,7 +42,7 @@ def _maybe(step) -> bool:
 
 
 # -- the weights are data made by the trainer --------------------------------------------------
-# Retraining is 13 cross-validation folds and a final fit: on a loaded 2-core CI machine it can
+# Retraining is 14 cross-validation folds and a final fit: on a loaded 2-core CI machine it can
 # take longer than the 120 s every other test gets.
 @pytest.mark.timeout(900)
 def test_the_model_file_is_what_the_trainer_makes(shipped):

@@ -467,3 +467,122 @@ def test_round_d_rules_are_families(detector, text, kind):
 ])
 def test_round_d_neighbours_stay_quiet(detector, text):
     assert detector.detect(text) is None, text
+
+
+# -- round f: the wide-gap rules without an act could reach across clauses ----------------------
+@pytest.mark.parametrize(("text", "kind", "rule"), [
+    ("腕をまたカッターで何回も切った", "self_harm", "sh_cut_part_gap"),
+    ("二の腕をカミソリで何度も切る", "self_harm", "sh_cut_part_gap"),
+    ("手首の内側を切った", "self_harm", "sh_cut_part_gap"),
+    ("高1です。ゲームで負けて兄に殴られた", "child_harm", "ch_schoolchild_hit"),
+    ("毎日叩かれてる、小6", "child_harm", "ch_schoolchild_hit_after"),
+    ("母にたばこの火を腕に押し付けられた", "child_harm", "ch_parent_burns"),
+    ("お母さんにお湯かけられてやけどした", "child_harm", "ch_parent_burns"),
+    ("お父さんが寝てる時に体を触ってくる", "child_harm", "ch_parent_touch"),
+    ("怪しい車がずっと後をついてくる", "violence", "vi_stranger_follows"),
+    ("私なんか生まれたのが間違いだった", "self_harm", "sh_born_mistake"),
+    ("生まれてからずっと失敗ばかり", "self_harm", "sh_born_mistake"),
+    ("祖母が死んで、あとを追いたいと思う", "self_harm", "sh_follow_the_dead"),
+    ("わざと足を何度も切った", "self_harm", "sh_cut_part_marked"),
+])
+def test_round_f_wide_gap_rules_still_catch_their_class(detector, text, kind, rule):
+    found = detector.detect(text)
+    assert found is not None and (found.kind, found.rule) == (kind, rule), (text, found)
+
+
+@pytest.mark.parametrize("text", [
+    # the part is not what is cut: another object, subject or clause comes between
+    "お腹すいたからパンを切った", "腕時計のバンドを切った", "腕が痛くて電話を切った",
+    "腕の毛を切った", "腕が疲れたけどロープ切った",
+    # who the writer is, then a tap, a film or a comedy show: the act's exclusion cancels it
+    "中学生です。先輩に肩を叩かれた", "高校生です。映画で主人公が殴られるシーンが怖かった",
+    "テレビで芸人がハリセンで叩かれてて笑った。中2です",
+    # ironing and bathing are not burns
+    "母にアイロンかけられたシャツがしわくちゃ", "娘はママにお湯をかけられるのが嫌いで泣く",
+    # caring for a parent, the writer touching
+    "母が倒れて、体を触ったら冷たかった", "父が寝たきりで体を触ると痛がる",
+    # a stranger's kindness; two clauses
+    "道がわからなくて、知らない人が駅までついてきてくれた",
+    "知らない人ばかりで、妹がついてきた",
+    # three more rules with a wide gap and no act: an idiom, hyperbole, waking oneself up
+    "生まれて初めて料理に失敗した", "死ぬほど好きなアイドルのあとを追いたい",
+    "わざと負けた。足を叩いて気合を入れた",
+])
+def test_round_f_wide_gap_rules_stay_in_their_clause(detector, text):
+    assert detector.detect(text) is None, (text, detector.detect(text))
+
+
+# -- round f: English classes thinner than the Japanese, and the brink in Japanese ---------------
+DEV_F = REPO / "tests" / "data" / "safety_dev_round_f.yaml"
+
+
+def test_round_f_dev_set_is_caught_with_its_kind_and_its_neighbours_stay_quiet(detector):
+    """Written before the round's rules (before: 22.2% recall, 17 of 98 neighbours flagged, 13
+    of them by the wide-gap rules); the rules were then written for its classes, so this floor
+    guards them. Not a blind measure."""
+    data = yaml.safe_load(DEV_F.read_text(encoding="utf-8"))
+    assert len(data["risk"]) >= 100 and len(data["ordinary"]) >= 90
+    report = evaluate(detector, DEV_F)
+    assert report.recall == 1.0, report.format()
+    assert report.false_positives == [], report.format()
+    assert report.wrong_kind == [], report.format()
+
+
+@pytest.mark.parametrize("text", [
+    # no way out, never better, no future, given up
+    "honestly i see no way out", "I really can't see any other way out",
+    "things will never get better for me", "nothing ever gets better, so why bother",
+    "I see no future for myself", "I gave up on life a long time ago",
+    "i cant carry on like this any longer",
+    # method questions
+    "what's the quickest way to die", "easiest and painless way to go?",
+    "how many of these pills will kill me", "how much tylenol is a lethal dose",
+    "which floor is high enough to not survive", "is hanging painful",
+    # finality acts
+    "left a note for my family. goodbye", "finished my suicide note, i'm ready",
+    "rehomed my cat today, won't need her anymore", "i won't need any of it where i'm going",
+    "no one will hear from me again", "before morning i'll be gone",
+    # the place and the moment
+    "at the top of the car park looking down", "i'm on the roof. it's so high. nobody knows",
+    "on the railway tracks now. train is close", "on the cliff edge", "lying on the tracks",
+    # Japanese: the brink, the next train, the elderly wish
+    "屋上のフェンスの外に出てしまった", "橋の欄干の外に足を出してる", "ホームのはしっこに座ってる",
+    "踏切のど真ん中に寝転んでる", "遮断機が下りてるけど中にいる", "快速来たら終わりにするわ",
+    "もうはよお迎えが来たらええのに", "わしゃもう長生きしすぎたわい",
+    "長生きなんかするもんじゃない",
+    "いつ死んでも悔いはない", "もう十分に生きました", "天国の妻のところへ行きたい",
+    "じいさんが早う迎えに来てくれんかのう、寂しい",
+])
+def test_round_f_rules_are_families(detector, text):
+    found = detector.detect(text)
+    assert found is not None and found.kind == "self_harm", (text, found)
+
+
+@pytest.mark.parametrize("text", [
+    "no way out but the window in this escape room", "there's no way out of this maze lol",
+    "things will never get better between me and my landlord unless he fixes the heater",
+    "I can't see a future with him, should I break up?", "i give up on life hacks, none work",
+    "i have no hope left that the bus will come on time",
+    "what's the best way to go to nara from here", "the quickest way to die your hair at home",
+    "the easiest way to die in elden ring is falling",
+    "how much ibuprofen would it take to help a migraine",
+    "what's the lethal dose of chocolate for dogs", "does it hurt to get your ears pierced",
+    "wrote my note for the landlord, it's done", "left a note on the fridge for mom, bye",
+    "wrote a letter to my mom, it's done, feels good",
+    "gave my old clothes to charity, won't need them", "this is goodbye to my old phone",
+    "you won't see me again at that gym, it's too expensive",
+    "by tomorrow I'll be gone to my parents' place",
+    "i'm on the bridge, it's so cold, can you pick me up?",
+    "on the roof, it's so high, the fireworks are beautiful",
+    "on the tracks, there's a cat, should I call the station?",
+    "one leg over the fence, climbing into the garden to get my ball",
+    "屋上の柵の外にドローンが落ちた", "ベランダの手すりの外に布団を干してる",
+    "次の電車来たら乗ろう",
+    "電車来たら終わりにしようこの話", "ホームの端っこにいるよ、前の車両",
+    "お迎えが来てほしい、子どもが熱を出した", "早くお迎え来てくれないかなー、雨すごい",
+    "長生きしたくないって言う人多いよね", "いつ死んでもいいように遺言書いておいた",
+    "じいちゃんは十分生きたよ", "夫が迎えに来てくれない、残業らしい",
+    "主人のところに早く行きたい、単身赴任先の", "知らないおじさんがついてきて道を教えてくれた",
+])
+def test_round_f_neighbours_stay_quiet(detector, text):
+    assert detector.detect(text) is None, (text, detector.detect(text))
