@@ -154,6 +154,19 @@ class SlotVocab(BaseModel):
     en_agent_before: list[str] = Field(default_factory=list)
     en_agent_object: list[str] = Field(default_factory=list)
     self_categories: list[str] = Field(default_factory=list)
+    # Words (lemmas) after "<family> no" (the mother's care, the brother's looking-after), and
+    # English words before a person word ("look after my mum"), that make the family member
+    # the one the writer cares for: in `child_categories` a young carer's own worry.
+    cared: list[str] = Field(default_factory=list)
+    cared_kin: list[str] = Field(default_factory=list)
+    en_cared_before: list[str] = Field(default_factory=list)
+    # A daughter (or a son's wife) named as the subject (followed by one of `subject_particles`,
+    # or in English by one of `en_subject_after`) in one of `self_categories` is the one of
+    # concern, told by her parent ("my daughter is pregnant", "the daughter is hit by her
+    # husband"): the family's worry, not the writer's own.
+    kin: list[str] = Field(default_factory=list)
+    subject_particles: list[str] = Field(default_factory=list)
+    en_subject_after: list[str] = Field(default_factory=list)
     age: dict[str, list[str]] = Field(default_factory=dict)
     # A pattern that, found in the text an age pattern matched, says the age was given in
     # numbers: that age wins over one inferred from a word (see _age).
@@ -510,6 +523,12 @@ class Vocab:
     partners: frozenset[str]
     child_categories: frozenset[str]
     self_categories: frozenset[str]
+    cared: frozenset[str]
+    cared_kin: frozenset[str]
+    en_cared_before: re.Pattern[str] | None
+    kin: frozenset[str]
+    subject_particles: frozenset[str]
+    en_subject_after: re.Pattern[str] | None
     age: list[tuple[str, _Cue]]
     exact_age: re.Pattern[str] | None
     hiki_duration: list[tuple[str, _Cue]]
@@ -567,7 +586,8 @@ class Vocab:
                    reach_particles=frozenset(map(normalize, slots.reach_particles)),
                    reach=frozenset(slots.reach),
                    adversative=frozenset(_last_lemma(w) for w in slots.adversative),
-                   places=frozenset(_last_lemma(w) for w in slots.places),
+                   places=frozenset(_last_lemma(w) for w in slots.places)
+                   | frozenset(map(normalize, slots.places)),  # a word the analyser reads alone
                    place_particles=frozenset(map(normalize, slots.place_particles)),
                    en_agent_before=re.compile(r"(?:^|\s)(?:" + "|".join(
                        map(re.escape, slots.en_agent_before)) + r") $")
@@ -580,6 +600,16 @@ class Vocab:
                    partners=frozenset(map(normalize, slots.partners)),
                    child_categories=frozenset(slots.child_categories),
                    self_categories=frozenset(slots.self_categories),
+                   cared=frozenset(slots.cared),
+                   cared_kin=frozenset(map(normalize, slots.cared_kin)),
+                   en_cared_before=re.compile(r"(?:^|\s)(?:" + "|".join(
+                       map(re.escape, slots.en_cared_before)) + r") $")
+                   if slots.en_cared_before else None,
+                   kin=frozenset(map(normalize, slots.kin)),
+                   subject_particles=frozenset(map(normalize, slots.subject_particles)),
+                   en_subject_after=re.compile(r"^ (?:" + "|".join(
+                       map(re.escape, slots.en_subject_after)) + r")(?![a-z0-9])")
+                   if slots.en_subject_after else None,
                    age=values(slots.age, True),
                    exact_age=re.compile(slots.exact_age) if slots.exact_age else None,
                    hiki_duration=values(slots.hiki_duration, True),
@@ -755,7 +785,7 @@ def triage(text: str | Analysis, lang: str, pack: Pack | None = None,
         if whose:
             slots["whose"] = whose
     if ranked and ranked[0][0] in table.self_categories and slots.get("whose") == "family" \
-            and not _both_parents(found, table, lemmas):
+            and not _both_parents(found, table, lemmas) and not _kin_subject(found, table, lemmas):
         slots["whose"] = "self"  # "my husband's abuse", "my child and I": the writer's own
     implicit: frozenset[str] = frozenset()
     if ranked and "whose" not in slots:  # a worry told with no one else named: the writer's
@@ -840,7 +870,8 @@ def _whose(found: Analysis, table: Vocab, lemmas: frozenset[str],
         if not cue.find(found, lemmas) or not _as_word(found, cue, lemmas):
             continue
         name = normalize(cue.text)
-        own = ((top in table.child_categories and name in table.parents)
+        own = ((top in table.child_categories and (
+            name in table.parents or (name in table.cared_kin and _cared_for(found, cue, table))))
                or (top in table.self_categories and name in table.partners))
         if value == "self" or own or _absent(found, cue, table.absent):
             mine = True
@@ -851,6 +882,35 @@ def _whose(found: Analysis, table: Vocab, lemmas: frozenset[str],
     if others:
         return others[0]
     return "self" if mine else None
+
+
+def _cared_for(found: Analysis, cue: _Cue, table: Vocab) -> bool:
+    """Every mention of the family word is the one the writer cares for: followed by the
+    particle no and a word of `cared` (the mother's care), or in English preceded by one of
+    `en_cared_before` ("look after my mum")."""
+    if cue.regex is not None:
+        if table.en_cared_before is None:
+            return False
+        hits = list(cue.regex.finditer(found.norm))
+        return bool(hits) and all(
+            table.en_cared_before.search(found.norm[max(0, m.start() - 20):m.start()])
+            for m in hits)
+    if not table.cared or not cue.first:
+        return False
+    tokens = found.tokens
+    particle = default_rules().particle
+    seen = False
+    for i, token in enumerate(tokens):
+        if token.lemma != cue.first:
+            continue
+        seen = True
+        j = i + 1  # past the rest of the word and its suffixes (grand-ma, brother-s)
+        while j < min(len(tokens), i + 4) and tokens[j].pos != particle:
+            j += 1
+        if j + 1 >= len(tokens) or tokens[j].surface not in table.place_particles or \
+                tokens[j + 1].lemma not in table.cared:
+            return False
+    return seen
 
 
 def _only_agent(found: Analysis, cue: _Cue, table: Vocab, family: bool) -> bool:
@@ -936,6 +996,26 @@ def _both_parents(found: Analysis, table: Vocab, lemmas: frozenset[str]) -> bool
     return len(named) >= 2
 
 
+
+
+def _kin_subject(found: Analysis, table: Vocab, lemmas: frozenset[str]) -> bool:
+    """One of `kin` (a daughter) named as the subject of the sentence: the one of concern."""
+    for value, cue in table.whose:
+        if value != "family" or normalize(cue.text) not in table.kin or \
+                not cue.find(found, lemmas) or not _as_word(found, cue, lemmas):
+            continue
+        if cue.regex is not None:
+            if table.en_subject_after is not None and any(
+                    table.en_subject_after.search(found.norm[m.end():m.end() + 12])
+                    for m in cue.regex.finditer(found.norm)):
+                return True
+            continue
+        tokens = found.tokens
+        if any(t.lemma == cue.first and i + 1 < len(tokens)
+               and tokens[i + 1].surface in table.subject_particles
+               for i, t in enumerate(tokens)):
+            return True
+    return False
 
 
 def _as_word(found: Analysis, cue: _Cue, lemmas: frozenset[str]) -> bool:
