@@ -44,7 +44,8 @@ MODEL_FILE = Path(__file__).parent / "content" / "common" / "crisis_model.json"
 DATA = REPO / "tests" / "data"
 # Labelled crisis sets: `risk` lines are 1, `ordinary` lines 0.
 SAFETY_FILES = ("safety_eval.yaml", "safety_eval_fresh.yaml", "safety_holdout.yaml",
-                "safety_holdout_b.yaml", "safety_holdout_c.yaml", "safety_dev_round_f.yaml")
+                "safety_holdout_b.yaml", "safety_holdout_c.yaml", "safety_dev_round_f.yaml",
+                "safety_holdout_e.yaml", "safety_dev_round_g.yaml")
 # Everyday worries as extra negatives: triage items whose category is not one a crisis lies in.
 TRIAGE_GLOB = "triage_*.yaml"
 TRIAGE_CRISIS_CATEGORIES = frozenset({"suicide", "dv_abuse", "children_youth"})
