@@ -27,8 +27,7 @@ from redis.retry import Retry
 
 from bot import logs
 from bot.clusterpipe import Cluster, NodePipeline
-from bot.redisio import QuietConnection
-from bot.redispack import PACKER
+from bot.redispack import PACKER, packed
 
 log = logs.get("redis")
 
@@ -54,22 +53,20 @@ def connect(url: str, cluster: bool | None = None, socket_timeout: float = 2.0) 
         # require_full_coverage=False: while one primary fails over, the slots of the others
         # keep answering (people there are served as usual; the rest in degraded mode).
         # The cluster client takes no `command_packer`: its connections get it through their
-        # class (bot.redisio). Not over TLS: for rediss:// RedisCluster puts back its own
-        # SSLConnection class from the URL, so those keep redis-py's packer and socket use
-        # (same bytes, more CPU).
-        quiet = {} if url.startswith("rediss:") else {"connection_class": QuietConnection}
+        # class. Not over TLS: for rediss:// RedisCluster puts back its own SSLConnection
+        # class from the URL, so those keep redis-py's packer (same bytes, more CPU).
+        packer = {} if url.startswith("rediss:") else {"connection_class": packed(
+            redis.Connection)}
         lazy = LazyCluster(url, socket_timeout=socket_timeout, socket_connect_timeout=2.0,
-                           require_full_coverage=False, **quiet)
+                           require_full_coverage=False, **packer)
         # A node answers: the cluster client itself, as before. Else one built later, the
         # process answering in degraded mode meanwhile.
         try:
             return lazy.cluster()
         except redis.ConnectionError:
             return lazy
-    # TCP only: rediss:// and unix:// keep redis-py's connection classes (with our packer).
-    quiet = {"connection_class": QuietConnection} if url.startswith("redis://") else {}
     return redis.Redis.from_url(url, socket_timeout=socket_timeout, socket_connect_timeout=2.0,
-                                health_check_interval=30, command_packer=PACKER, **quiet)
+                                health_check_interval=30, command_packer=PACKER)
 
 
 class LazyCluster:

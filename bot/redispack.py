@@ -12,8 +12,7 @@ command name such as "CLIENT SETINFO" — goes to redis-py's serializer unchange
 errors (DataError) and splitting stay redis-py's.
 
 The packer plugs in through redis-py's own `command_packer` connection argument; the cluster
-client, which accepts no such argument, gets it through `connection_class`
-(bot.redisio.QuietConnection).
+client, which accepts no such argument, gets it through `connection_class`.
 """
 
 from __future__ import annotations
@@ -21,6 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 import hiredis
+import redis
 from redis._parsers.encoders import Encoder
 from redis.connection import PythonRespSerializer
 
@@ -48,4 +48,16 @@ class Packer:
 PACKER = Packer()  # stateless: one for every connection
 
 
-__all__ = ["PACKER", "Packer"]
+def packed(connection_class: type[redis.Connection]) -> type[redis.Connection]:
+    """`connection_class` whose connections use PACKER (for the cluster client)."""
+
+    class PackedConnection(connection_class):  # type: ignore[valid-type,misc]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs.setdefault("command_packer", PACKER)
+            super().__init__(*args, **kwargs)
+
+    PackedConnection.__name__ = PackedConnection.__qualname__ = f"Packed{connection_class.__name__}"
+    return PackedConnection
+
+
+__all__ = ["PACKER", "Packer", "packed"]

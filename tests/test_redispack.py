@@ -8,8 +8,7 @@ from redis._parsers.encoders import Encoder
 from redis.connection import PythonRespSerializer
 
 from bot.redisconn import connect
-from bot.redisio import QuietConnection
-from bot.redispack import PACKER
+from bot.redispack import PACKER, packed
 
 _ENC = Encoder("utf-8", "strict", False)
 LIBRARY = PythonRespSerializer(6000, _ENC.encode)  # redis-py's own, as without hiredis
@@ -69,10 +68,11 @@ def test_the_bot_clients_use_it_and_round_trip(redis_url: str) -> None:
         client.close()
 
 
-def test_the_cluster_connection_class_uses_it() -> None:
-    conn = QuietConnection(host="127.0.0.1", port=1)
-    assert isinstance(conn, redis.Connection)
-    assert conn._command_packer is PACKER
+def test_the_cluster_connection_class_keeps_its_base_and_uses_it() -> None:
+    for base in (redis.Connection, redis.SSLConnection):
+        cls = packed(base)
+        assert issubclass(cls, base)
+        assert cls(host="127.0.0.1", port=1)._command_packer is PACKER
 
 
 def test_a_cluster_client_from_connect_packs_with_it_on_every_node(redis_cluster) -> None:

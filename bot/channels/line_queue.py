@@ -290,7 +290,7 @@ def drainer_token() -> str:
     These draws (and `call_stamp`'s) need to differ, not to be secret — nobody outside Redis
     sees them — so they come from `random` (reseeded from the OS in every forked worker)
     rather than `secrets`, whose every draw is a system call that lets go of the GIL
-    (bot.redisio says what that costs under load)."""
+    (README, "Where the rest went: context switches")."""
     return f"d:{random.getrandbits(128):032x}"
 
 
