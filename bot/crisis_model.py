@@ -50,7 +50,8 @@ SAFETY_FILES = ("safety_eval.yaml", "safety_eval_fresh.yaml", "safety_holdout.ya
 TRIAGE_GLOB = "triage_*.yaml"
 TRIAGE_CRISIS_CATEGORIES = frozenset({"suicide", "dv_abuse", "children_youth"})
 # Kept blind: measured once, never trained or tuned on.
-EXCLUDED = frozenset({"safety_holdout_d.yaml"})
+EXCLUDED = frozenset({"safety_holdout_d.yaml", "safety_holdout_f.yaml",
+                      "triage_holdout_h.yaml"})
 
 LAMBDA = 1e-4  # L2 penalty (1e-3 and 3e-4 caught fewer held-out risk lines at the bounds)
 ITERATIONS = 1500

@@ -60,12 +60,14 @@ def test_the_model_file_is_what_the_trainer_makes(shipped):
     assert crisis_model.MODEL_FILE.stat().st_size < 300_000
 
 
-def test_the_blind_set_is_never_trained_on(shipped):
-    assert "safety_holdout_d.yaml" in shipped["excluded"]
-    assert "safety_holdout_d.yaml" not in shipped["files"]
-    assert HOLDOUT_D.name not in [f.name for f in crisis_model.training_files()]
+@pytest.mark.parametrize("name", ["safety_holdout_d.yaml", "safety_holdout_f.yaml",
+                                  "triage_holdout_h.yaml"])
+def test_the_blind_sets_are_never_trained_on(shipped, name):
+    assert name in shipped["excluded"]
+    assert name not in shipped["files"]
+    assert name not in [f.name for f in crisis_model.training_files()]
     with pytest.raises(ValueError):
-        crisis_model.examples([HOLDOUT_D])
+        crisis_model.examples([DATA / name])
 
 
 @pytest.mark.timeout(900)

@@ -453,11 +453,14 @@ def holdout_reports():
 # f 93.3 → 96.7, g 88.1 → 91.0. triage_dev_round_8 (the round's own phrasings with hard
 # negatives): 55.4% before, 95.4% after (its 3 misses: two crisis-tier readings of women's
 # items, one English friend's place).
-# Sets e, f and g hold no `none` items (written as worries only).
+#   triage_holdout_h  79.5% blind after round 8 (measured once; not looked at; whose 84.6%,
+#                     age 63.2%, duration 58.3%)
+# Sets e, f, g and h hold no `none` items (written as worries only).
 HOLDOUT_FLOORS = {"triage_holdout": 0.92, "triage_holdout_b": 0.92, "triage_holdout_c": 0.88,
                   "triage_holdout_d": 0.88, "triage_holdout_e": 0.95, "triage_holdout_f": 0.95,
-                  "triage_holdout_g": 0.96, "triage_dev_round_8": 0.92}
-WITHOUT_NONE = {"triage_holdout_e", "triage_holdout_f", "triage_holdout_g"}
+                  "triage_holdout_g": 0.96, "triage_dev_round_8": 0.92,
+                  "triage_holdout_h": 0.78}
+WITHOUT_NONE = {"triage_holdout_e", "triage_holdout_f", "triage_holdout_g", "triage_holdout_h"}
 
 
 @pytest.mark.parametrize("name", sorted(HOLDOUT_FLOORS))
