@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -499,6 +500,12 @@ class _Category:
     examples: list[tuple[frozenset[str], float]]  # content lemmas, their total weight
 
 
+def _ends_with_word(words: list[str]) -> re.Pattern[str] | None:
+    """A pattern for a text window that ends in one of `words` and a space ("looked after by "),
+    None for no words."""
+    if not words:
+        return None
+    return re.compile(r"(?:^|\s)(?:" + "|".join(map(re.escape, words)) + r") $")
 
 
 @dataclass
@@ -589,9 +596,7 @@ class Vocab:
                    places=frozenset(_last_lemma(w) for w in slots.places)
                    | frozenset(map(normalize, slots.places)),  # a word the analyser reads alone
                    place_particles=frozenset(map(normalize, slots.place_particles)),
-                   en_agent_before=re.compile(r"(?:^|\s)(?:" + "|".join(
-                       map(re.escape, slots.en_agent_before)) + r") $")
-                   if slots.en_agent_before else None,
+                   en_agent_before=_ends_with_word(slots.en_agent_before),
                    en_agent_object=re.compile(r"^(?: [a-z0-9]+){0,4}? (?:" + "|".join(
                        map(re.escape, slots.en_agent_object)) + r")(?![a-z0-9])")
                    if slots.en_agent_object else None,
@@ -602,9 +607,7 @@ class Vocab:
                    self_categories=frozenset(slots.self_categories),
                    cared=frozenset(slots.cared),
                    cared_kin=frozenset(map(normalize, slots.cared_kin)),
-                   en_cared_before=re.compile(r"(?:^|\s)(?:" + "|".join(
-                       map(re.escape, slots.en_cared_before)) + r") $")
-                   if slots.en_cared_before else None,
+                   en_cared_before=_ends_with_word(slots.en_cared_before),
                    kin=frozenset(map(normalize, slots.kin)),
                    subject_particles=frozenset(map(normalize, slots.subject_particles)),
                    en_subject_after=re.compile(r"^ (?:" + "|".join(
@@ -891,10 +894,9 @@ def _cared_for(found: Analysis, cue: _Cue, table: Vocab) -> bool:
     if cue.regex is not None:
         if table.en_cared_before is None:
             return False
-        hits = list(cue.regex.finditer(found.norm))
-        return bool(hits) and all(
-            table.en_cared_before.search(found.norm[max(0, m.start() - 20):m.start()])
-            for m in hits)
+        before = table.en_cared_before
+        return _every_mention(found, cue, lambda m: bool(
+            before.search(found.norm[max(0, m.start() - 20):m.start()])))
     if not table.cared or not cue.first:
         return False
     tokens = found.tokens
@@ -963,13 +965,17 @@ def _en_agent(found: Analysis, cue: _Cue, table: Vocab) -> bool:
     (`en_agent_object`: "my wife is leaving me")."""
     if cue.regex is None or (table.en_agent_before is None and table.en_agent_object is None):
         return False
-    hits = list(cue.regex.finditer(found.norm))
-    return bool(hits) and all(
+    return _every_mention(found, cue, lambda m: bool(
         (table.en_agent_before is not None
          and table.en_agent_before.search(found.norm[max(0, m.start() - 12):m.start()]))
         or (table.en_agent_object is not None
-            and table.en_agent_object.search(found.norm[m.end():m.end() + 40]))
-        for m in hits)
+            and table.en_agent_object.search(found.norm[m.end():m.end() + 40]))))
+
+
+def _every_mention(found: Analysis, cue: _Cue, test: Callable[[re.Match[str]], bool]) -> bool:
+    """English: the person word is mentioned, and every mention passes `test`."""
+    hits = list(cue.regex.finditer(found.norm)) if cue.regex is not None else []
+    return bool(hits) and all(test(m) for m in hits)
 
 
 _SENTENCE_END = frozenset(SENTENCE_ENDS)
@@ -994,8 +1000,6 @@ def _both_parents(found: Analysis, table: Vocab, lemmas: frozenset[str]) -> bool
              and cue.find(found, lemmas) and _as_word(found, cue, lemmas)
              and not _only_agent(found, cue, table, True)}
     return len(named) >= 2
-
-
 
 
 def _kin_subject(found: Analysis, table: Vocab, lemmas: frozenset[str]) -> bool:
